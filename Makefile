@@ -1,0 +1,85 @@
+# dlmath: the two commands of the quick start are `make book` and `make test`.
+# Every target creates .venv (python3 -m venv + pip) when it is missing or older than
+# pyproject.toml, installs dlmath editable with what that target needs, then runs.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+BOOK_FLAGS := -W -n --keep-going
+
+.PHONY: book test lab execute page bench clean lint stripout-check pytest book-strict browser-check help
+
+help:
+	@echo "make book     build the HTML book (prints the path of index.html)"
+	@echo "make test     run everything CI runs"
+	@echo "make lab      JupyterLab on notebooks/ with the venv's kernel"
+	@echo "make page NB=notebooks/NN-slug.ipynb   build one chapter alone (fast)"
+	@echo "make execute  run every notebook once (nbval), no book build"
+	@echo "make bench    run the benchmarks (not part of CI)"
+	@echo "make clean    remove build outputs (keeps .venv)"
+
+# One stamp per extra set; each is rebuilt when pyproject.toml changes.
+$(VENV)/.stamp-base:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	@touch $@
+
+$(VENV)/.stamp-%: pyproject.toml $(VENV)/.stamp-base
+	$(BIN)/pip install --quiet -e '.[$*]'
+	@touch $@
+
+# src/ changed => drop the execution cache (it keys on code cells only).
+_build/.src-hash: FORCE
+	@mkdir -p _build
+	@h=$$(cat $$(find src -name '*.py' | sort) | sha256sum | cut -d' ' -f1); \
+	if [ "$$(cat $@ 2>/dev/null)" != "$$h" ]; then \
+	  rm -rf _build/.jupyter_cache; echo "$$h" > $@; fi
+
+FORCE:
+
+book: $(VENV)/.stamp-book _build/.src-hash
+	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
+	@echo
+	@echo "The book is at: $(CURDIR)/_build/html/index.html"
+
+page: $(VENV)/.stamp-book
+	@test -n "$(NB)" || (echo "usage: make page NB=notebooks/NN-slug.ipynb" && exit 2)
+	@mkdir -p _build/pages
+	$(PY) tools/page_toc.py $(NB) _build/pages/$(notdir $(basename $(NB))).toc.yml
+	$(BIN)/jupyter-book build . --toc _build/pages/$(notdir $(basename $(NB))).toc.yml \
+	  --path-output _build/pages/$(notdir $(basename $(NB))) --keep-going
+	@echo "Page: $(CURDIR)/_build/pages/$(notdir $(basename $(NB)))/_build/html/$(basename $(NB)).html"
+
+lint: $(VENV)/.stamp-test
+	$(BIN)/ruff check src tests tools benchmarks
+
+stripout-check: $(VENV)/.stamp-test
+	$(BIN)/nbstripout --verify notebooks/*.ipynb
+
+pytest: $(VENV)/.stamp-test
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -n 2 --dist loadfile -q
+
+execute: $(VENV)/.stamp-test
+	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env -n 2 --dist loadfile -q
+
+book-strict: $(VENV)/.stamp-book
+	rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/.jupyter_cache _build/.src-hash
+	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
+
+browser-check: $(VENV)/.stamp-test
+	$(PY) tools/browser_check.py _build/html
+
+test: lint stripout-check pytest book-strict browser-check
+	@echo "make test: all checks passed"
+
+lab: $(VENV)/.stamp-lab
+	$(BIN)/python -m ipykernel install --sys-prefix --name dlmath --display-name "Python 3 (dlmath)"
+	$(BIN)/jupyter lab notebooks/
+
+bench: $(VENV)/.stamp-test
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf _build .pytest_cache .hypothesis
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -1,0 +1,159 @@
+"""Input validation shared by every module of dlmath.
+
+Each helper raises a ``TypeError`` (wrong kind of object or dtype) or a ``ValueError``
+(right kind, bad value) whose message names the argument and says what was expected, so
+that a reader who passes the wrong thing learns what to fix from the error alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from numbers import Real
+
+import torch
+
+__all__ = [
+    "as_float_tensor",
+    "check_finite",
+    "check_no_nan",
+    "check_matrix",
+    "check_probability",
+    "check_real",
+    "check_int",
+    "check_choice",
+    "check_dim",
+]
+
+
+def as_float_tensor(
+    x,
+    name: str,
+    *,
+    min_ndim: int = 1,
+    allow_empty: bool = False,
+) -> torch.Tensor:
+    """Return ``x`` as a floating-point tensor, or raise.
+
+    Tensors keep their device and dtype; Python numbers, lists and numpy arrays are
+    converted with ``torch.as_tensor`` (numpy float64 stays float64). Integer and boolean
+    tensors are refused rather than silently cast, because integer logits or matrices are
+    almost always a mistake in a caller's code.
+    """
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(
+                f"{name} must be a torch.Tensor or array-like of real numbers, "
+                f"got {type(x).__name__}"
+            ) from exc
+        if not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool:
+            x = x.to(torch.get_default_dtype())
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}"
+        )
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape "
+                         f"{tuple(x.shape)}")
+    if not allow_empty and x.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_no_nan(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Raise ``ValueError`` if ``x`` contains NaN (infinities are allowed)."""
+    if torch.isnan(x).any():
+        raise ValueError(f"{name} contains NaN")
+    return x
+
+
+def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Raise ``ValueError`` if ``x`` contains NaN or an infinity."""
+    if not torch.isfinite(x).all():
+        bad = "NaN" if torch.isnan(x).any() else "inf"
+        raise ValueError(f"{name} must be finite, but it contains {bad}")
+    return x
+
+
+def check_matrix(M, name: str = "M", *, finite: bool = True) -> torch.Tensor:
+    """A floating tensor with at least two dimensions (a matrix or a batch of matrices)."""
+    M = as_float_tensor(M, name, min_ndim=2)
+    if M.shape[-1] == 0 or M.shape[-2] == 0:
+        raise ValueError(f"{name} must have non-empty matrix dimensions, got {tuple(M.shape)}")
+    if finite:
+        check_finite(M, name)
+    return M
+
+
+def check_probability(p, name: str = "p", *, dim: int = -1, atol: float | None = None):
+    """A tensor of probability vectors along ``dim``: entries >= 0 that sum to 1.
+
+    The default tolerance on the sum is ``1e3 * eps`` of the dtype times the length.
+    """
+    p = as_float_tensor(p, name)
+    check_finite(p, name)
+    if (p < 0).any():
+        raise ValueError(f"{name} must be non-negative (a probability vector)")
+    n = p.shape[dim]
+    tol = atol if atol is not None else 1e3 * torch.finfo(p.dtype).eps * max(n, 1)
+    err = (p.sum(dim=dim) - 1).abs().max().item()
+    if err > tol:
+        raise ValueError(f"{name} must sum to 1 along dim={dim}; off by {err:.3g}")
+    return p
+
+
+def check_real(
+    value,
+    name: str,
+    *,
+    positive: bool = False,
+    nonnegative: bool = False,
+    finite: bool = True,
+    low: float | None = None,
+    high: float | None = None,
+) -> float:
+    """A real Python scalar (or 0-d tensor), optionally constrained; returns a float."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if nonnegative and not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def check_int(value, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """A Python integer (bools refused) within ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def check_choice(value, name: str, choices: Sequence):
+    """``value`` must be one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_dim(x: torch.Tensor, dim: int, name: str = "dim") -> int:
+    """A valid dimension index of ``x``; returns it normalised to be non-negative."""
+    check_int(dim, name)
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"{name}={dim} is out of range for a tensor with {x.ndim} dimension(s)")
+    return dim % x.ndim

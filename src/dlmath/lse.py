@@ -1,0 +1,159 @@
+r"""logsumexp, softmax and the entropies that bound them.
+
+Chapter: *Inequalities for logsumexp* (``notebooks/01-logsumexp-inequalities.ipynb``).
+
+Conventions for every function here: ``x`` and ``p`` are floating tensors reduced along
+``dim`` (default ``-1``) and broadcast over the other dimensions; results keep the input's
+device and dtype. Edge cases:
+
+* ``+inf`` in ``x`` is a legitimate "certain" entry: ``logsumexp`` is ``+inf`` and ``softmax``
+  puts equal mass on the ``+inf`` entries and zero elsewhere.
+* ``-inf`` entries carry zero mass. A slice that is ``-inf`` everywhere has ``logsumexp = -inf``;
+  ``softmax`` of it is undefined and raises ``ValueError``.
+* NaN anywhere raises ``ValueError``; integer tensors raise ``TypeError``; empty slices raise
+  ``ValueError``.
+* Entropies use the convention :math:`0\log 0 = 0`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import as_float_tensor, check_dim, check_no_nan, check_probability, check_real
+
+__all__ = [
+    "logsumexp",
+    "softmax",
+    "lse_bounds",
+    "shannon_entropy",
+    "renyi_entropy",
+    "kl_divergence",
+    "lse_lower_bound",
+]
+
+#: |t - 1| below which the Rényi entropy is evaluated in its Shannon limit (the ratio is 0/0).
+RENYI_SHANNON_BAND = 1e-6
+
+
+def _prepare(x, name: str, dim: int) -> torch.Tensor:
+    x = as_float_tensor(x, name)
+    check_dim(x, dim)
+    if x.shape[dim] == 0:
+        raise ValueError(f"{name} must not be empty along dim={dim}")
+    check_no_nan(x, name)
+    return x
+
+
+def logsumexp(x, tau: float = 1.0, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
+    r"""Temperature logsumexp, a smooth maximum.
+
+    .. math:: \operatorname{lse}_\tau(x) = \tau \log \sum_{i=1}^n e^{x_i/\tau}
+
+    computed stably as :math:`m + \tau\log\sum_i e^{(x_i - m)/\tau}` with :math:`m=\max_i x_i`
+    (via ``torch.logsumexp``), so it never overflows. ``tau`` must be a finite number > 0.
+    """
+    x = _prepare(x, "x", dim)
+    tau = check_real(tau, "tau", positive=True)
+    if tau == 1.0:
+        return torch.logsumexp(x, dim=dim, keepdim=keepdim)
+    return tau * torch.logsumexp(x / tau, dim=dim, keepdim=keepdim)
+
+
+def softmax(x, tau: float = 1.0, dim: int = -1) -> torch.Tensor:
+    r"""Softmax with temperature, the gradient of :func:`logsumexp`.
+
+    .. math:: \operatorname{softmax}_\tau(x)_i = \frac{e^{x_i/\tau}}{\sum_j e^{x_j/\tau}}
+              = \frac{\partial}{\partial x_i}\operatorname{lse}_\tau(x)
+
+    A slice containing ``+inf`` returns the uniform distribution over its ``+inf`` entries
+    (the limit of softmax as those logits grow together). A slice that is ``-inf``
+    everywhere raises ``ValueError``.
+    """
+    x = _prepare(x, "x", dim)
+    tau = check_real(tau, "tau", positive=True)
+    if torch.isneginf(x).all(dim=dim).any():
+        raise ValueError(f"softmax is undefined for a slice of x that is -inf everywhere "
+                         f"along dim={dim}")
+    top = torch.isposinf(x)
+    if not top.any():
+        return torch.softmax(x / tau, dim=dim)
+    certain = top.any(dim=dim, keepdim=True)
+    finite_part = torch.softmax(torch.where(top, torch.zeros_like(x), x) / tau, dim=dim)
+    on_top = top.to(x.dtype) / top.sum(dim=dim, keepdim=True).clamp_min(1).to(x.dtype)
+    return torch.where(certain, on_top, finite_part)
+
+
+def lse_bounds(x, tau: float = 1.0, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The sandwich :math:`\max_i x_i \le \operatorname{lse}_\tau(x) \le \max_i x_i + \tau\log n`.
+
+    Returns ``(lower, upper)``. The upper bound is attained iff all entries are equal; the
+    lower one is strict for :math:`n \ge 2` in exact arithmetic, but in floating point
+    ``lse == max`` once the other entries sit far enough below the maximum (about 37τ
+    in float64, 17τ in float32).
+    """
+    x = _prepare(x, "x", dim)
+    tau = check_real(tau, "tau", positive=True)
+    m = x.amax(dim=dim)
+    return m, m + tau * math.log(x.shape[dim])
+
+
+def shannon_entropy(p, dim: int = -1) -> torch.Tensor:
+    r"""Shannon entropy :math:`H(p) = -\sum_i p_i \log p_i` with :math:`0\log 0 = 0`."""
+    p = check_probability(p, "p", dim=dim)
+    return -torch.special.xlogy(p, p).sum(dim=dim)
+
+
+def renyi_entropy(p, t: float, dim: int = -1) -> torch.Tensor:
+    r"""Rényi entropy of order :math:`t \in [0, \infty]`.
+
+    .. math:: H_t(p) = \frac{1}{1-t}\log\sum_i p_i^t
+
+    with its limits: :math:`H_1 = H` (Shannon; used whenever :math:`|t-1|<10^{-6}`, where the
+    ratio is 0/0), :math:`H_0 = \log|\{i : p_i>0\}|` and :math:`H_\infty = -\log\max_i p_i`.
+    :math:`H_t` is non-increasing in :math:`t`.
+    """
+    p = check_probability(p, "p", dim=dim)
+    t = check_real(t, "t", nonnegative=True, finite=False)
+    if math.isinf(t):
+        return -torch.log(p.amax(dim=dim))
+    if t == 0:
+        return torch.log((p > 0).sum(dim=dim).to(p.dtype))
+    if abs(t - 1.0) < RENYI_SHANNON_BAND:
+        return -torch.special.xlogy(p, p).sum(dim=dim)
+    return torch.log(torch.pow(p, t).sum(dim=dim)) / (1.0 - t)
+
+
+def kl_divergence(p, q, dim: int = -1) -> torch.Tensor:
+    r"""Kullback–Leibler divergence :math:`\mathrm{KL}(p\|q) = \sum_i p_i\log(p_i/q_i)`.
+
+    Terms with :math:`p_i = 0` are 0; a term with :math:`p_i > 0 = q_i` makes it ``+inf``.
+    """
+    p = check_probability(p, "p", dim=dim)
+    q = check_probability(q, "q", dim=dim)
+    if p.shape[dim] != q.shape[dim]:
+        raise ValueError(f"p and q must have the same length along dim={dim}, got "
+                         f"{p.shape[dim]} and {q.shape[dim]}")
+    return (torch.special.xlogy(p, p) - torch.special.xlogy(p, q)).sum(dim=dim)
+
+
+def lse_lower_bound(x, p, t: float = 1.0, dim: int = -1) -> torch.Tensor:
+    r"""The Hölder–Rényi lower bound on logsumexp.
+
+    .. math:: \operatorname{lse}(x) \ \ge\ \sum_i p_i x_i + H_t(p)
+              \qquad (p \in \Delta^{n-1},\ t \ge 1)
+
+    ``t = 2`` is the Cauchy–Schwarz bound :math:`\sum p_i x_i - \log\sum p_i^2`; uniform ``p``
+    gives the mean bound :math:`\bar x + \log n`; ``t = 1`` (Shannon) is the tightest member
+    and is attained at :math:`p = \operatorname{softmax}(x)`. Terms with :math:`p_i = 0`
+    contribute 0 to the mean even where :math:`x_i = -\infty`.
+    """
+    x = _prepare(x, "x", dim)
+    t = check_real(t, "t", low=1.0, finite=False)
+    p = check_probability(p, "p", dim=dim)
+    if p.shape[dim] != x.shape[dim]:
+        raise ValueError(f"p must have the same length as x along dim={dim}, got "
+                         f"{p.shape[dim]} and {x.shape[dim]}")
+    mean = torch.where(p > 0, p * x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return mean.sum(dim=dim) + renyi_entropy(p, t, dim=dim)

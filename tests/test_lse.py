@@ -1,0 +1,231 @@
+"""Tests of dlmath.lse: the inequalities of the logsumexp chapter as properties, cross-checks
+against scipy and torch, gradients, and the documented edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.special
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from dlmath import lse
+
+F64 = torch.float64
+SETTINGS = settings(max_examples=150, deadline=None)
+
+# Vectors with magnitudes from 1e-3 to 1e3, and near-ties (a base value plus tiny offsets).
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+plain_vectors = st.integers(1, 12).flatmap(lambda n: arrays(np.float64, n, elements=finite))
+near_ties = st.tuples(finite, st.integers(2, 12), st.floats(0, 1e-9)).map(
+    lambda a: a[0] + a[2] * np.arange(a[1], dtype=np.float64))
+vectors = st.one_of(plain_vectors, near_ties).map(torch.from_numpy)
+
+
+@st.composite
+def vector_and_distribution(draw):
+    x = draw(vectors)
+    kind = draw(st.sampled_from(["dirichlet", "onehot", "uniform", "sparse"]))
+    n = x.numel()
+    if kind == "onehot":
+        p = torch.zeros(n, dtype=F64)
+        p[draw(st.integers(0, n - 1))] = 1.0
+    elif kind == "uniform":
+        p = torch.full((n,), 1.0 / n, dtype=F64)
+    else:
+        w = torch.tensor(draw(arrays(np.float64, n, elements=st.floats(0.0, 1.0))))
+        if kind == "sparse":
+            w[: n // 2] = 0.0
+        assume(w.sum() > 1e-6)
+        p = w / w.sum()
+    return x, p
+
+
+def tol(x):
+    """Rounding allowance for float64 quantities of magnitude |x|_inf."""
+    return 1e-12 * max(1.0, float(x.abs().max()))
+
+
+# -- the bounds ---------------------------------------------------------------------------
+
+@SETTINGS
+@given(vectors, st.floats(1e-2, 1e2))
+def test_sandwich_with_temperature(x, tau):
+    value = lse.logsumexp(x, tau=tau)
+    lower, upper = lse.lse_bounds(x, tau=tau)
+    assert lower - tol(x) <= value <= upper + tol(x)
+
+
+def test_sandwich_equality_and_strictness():
+    x = torch.full((7,), 2.5, dtype=F64)
+    assert lse.logsumexp(x) == pytest.approx(2.5 + math.log(7), abs=1e-14)
+    assert lse.logsumexp(torch.tensor([3.0], dtype=F64)) == 3.0  # n = 1: lower bound is equality
+    # n >= 2 with a moderate gap: strictly above the max
+    assert lse.logsumexp(torch.tensor([0.0, -30.0], dtype=F64)) > 0.0
+    # beyond ~37 in float64 the strict inequality is lost to rounding, as documented
+    assert lse.logsumexp(torch.tensor([0.0, -40.0], dtype=F64)) == 0.0
+
+
+@SETTINGS
+@given(vector_and_distribution(), st.sampled_from([1.0, 1.01, 1.5, 2.0, 3.0, 10.0, math.inf]))
+def test_holder_renyi_lower_bound(xp, t):
+    x, p = xp
+    assert lse.lse_lower_bound(x, p, t=t) <= lse.logsumexp(x) + tol(x)
+
+
+@SETTINGS
+@given(vector_and_distribution())
+def test_shannon_bound_is_the_tightest_of_the_family(xp):
+    x, p = xp
+    bounds = [float(lse.lse_lower_bound(x, p, t=t)) for t in (1.0, 1.5, 2.0, 4.0, math.inf)]
+    assert all(a >= b - tol(x) for a, b in zip(bounds, bounds[1:], strict=False))
+
+
+@SETTINGS
+@given(vectors)
+def test_shannon_bound_is_attained_at_softmax(x):
+    p = lse.softmax(x)
+    assert lse.lse_lower_bound(x, p, t=1.0) == pytest.approx(float(lse.logsumexp(x)),
+                                                            abs=1e-9 * max(1, float(x.abs().max())))
+
+
+def test_mean_bound_is_uniform_case_of_cauchy_bound():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, generator=g, dtype=F64)
+    u = torch.full((9,), 1 / 9, dtype=F64)
+    assert lse.lse_lower_bound(x, u, t=2.0) == pytest.approx(float(x.mean() + math.log(9)))
+
+
+@SETTINGS
+@given(vectors, st.floats(-50, 50), st.data())
+def test_sup_norm_lipschitz(x, c, data):
+    y = x + torch.tensor(data.draw(arrays(np.float64, x.numel(), elements=st.floats(-5, 5))))
+    gap = (lse.logsumexp(x) - lse.logsumexp(y)).abs()
+    assert gap <= (x - y).abs().max() + tol(x)
+    shifted = lse.logsumexp(x + c) - lse.logsumexp(x)  # equality along the ones direction
+    assert shifted == pytest.approx(c, abs=tol(x) + 1e-12 * abs(c))
+
+
+@SETTINGS
+@given(vectors, st.floats(0, 1), st.data())
+def test_convexity(x, t, data):
+    y = torch.tensor(data.draw(arrays(np.float64, x.numel(), elements=finite)))
+    lhs = t * lse.logsumexp(x) + (1 - t) * lse.logsumexp(y)
+    assert lse.logsumexp(t * x + (1 - t) * y) <= lhs + tol(torch.cat([x, y]))
+
+
+# -- entropies ------------------------------------------------------------------------------
+
+def test_renyi_limits_and_monotonicity():
+    p = torch.tensor([0.5, 0.3, 0.2, 0.0], dtype=F64)
+    shannon = float(lse.shannon_entropy(p))
+    assert shannon == pytest.approx(float(-(p[:3] * p[:3].log()).sum()))
+    assert lse.renyi_entropy(p, 1.0) == pytest.approx(shannon)
+    assert lse.renyi_entropy(p, 1 + 1e-4) == pytest.approx(shannon, abs=1e-4)
+    assert lse.renyi_entropy(p, 0.0) == pytest.approx(math.log(3))  # support size, zeros excluded
+    assert lse.renyi_entropy(p, math.inf) == pytest.approx(-math.log(0.5))
+    assert lse.renyi_entropy(p, 2.0) == pytest.approx(-math.log(0.25 + 0.09 + 0.04))
+    ts = [0.0, 0.5, 1.0, 2.0, 5.0, math.inf]
+    values = [float(lse.renyi_entropy(p, t)) for t in ts]
+    assert values == sorted(values, reverse=True)
+
+
+def test_kl_divergence():
+    p = torch.tensor([0.5, 0.5, 0.0], dtype=F64)
+    q = torch.tensor([0.25, 0.25, 0.5], dtype=F64)
+    assert lse.kl_divergence(p, q) == pytest.approx(math.log(2))
+    assert lse.kl_divergence(q, p) == math.inf
+    assert lse.kl_divergence(p, p) == 0.0
+
+
+# -- cross-checks -------------------------------------------------------------------------
+
+@SETTINGS
+@given(st.integers(1, 5), st.integers(1, 9), st.floats(0.05, 20), st.integers(0, 2**31 - 1))
+def test_against_scipy_and_torch(rows, n, tau, seed):
+    x = torch.randn(rows, n, generator=torch.Generator().manual_seed(seed), dtype=F64) * 100
+    ours = lse.logsumexp(x, tau=tau).numpy()
+    ref = tau * scipy.special.logsumexp(x.numpy() / tau, axis=-1)
+    np.testing.assert_allclose(ours, ref, rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(lse.softmax(x, tau=tau).numpy(),
+                               scipy.special.softmax(x.numpy() / tau, axis=-1), atol=1e-14)
+    torch.testing.assert_close(lse.softmax(x, dim=0), torch.softmax(x, dim=0))
+
+
+def test_dim_keepdim_and_batching():
+    x = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(1))
+    assert lse.logsumexp(x, dim=1).shape == (3, 5)
+    assert lse.logsumexp(x, dim=1, keepdim=True).shape == (3, 1, 5)
+    torch.testing.assert_close(lse.logsumexp(x, dim=1), torch.logsumexp(x, dim=1))
+    torch.testing.assert_close(lse.softmax(x, dim=1).sum(1), torch.ones(3, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_keeps_dtype_and_never_overflows(dtype):
+    x = torch.tensor([1e4, 1e4 - 1.0, -1e4], dtype=dtype) if dtype != torch.float16 \
+        else torch.tensor([6e4, 6e4 - 1.0, -6e4], dtype=dtype)
+    value = lse.logsumexp(x)
+    assert value.dtype == dtype and torch.isfinite(value)
+    p = lse.softmax(x)
+    assert p.dtype == dtype and torch.isfinite(p).all()
+
+
+# -- gradients ------------------------------------------------------------------------------
+
+def test_softmax_is_the_gradient_of_lse_and_its_jacobian():
+    x = torch.randn(6, dtype=F64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    (grad,) = torch.autograd.grad(lse.logsumexp(x, tau=0.7), x)
+    torch.testing.assert_close(grad, lse.softmax(x.detach(), tau=0.7))
+    assert torch.autograd.gradcheck(lambda z: lse.softmax(z, tau=0.7), (x,))
+    jac = torch.autograd.functional.jacobian(lambda z: lse.softmax(z), x)
+    p = lse.softmax(x.detach())
+    torch.testing.assert_close(jac, torch.diag(p) - torch.outer(p, p))
+    hess = torch.autograd.functional.hessian(lambda z: lse.logsumexp(z), x.detach())
+    torch.testing.assert_close(hess, jac)
+    assert torch.linalg.eigvalsh(hess).min() > -1e-12
+    torch.testing.assert_close(hess @ torch.ones(6, dtype=F64), torch.zeros(6, dtype=F64))
+
+
+# -- edge cases and bad input ---------------------------------------------------------------
+
+def test_infinities_are_defined():
+    inf = math.inf
+    x = torch.tensor([[1.0, inf, 3.0, inf], [-inf, 0.0, -inf, 0.0], [-inf, -inf, -inf, -inf]])
+    v = lse.logsumexp(x)
+    assert v[0] == inf and v[1] == pytest.approx(math.log(2)) and v[2] == -inf
+    p = lse.softmax(x[:2])
+    torch.testing.assert_close(p, torch.tensor([[0, 0.5, 0, 0.5], [0, 0.5, 0, 0.5]]))
+    with pytest.raises(ValueError, match="-inf everywhere"):
+        lse.softmax(x)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: lse.logsumexp(torch.tensor([])), ValueError, "x must not be empty"),
+    (lambda: lse.logsumexp(torch.zeros(3, 0)), ValueError, "empty"),
+    (lambda: lse.logsumexp(torch.tensor([1, 2])), TypeError, "floating dtype"),
+    (lambda: lse.logsumexp(torch.tensor([1.0, math.nan])), ValueError, "x contains NaN"),
+    (lambda: lse.logsumexp(torch.ones(3), tau=0.0), ValueError, "tau must be > 0"),
+    (lambda: lse.logsumexp(torch.ones(3), tau=-1.0), ValueError, "tau must be > 0"),
+    (lambda: lse.logsumexp(torch.ones(3), tau=math.inf), ValueError, "tau must be finite"),
+    (lambda: lse.logsumexp(torch.ones(3), dim=1), ValueError, "dim=1 is out of range"),
+    (lambda: lse.logsumexp("abc"), TypeError, "x must be"),
+    (lambda: lse.softmax(torch.ones(3), tau="1"), TypeError, "tau must be a real number"),
+    (lambda: lse.renyi_entropy(torch.tensor([0.5, 0.6]), 2.0), ValueError, "p must sum to 1"),
+    (lambda: lse.renyi_entropy(torch.tensor([1.5, -0.5]), 2.0), ValueError, "non-negative"),
+    (lambda: lse.renyi_entropy(torch.tensor([0.5, 0.5]), -1.0), ValueError, "t must be >= 0"),
+    (lambda: lse.lse_lower_bound(torch.ones(3), torch.ones(3) / 3, t=0.5), ValueError,
+     "t must be >= 1"),
+    (lambda: lse.lse_lower_bound(torch.ones(3), torch.ones(2) / 2), ValueError, "same length"),
+])
+def test_bad_input_gives_clear_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_accepts_array_likes():
+    assert lse.logsumexp([0.0, 0.0]).item() == pytest.approx(math.log(2))
+    assert lse.logsumexp(np.zeros(2)).dtype == torch.float64

@@ -1,0 +1,213 @@
+"""Every chapter follows the arc of CONTRIBUTING.md, and every labelled statement is checked.
+
+These tests read the committed notebooks as JSON; they execute nothing. Each rule is its own
+test, parametrised by notebook, so a failure names the chapter and the missing element.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+
+CHECKED_KINDS = ("theorem", "lemma", "proposition", "corollary")
+DIRECTIVE = re.compile(
+    r"^(?P<fence>:{3,}|`{3,})\{prf:(?P<kind>\w+)\}[^\n]*\n(?P<options>(?:[ \t]*:[\w-]+:[^\n]*\n)*)",
+    re.MULTILINE,
+)
+LABEL = re.compile(r":label:\s*(\S+)")
+SOURCE_LINK = re.compile(r"https?://(?:kexue\.fm|spaces\.ac\.cn)/archives/\d+")
+
+
+def toc_files(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
+    """Every `file:` entry of the table of contents, in order, including the root."""
+    toc = yaml.safe_load(toc_path.read_text())
+    files = [toc["root"]]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk({k: v for k, v in toc.items() if k != "root"})
+    return files
+
+
+def notebook_paths() -> list[Path]:
+    return sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def markdown(nb) -> str:
+    return "\n\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+def statements(nb) -> list[tuple[str, str | None]]:
+    """(kind, label) of every prf: directive in the notebook's markdown."""
+    found = []
+    for m in DIRECTIVE.finditer(markdown(nb)):
+        label = LABEL.search(m.group("options"))
+        found.append((m.group("kind"), label.group(1) if label else None))
+    return found
+
+
+def tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def has_assert(cell) -> bool:
+    return cell.cell_type == "code" and re.search(r"^\s*assert\b", cell.source, re.M) is not None
+
+
+def headings(nb) -> list[str]:
+    return [line.strip() for line in markdown(nb).splitlines() if line.startswith("## ")]
+
+
+# -- structural rules, one function each, reused by the self-test below -------------------
+
+def problems(nb, name: str, toc: list[str]) -> list[str]:
+    """Everything wrong with one chapter notebook; empty when it follows the arc."""
+    out = []
+    cells = nb.cells
+    if not cells or cells[0].cell_type != "markdown" or not cells[0].source.startswith("# "):
+        out.append("the first cell must be markdown starting with '# Title'")
+    md = markdown(nb)
+    if not (re.search(r":class:\s*source", md) and SOURCE_LINK.search(md)):
+        out.append("no Source admonition (:class: source) linking a kexue.fm/archives post")
+    found = statements(nb)
+    if not found:
+        out.append("no prf: statement (theorem, lemma, definition, ...)")
+    for kind, label in found:
+        if kind in CHECKED_KINDS and label is None:
+            out.append(f"a prf:{kind} has no :label:, so no check can claim it")
+    verified = {t.split(":", 1)[1] for c in cells if has_assert(c) for t in tags(c)
+                if t.startswith("verifies:")}
+    for kind, label in found:
+        if kind in CHECKED_KINDS and label is not None and label not in verified:
+            out.append(f"prf:{kind} '{label}' is claimed by no asserting cell "
+                       f"(tag a cell that asserts it with verifies:{label})")
+    claimed = {t.split(":", 1)[1] for c in cells for t in tags(c) if t.startswith("verifies:")}
+    known = {label for _, label in found if label}
+    for label in sorted(claimed - known):
+        out.append(f"a cell claims verifies:{label}, but no statement has that label")
+    if not any(has_assert(c) for c in cells):
+        out.append("no code cell with an assert")
+    figures = [c for c in cells if c.cell_type == "code"
+               and c.get("metadata", {}).get("mystnb", {}).get("figure", {}).get("caption")]
+    if not figures:
+        out.append("no captioned figure (code cell with mystnb.figure.caption metadata)")
+    for c in figures:
+        if "plt.show()" not in c.source and "savefig" not in c.source:
+            out.append("a figure cell does not end with plt.show()")
+    for c in cells:
+        if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count")):
+            out.append("committed with outputs (run nbstripout)")
+            break
+    heads = headings(nb)
+    for section in ("## Experiment", "## Exercises", "## References"):
+        if not any(h.startswith(section) for h in heads):
+            out.append(f"no '{section}' section")
+    if heads and not heads[-1].startswith("## References"):
+        out.append("'## References' must be the last section")
+    if "{exercise}" not in md or "{solution}" not in md:
+        out.append("no exercise with a solution")
+    if "{bibliography}" not in md:
+        out.append("no bibliography directive in the References section")
+    count = toc.count(f"notebooks/{name}")
+    if count != 1:
+        out.append(f"listed {count} times in _toc.yml (expected exactly once)")
+    return out
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
+def test_chapter_follows_the_arc(path):
+    nb = nbformat.read(path, as_version=4)
+    found = problems(nb, path.stem, toc_files())
+    assert not found, f"{path.name}:\n  - " + "\n  - ".join(found)
+
+
+def test_toc_entries_exist_once():
+    files = toc_files()
+    duplicates = {f for f in files if files.count(f) > 1}
+    assert not duplicates, f"listed more than once in _toc.yml: {sorted(duplicates)}"
+    for f in files:
+        candidates = [ROOT / f"{f}{ext}" for ext in ("", ".md", ".ipynb")]
+        assert any(c.is_file() for c in candidates), f"_toc.yml names a missing file: {f}"
+
+
+def test_every_chapter_notebook_is_in_the_toc():
+    listed = set(toc_files())
+    missing = [p.name for p in notebook_paths() if f"notebooks/{p.stem}" not in listed]
+    assert not missing, f"notebooks missing from _toc.yml: {missing}"
+
+
+def test_labels_are_unique_across_the_book():
+    seen: dict[str, str] = {}
+    for path in notebook_paths():
+        nb = nbformat.read(path, as_version=4)
+        for _, label in statements(nb):
+            if label is None:
+                continue
+            assert label not in seen, f"label {label} in {path.name} and {seen[label]}"
+            seen[label] = path.name
+
+
+# -- the rules themselves must be able to fail -------------------------------------------
+
+def _model():
+    """A minimal notebook that follows the arc."""
+    v4 = nbformat.v4
+    return v4.new_notebook(cells=[
+        v4.new_markdown_cell("# A chapter\n\nSummary."),
+        v4.new_markdown_cell(":::{admonition} Source\n:class: source\n"
+                             "[post](https://kexue.fm/archives/1)\n:::"),
+        v4.new_markdown_cell(":::{prf:theorem} T\n:label: x-thm-t\n\nStatement.\n:::"),
+        v4.new_code_cell("assert 1 + 1 == 2", metadata={"tags": ["verifies:x-thm-t"]}),
+        v4.new_code_cell("plt.show()",
+                         metadata={"mystnb": {"figure": {"caption": "c", "name": "x-fig"}}}),
+        v4.new_markdown_cell("## Experiment\n\n## Exercises\n\n:::{exercise}\n:label: e\n:::\n"
+                             ":::{solution} e\n:::"),
+        v4.new_markdown_cell("## References\n\n```{bibliography}\n```"),
+    ])
+
+
+def test_model_notebook_passes():
+    assert problems(_model(), "model", ["notebooks/model"]) == []
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    (lambda nb: nb.cells.pop(0), "first cell"),
+    (lambda nb: nb.cells.pop(1), "Source"),
+    (lambda nb: nb.cells.pop(2), "prf: statement"),
+    (lambda nb: nb.cells[3].metadata.update(tags=[]), "claimed by no asserting cell"),
+    (lambda nb: setattr(nb.cells[3], "source", "print(2)"), "claimed by no asserting cell"),
+    (lambda nb: nb.cells[2].update(source=":::{prf:lemma} L\n\nno label\n:::"), "no :label:"),
+    (lambda nb: nb.cells[4].metadata.pop("mystnb"), "captioned figure"),
+    (lambda nb: nb.cells[4].update(outputs=[{"output_type": "stream", "name": "stdout",
+                                             "text": "x"}]), "outputs"),
+    (lambda nb: nb.cells[5].update(source="## Exercises\n:::{exercise}\n:::{solution} e\n:::"),
+     "Experiment"),
+    (lambda nb: nb.cells[5].update(source="## Experiment\n## Exercises\n"), "exercise"),
+    (lambda nb: nb.cells.pop(6), "References"),
+])
+def test_structure_rules_catch_each_missing_element(breakage, expected):
+    nb = _model()
+    breakage(nb)
+    found = problems(nb, "model", ["notebooks/model"])
+    assert any(expected in p for p in found), found
+
+
+def test_toc_rule_catches_missing_and_duplicate_entries():
+    assert any("listed 0 times" in p for p in problems(_model(), "model", []))
+    toc = ["notebooks/model", "notebooks/model"]
+    assert any("listed 2 times" in p for p in problems(_model(), "model", toc))
