@@ -78,7 +78,8 @@ lab: $(VENV)/.stamp-lab
 	$(BIN)/jupyter lab notebooks/
 
 bench: $(VENV)/.stamp-test
-	$(PY) -m benchmarks
+	@ls benchmarks/bench_*.py >/dev/null 2>&1 || { echo "no benchmarks yet (see benchmarks/README.md)"; exit 0; }; \
+	for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis

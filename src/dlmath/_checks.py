@@ -80,8 +80,6 @@ def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
 def check_matrix(M, name: str = "M", *, finite: bool = True) -> torch.Tensor:
     """A floating tensor with at least two dimensions (a matrix or a batch of matrices)."""
     M = as_float_tensor(M, name, min_ndim=2)
-    if M.shape[-1] == 0 or M.shape[-2] == 0:
-        raise ValueError(f"{name} must have non-empty matrix dimensions, got {tuple(M.shape)}")
     if finite:
         check_finite(M, name)
     return M

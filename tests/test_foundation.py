@@ -1,0 +1,91 @@
+"""Tests of the shared foundation: input validation and device/size selection."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dlmath import _checks, device
+
+
+def test_as_float_tensor_keeps_tensors_and_converts_array_likes():
+    x = torch.ones(3, dtype=torch.float64)
+    assert _checks.as_float_tensor(x, "x") is x
+    assert _checks.as_float_tensor([1, 2], "x").dtype == torch.get_default_dtype()
+    assert _checks.as_float_tensor(np.ones(2), "x").dtype == torch.float64
+
+
+@pytest.mark.parametrize("value, error, match", [
+    (torch.tensor([1, 2]), TypeError, "x must have a floating dtype"),
+    (torch.tensor([True]), TypeError, "floating dtype"),
+    (torch.tensor(1.0), ValueError, "at least 1 dimension"),
+    (torch.tensor([]), ValueError, "must not be empty"),
+    (object(), TypeError, "x must be a torch.Tensor or array-like"),
+])
+def test_as_float_tensor_errors(value, error, match):
+    with pytest.raises(error, match=match):
+        _checks.as_float_tensor(value, "x")
+
+
+def test_check_matrix_and_finite():
+    with pytest.raises(ValueError, match="W must have at least 2"):
+        _checks.check_matrix(torch.ones(3), "W")
+    with pytest.raises(ValueError, match="W must not be empty"):
+        _checks.check_matrix(torch.ones(2, 0), "W")
+    with pytest.raises(ValueError, match="W must be finite, but it contains inf"):
+        _checks.check_matrix(torch.tensor([[1.0, math.inf]]), "W")
+    with pytest.raises(ValueError, match="contains NaN"):
+        _checks.check_matrix(torch.tensor([[1.0, math.nan]]), "W")
+
+
+def test_check_real_int_choice_probability():
+    assert _checks.check_real(2, "lr", positive=True) == 2.0
+    with pytest.raises(TypeError, match="lr must be a real number"):
+        _checks.check_real(True, "lr")
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        _checks.check_real(0.0, "lr", positive=True)
+    with pytest.raises(ValueError, match="beta must be <= 1"):
+        _checks.check_real(1.5, "beta", high=1.0)
+    assert _checks.check_real(math.inf, "t", finite=False) == math.inf
+    with pytest.raises(TypeError, match="steps must be an int"):
+        _checks.check_int(2.0, "steps")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        _checks.check_int(0, "steps", low=1)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        _checks.check_choice("x", "kind", ["a", "b"])
+    with pytest.raises(ValueError, match="p must sum to 1"):
+        _checks.check_probability(torch.tensor([0.2, 0.2]))
+
+
+def test_device_defaults_and_overrides(monkeypatch):
+    monkeypatch.delenv("DLMATH_DEVICE", raising=False)
+    monkeypatch.delenv("DLMATH_SIZE", raising=False)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert device.default_device().type == expected
+    assert device.preset("cpu") == "small" and device.preset("cuda") == "large"
+    assert device.pick(cpu=1, gpu=2, device="cpu") == 1
+    assert device.pick(cpu=1, gpu=2, device="cuda") == 2
+    monkeypatch.setenv("DLMATH_SIZE", "large")
+    assert device.pick(cpu=1, gpu=2, device="cpu") == 2
+    monkeypatch.setenv("DLMATH_SIZE", "huge")
+    with pytest.raises(ValueError, match="DLMATH_SIZE must be one of"):
+        device.preset()
+    monkeypatch.setenv("DLMATH_DEVICE", "not-a-device")
+    with pytest.raises(ValueError, match="DLMATH_DEVICE"):
+        device.default_device()
+
+
+def test_generators_are_seeded_and_independent():
+    a = torch.rand(3, generator=device.generator(7, "cpu"))
+    b = torch.rand(3, generator=device.generator(7, "cpu"))
+    c = torch.rand(3, generator=device.generator(8, "cpu"))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        device.generator(-1, "cpu")
+
+
+def test_compute_dtype():
+    assert device.compute_dtype("cpu") == torch.float64
+    assert device.compute_dtype("cpu", fast=True) == torch.float32
+    assert device.compute_dtype("cuda", fast=True) == torch.bfloat16

@@ -1,0 +1,133 @@
+"""Open every page of the built book in headless Chromium and check what a reader would see.
+
+The strict Sphinx build cannot see bad TeX: MathJax only meets it in the browser. For each HTML
+page this script lets Chromium load the page and run MathJax, dumps the resulting DOM, and fails
+when
+
+* a math node (``.math`` element written by Sphinx) was left untypeset (no ``mjx-container``),
+* MathJax reported an error (``mjx-merror`` or ``data-mjx-error``) or met an undefined
+  macro (rendered in red by its ``noundefined`` extension),
+* an image points to a file that is not in the build,
+* an internal link points to a missing page or a missing anchor.
+
+Usage: python tools/browser_check.py _build/html [--jobs 2] [--pages GLOB ...]
+Exit status 0 when every page passes; otherwise each problem is printed with its page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from bs4 import BeautifulSoup
+
+SKIP = {"search.html", "genindex.html", "prf-prf.html", "py-modindex.html"}
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-extensions", "--allow-file-access-from-files", "--virtual-time-budget=20000",
+    "--run-all-compositor-stages-before-draw",
+]
+
+
+def find_chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    sys.exit("browser check: Chromium not found (Debian: apt-get install chromium)")
+
+
+def dump_dom(chromium: str, page: Path) -> str:
+    with tempfile.TemporaryDirectory(prefix="dlmath-chromium-") as profile:
+        result = subprocess.run(
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
+             page.resolve().as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )
+    if result.returncode != 0 or "<html" not in result.stdout:
+        raise RuntimeError(f"Chromium failed on {page}: {result.stderr[-500:]}")
+    return result.stdout
+
+
+def ids_of(path: Path, cache: dict[Path, set[str]]) -> set[str]:
+    if path not in cache:
+        soup = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
+        cache[path] = {el["id"] for el in soup.find_all(id=True)} | {
+            el["name"] for el in soup.find_all("a", attrs={"name": True})}
+    return cache[path]
+
+
+def check_page(chromium: str, root: Path, page: Path, id_cache) -> list[str]:
+    soup = BeautifulSoup(dump_dom(chromium, page), "html.parser")
+    main = soup.find("main") or soup
+    problems = []
+    math_nodes = main.select(".math")
+    for node in math_nodes:
+        if node.find("mjx-container") is None:
+            tex = node.get_text(" ", strip=True)[:120]
+            problems.append(f"math not typeset: {tex!r}")
+    for err in main.select("mjx-merror, [data-mjx-error]"):
+        text = err.get("data-mjx-error") or err.get_text(" ", strip=True)
+        problems.append(f"MathJax error: {text[:160]!r}")
+    for undefined in main.select('mtext[mathcolor="red"]'):  # MathJax's noundefined extension
+        problems.append(f"undefined TeX macro: {undefined.get_text(strip=True)[:80]!r}")
+    for img in main.find_all("img"):
+        src = img.get("src", "")
+        if src.startswith(("data:", "http:", "https:")):
+            continue
+        target = (page.parent / unquote(urlsplit(src).path)).resolve()
+        if not target.is_file():
+            problems.append(f"image missing: {src}")
+    for a in main.find_all("a", href=True):
+        href = a["href"]
+        parts = urlsplit(href)
+        if parts.scheme or href.startswith(("mailto:", "//")):
+            continue
+        target = page if not parts.path else (page.parent / unquote(parts.path)).resolve()
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.is_file():
+            problems.append(f"broken link: {href}")
+            continue
+        if parts.fragment and target.suffix == ".html" and target.is_relative_to(root):
+            if unquote(parts.fragment) not in ids_of(target, id_cache):
+                problems.append(f"broken anchor: {href}")
+    return [f"{page.relative_to(root)}: {p}" for p in problems] + (
+        [] if problems else [f"ok {page.relative_to(root)} ({len(math_nodes)} math nodes)"])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("html_dir", type=Path)
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--pages", nargs="*", default=["**/*.html"])
+    args = parser.parse_args(argv)
+    root = args.html_dir.resolve()
+    if not (root / "index.html").is_file():
+        sys.exit(f"browser check: no built book at {root} (run the book build first)")
+    pages = sorted({p for pattern in args.pages for p in root.glob(pattern)
+                    if "_static" not in p.parts and "_sources" not in p.parts
+                    and p.name not in SKIP and p.name != "index.html"})
+    chromium = find_chromium()
+    id_cache: dict[Path, set[str]] = {}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda p: check_page(chromium, root, p, id_cache), pages))
+    failures = [line for lines in results for line in lines if not line.startswith("ok ")]
+    for lines in results:
+        for line in lines:
+            print(line)
+    print(f"browser check: {len(pages) - len({f.split(':')[0] for f in failures})} passed, "
+          f"{len({f.split(':')[0] for f in failures})} failed ({len(pages)} pages)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
