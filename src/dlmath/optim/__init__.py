@@ -1,0 +1,23 @@
+"""Optimizers (``torch.optim.Optimizer`` subclasses, one file each) and optimizer helpers.
+
+Names are imported lazily from their modules, so ``import dlmath.optim`` stays cheap and each
+optimizer file can be read on its own.
+"""
+
+from importlib import import_module
+
+# public name -> module of dlmath.optim that defines it
+_EXPORTS = {
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'dlmath.optim' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
