@@ -68,7 +68,7 @@ book-strict: $(VENV)/.stamp-book
 	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
 
 browser-check: $(VENV)/.stamp-test
-	$(PY) tools/browser_check.py _build/html
+	$(PY) tools/browser_check.py _build/html --screenshots _build/screenshots
 
 test: lint stripout-check pytest book-strict browser-check
 	@echo "make test: all checks passed"

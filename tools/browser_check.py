@@ -7,8 +7,13 @@ when
 * a math node (``.math`` element written by Sphinx) was left untypeset (no ``mjx-container``),
 * MathJax reported an error (``mjx-merror`` or ``data-mjx-error``) or met an undefined
   macro (rendered in red by its ``noundefined`` extension),
-* an image points to a file that is not in the build,
-* an internal link points to a missing page or a missing anchor.
+* an image points to a file that is not in the build, or did not load (natural width 0),
+* an internal link points to a missing page or a missing anchor,
+* the page logged a JavaScript error or a resource failed to load.
+
+To see what only the running page knows (image sizes, console errors), the check opens a
+temporary copy of each page with a small probe script injected at the top of ``<head>``; the probe
+writes its findings into the DOM once MathJax has finished, and the dumped DOM carries them out.
 
 Usage: python tools/browser_check.py _build/html [--jobs 2] [--pages GLOB ...]
 Exit status 0 when every page passes; otherwise each problem is printed with its page.
@@ -17,6 +22,7 @@ Exit status 0 when every page passes; otherwise each problem is printed with its
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -28,6 +34,15 @@ from urllib.parse import unquote, urlsplit
 
 from bs4 import BeautifulSoup
 
+# Console messages of the book theme itself, harmless and outside this project's control; each is
+# matched exactly, so any other error still fails the check.
+KNOWN_THEME_MESSAGES = {
+    # sphinx-thebe (via Jupyter Book 1) inserts its configuration script twice on pages with
+    # code cells; the second copy redeclares a const. Thebe (live code) is not enabled here.
+    "js error: Uncaught SyntaxError: Identifier 'THEBE_JS_URL' has already been declared",
+    # pydata-sphinx-theme with no stored light/dark preference in a fresh browser profile.
+    "console.error: Got invalid theme mode: . Resetting to auto.",
+}
 SKIP = {"search.html", "genindex.html", "prf-prf.html", "py-modindex.html"}
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,13 +60,63 @@ def find_chromium() -> str:
     sys.exit("browser check: Chromium not found (Debian: apt-get install chromium)")
 
 
+PROBE = """<script>
+(function () {
+  var found = {errors: []};
+  var origError = console.error;
+  console.error = function () {
+    found.errors.push("console.error: " + Array.prototype.join.call(arguments, " "));
+    return origError.apply(console, arguments);
+  };
+  window.addEventListener("error", function (e) {
+    var t = e.target;
+    if (t && t !== window && (t.src || t.href)) {
+      found.errors.push("failed to load: " + (t.src || t.href));
+    } else {
+      found.errors.push("js error: " + (e.message || e));
+    }
+  }, true);
+  window.addEventListener("unhandledrejection", function (e) {
+    found.errors.push("unhandled rejection: " + e.reason);
+  });
+  function report() {
+    found.images = Array.prototype.map.call(document.images, function (img) {
+      return [img.getAttribute("src"), img.naturalWidth];
+    });
+    var out = document.createElement("script");
+    out.type = "application/json";
+    out.id = "dlmath-probe";
+    out.textContent = JSON.stringify(found);
+    document.body.appendChild(out);
+  }
+  window.addEventListener("load", function () {
+    var mj = window.MathJax;
+    if (mj && mj.startup && mj.startup.promise) {
+      mj.startup.promise.then(report, report);
+    } else {
+      report();
+    }
+  });
+})();
+</script>"""
+
+
 def dump_dom(chromium: str, page: Path) -> str:
-    with tempfile.TemporaryDirectory(prefix="dlmath-chromium-") as profile:
-        result = subprocess.run(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
-             page.resolve().as_uri()],
-            capture_output=True, text=True, timeout=120,
-        )
+    """The DOM of ``page`` after it loaded and ran, with the probe's findings in it."""
+    html = page.read_text(encoding="utf-8")
+    head = html.find("<head>")
+    probed = html[: head + 6] + PROBE + html[head + 6:] if head >= 0 else PROBE + html
+    copy = page.with_name(f".probe-{page.name}")
+    copy.write_text(probed, encoding="utf-8")
+    try:
+        with tempfile.TemporaryDirectory(prefix="dlmath-chromium-") as profile:
+            result = subprocess.run(
+                [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
+                 copy.resolve().as_uri()],
+                capture_output=True, text=True, timeout=120,
+            )
+    finally:
+        copy.unlink(missing_ok=True)
     if result.returncode != 0 or "<html" not in result.stdout:
         raise RuntimeError(f"Chromium failed on {page}: {result.stderr[-500:]}")
     return result.stdout
@@ -69,6 +134,14 @@ def check_page(chromium: str, root: Path, page: Path, id_cache) -> list[str]:
     soup = BeautifulSoup(dump_dom(chromium, page), "html.parser")
     main = soup.find("main") or soup
     problems = []
+    probe = soup.find("script", id="dlmath-probe")
+    if probe is None:
+        problems.append("the page never finished loading (no probe report)")
+    else:
+        found = json.loads(probe.string or "{}")
+        problems += [e[:200] for e in found.get("errors", []) if e not in KNOWN_THEME_MESSAGES]
+        problems += [f"image did not load: {src}" for src, width in found.get("images", [])
+                     if not width]
     math_nodes = main.select(".math")
     for node in math_nodes:
         if node.find("mjx-container") is None:
@@ -104,11 +177,22 @@ def check_page(chromium: str, root: Path, page: Path, id_cache) -> list[str]:
         [] if problems else [f"ok {page.relative_to(root)} ({len(math_nodes)} math nodes)"])
 
 
+def screenshot(chromium: str, page: Path, out: Path) -> None:
+    """A 2x screenshot of ``page`` (1280 px wide) for a person to look at."""
+    with tempfile.TemporaryDirectory(prefix="dlmath-chromium-") as profile:
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                        "--window-size=1280,2000", "--force-device-scale-factor=2",
+                        f"--screenshot={out}", page.resolve().as_uri()],
+                       capture_output=True, timeout=120, check=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("html_dir", type=Path)
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--pages", nargs="*", default=["**/*.html"])
+    parser.add_argument("--screenshots", type=Path, default=None,
+                        help="folder for 2x screenshots of the intro, first chapter and ledger")
     args = parser.parse_args(argv)
     root = args.html_dir.resolve()
     if not (root / "index.html").is_file():
@@ -124,6 +208,13 @@ def main(argv=None) -> int:
     for lines in results:
         for line in lines:
             print(line)
+    if args.screenshots is not None:
+        args.screenshots.mkdir(parents=True, exist_ok=True)
+        chapters = sorted(root.glob("notebooks/*.html"))
+        for page in [root / "book/intro.html", *chapters[:1], root / "book/ledger.html"]:
+            if page.is_file():
+                screenshot(chromium, page, args.screenshots / f"{page.stem}.png")
+        print(f"screenshots in {args.screenshots}")
     print(f"browser check: {len(pages) - len({f.split(':')[0] for f in failures})} passed, "
           f"{len({f.split(':')[0] for f in failures})} failed ({len(pages)} pages)")
     return 1 if failures else 0
