@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 BOOK_FLAGS := -W -n --keep-going
 
-.PHONY: book test lab execute page bench clean lint stripout-check pytest book-strict browser-check help
+.PHONY: book test lab execute page bench clean lint stripout-check pytest book-strict browser-check lab-check help
 
 help:
 	@echo "make book     build the HTML book (prints the path of index.html)"
@@ -70,7 +70,11 @@ book-strict: $(VENV)/.stamp-book
 browser-check: $(VENV)/.stamp-test
 	$(PY) tools/browser_check.py _build/html --screenshots _build/screenshots
 
-test: lint stripout-check pytest book-strict browser-check
+lab-check: $(VENV)/.stamp-test
+	$(PY) tools/lab_check.py notebooks/01-logsumexp-inequalities.ipynb \
+	  --screenshot _build/screenshots/lab-01-logsumexp-inequalities.png
+
+test: lint stripout-check pytest book-strict browser-check lab-check
 	@echo "make test: all checks passed"
 
 lab: $(VENV)/.stamp-lab

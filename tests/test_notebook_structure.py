@@ -7,6 +7,7 @@ test, parametrised by notebook, so a failure names the chapter and the missing e
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import nbformat
@@ -14,6 +15,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from expand_macros import expand, uses_shorthands  # noqa: E402
+
 NOTEBOOK_DIR = ROOT / "notebooks"
 
 CHECKED_KINDS = ("theorem", "lemma", "proposition", "corollary")
@@ -119,6 +123,10 @@ def problems(nb, name: str, toc: list[str]) -> list[str]:
             out.append(f"no '{section}' section")
     if heads and not heads[-1].startswith("## References"):
         out.append("'## References' must be the last section")
+    shorthands = uses_shorthands(md)
+    if shorthands:
+        out.append(f"uses the book's TeX shorthands {shorthands}, which JupyterLab and Colab do "
+                   f"not know: run tools/expand_macros.py on the notebook")
     if "{exercise}" not in md or "{solution}" not in md:
         out.append("no exercise with a solution")
     if "{bibliography}" not in md:
@@ -199,6 +207,7 @@ def test_model_notebook_passes():
      "Experiment"),
     (lambda nb: nb.cells[5].update(source="## Experiment\n## Exercises\n"), "exercise"),
     (lambda nb: nb.cells.pop(6), "References"),
+    (lambda nb: nb.cells[2].update(source=nb.cells[2].source + " $\\lse(x)$"), "shorthands"),
 ])
 def test_structure_rules_catch_each_missing_element(breakage, expected):
     nb = _model()
@@ -211,3 +220,17 @@ def test_toc_rule_catches_missing_and_duplicate_entries():
     assert any("listed 0 times" in p for p in problems(_model(), "model", []))
     toc = ["notebooks/model", "notebooks/model"]
     assert any("listed 2 times" in p for p in problems(_model(), "model", toc))
+
+
+def test_expand_macros_rewrites_shorthands_into_standard_tex():
+    text = r"$\norm{x - \abs{y}}_\infty + \inner{p}{x} + \lse(x) \Rightarrow \Re \E[X]$"
+    out = expand(text)
+    assert out == (r"$\left\lVert x - \left\lvert y \right\rvert \right\rVert_\infty + "
+                   r"\left\langle p, x \right\rangle + \operatorname{lse}(x) \Rightarrow \Re "
+                   r"\mathbb{E}[X]$")
+    assert expand(out) == out and uses_shorthands(out) == []
+
+
+def test_book_pages_use_standard_tex():
+    for page in sorted((ROOT / "book").glob("*.md")):
+        assert not uses_shorthands(page.read_text()), f"{page.name}: run tools/expand_macros.py"
