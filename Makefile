@@ -66,6 +66,7 @@ execute: $(VENV)/.stamp-test
 book-strict: $(VENV)/.stamp-book
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/.jupyter_cache _build/.src-hash
 	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
+	$(PY) tools/exec_budget.py _build/.jupyter_cache
 
 browser-check: $(VENV)/.stamp-test
 	$(PY) tools/browser_check.py _build/html --screenshots _build/screenshots
