@@ -42,13 +42,24 @@ MACRO = re.compile(r"\\(" + "|".join(sorted({*SIMPLE, *WITH_ARGS}, key=len, reve
 
 
 def _group(text: str, start: int) -> tuple[str, int]:
-    """The brace group starting at ``text[start]`` (after spaces): (content, end index)."""
+    """The TeX argument starting at ``text[start]`` (after spaces): (content, end index).
+
+    A brace group gives its content; otherwise the argument is one token, as in TeX: a control
+    sequence such as ``\\alpha`` or a single character.
+    """
     i = start
     while i < len(text) and text[i] == " ":
         i += 1
-    if i >= len(text) or text[i] != "{":
-        near = text[max(0, start - 20):i + 20]
-        raise ValueError(f"macro argument must be in braces near: {near!r}")
+    if i >= len(text):
+        raise ValueError(f"macro argument missing near: {text[max(0, start - 20):]!r}")
+    if text[i] != "{":
+        if text[i] == "\\":
+            j = i + 1
+            while j < len(text) and text[j].isalpha():
+                j += 1
+            j = max(j, i + 2)
+            return text[i:j], j
+        return text[i], i + 1
     depth = 0
     for j in range(i, len(text)):
         if text[j] == "{":

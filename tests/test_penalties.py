@@ -1,0 +1,170 @@
+"""Tests of dlmath.penalties: the input- versus parameter-gradient inequality."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath import penalties as P
+
+F64 = torch.float64
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+def _gen(seed):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def _smooth_f(v):
+    return lambda h: torch.sin(h @ v) + 0.1 * h.pow(2).sum()
+
+
+@st.composite
+def networks(draw):
+    depth = draw(st.integers(1, 4))
+    widths = draw(st.lists(st.integers(1, 8), min_size=depth + 1, max_size=depth + 1))
+    acts = draw(st.lists(st.sampled_from(sorted(P.ACTIVATIONS)), min_size=depth,
+                         max_size=depth))
+    scale = draw(st.sampled_from([0.1, 1.0, 3.0]))
+    g = _gen(draw(st.integers(0, 2**31)))
+    Ws, bs = P.random_mlp(widths, generator=g, scale=scale, bias_scale=0.5)
+    x = torch.randn(widths[0], generator=g, dtype=F64)
+    v = torch.randn(widths[-1], generator=g, dtype=F64)
+    return x, Ws, bs, acts, _smooth_f(v)
+
+
+def test_rank_one_gradients_against_autograd():
+    g = _gen(0)
+    Ws, bs = P.random_mlp([5, 7, 6, 3], generator=g)
+    x = torch.randn(5, generator=g, dtype=F64, requires_grad=True)
+    Ws = [W.requires_grad_() for W in Ws]
+    bs = [b.requires_grad_() for b in bs]
+    v = torch.randn(3, generator=g, dtype=F64)
+    hs, zs = P.mlp_forward(x, Ws, bs, "tanh")
+    f = _smooth_f(v)(hs[-1])
+    grads = torch.autograd.grad(f, [x, *Ws, *bs, *zs])
+    gx, gW, gb, deltas = grads[0], grads[1:4], grads[4:7], grads[7:]
+    for t in range(3):
+        J = torch.autograd.functional.jacobian(
+            lambda u, t=t: P.mlp_forward(u, Ws, bs, "tanh")[0][t], x.detach())
+        assert torch.allclose(gW[t], torch.outer(deltas[t], hs[t].detach()), atol=1e-12)
+        assert torch.allclose(gb[t], deltas[t], atol=1e-12)
+        assert torch.allclose(gx, J.T @ Ws[t].detach().T @ deltas[t], atol=1e-12)
+
+
+@SETTINGS
+@given(networks(), st.sampled_from(["spectral", "fro"]))
+def test_inequality_holds_for_mlps(net, norm):
+    x, Ws, bs, acts, f = net
+    T = P.penalty_terms(x, Ws, bs, acts, f, norm=norm)
+    assert torch.isfinite(T.weight_terms).all() and torch.isfinite(T.bias_terms).all()
+    assert (T.weight_terms <= T.weight_grad_sq * (1 + 1e-10) + 1e-300).all()
+    assert (T.bias_terms <= T.bias_grad_sq * (1 + 1e-10) + 1e-300).all()
+    assert T.ratio <= 1 + 1e-10
+
+
+@SETTINGS
+@given(networks())
+def test_frobenius_version_is_weaker(net):
+    x, Ws, bs, acts, f = net
+    spec = P.penalty_terms(x, Ws, bs, acts, f, norm="spectral")
+    fro = P.penalty_terms(x, Ws, bs, acts, f, norm="fro")
+    assert fro.lhs <= spec.lhs * (1 + 1e-12) + 1e-300
+    assert torch.allclose(fro.rhs, spec.rhs, rtol=1e-14, atol=0)
+
+
+def test_jacobians_match_the_chain_rule():
+    g = _gen(1)
+    Ws, bs = P.random_mlp([4, 6, 5], generator=g)
+    x = torch.randn(4, generator=g, dtype=F64)
+    T = P.penalty_terms(x, Ws, bs, "tanh", lambda h: h.sum())
+    z2 = Ws[0] @ x + bs[0]
+    J2 = torch.diag(1 - torch.tanh(z2) ** 2) @ Ws[0]
+    assert abs(T.jacobian_norms[0] - 1) < 1e-15
+    assert abs(T.jacobian_norms[1] - torch.linalg.matrix_norm(J2, 2)) < 1e-12
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_equality_for_one_linear_layer(seed):
+    g = _gen(seed)
+    (W,), (b,) = P.random_mlp([6, 4], generator=g)
+    x = torch.randn(6, generator=g, dtype=F64)
+    u = torch.linalg.svd(W).U[:, 0]
+    T = P.penalty_terms(x, [W], [b], "identity", lambda h: h @ u)
+    assert abs(T.ratio.item() - 1) < 1e-12
+    u2 = u + 0.3 * torch.linalg.svd(W).U[:, 1]
+    assert P.penalty_terms(x, [W], [b], "identity", lambda h: h @ u2).ratio < 1 - 1e-3
+
+
+def test_dead_relus_give_defined_zero_terms():
+    g = _gen(2)
+    Ws, bs = P.random_mlp([3, 4, 4, 2], generator=g)
+    bs[0] = torch.full((4,), -100.0, dtype=F64)  # every unit of layer 1 is dead
+    x = torch.randn(3, generator=g, dtype=F64)
+    T = P.penalty_terms(x, Ws, bs, "relu", lambda h: h.sum() + 1.0)
+    assert T.input_grad_sq.item() == 0.0
+    assert T.jacobian_norms[1:].eq(0).all()
+    assert T.weight_terms.eq(0).all() and T.bias_terms.eq(0).all()
+    assert T.ratio.item() == 0.0
+    naive = T.input_grad_sq / (T.weight_norms**2 * T.jacobian_norms**2)
+    assert torch.isnan(naive[1:]).all()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_residual_networks_break_it(seed):
+    g = _gen(seed)
+    (W,), (b,) = P.random_mlp([6, 6], generator=g, scale=0.05)
+    x = torch.randn(6, generator=g, dtype=F64)
+    v = torch.randn(6, generator=g, dtype=F64)
+    T = P.penalty_terms(x, [W], [b], "tanh", lambda h: h @ v, residual=True)
+    s = torch.linalg.matrix_norm(W, 2)
+    assert T.ratio >= (1 / s - 1) ** 2 * (1 - 1e-12)
+    assert T.ratio > 100
+
+
+def test_random_mlp_is_seeded_and_shaped():
+    Ws, bs = P.random_mlp([3, 5, 2], generator=_gen(7), scale=2.0, dtype=torch.float32)
+    Ws2, _ = P.random_mlp([3, 5, 2], generator=_gen(7), scale=2.0, dtype=torch.float32)
+    assert [W.shape for W in Ws] == [(5, 3), (2, 5)] and [b.shape for b in bs] == [(5,), (2,)]
+    assert Ws[0].dtype == torch.float32 and torch.equal(Ws[0], Ws2[0])
+    hs, zs = P.mlp_forward(torch.randn(10, 3), Ws, bs, ["relu", "identity"])
+    assert [h.shape for h in hs] == [(10, 3), (10, 5), (10, 2)] and len(zs) == 2
+
+
+def test_bad_input():
+    Ws, bs = P.random_mlp([3, 4, 2], generator=_gen(0))
+    x = torch.randn(3, dtype=F64)
+
+    def f(h):
+        return h.sum()
+
+    with pytest.raises(ValueError, match="acts must be one of"):
+        P.penalty_terms(x, Ws, bs, "swish", f)
+    with pytest.raises(ValueError, match="acts must be one activation name or 2"):
+        P.penalty_terms(x, Ws, bs, ["tanh"], f)
+    with pytest.raises(ValueError, match=r"Ws\[0\] must have shape"):
+        P.penalty_terms(torch.randn(4, dtype=F64), Ws, bs, "tanh", f)
+    with pytest.raises(ValueError, match=r"bs\[1\] must have shape"):
+        P.penalty_terms(x, Ws, [bs[0], torch.zeros(3, dtype=F64)], "tanh", f)
+    with pytest.raises(ValueError, match="bs must be a sequence of 2"):
+        P.penalty_terms(x, Ws, bs[:1], "tanh", f)
+    with pytest.raises(ValueError, match="square"):
+        P.penalty_terms(x, Ws, bs, "tanh", f, residual=True)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        P.penalty_terms(x, Ws, bs, "tanh", f, norm="nuclear")
+    with pytest.raises(ValueError, match="scalar"):
+        P.penalty_terms(x, Ws, bs, "tanh", lambda h: h)
+    with pytest.raises(ValueError, match="single input"):
+        P.penalty_terms(x[None], Ws, bs, "tanh", f)
+    with pytest.raises(ValueError, match="x must be finite"):
+        P.penalty_terms(torch.tensor([1.0, float("nan"), 0.0]), Ws, bs, "tanh", f)
+    with pytest.raises(TypeError, match="x must have a floating dtype"):
+        P.penalty_terms(torch.ones(3, dtype=torch.int64), Ws, bs, "tanh", f)
+    with pytest.raises(TypeError, match="generator"):
+        P.random_mlp([3, 2], generator=0)
+    with pytest.raises(ValueError, match="width"):
+        P.random_mlp([3, 0], generator=_gen(0))
+    with pytest.raises(ValueError, match="scale must be >= 0"):
+        P.random_mlp([3, 2], generator=_gen(0), scale=-1.0)

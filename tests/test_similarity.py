@@ -1,0 +1,214 @@
+"""Tests of dlmath.similarity: cosine, the block identity, its bounds, Pearson and Simpson."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath import similarity as S
+
+F64 = torch.float64
+SETTINGS = settings(max_examples=60, deadline=None)
+
+
+def _gen(seed):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+@st.composite
+def blocks(draw):
+    """Random x, y split into blocks with random scales; some blocks are exactly zero."""
+    sizes = draw(st.lists(st.integers(1, 4), min_size=1, max_size=6))
+    g = _gen(draw(st.integers(0, 2**31)))
+    n = sum(sizes)
+    x, y = torch.randn(n, generator=g, dtype=F64), torch.randn(n, generator=g, dtype=F64)
+    start = 0
+    for s in sizes:
+        for v in (x, y):
+            kind = draw(st.sampled_from(["scale", "scale", "scale", "zero"]))
+            factor = 0.0 if kind == "zero" else 10.0 ** draw(st.floats(-6, 6))
+            v[start:start + s] *= factor
+        start += s
+    return x, y, sizes
+
+
+def test_post_counterexample():
+    x, y = torch.tensor([1.0, 1.0], dtype=F64), torch.tensor([1.0, 2.0], dtype=F64)
+    assert abs(S.cosine(x, y).item() - 3 / math.sqrt(10)) < 1e-15
+    _, _, c = S.block_stats(x, y, [1, 1])
+    assert torch.equal(c, torch.ones(2, dtype=F64))
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 5), st.integers(1, 30))
+def test_matches_torch_cosine_similarity(seed, batch, n):
+    g = _gen(seed)
+    x, y = torch.randn(batch, n, generator=g, dtype=F64), torch.randn(batch, n, generator=g,
+                                                                          dtype=F64)
+    ours, ref = S.cosine(x, y), F.cosine_similarity(x, y, dim=-1, eps=0.0)
+    assert torch.allclose(ours, ref, atol=1e-14, rtol=0)
+    assert torch.allclose(S.cosine(x, y, dim=0), F.cosine_similarity(x, y, dim=0, eps=0.0),
+                          atol=1e-14, rtol=0)
+
+
+def test_zero_vector_convention_matches_torch():
+    z, y = torch.zeros(4, dtype=F64), torch.arange(4.0, dtype=F64)
+    assert S.cosine(z, y).item() == 0.0 == F.cosine_similarity(z, y, dim=0).item()
+    assert S.cosine(z, z).item() == 0.0
+
+
+@pytest.mark.parametrize("dtype,big,tiny", [(F64, 1e300, 1e-300), (torch.float32, 1e30, 1e-40)])
+def test_huge_and_tiny_entries(dtype, big, tiny):
+    x = torch.tensor([1.0, 2.0, -3.0], dtype=dtype)
+    y = torch.tensor([2.0, 0.5, 1.0], dtype=dtype)
+    ref = S.cosine(x, y)
+    assert S.cosine(x * big, y * tiny).item() == pytest.approx(ref.item(), abs=1e-6)
+    assert S.cosine(x * big, y * big).dtype == dtype
+    a, b, _ = S.block_stats(x * big, y * tiny, [2, 1])
+    assert torch.isfinite(a).all() and (b > 0).all()
+
+
+def test_cosine_is_clamped_and_keeps_dtype():
+    x = torch.rand(1000, generator=_gen(1))
+    c = S.cosine(x, 3 * x)
+    assert c.dtype == torch.float32 and c.item() <= 1.0
+    assert S.cosine(x.double(), -x.double()).item() == -1.0
+
+
+@SETTINGS
+@given(blocks())
+def test_block_identity_and_bounds(data):
+    x, y, sizes = data
+    a, b, c = S.block_stats(x, y, sizes)
+    glob = S.cosine(x, y)
+    assert abs(S.global_from_blocks(a, b, c) - glob) < 1e-12
+    shrink, mean = S.block_decomposition(a, b, c)
+    assert 0 <= shrink <= 1 and abs(mean) <= 1
+    lo, hi = S.hull_bounds(c)
+    assert lo - 1e-12 <= glob <= hi + 1e-12
+    if c.max() >= 0:  # the sharpened upper bound of the chapter
+        assert glob <= c.max() + 1e-12
+    zero = (a == 0) | (b == 0)  # zero blocks: cosine 0 (and weight 0)
+    assert (c[zero] == 0).all()
+
+
+def test_weights_ignore_zero_blocks_and_disjoint_support_gives_zero():
+    x = torch.tensor([1.0, 2.0, 0.0, 0.0], dtype=F64)
+    y = torch.tensor([0.0, 0.0, 3.0, 1.0], dtype=F64)
+    a, b, c = S.block_stats(x, y, [2, 2])
+    assert torch.equal(c, torch.zeros(2, dtype=F64))
+    shrink, mean = S.block_decomposition(a, b, c)
+    assert shrink.item() == 0.0 and mean.item() == 0.0
+    assert S.global_from_blocks(a, b, c).item() == 0.0 == S.cosine(x, y).item()
+
+
+@pytest.mark.parametrize("e", [0.1, 1e-2, 1e-3])
+def test_no_lower_bound(e):
+    ang = 0.1
+    rot = torch.tensor([math.cos(ang), math.sin(ang)], dtype=F64)
+    e1 = torch.tensor([1.0, 0.0], dtype=F64)
+    x, y = torch.cat([e * e1, e1]), torch.cat([rot, e * rot])
+    a, b, c = S.block_stats(x, y, [2, 2])
+    assert torch.allclose(c, torch.full((2,), math.cos(ang), dtype=F64), atol=1e-15)
+    assert abs(S.cosine(x, y).item() - 2 * e / (1 + e * e) * math.cos(ang)) < 1e-14
+
+
+def test_all_negative_local_cosines_break_the_max_bound():
+    eps = 0.01
+    x, y = torch.tensor([1.0, eps], dtype=F64), torch.tensor([-eps, -1.0], dtype=F64)
+    _, _, c = S.block_stats(x, y, [1, 1])
+    glob = S.cosine(x, y).item()
+    assert torch.equal(c, -torch.ones(2, dtype=F64))
+    assert abs(glob + 2 * eps / (1 + eps**2)) < 1e-15 and glob > c.max().item()
+
+
+def test_batched_block_stats():
+    g = _gen(3)
+    x, y = torch.randn(5, 7, generator=g, dtype=F64), torch.randn(5, 7, generator=g, dtype=F64)
+    a, b, c = S.block_stats(x, y, [3, 4])
+    assert a.shape == (5, 2)
+    assert torch.allclose(S.global_from_blocks(a, b, c), S.cosine(x, y), atol=1e-14)
+    a0, _, c0 = S.block_stats(x.T, y.T, [3, 4], dim=0)
+    assert torch.allclose(a0, a, atol=1e-15) and torch.allclose(c0, c, atol=1e-15)
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(2, 40))
+def test_pearson_matches_numpy(seed, n):
+    g = _gen(seed)
+    x = torch.randn(n, generator=g, dtype=F64)
+    y = 0.5 * x + torch.randn(n, generator=g, dtype=F64)
+    assert abs(S.pearson(x, y).item() - np.corrcoef(x.numpy(), y.numpy())[0, 1]) < 1e-12
+
+
+def test_pearson_of_constant_is_zero():
+    assert S.pearson(torch.ones(5), torch.arange(5.0)).item() == 0.0
+
+
+def test_simpson_example():
+    x = torch.tensor([0.0, 1, 2, 4, 5, 6], dtype=F64)
+    y = torch.tensor([6.0, 7, 8, 0, 1, 2], dtype=F64)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    a, b, c = S.simpson_blocks(x, y, groups)
+    r = -32 / math.sqrt(28 * 58)
+    assert torch.allclose(c, torch.tensor([1.0, 1.0, -1.0], dtype=F64), atol=1e-15)
+    assert abs(S.pearson(x, y).item() - r) < 1e-15
+    assert abs(S.global_from_blocks(a, b, c).item() - r) < 1e-15
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(2, 5), st.integers(6, 30))
+def test_simpson_blocks_identity(seed, n_groups, n):
+    g = _gen(seed)
+    groups = torch.randint(0, n_groups, (n,), generator=g)
+    x = torch.randn(n, generator=g, dtype=F64) + groups
+    y = torch.randn(n, generator=g, dtype=F64) - 2 * groups
+    a, b, c = S.simpson_blocks(x, y, groups)
+    assert abs(S.global_from_blocks(a, b, c) - S.pearson(x, y)) < 1e-12
+    for k, label in enumerate(torch.unique(groups)):
+        m = groups == label
+        assert abs(c[k] - S.pearson(x[m], y[m])) < 1e-12
+
+
+def test_concat_blocks():
+    ts = [torch.ones(2, 3), torch.zeros(4, dtype=F64), torch.tensor(5.0)]
+    flat, sizes = S.concat_blocks(ts)
+    assert sizes == [6, 4, 1] and flat.dtype == F64 and flat.shape == (11,)
+
+
+def test_bad_input():
+    x = torch.ones(3)
+    with pytest.raises(TypeError, match="x must have a floating dtype"):
+        S.cosine(torch.ones(3, dtype=torch.int64), x)
+    with pytest.raises(ValueError, match="y contains NaN|y must be finite"):
+        S.cosine(x, torch.tensor([1.0, float("nan"), 0.0]))
+    with pytest.raises(ValueError, match="x must be finite"):
+        S.cosine(torch.tensor([float("inf"), 1.0, 0.0]), x)
+    with pytest.raises(ValueError, match="broadcastable"):
+        S.cosine(x, torch.ones(4))
+    with pytest.raises(ValueError, match="must not be empty"):
+        S.cosine(torch.ones(0), torch.ones(0))
+    with pytest.raises(ValueError, match="dim"):
+        S.cosine(x, x, dim=2)
+    with pytest.raises(ValueError, match="sizes must add up"):
+        S.block_stats(x, x, [1, 1])
+    with pytest.raises(ValueError, match="sizes"):
+        S.block_stats(x, x, [3, 0])
+    with pytest.raises(TypeError, match="sizes"):
+        S.block_stats(x, x, 3)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        S.global_from_blocks(torch.tensor([-1.0, 1]), torch.ones(2), torch.ones(2))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        S.global_from_blocks(torch.ones(2), torch.ones(2), torch.tensor([1.5, 0]))
+    with pytest.raises(TypeError, match="groups"):
+        S.simpson_blocks(x, x, torch.zeros(3))
+    with pytest.raises(ValueError, match="groups must have the shape"):
+        S.simpson_blocks(x, x, torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="tensors"):
+        S.concat_blocks([])
