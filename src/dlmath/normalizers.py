@@ -1,0 +1,604 @@
+r"""Maps from logits to probability vectors: softmax and its alternatives.
+
+Chapter: *Softmax and its alternatives* (``notebooks/05-softmax-alternatives.ipynb``), which
+derives every map below, its Jacobian and its loss.
+
+Conventions. Logits ``x`` are floating tensors normalised along ``dim`` (default ``-1``) and
+batched over the other dimensions; outputs keep the input's device and dtype. Targets are
+integer tensors of shape ``x.shape`` without ``dim``. Losses are returned per example (no
+reduction). Jacobians are ``(..., n, n)`` matrices and work on the last dimension.
+
+The sparse maps share one form, with :math:`\beta = \alpha - 1 > 0`,
+
+.. math:: \operatorname{entmax}_\alpha(x)_i = \big[\beta x_i - \lambda(x)\big]_+^{1/\beta},
+          \qquad \textstyle\sum_i \operatorname{entmax}_\alpha(x)_i = 1,
+
+(:math:`\alpha = 2` is sparsemax, :math:`\alpha \to 1` softmax), and the threshold
+:math:`\lambda` is found either by sorting (exact: :func:`sparsemax`, :func:`entmax15`) or by
+bisection (any :math:`\alpha>1`, fixed iteration count, GPU friendly: :func:`entmax_bisect`).
+Their backward passes are hand-derived: with :math:`s_i = p_i^{2-\alpha}` on the support and 0
+off it, :math:`J = \operatorname{diag}(s) - s s^\top / \sum_i s_i`.
+
+Edge cases, shared by every map (and consistent with :func:`dlmath.lse.softmax`):
+
+* ``+inf`` logits are "certain" classes: a slice containing ``+inf`` returns the uniform
+  distribution over its ``+inf`` entries (the limit as those logits grow together). For Taylor
+  softmax, whose weights are even polynomials, ``-inf`` is just as certain as ``+inf``.
+* ``-inf`` logits carry zero mass (except in Taylor softmax); a slice that is ``-inf``
+  everywhere raises ``ValueError``.
+* Ties are fine everywhere; top-k keeps the lower index among tied logits at its boundary.
+* NaN raises ``ValueError``, integer dtypes ``TypeError``, empty slices ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from ._checks import (
+    as_float_tensor,
+    check_choice,
+    check_dim,
+    check_finite,
+    check_int,
+    check_no_nan,
+    check_probability,
+    check_real,
+)
+from .lse import softmax
+
+__all__ = [
+    "softmax",
+    "softmax_jacobian",
+    "taylor_softmax",
+    "topk_softmax",
+    "topk_softmax_loss",
+    "perturb_max",
+    "sparsemax",
+    "sparsemax_threshold",
+    "sparsemax_jacobian",
+    "sparsemax_loss",
+    "entmax15",
+    "entmax15_threshold",
+    "entmax_bisect",
+    "entmax_bisect_threshold",
+    "entmax_jacobian",
+    "entmax_loss",
+    "tsallis_entropy",
+    "am_softmax_loss",
+    "stop_gradient_loss",
+]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _logits(x, dim: int, name: str = "x") -> torch.Tensor:
+    """Validate logits and move ``dim`` last."""
+    x = as_float_tensor(x, name)
+    dim = check_dim(x, dim)
+    if x.shape[dim] == 0:
+        raise ValueError(f"{name} must not be empty along dim={dim}")
+    check_no_nan(x, name)
+    x = x.movedim(dim, -1)
+    if torch.isneginf(x).all(dim=-1).any():
+        raise ValueError(f"{name} has a slice that is -inf everywhere along dim={dim}; "
+                         "no probability vector has those logits")
+    return x
+
+
+def _target(target, x: torch.Tensor) -> torch.Tensor:
+    """Validate class indices for logits ``x`` (normalised dim last); returns a long tensor."""
+    if not isinstance(target, torch.Tensor):
+        target = torch.as_tensor(target)
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if tuple(target.shape) != tuple(x.shape[:-1]):
+        raise ValueError(f"target must have shape {tuple(x.shape[:-1])} (the logits' shape "
+                         f"without the class dimension), got {tuple(target.shape)}")
+    n = x.shape[-1]
+    if target.numel() and (target.min() < 0 or target.max() >= n):
+        raise ValueError(f"target must lie in [0, {n - 1}], got values in "
+                         f"[{int(target.min())}, {int(target.max())}]")
+    return target.to(device=x.device, dtype=torch.long)
+
+
+def _alpha(alpha, *, allow_one: bool = False) -> float:
+    alpha = check_real(alpha, "alpha")
+    if alpha < 1 or (alpha == 1 and not allow_one):
+        raise ValueError(f"alpha must be > 1 (alpha = 1 is softmax), got {alpha}")
+    return alpha
+
+
+def _uniform_on(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return mask.to(dtype) / mask.sum(dim=-1, keepdim=True).clamp_min(1).to(dtype)
+
+
+def _onehot(target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.one_hot(target, x.shape[-1]).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- softmax
+
+
+def softmax_jacobian(x, tau: float = 1.0) -> torch.Tensor:
+    r"""Jacobian of :math:`p = \operatorname{softmax}(x/\tau)` along the last dimension.
+
+    .. math:: \frac{\partial p_i}{\partial x_j} = \frac{1}{\tau}\big(p_i\delta_{ij} - p_i p_j\big),
+              \qquad J = \tfrac{1}{\tau}\big(\operatorname{diag}(p) - p p^\top\big),
+
+    symmetric, with :math:`J\mathbf 1 = 0` (shift invariance). Shape ``(..., n)`` to
+    ``(..., n, n)``.
+    """
+    tau = check_real(tau, "tau", positive=True)
+    p = softmax(x, tau=tau, dim=-1)
+    return (torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)) / tau
+
+
+# ----------------------------------------------------------------------------- Taylor softmax
+
+
+def taylor_softmax(x, k: int = 2, dim: int = -1) -> torch.Tensor:
+    r"""Taylor softmax of even order :math:`k`.
+
+    .. math:: p_i = \frac{f_k(x_i)}{\sum_j f_k(x_j)},\qquad f_k(t) = \sum_{m=0}^{k}\frac{t^m}{m!},
+
+    well defined because :math:`f_k > 0` for even :math:`k` (odd orders are refused: they go
+    negative). It is **neither monotone nor shift-invariant**: :math:`f_k` decreases left of
+    its minimum, so ``x = (-3, -1, 0)`` gives ``p = (0.625, 0.125, 0.25)`` for ``k = 2``.
+    The weights are :func:`dlmath.series.exp_taylor`, evaluated here as
+    :math:`f_k(x_i)/s^k` with :math:`s = \max(1, \max_j|x_j|)` so it never overflows.
+    Infinite logits of either sign are certain (both :math:`f_k(\pm\infty) = +\infty`).
+    """
+    x = _logits(x, dim)
+    k = check_int(k, "k", low=2)
+    if k % 2:
+        raise ValueError(f"k must be even (odd-order Taylor polynomials of exp take negative "
+                         f"values), got {k}")
+    inf = torch.isinf(x)
+    xf = torch.where(inf, torch.zeros_like(x), x)
+    s = xf.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+    y = xf / s
+    w = torch.zeros_like(x)
+    for m in range(k, -1, -1):  # sum_m y^m s^(m-k) / m!  (= f_k(x) / s^k), by Horner in y
+        w = w * y + s ** (m - k) / math.factorial(m)
+    p = w / w.sum(dim=-1, keepdim=True)
+    p = torch.where(inf.any(dim=-1, keepdim=True), _uniform_on(inf, x.dtype), p)
+    return p.movedim(-1, dim)
+
+
+# ----------------------------------------------------------------------------- top-k softmax
+
+
+def _topk_mask(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest entries of each slice; ties broken towards the lower index."""
+    order = torch.sort(x, dim=-1, descending=True, stable=True).indices[..., :k]
+    return torch.zeros_like(x, dtype=torch.bool).scatter(-1, order, True)
+
+
+def _check_k(k, n: int) -> int:
+    return check_int(k, "k", low=1, high=n)
+
+
+def topk_softmax(x, k: int, dim: int = -1) -> torch.Tensor:
+    r"""Sparse (top-k) softmax: softmax restricted to the :math:`k` largest logits.
+
+    .. math:: p_i = \frac{e^{x_i}}{\sum_{j\in\Omega_k} e^{x_j}}\ (i\in\Omega_k),\qquad
+              p_i = 0\ (i\notin\Omega_k),
+
+    where :math:`\Omega_k` holds the indices of the :math:`k` largest logits (ties at the
+    boundary broken towards the lower index). ``1 <= k <= n``; ``k = n`` is softmax.
+    """
+    x = _logits(x, dim)
+    k = _check_k(k, x.shape[-1])
+    kept = torch.where(_topk_mask(x, k), x, torch.full_like(x, -math.inf))
+    return softmax(kept, dim=-1).movedim(-1, dim)
+
+
+def topk_softmax_loss(x, target, k: int, dim: int = -1) -> torch.Tensor:
+    r"""Loss of top-k softmax, :math:`\mathcal L_t = \log\sum_{i\in\Omega_k} e^{x_i} - x_t`.
+
+    When :math:`t\in\Omega_k` this is :math:`-\log p_t`; when :math:`t\notin\Omega_k` the
+    formula still applies and pushes :math:`x_t` up. Its gradient is
+    :math:`\operatorname{topk\_softmax}(x) - e_t`, so logits outside :math:`\Omega_k`, other
+    than the target, receive no gradient. Slices with ``+inf`` logits give
+    :math:`-\log p_t` (``+inf`` when the target is not certain).
+    """
+    x = _logits(x, dim)
+    t = _target(target, x)
+    k = _check_k(k, x.shape[-1])
+    mask = _topk_mask(x, k)
+    certain = torch.isposinf(x).any(dim=-1)
+    xs = torch.where(certain.unsqueeze(-1), torch.zeros_like(x), x)  # keep the finite branch finite
+    kept = torch.where(mask, xs, torch.full_like(xs, -math.inf))
+    finite = torch.logsumexp(kept, dim=-1) - xs.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+    if not certain.any():
+        return finite
+    p = softmax(torch.where(mask, x, torch.full_like(x, -math.inf)), dim=-1)
+    sure = -torch.log(p.gather(-1, t.unsqueeze(-1)).squeeze(-1))
+    return torch.where(certain, sure, finite)
+
+
+# ----------------------------------------------------------------------------- Perturb Max
+
+_NOISES = ("gumbel", "normal")
+
+
+def perturb_max(x, noise: str = "gumbel", n_grid: int = 20_000, dim: int = -1) -> torch.Tensor:
+    r"""Perturb Max: the probability that :math:`i` wins :math:`\arg\max_j (x_j + \varepsilon_j)`.
+
+    .. math:: p_i = \Pr\big[\arg\max_j (x_j+\varepsilon_j) = i\big]
+              = \mathbb E_{\varepsilon}\Big[\prod_{j\ne i}\Phi(x_i - x_j + \varepsilon)\Big]
+
+    for i.i.d. noise with cdf :math:`\Phi` (``"gumbel"``: :math:`\Phi(e)=\exp(-e^{-e})`, which
+    gives exactly softmax; ``"normal"``: standard normal). The expectation is a deterministic
+    quadrature on the inverse-cdf grid :math:`\varepsilon_k = \Phi^{-1}((k+\tfrac12)/N)`,
+    :math:`k<N=` ``n_grid``, evaluated in log space; the result is renormalised to sum to 1.
+    Cost :math:`O(n^2 N)` per slice (chunked over the grid).
+    """
+    x = _logits(x, dim)
+    check_choice(noise, "noise", _NOISES)
+    n_grid = check_int(n_grid, "n_grid", low=1)
+    pos = torch.isposinf(x)
+    xf = torch.where(pos, torch.zeros_like(x), x)
+    u = (torch.arange(n_grid, device=x.device, dtype=torch.float64) + 0.5) / n_grid
+    if noise == "gumbel":
+        eps = -torch.log(-torch.log(u))
+
+        def log_cdf(e):
+            return -torch.exp(-e)
+    else:
+        eps = torch.special.ndtri(u)
+        log_cdf = torch.special.log_ndtr
+    eps = eps.to(x.dtype)
+    d = xf.unsqueeze(-1) - xf.unsqueeze(-2)  # d_ij = x_i - x_j
+    d = torch.where(torch.isnan(d), torch.full_like(d, -math.inf), d)  # both -inf: i never wins
+    chunk = max(1, 2**22 // max(1, d.numel()))
+    total = torch.zeros_like(x)
+    for start in range(0, n_grid, chunk):
+        e = eps[start:start + chunk]
+        logs = log_cdf(d.unsqueeze(-1) + e).sum(dim=-2) - log_cdf(e)  # (..., n, c): j != i
+        total = total + torch.exp(logs).sum(dim=-1)
+    p = total / total.sum(dim=-1, keepdim=True)
+    p = torch.where(pos.any(dim=-1, keepdim=True), _uniform_on(pos, x.dtype), p)
+    return p.movedim(-1, dim)
+
+
+# ----------------------------------------------------------------------------- entmax family
+
+
+def _standardize(x: torch.Tensor, beta: float):
+    """Shift so that max = 0 and move -inf just below any possible support.
+
+    Returns ``(z, shift, certain_mask)`` with ``x = z + shift`` on the finite entries. The
+    threshold satisfies ``lambda >= -1`` in units of ``beta * z``, so ``z <= -1/beta``
+    is outside the support: -inf entries become ``-1/beta - 1``.
+    """
+    pos = torch.isposinf(x)
+    z = torch.where(pos, torch.zeros_like(x), x)
+    shift = z.amax(dim=-1, keepdim=True)
+    z = z - shift
+    z = torch.where(torch.isneginf(z), torch.full_like(z, -1.0 / beta - 1.0), z)
+    return z, shift, pos
+
+
+def _sort_threshold(w: torch.Tensor, alpha: float) -> torch.Tensor:
+    r"""Exact threshold for alpha in {1.5, 2} by sorting ``w = beta * z`` (max w = 0).
+
+    Candidate thresholds assume the support is the top k: alpha = 2 gives
+    lambda_k = (S_k - 1)/k; alpha = 1.5 gives lambda_k = mu_k - sqrt(1/k - sigma_k^2). The
+    support size is the number of k with w_(k) >= lambda_k (these k form a prefix).
+    """
+    ws = torch.sort(w, dim=-1, descending=True).values
+    k = torch.arange(1, w.shape[-1] + 1, device=w.device, dtype=w.dtype)
+    cs = ws.cumsum(dim=-1)
+    if alpha == 2.0:
+        lam = (cs - 1) / k
+    else:
+        mean = cs / k
+        var = (ws * ws).cumsum(dim=-1) / k - mean * mean
+        lam = mean - torch.sqrt((1 / k - var).clamp_min(0))
+    size = (ws >= lam).sum(dim=-1, keepdim=True)
+    return lam.gather(-1, size - 1)
+
+
+def _default_iters(dtype: torch.dtype) -> int:
+    return round(-math.log2(torch.finfo(dtype).eps)) + 3
+
+
+def _bisect_threshold(w: torch.Tensor, beta: float, n_iter: int) -> torch.Tensor:
+    r"""Threshold by bisection on ``[-1, -n^{-beta}]`` (``w = beta * z``, max w = 0).
+
+    g(lam) = sum_i [w_i - lam]_+^{1/beta} is decreasing, g(-1) >= 1 (the top entry alone
+    gives 1) and g(-n^{-beta}) <= n * (1/n) = 1; a fixed number of halvings, no branches.
+    """
+    n = w.shape[-1]
+    lo = torch.full_like(w[..., :1], -1.0)
+    hi = torch.full_like(w[..., :1], -float(n) ** (-beta))
+    for _ in range(n_iter):
+        mid = (lo + hi) / 2
+        big = (w - mid).clamp_min(0).pow(1 / beta).sum(dim=-1, keepdim=True) >= 1
+        lo = torch.where(big, mid, lo)
+        hi = torch.where(big, hi, mid)
+    return (lo + hi) / 2
+
+
+def _entmax_parts(x: torch.Tensor, alpha: float, method: str, n_iter: int | None):
+    """(p, lambda) for logits ``x`` with the normalised dim last; lambda in x's units."""
+    beta = alpha - 1
+    z, shift, pos = _standardize(x, beta)
+    w = beta * z
+    if method == "sort":
+        lam = _sort_threshold(w, alpha)
+    else:
+        lam = _bisect_threshold(w, beta, n_iter or _default_iters(x.dtype))
+    p = (w - lam).clamp_min(0).pow(1 / beta)
+    if method == "bisect":
+        p = p / p.sum(dim=-1, keepdim=True)
+    certain = pos.any(dim=-1, keepdim=True)
+    p = torch.where(certain, _uniform_on(pos, x.dtype), p)
+    lam = torch.where(certain, torch.full_like(lam, math.inf), lam + beta * shift)
+    return p, lam.squeeze(-1)
+
+
+def _jacobian_weights(p: torch.Tensor, alpha: float) -> torch.Tensor:
+    """s_i = p_i^{2 - alpha} on the support, 0 off it."""
+    on = p > 0
+    return torch.where(on, p.clamp_min(torch.finfo(p.dtype).tiny).pow(2 - alpha),
+                       torch.zeros_like(p))
+
+
+class _Entmax(torch.autograd.Function):
+    """entmax_alpha along the last dim; hand-derived backward J^T g = s*g - s (s.g)/sum s."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, method, n_iter):
+        p, _ = _entmax_parts(x, alpha, method, n_iter)
+        ctx.save_for_backward(p)
+        ctx.alpha = alpha
+        return p
+
+    @staticmethod
+    def backward(ctx, grad):
+        (p,) = ctx.saved_tensors
+        s = _jacobian_weights(p, ctx.alpha)
+        sg = s * grad
+        return sg - s * sg.sum(dim=-1, keepdim=True) / s.sum(dim=-1, keepdim=True), None, None, None
+
+
+def sparsemax(x, dim: int = -1) -> torch.Tensor:
+    r"""Sparsemax: the Euclidean projection of :math:`x` onto the simplex (exact, by sorting).
+
+    .. math:: \operatorname{sparsemax}(x) = \arg\min_{p\in\Delta^{n-1}}\|p - x\|^2
+              = \big[x - \lambda(x)\big]_+ ,
+
+    with :math:`\lambda` from :func:`sparsemax_threshold`. Its backward pass is the
+    hand-derived :math:`J = \operatorname{diag}(s) - ss^\top/|\Omega|`, :math:`s = 1_\Omega`.
+    """
+    x = _logits(x, dim)
+    return _Entmax.apply(x, 2.0, "sort", None).movedim(-1, dim)
+
+
+def sparsemax_threshold(x, dim: int = -1) -> torch.Tensor:
+    r"""The sparsemax threshold :math:`\lambda(x)`, exact, by sorting.
+
+    With :math:`x_{(1)}\ge\dots\ge x_{(n)}` and :math:`\lambda_k = (\sum_{i\le k}x_{(i)} - 1)/k`,
+    :math:`\lambda = \lambda_K` for the largest :math:`K` with :math:`x_{(K)} \ge \lambda_K`.
+    Shape: ``x`` without ``dim``. ``+inf`` where the slice holds a ``+inf`` logit.
+    """
+    x = _logits(x, dim)
+    return _entmax_parts(x, 2.0, "sort", None)[1]
+
+
+def entmax15(x, dim: int = -1) -> torch.Tensor:
+    r"""1.5-entmax, exact, by sorting.
+
+    .. math:: \operatorname{entmax}_{1.5}(x) = \big[x/2 - \lambda(x)\big]_+^2,
+
+    with :math:`\lambda` from :func:`entmax15_threshold`. Backward:
+    :math:`J = \operatorname{diag}(s) - ss^\top/\sum s`, :math:`s = \sqrt{p}`.
+    """
+    x = _logits(x, dim)
+    return _Entmax.apply(x, 1.5, "sort", None).movedim(-1, dim)
+
+
+def entmax15_threshold(x, dim: int = -1) -> torch.Tensor:
+    r"""The 1.5-entmax threshold, exact, by sorting :math:`z = x/2`.
+
+    .. math:: \lambda_k = \mu_k - \sqrt{1/k - \sigma_k^2},
+
+    with :math:`\mu_k, \sigma_k^2` the mean and variance of the :math:`k` largest
+    :math:`z_{(i)}`; :math:`\lambda = \lambda_K` for the largest :math:`K` with
+    :math:`z_{(K)} \ge \lambda_K` (a "≥" rule: it never fails on ties or when the threshold
+    lands exactly on a logit, e.g. ``x = [2, 0]``). Shape: ``x`` without ``dim``.
+    """
+    x = _logits(x, dim)
+    return _entmax_parts(x, 1.5, "sort", None)[1]
+
+
+def entmax_bisect(x, alpha: float = 1.5, n_iter: int | None = None, dim: int = -1) -> torch.Tensor:
+    r""":math:`\alpha`-entmax for any :math:`\alpha>1`, threshold by bisection.
+
+    .. math:: \operatorname{entmax}_\alpha(x) = \big[(\alpha-1)x - \lambda(x)\big]_+^{1/(\alpha-1)}
+              = \arg\max_{p\in\Delta^{n-1}} \; p^\top x + H^{\mathrm T}_\alpha(p),
+
+    (Tsallis entropy :math:`H^{\mathrm T}_\alpha`, see :func:`tsallis_entropy`). ``n_iter``
+    halvings of a bracket of width < 1 (default: mantissa bits + 3, i.e. 55 in float64, 26
+    in float32); the result is renormalised to sum to 1. Same data-independent work for every
+    input, so it suits GPUs. Backward: :math:`s = p^{2-\alpha}` on the support. For
+    :math:`\alpha>2` the map is ill-conditioned near the threshold (:math:`t^{1/\beta}` has
+    infinite slope at 0): an entry there can be off by about :math:`\epsilon^{1/\beta}` of
+    the dtype, whatever the algorithm.
+    """
+    x = _logits(x, dim)
+    alpha = _alpha(alpha)
+    if n_iter is not None:
+        n_iter = check_int(n_iter, "n_iter", low=1)
+    return _Entmax.apply(x, alpha, "bisect", n_iter).movedim(-1, dim)
+
+
+def entmax_bisect_threshold(x, alpha: float = 1.5, n_iter: int | None = None,
+                            dim: int = -1) -> torch.Tensor:
+    r"""The threshold :math:`\lambda(x)` of :func:`entmax_bisect` (in units of
+    :math:`(\alpha-1)x`). Shape: ``x`` without ``dim``."""
+    x = _logits(x, dim)
+    alpha = _alpha(alpha)
+    if n_iter is not None:
+        n_iter = check_int(n_iter, "n_iter", low=1)
+    return _entmax_parts(x, alpha, "bisect", n_iter)[1]
+
+
+def _entmax_probs(x: torch.Tensor, alpha: float, n_iter=None) -> torch.Tensor:
+    """The map for any alpha >= 1, exact paths where they exist (dim last, no autograd)."""
+    if alpha == 1.0:
+        return softmax(x, dim=-1)
+    method = "sort" if alpha in (1.5, 2.0) else "bisect"
+    return _entmax_parts(x, alpha, method, n_iter)[0]
+
+
+def entmax_jacobian(x, alpha: float = 1.5) -> torch.Tensor:
+    r"""Jacobian of :math:`\operatorname{entmax}_\alpha` (:math:`\alpha\ge1`) along the last dim.
+
+    .. math:: J = \operatorname{diag}(s) - \frac{ss^\top}{\sum_i s_i},\qquad
+              s_i = p_i^{2-\alpha}\,[p_i > 0],
+
+    which is softmax's Jacobian at :math:`\alpha=1` and sparsemax's at :math:`\alpha=2`. Exact
+    (sort) for :math:`\alpha\in\{1, 1.5, 2\}`, bisection otherwise. ``(..., n)`` to ``(..., n, n)``.
+    """
+    x = _logits(x, -1)
+    alpha = _alpha(alpha, allow_one=True)
+    s = _jacobian_weights(_entmax_probs(x, alpha), alpha)
+    return torch.diag_embed(s) - s.unsqueeze(-1) * s.unsqueeze(-2) / s.sum(dim=-1)[..., None, None]
+
+
+def sparsemax_jacobian(x) -> torch.Tensor:
+    r"""Jacobian of sparsemax: :math:`J = \operatorname{diag}(s) - ss^\top/|\Omega|`,
+    :math:`s = 1_\Omega`, :math:`\Omega = \{i : p_i > 0\}`. ``(..., n)`` to ``(..., n, n)``."""
+    return entmax_jacobian(x, 2.0)
+
+
+def tsallis_entropy(p, alpha: float, dim: int = -1) -> torch.Tensor:
+    r"""Tsallis entropy, the regulariser whose argmax is entmax.
+
+    .. math:: H^{\mathrm T}_\alpha(p) = \frac{1 - \sum_i p_i^\alpha}{\alpha(\alpha-1)}
+              \quad(\alpha>1),\qquad H^{\mathrm T}_1(p) = -\sum_i p_i\log p_i
+
+    (Shannon is the limit :math:`\alpha\to1`); :math:`\alpha=2` gives
+    :math:`\tfrac12(1-\|p\|^2)`. Reduces ``dim``.
+    """
+    p = check_probability(p, "p", dim=dim)
+    alpha = _alpha(alpha, allow_one=True)
+    if alpha == 1.0:
+        return -torch.special.xlogy(p, p).sum(dim=dim)
+    return (1 - p.pow(alpha).sum(dim=dim)) / (alpha * (alpha - 1))
+
+
+def _fy_value(x: torch.Tensor, p: torch.Tensor, onehot: torch.Tensor, alpha: float):
+    r"""(p - e_t)^T x + H_alpha(p), with 0 * (±inf) = 0 and certain slices rewritten."""
+    pos = torch.isposinf(x)
+    certain = pos.any(dim=-1, keepdim=True)
+    xs = torch.where(certain, torch.where(pos, 0.0, -math.inf), x)  # +inf -> 0, rest -> -inf
+    coef = p - onehot
+    dot = torch.where(coef != 0, coef * xs, torch.zeros_like(xs)).sum(dim=-1)
+    if alpha == 1.0:
+        ent = -torch.special.xlogy(p, p).sum(dim=-1)
+    else:
+        ent = (1 - p.pow(alpha).sum(dim=-1)) / (alpha * (alpha - 1))
+    return dot + ent
+
+
+class _FenchelYoung(torch.autograd.Function):
+    """Fenchel-Young loss of entmax_alpha; its gradient is p - e_t (Danskin)."""
+
+    @staticmethod
+    def forward(ctx, x, target, alpha, n_iter):
+        p = _entmax_probs(x, alpha, n_iter)
+        onehot = _onehot(target, x)
+        ctx.save_for_backward(p - onehot)
+        return _fy_value(x, p, onehot, alpha)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (diff,) = ctx.saved_tensors
+        return grad.unsqueeze(-1) * diff, None, None, None
+
+
+def entmax_loss(x, target, alpha: float = 1.5, n_iter: int | None = None,
+                dim: int = -1) -> torch.Tensor:
+    r"""Fenchel–Young loss of :math:`\alpha`-entmax (:math:`\alpha\ge1`), per example.
+
+    .. math:: \mathcal L_t(x) = (p - e_t)^\top x + H^{\mathrm T}_\alpha(p),\qquad
+              p = \operatorname{entmax}_\alpha(x),\qquad \nabla_x\mathcal L_t = p - e_t .
+
+    :math:`\alpha = 1` is cross-entropy :math:`\operatorname{lse}(x) - x_t`; :math:`\alpha=2`
+    is :func:`sparsemax_loss`. It is convex, :math:`\ge 0`, and 0 exactly when
+    :math:`p = e_t`. ``+inf`` when the target's logit is ``-inf``, or when the slice has a
+    ``+inf`` logit and the target's is not one.
+    """
+    x = _logits(x, dim)
+    t = _target(target, x)
+    alpha = _alpha(alpha, allow_one=True)
+    if n_iter is not None:
+        n_iter = check_int(n_iter, "n_iter", low=1)
+    return _FenchelYoung.apply(x, t, alpha, n_iter)
+
+
+def sparsemax_loss(x, target, dim: int = -1) -> torch.Tensor:
+    r"""The sparsemax loss, per example, with gradient :math:`\operatorname{sparsemax}(x) - e_t`.
+
+    .. math:: \mathcal L_t = \tfrac12 - x_t + \tfrac12\sum_{i\in\Omega}\big(x_i^2 - \lambda^2\big)
+              = \tfrac12\|e_t - x\|^2 - \tfrac12\|p - x\|^2 \;\ge 0,
+
+    the Fenchel–Young loss of :math:`\tfrac12\|p\|^2` (:func:`entmax_loss` at
+    :math:`\alpha = 2`), evaluated in the shift-free form
+    :math:`(p-e_t)^\top x + \tfrac12(1-\|p\|^2)`.
+    """
+    return entmax_loss(x, target, alpha=2.0, dim=dim)
+
+
+# ----------------------------------------------------------------------------- other losses
+
+
+def am_softmax_loss(z, centers, target, margin: float = 0.35, tau: float = 1 / 30) -> torch.Tensor:
+    r"""Additive-margin (AM-)softmax loss, per example.
+
+    .. math:: \mathcal L = -\log\frac{e^{(\cos(z, c_t) - m)/\tau}}
+              {e^{(\cos(z, c_t) - m)/\tau} + \sum_{j\ne t} e^{\cos(z, c_j)/\tau}}
+
+    ``z``: features ``(..., d)``; ``centers``: class vectors ``(n, d)``; ``target``: ``(...)``.
+    Defaults :math:`m = 0.35`, :math:`\tau = 1/30` are those of Wang et al. (2018). Zero
+    vectors have no cosine and raise ``ValueError``.
+    """
+    z = as_float_tensor(z, "z")
+    centers = as_float_tensor(centers, "centers", min_ndim=2)
+    check_finite(z, "z")
+    check_finite(centers, "centers")
+    if centers.ndim != 2 or centers.shape[-1] != z.shape[-1]:
+        raise ValueError(f"centers must have shape (n, {z.shape[-1]}), got {tuple(centers.shape)}")
+    margin = check_real(margin, "margin")
+    tau = check_real(tau, "tau", positive=True)
+    zn, cn = z.norm(dim=-1, keepdim=True), centers.norm(dim=-1, keepdim=True)
+    if (zn == 0).any() or (cn == 0).any():
+        raise ValueError("z and centers must be non-zero vectors (cosine is undefined at 0)")
+    cos = (z / zn) @ (centers / cn).T
+    t = _target(target, cos)
+    logits = (cos - margin * _onehot(t, cos)) / tau
+    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+
+
+def stop_gradient_loss(x, target, normalizer: Callable = sparsemax, dim: int = -1) -> torch.Tensor:
+    r"""The stop-gradient surrogate loss, corrected: :math:`\mathcal L_t =
+    \operatorname{sg}\big(p - e_t\big)^\top x`, with :math:`p` = ``normalizer(x)``.
+
+    Its gradient is exactly :math:`p - e_t` for any map :math:`p`, which is the point; its
+    value carries no meaning (it can be negative). (The post's
+    :math:`(p - e_t)^\top\operatorname{sg}(x)` has gradient :math:`J_p^\top x` instead.)
+    ``x`` must be finite.
+    """
+    x = _logits(x, dim)
+    check_finite(x, "x")
+    t = _target(target, x)
+    p = normalizer(x, dim=-1).detach()
+    return ((p - _onehot(t, x)) * x).sum(dim=-1)

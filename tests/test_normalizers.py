@@ -1,0 +1,408 @@
+"""Tests of dlmath.normalizers: cross-checks against torch and the `entmax` package, hand-derived
+Jacobians and backward passes against autograd, losses, properties, and edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import entmax
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath import lse
+from dlmath import normalizers as N
+from dlmath.series import exp_taylor
+
+F64 = torch.float64
+
+
+def _topk2(x, dim=-1):
+    """Top-2 softmax (top-1 on a single class); the shape check is left to the library."""
+    n = x.shape[dim] if -x.ndim <= dim < x.ndim else 2
+    return N.topk_softmax(x, 1 if n == 1 else 2, dim=dim)
+
+SPARSE = {
+    "sparsemax": N.sparsemax,
+    "entmax15": N.entmax15,
+    "bisect-1.25": lambda x, dim=-1: N.entmax_bisect(x, 1.25, dim=dim),
+    "bisect-3": lambda x, dim=-1: N.entmax_bisect(x, 3.0, dim=dim),
+}
+ALL_MAPS = {
+    "softmax": N.softmax,
+    "taylor": N.taylor_softmax,
+    "topk": lambda x, dim=-1: _topk2(x, dim),
+    "perturb-normal": lambda x, dim=-1: N.perturb_max(x, "normal", 2000, dim=dim),
+    **SPARSE,
+}
+
+
+def randn(*shape, seed=0, scale=2.0, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(*shape, generator=g, dtype=dtype)
+
+
+def ties(*shape, seed=0):
+    """Integer-valued logits: many ties, and thresholds landing exactly on a logit."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-3, 4, shape, generator=g).to(F64)
+
+
+# ----------------------------------------------------------------------------- reference values
+
+
+def test_softmax_is_lse_softmax_and_matches_torch():
+    x = randn(5, 4, 6)
+    assert N.softmax is lse.softmax
+    for dim in (-1, 0, 1):
+        torch.testing.assert_close(N.softmax(x, dim=dim), torch.softmax(x, dim=dim))
+
+
+def test_readme_reference_values():
+    x = torch.tensor([-2.0, 0.0, 0.5], dtype=F64)
+    ref = {
+        N.softmax: [0.0486, 0.3592, 0.5922],
+        N.sparsemax: [0.0, 0.25, 0.75],
+        N.entmax15: [0.0, 0.3260, 0.6740],
+    }
+    for f, want in ref.items():
+        assert torch.allclose(f(x), torch.tensor(want, dtype=F64), atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("make", [randn, ties])
+def test_sparse_maps_match_entmax_package(dtype, make):
+    x = make(300, 7).to(dtype)
+    tol = dict(atol=1e-5, rtol=0) if dtype == torch.float32 else dict(atol=1e-12, rtol=0)
+    torch.testing.assert_close(N.sparsemax(x), entmax.sparsemax(x), **tol)
+    torch.testing.assert_close(N.entmax15(x), entmax.entmax15(x), **tol)
+    for alpha in (1.1, 1.5, 2.0, 2.5, 4.0):
+        ref = entmax.entmax_bisect(x.to(F64), alpha, n_iter=100).to(dtype)
+        if alpha > 2:  # p = t^(1/beta) has infinite slope at the threshold: error ~ eps^(1/beta)
+            tol = dict(atol=tol["atol"] + torch.finfo(dtype).eps ** (1 / (alpha - 1)), rtol=0)
+        torch.testing.assert_close(N.entmax_bisect(x, alpha), ref, **tol)
+
+
+def test_sort_and_bisection_agree():
+    x = torch.cat([randn(500, 9), ties(500, 9)])
+    torch.testing.assert_close(N.entmax_bisect(x, 1.5), N.entmax15(x), atol=1e-13, rtol=0)
+    torch.testing.assert_close(N.entmax_bisect(x, 2.0), N.sparsemax(x), atol=1e-13, rtol=0)
+    torch.testing.assert_close(N.entmax_bisect_threshold(x, 2.0), N.sparsemax_threshold(x),
+                               atol=1e-13, rtol=0)
+    torch.testing.assert_close(N.entmax_bisect_threshold(x, 1.5), N.entmax15_threshold(x),
+                               atol=1e-13, rtol=0)
+
+
+@pytest.mark.parametrize("x, want", [
+    ([2.0, 0.0], [1.0, 0.0]),
+    ([4.0, 2.0, 0.0], [1.0, 0.0, 0.0]),
+    ([2.0, 0.0, -1.0], [1.0, 0.0, 0.0]),
+    ([math.sqrt(2), math.sqrt(2), 0.0], [0.5, 0.5, 0.0]),
+])
+def test_entmax15_where_the_posts_reference_code_crashes(x, want):
+    """The threshold lands exactly on a sorted logit; the >= rule handles it."""
+    x = torch.tensor(x, dtype=F64)
+    want = torch.tensor(want, dtype=F64)
+    torch.testing.assert_close(N.entmax15(x), want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(N.entmax15(x), entmax.entmax15(x), atol=1e-12, rtol=0)
+    torch.testing.assert_close(N.entmax_bisect(x, 1.5), want, atol=1e-12, rtol=0)
+    # threshold in units of x/2: the largest z = x/2 minus 1 when the top logit is alone
+    if want[0] == 1:
+        assert abs(N.entmax15_threshold(x).item() - (x[0].item() / 2 - 1)) < 1e-12
+
+
+def test_thresholds_reproduce_the_maps():
+    x = randn(200, 6, seed=3)
+    lam = N.sparsemax_threshold(x)
+    torch.testing.assert_close(N.sparsemax(x), (x - lam[:, None]).clamp_min(0))
+    lam = N.entmax15_threshold(x)
+    torch.testing.assert_close(N.entmax15(x), (x / 2 - lam[:, None]).clamp_min(0) ** 2)
+    lam = N.entmax_bisect_threshold(x, 3.0)
+    p = (2 * x - lam[:, None]).clamp_min(0) ** 0.5
+    torch.testing.assert_close(N.entmax_bisect(x, 3.0), p / p.sum(-1, keepdim=True))
+
+
+def test_bisection_converges_towards_softmax_as_alpha_to_one():
+    x = randn(50, 5, seed=4)
+    err = (N.entmax_bisect(x, 1.001) - torch.softmax(x, -1)).abs().max().item()
+    assert err < 5e-3
+
+
+# ----------------------------------------------------------------------------- Jacobians
+
+
+def _autograd_jacobian(f, x):
+    return torch.stack([torch.autograd.functional.jacobian(f, row) for row in x])
+
+
+@pytest.mark.parametrize("name, f, jac", [
+    ("softmax", lambda x: torch.softmax(x, -1), N.softmax_jacobian),
+    ("sparsemax", N.sparsemax, N.sparsemax_jacobian),
+    ("entmax15", N.entmax15, lambda x: N.entmax_jacobian(x, 1.5)),
+    ("bisect-1.3", lambda x: N.entmax_bisect(x, 1.3), lambda x: N.entmax_jacobian(x, 1.3)),
+    ("bisect-2.5", lambda x: N.entmax_bisect(x, 2.5), lambda x: N.entmax_jacobian(x, 2.5)),
+])
+def test_jacobians_match_autograd(name, f, jac):
+    x = randn(20, 6, seed=5)
+    x[:, 4] = x[:, 3]  # ties away from the threshold (generic values never hit it)
+    torch.testing.assert_close(jac(x), _autograd_jacobian(f, x), atol=1e-10, rtol=0)
+
+
+def test_sparsemax_jacobian_formula_and_softmax_size_identity():
+    x = randn(40, 5, seed=6)
+    s = (N.sparsemax(x) > 0).to(F64)
+    J = torch.diag_embed(s) - s[:, :, None] * s[:, None, :] / s.sum(-1)[:, None, None]
+    torch.testing.assert_close(N.sparsemax_jacobian(x), J)
+    p = torch.softmax(x, -1)
+    torch.testing.assert_close(0.5 * N.softmax_jacobian(x).abs().sum((-1, -2)), 1 - (p * p).sum(-1))
+    torch.testing.assert_close(N.entmax_jacobian(x, 1.0), N.softmax_jacobian(x))
+    torch.testing.assert_close(N.softmax_jacobian(x, tau=0.5),
+                               _autograd_jacobian(lambda r: torch.softmax(r / 0.5, -1), x))
+
+
+@pytest.mark.parametrize("f", [
+    N.sparsemax, N.entmax15,
+    lambda x: N.entmax_bisect(x, 1.25), lambda x: N.entmax_bisect(x, 2.0),
+    lambda x: N.entmax_bisect(x, 3.0),
+])
+def test_gradcheck_hand_derived_backward(f):
+    x = randn(4, 5, seed=7).requires_grad_()
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-7, atol=1e-6)
+    x3 = randn(2, 3, 4, seed=8).requires_grad_()  # batched, and along dim=1
+    assert torch.autograd.gradcheck(lambda t: f(t.transpose(1, 2)), (x3,), eps=1e-7, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def _grad(loss_fn, x):
+    x = x.clone().requires_grad_()
+    loss_fn(x).sum().backward()
+    return x.grad
+
+
+@pytest.mark.parametrize("alpha, p_of", [
+    (1.0, lambda x: torch.softmax(x, -1)), (1.5, N.entmax15), (2.0, N.sparsemax),
+    (1.7, lambda x: N.entmax_bisect(x, 1.7)),
+])
+def test_fenchel_young_losses(alpha, p_of):
+    x, t = randn(500, 6, seed=9), torch.arange(500) % 6
+    onehot = torch.nn.functional.one_hot(t, 6).to(F64)
+    loss = N.entmax_loss(x, t, alpha)
+    assert loss.min() >= -1e-12
+    torch.testing.assert_close(_grad(lambda z: N.entmax_loss(z, t, alpha), x), p_of(x) - onehot)
+    perfect = torch.tensor([[50.0, 0.3, -1.0]], dtype=F64)
+    assert abs(N.entmax_loss(perfect, torch.tensor([0]), alpha).item()) < 1e-12
+
+
+def test_loss_cross_checks():
+    x, t = randn(300, 5, seed=10), torch.arange(300) % 5
+    torch.testing.assert_close(N.entmax_loss(x, t, 1.0),
+                               torch.nn.functional.cross_entropy(x, t, reduction="none"))
+    torch.testing.assert_close(N.sparsemax_loss(x, t), entmax.sparsemax_loss(x, t))
+    torch.testing.assert_close(N.entmax_loss(x, t, 1.5), entmax.entmax15_loss(x, t))
+    # the chapter's two forms of the sparsemax loss
+    p, lam = N.sparsemax(x), N.sparsemax_threshold(x)
+    xt = x.gather(-1, t[:, None]).squeeze(-1)
+    onehot = torch.nn.functional.one_hot(t, 5).to(F64)
+    post = 0.5 - xt + 0.5 * torch.where(p > 0, x**2 - lam[:, None] ** 2, 0).sum(-1)
+    fy = 0.5 * ((onehot - x) ** 2).sum(-1) - 0.5 * ((p - x) ** 2).sum(-1)
+    torch.testing.assert_close(N.sparsemax_loss(x, t), post)
+    torch.testing.assert_close(N.sparsemax_loss(x, t), fy)
+    torch.testing.assert_close(N.tsallis_entropy(p, 2.0), 0.5 * (1 - (p * p).sum(-1)))
+
+
+def test_sparsemax_loss_is_shift_invariant_for_large_logits():
+    x, t = randn(50, 4, seed=11), torch.arange(50) % 4
+    torch.testing.assert_close(N.sparsemax_loss(x + 1e6, t), N.sparsemax_loss(x, t), atol=1e-8,
+                               rtol=0)
+
+
+def test_topk_softmax_and_loss():
+    x = torch.tensor([2.0, 1.0, 0.5, -1.0, -3.0], dtype=F64)
+    g = _grad(lambda z: N.topk_softmax_loss(z, torch.tensor(3), 2), x)
+    torch.testing.assert_close(g, torch.tensor([0.7311, 0.2689, 0, -1, 0], dtype=F64), atol=1e-4,
+                               rtol=0)
+    xb = randn(100, 7, seed=12)
+    torch.testing.assert_close(N.topk_softmax(xb, 7), torch.softmax(xb, -1))
+    p = N.topk_softmax(xb, 3)
+    assert ((p > 0).sum(-1) == 3).all()
+    t = p.argmax(-1)
+    torch.testing.assert_close(N.topk_softmax_loss(xb, t, 3), -torch.log(p.gather(-1, t[:, None])
+                                                                         .squeeze(-1)))
+    tie = torch.tensor([1.0, 3.0, 1.0, 1.0, 0.0])
+    assert N.topk_softmax(tie, 2).tolist()[2:] == [0.0, 0.0, 0.0]  # lower index kept
+    assert N.topk_softmax(tie, 2)[0] > 0
+
+
+def test_am_softmax_loss():
+    g = torch.Generator().manual_seed(13)
+    z, c = torch.randn(20, 4, generator=g, dtype=F64), torch.randn(6, 4, generator=g, dtype=F64)
+    t = torch.arange(20) % 6
+    cos = torch.nn.functional.normalize(z, dim=-1) @ torch.nn.functional.normalize(c, dim=-1).T
+    m, tau = 0.35, 1 / 30
+    logits = cos / tau
+    logits[torch.arange(20), t] -= m / tau
+    torch.testing.assert_close(N.am_softmax_loss(z, c, t, m, tau),
+                               torch.nn.functional.cross_entropy(logits, t, reduction="none"))
+    assert (N.am_softmax_loss(z, c, t, 0.3, 0.1) > N.am_softmax_loss(z, c, t, 0.0, 0.1)).all()
+    with pytest.raises(ValueError, match="non-zero"):
+        N.am_softmax_loss(torch.zeros(1, 4), c, torch.tensor([0]))
+    with pytest.raises(ValueError, match="centers"):
+        N.am_softmax_loss(z, c[:, :3], t)
+
+
+@pytest.mark.parametrize("normalizer", [N.softmax, N.sparsemax, N.entmax15])
+def test_stop_gradient_loss_has_gradient_p_minus_onehot(normalizer):
+    x, t = randn(200, 5, seed=14), torch.arange(200) % 5
+    onehot = torch.nn.functional.one_hot(t, 5).to(F64)
+    g = _grad(lambda z: N.stop_gradient_loss(z, t, normalizer), x)
+    assert (g - (normalizer(x) - onehot)).abs().max() < 1e-15
+    # the printed variant (p - onehot) . sg(x) has a different gradient, J^T x
+    printed = _grad(lambda z: ((normalizer(z) - onehot) * z.detach()).sum(-1), x)
+    assert (printed - g).abs().max() > 0.1
+
+
+# ----------------------------------------------------------------------------- Taylor, Perturb
+
+
+def test_taylor_softmax():
+    p = N.taylor_softmax(torch.tensor([-3.0, -1.0, 0.0], dtype=F64))
+    torch.testing.assert_close(p, torch.tensor([0.625, 0.125, 0.25], dtype=F64))
+    x = randn(30, 5, seed=15)
+    for k in (2, 4, 6):
+        w = exp_taylor(x, k)
+        torch.testing.assert_close(N.taylor_softmax(x, k), w / w.sum(-1, keepdim=True))
+    big = torch.tensor([1e30, -2e30, 0.0])  # f_2 overflows float32 here; the scaled form does not
+    torch.testing.assert_close(N.taylor_softmax(big), torch.tensor([0.2, 0.8, 0.0]))
+    with pytest.raises(ValueError, match="even"):
+        N.taylor_softmax(x, 3)
+
+
+def test_perturb_max():
+    x = randn(10, 5, seed=16)
+    torch.testing.assert_close(N.perturb_max(x, "gumbel"), torch.softmax(x, -1), atol=1e-6,
+                               rtol=0)
+    d = torch.linspace(-3, 3, 13, dtype=F64)
+    x2 = torch.stack([d, torch.zeros_like(d)], -1)
+    probit = torch.special.ndtr(d / math.sqrt(2))
+    torch.testing.assert_close(N.perturb_max(x2, "normal")[:, 0], probit, atol=1e-6, rtol=0)
+    pn = N.perturb_max(x, "normal", 4000)
+    torch.testing.assert_close(N.perturb_max(x + 7.5, "normal", 4000), pn, atol=1e-12, rtol=0)
+    # Monte Carlo estimate of Pr[argmax(x + eps) = i]
+    g = torch.Generator().manual_seed(17)
+    eps = torch.randn(200_000, 5, generator=g, dtype=F64)
+    mc = torch.nn.functional.one_hot((x[0] + eps).argmax(-1), 5).to(F64).mean(0)
+    assert (mc - pn[0]).abs().max() < 5e-3
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(-20_000, 20_000), min_size=1, max_size=8), st.integers(-100, 100))
+def test_simplex_monotone_shift_invariant(values, shift):
+    """Logits on a 1e-3 grid, so that a shift keeps ties tied and distinct values distinct."""
+    x = torch.tensor(values, dtype=F64) / 1000
+    bigger = x[:, None] > x[None, :]
+    for name, f in ALL_MAPS.items():
+        p = f(x)
+        assert (p >= 0).all() and abs(p.sum().item() - 1) < 1e-9, name
+        if name == "taylor":  # neither monotone nor shift-invariant (see the chapter)
+            continue
+        assert (p[:, None] >= p[None, :] - 1e-9)[bigger].all(), name  # weakly monotone
+        if name != "topk":  # top-k splits tied logits at its boundary
+            tied = x[:, None] == x[None, :]
+            assert ((p[:, None] - p[None, :]).abs() < 1e-9)[tied].all(), name
+        if name != "perturb-normal":  # its grid moves with the shift: checked separately
+            torch.testing.assert_close(f(x + shift), p, atol=1e-9, rtol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-10, 10), min_size=1, max_size=8))
+def test_sparsemax_is_the_projection(values):
+    """Variational inequality of the projection: (x - p).(q - p) <= 0 for all q in the simplex."""
+    x = torch.tensor(values, dtype=F64)
+    p = N.sparsemax(x)
+    r = x - p
+    assert r.max() <= (r * p).sum() + 1e-9
+    assert (p > 0).sum() >= 1
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+
+@pytest.mark.parametrize("name", list(ALL_MAPS))
+def test_infinite_logits(name):
+    f = ALL_MAPS[name]
+    x = torch.tensor([[1.0, math.inf, 0.0, math.inf], [3.0, -math.inf, 1.0, 0.0]], dtype=F64)
+    p = f(x)
+    torch.testing.assert_close(p[0], torch.tensor([0, 0.5, 0, 0.5], dtype=F64))
+    if name == "taylor":  # an even polynomial: -inf is as certain as +inf
+        torch.testing.assert_close(p[1], torch.tensor([0, 1.0, 0, 0], dtype=F64))
+    else:
+        assert p[1, 1] == 0
+        torch.testing.assert_close(p[1], f(torch.tensor([3.0, -1e300, 1.0, 0.0], dtype=F64)))
+    lse_p = lse.softmax(x[:1])
+    torch.testing.assert_close(p[:1], lse_p)
+    with pytest.raises(ValueError, match="-inf everywhere"):
+        f(torch.full((2, 3), -math.inf))
+
+
+def test_losses_with_infinite_logits():
+    x = torch.tensor([1.0, math.inf, 0.0, math.inf], dtype=F64)
+    for alpha, ent in ((1.0, math.log(2)), (1.5, (1 - 2 * 0.5**1.5) / 0.75), (2.0, 0.25)):
+        assert N.entmax_loss(x, torch.tensor(1), alpha).item() == pytest.approx(ent)
+        assert N.entmax_loss(x, torch.tensor(0), alpha).item() == math.inf
+    assert N.topk_softmax_loss(x, torch.tensor(3), 2).item() == pytest.approx(math.log(2))
+    assert N.topk_softmax_loss(x, torch.tensor(0), 2).item() == math.inf
+    y = torch.tensor([2.0, -math.inf, 0.0], dtype=F64)
+    assert N.sparsemax_loss(y, torch.tensor(1)).item() == math.inf
+    assert N.sparsemax_loss(y, torch.tensor(0)).item() == 0.0
+
+
+@pytest.mark.parametrize("name", list(ALL_MAPS))
+def test_bad_input(name):
+    f = ALL_MAPS[name]
+    with pytest.raises(TypeError, match="floating"):
+        f(torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="empty"):
+        f(torch.zeros(3, 0))
+    with pytest.raises(ValueError, match="NaN"):
+        f(torch.tensor([0.0, math.nan]))
+    with pytest.raises(ValueError, match="dim"):
+        f(torch.zeros(3), dim=1)
+
+
+def test_bad_arguments():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="alpha"):
+        N.entmax_bisect(x, 1.0)
+    with pytest.raises(ValueError, match="k must be <= 3"):
+        N.topk_softmax(x, 4)
+    with pytest.raises(ValueError, match="noise"):
+        N.perturb_max(x, "laplace")
+    with pytest.raises(TypeError, match="target"):
+        N.sparsemax_loss(x, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="shape"):
+        N.sparsemax_loss(x, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        N.sparsemax_loss(x, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="finite"):
+        N.stop_gradient_loss(torch.tensor([0.0, math.inf]), torch.tensor(0))
+
+
+@pytest.mark.parametrize("name", list(ALL_MAPS))
+def test_dtype_device_and_dim_are_kept(name):
+    f = ALL_MAPS[name]
+    x = randn(3, 5, 4, seed=18, dtype=torch.float32)
+    p = f(x, dim=1)
+    assert p.dtype == torch.float32 and p.device == x.device and p.shape == x.shape
+    torch.testing.assert_close(p, f(x.transpose(1, 2)).transpose(1, 2))
+    torch.testing.assert_close(p.sum(1), torch.ones(3, 4))
+
+
+def test_single_class_is_certain():
+    for f in ALL_MAPS.values():
+        assert f(torch.tensor([[-5.0], [7.0]])).flatten().tolist() == [1.0, 1.0]
