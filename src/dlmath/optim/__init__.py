@@ -8,6 +8,17 @@ from importlib import import_module
 
 # public name -> module of dlmath.optim that defines it
 _EXPORTS = {
+    "Lion": "lion",
+    "lion_update": "lion",
+    "Tiger": "tiger",
+    "tiger_update": "tiger",
+    "tiger_lr": "tiger",
+    "fraction_unchanged": "tiger",
+    "SignSGD": "sign",
+    "signum_update": "sign",
+    "amos_sign_hparams": "sign",
+    "sign_decay_fixed_point": "sign",
+    "sign_decay_closed_form": "sign",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,197 @@
+r"""Lion (EvoLved Sign Momentum), as a ``torch.optim.Optimizer`` and as a pure function.
+
+Chapter: *Lion* (``notebooks/16-lion.ipynb``); its special cases and its fixed points are in
+*Tiger* (``notebooks/17-tiger.ipynb``) and *Embedding outliers*
+(``notebooks/18-sign-embedding-outliers.ipynb``).
+
+One step, with gradient :math:`g_t`, momentum :math:`m`, learning rate :math:`\eta` and
+decoupled weight decay :math:`\lambda`:
+
+.. math::
+    u_t = \operatorname{sign}\big(\beta_1 m_{t-1} + (1-\beta_1) g_t\big),\qquad
+    \theta_t = (1-\eta\lambda)\,\theta_{t-1} - \eta\,u_t,\qquad
+    m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t .
+
+The weight decay follows ``torch.optim.AdamW`` (and ``lion-pytorch``): the parameter is
+multiplied by :math:`1-\eta\lambda`, so ``weight_decay`` is :math:`\lambda`, not
+:math:`\eta\lambda`. The floating-point operations are those of ``lion_pytorch.Lion``, so both
+give bit-identical trajectories when configured alike.
+
+Edge cases: ``sign(0) = 0``, so a coordinate whose interpolated momentum is exactly zero does not
+move (apart from weight decay); parameters whose ``grad`` is ``None`` are skipped entirely;
+sparse gradients raise ``TypeError``. A NaN gradient entry makes that coordinate's momentum NaN
+for good, and ``torch.sign(nan)`` is 0 on CPU, so the coordinate silently stops moving: guard
+against non-finite gradients upstream (or use :class:`dlmath.optim.Tiger`'s ``nan_guard``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .._checks import check_real
+
+__all__ = ["Lion", "lion_update", "check_betas", "dense_grads", "lazy_rows"]
+
+
+def check_betas(betas, name: str = "betas") -> tuple[float, float]:
+    """A pair of momentum coefficients, each in ``[0, 1]``."""
+    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+        raise TypeError(f"{name} must be a pair (beta1, beta2), got {betas!r}")
+    return tuple(check_real(b, f"{name}[{i}]", low=0.0, high=1.0) for i, b in enumerate(betas))
+
+
+def dense_grads(optimizer: torch.optim.Optimizer, group: dict):
+    """The parameters of ``group`` that have a gradient, and those gradients (dense only)."""
+    params, grads = [], []
+    for i, p in enumerate(group["params"]):
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            raise TypeError(
+                f"{type(optimizer).__name__} does not support sparse gradients (parameter {i} "
+                "of a group has one); use a dense embedding (nn.Embedding(sparse=False)) and "
+                "lazy=True for row-sparse updates"
+            )
+        params.append(p)
+        grads.append(p.grad)
+    return params, grads
+
+
+def lazy_rows(grad: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the rows (first dimension) of ``grad`` that hold a non-zero entry.
+
+    For a tensor with fewer than two dimensions the whole tensor counts as one row, so the
+    mask is a 0-d tensor. This is the "this row's gradient is not zero" test of lazy updates.
+    """
+    if grad.ndim < 2:
+        return grad.ne(0).any()
+    return grad.ne(0).flatten(1).any(dim=1)
+
+
+def _apply_lazy(params, olds, masks):
+    """Restore the rows that the mask marks as absent (``olds`` holds their previous values)."""
+    for p, old, mask in zip(params, olds, masks, strict=True):
+        keep = mask.reshape(mask.shape + (1,) * (p.ndim - mask.ndim))
+        p.copy_(torch.where(keep, p, old))
+
+
+class Lion(torch.optim.Optimizer):
+    r"""Lion with decoupled weight decay, over parameter groups, with ``foreach`` kernels.
+
+    .. math::
+        \theta \leftarrow (1-\eta\lambda)\theta - \eta\,\operatorname{sign}(\beta_1 m+(1-\beta_1)g),
+        \qquad m \leftarrow \beta_2 m + (1-\beta_2) g
+
+    Args:
+        params: an iterable of tensors or of parameter-group dicts.
+        lr: :math:`\eta \ge 0`. Sign updates have RMS 1, so it is typically 3-10x smaller than
+            AdamW's (chapter 16 derives :math:`\eta = \alpha_0\sigma`).
+        betas: :math:`(\beta_1, \beta_2)` in :math:`[0,1]^2`; ``(0.9, 0.99)`` by default.
+            :math:`\beta_1 = \beta_2` gives Tiger/Signum.
+        weight_decay: :math:`\lambda \ge 0`, applied as ``p *= 1 - lr * weight_decay``.
+        lazy: when True, a row (first dimension) whose gradient is exactly zero is left
+            untouched: no sign step, no weight decay, no momentum decay (chapter 18).
+
+    Every parameter has one state buffer, ``exp_avg`` (:math:`m`), of its shape and dtype.
+    ``step(closure)`` re-evaluates the loss under ``torch.enable_grad`` and returns it.
+    """
+
+    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
+                 *, lazy: bool = False):
+        lr = check_real(lr, "lr", nonnegative=True)
+        betas = check_betas(betas)
+        weight_decay = check_real(weight_decay, "weight_decay", nonnegative=True)
+        if not isinstance(lazy, bool):
+            raise TypeError(f"lazy must be a bool, got {type(lazy).__name__}")
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, lazy=lazy))
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        check_real(group["lr"], "lr", nonnegative=True)
+        group["betas"] = check_betas(group["betas"])
+        check_real(group["weight_decay"], "weight_decay", nonnegative=True)
+        if not isinstance(group["lazy"], bool):
+            raise TypeError(f"lazy must be a bool, got {type(group['lazy']).__name__}")
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        """Perform one update; ``closure`` (optional) recomputes and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = dense_grads(self, group)
+            if not params:
+                continue
+            ms = []
+            for p in params:
+                state = self.state[p]
+                if "exp_avg" not in state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                ms.append(state["exp_avg"])
+            lr, wd = group["lr"], group["weight_decay"]
+            beta1, beta2 = group["betas"]
+            if group["lazy"]:
+                masks = [lazy_rows(g) for g in grads]
+                old_p = [p.clone() for p in params]
+                old_m = [m.clone() for m in ms]
+            _lion_foreach(params, grads, ms, lr=lr, beta1=beta1, beta2=beta2, wd=wd)
+            if group["lazy"]:
+                _apply_lazy(params, old_p, masks)
+                _apply_lazy(ms, old_m, masks)
+        return loss
+
+
+def _lion_foreach(params, grads, ms, *, lr, beta1, beta2, wd):
+    """The Lion update on lists of tensors, in place (same operations as lion-pytorch)."""
+    if wd != 0:
+        torch._foreach_mul_(params, 1.0 - lr * wd)
+    update = torch._foreach_mul(ms, beta1)
+    torch._foreach_add_(update, grads, alpha=1.0 - beta1)
+    torch._foreach_sign_(update)
+    torch._foreach_add_(params, update, alpha=-lr)
+    torch._foreach_mul_(ms, beta2)
+    torch._foreach_add_(ms, grads, alpha=1.0 - beta2)
+
+
+def lion_update(theta, m, g, *, lr: float, betas=(0.9, 0.99), weight_decay: float = 0.0):
+    r"""One Lion step as a pure function: returns new ``(theta, m)``, inputs untouched.
+
+    .. math::
+        \theta' = (1-\eta\lambda)\theta - \eta\operatorname{sign}(\beta_1 m + (1-\beta_1) g),
+        \qquad m' = \beta_2 m + (1-\beta_2) g
+
+    ``theta``, ``m`` and ``g`` are floating tensors of one shape (any shape); the results keep
+    their dtype and device. This is the reference the chapters iterate on float64 trajectories;
+    it performs the same floating-point operations as :class:`Lion`.
+    """
+    lr = check_real(lr, "lr", nonnegative=True)
+    beta1, beta2 = check_betas(betas)
+    weight_decay = check_real(weight_decay, "weight_decay", nonnegative=True)
+    theta, m, g = _same_shape(theta=theta, m=m, g=g)
+    theta = theta.clone()
+    if weight_decay != 0:
+        theta.mul_(1.0 - lr * weight_decay)
+    u = (m * beta1).add_(g, alpha=1.0 - beta1).sign_()
+    theta.add_(u, alpha=-lr)
+    return theta, (m * beta2).add_(g, alpha=1.0 - beta2)
+
+
+def _same_shape(**tensors):
+    """Validate that the named tensors are floating, of one shape, dtype and device."""
+    from .._checks import as_float_tensor
+
+    out = [as_float_tensor(t, name, min_ndim=0) for name, t in tensors.items()]
+    names = list(tensors)
+    for name, t in zip(names[1:], out[1:], strict=True):
+        if t.shape != out[0].shape or t.dtype != out[0].dtype or t.device != out[0].device:
+            raise ValueError(
+                f"{name} must match {names[0]} in shape, dtype and device: got "
+                f"{tuple(t.shape)}/{t.dtype}/{t.device} vs "
+                f"{tuple(out[0].shape)}/{out[0].dtype}/{out[0].device}"
+            )
+    return out

@@ -1,0 +1,240 @@
+"""Tests of dlmath.optim.Lion and lion_update: cross-checks against lion-pytorch and AdamW."""
+
+import copy
+
+import lion_pytorch
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath.optim import Lion, lion_update
+
+SHAPES = st.lists(st.integers(1, 5), min_size=0, max_size=3).map(tuple)
+DTYPES = st.sampled_from([torch.float32, torch.float64])
+
+
+def _params(shapes, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=g, dtype=dtype)) for s in shapes]
+
+
+def _clone(params):
+    return [torch.nn.Parameter(p.detach().clone()) for p in params]
+
+
+def _run(opt_cls, params, steps, seed=1, **kw):
+    """Feed the same seeded noisy-quadratic gradients to an optimizer; return the final params."""
+    opt = opt_cls(params, **kw)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for p in params:
+            p.grad = p.detach() + torch.randn(p.shape, generator=g, dtype=p.dtype)
+        opt.step()
+    return opt
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes=st.lists(SHAPES, min_size=1, max_size=3), dtype=DTYPES,
+       lr=st.floats(1e-4, 0.1), wd=st.sampled_from([0.0, 0.01, 0.5]),
+       b1=st.floats(0.0, 0.99), b2=st.floats(0.0, 0.999))
+def test_matches_lion_pytorch_bit_for_bit(shapes, dtype, lr, wd, b1, b2):
+    ours = _params(shapes, dtype)
+    ref = _clone(ours)
+    kw = dict(lr=lr, betas=(b1, b2), weight_decay=wd)
+    _run(Lion, ours, 20, **kw)
+    _run(lion_pytorch.Lion, ref, 20, **kw)
+    for p, q in zip(ours, ref, strict=True):
+        assert torch.equal(p, q)
+        assert p.dtype == dtype
+
+
+def test_state_matches_lion_pytorch_momentum():
+    ours = _params([(4, 3), (3,)], torch.float64)
+    ref = _clone(ours)
+    a = _run(Lion, ours, 10, lr=1e-2, weight_decay=0.1)
+    b = _run(lion_pytorch.Lion, ref, 10, lr=1e-2, weight_decay=0.1)
+    for p, q in zip(ours, ref, strict=True):
+        assert torch.equal(a.state[p]["exp_avg"], b.state[q]["exp_avg"])
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=SHAPES, dtype=DTYPES, lr=st.floats(1e-4, 1.0), wd=st.floats(0.0, 0.9),
+       b1=st.floats(0.0, 1.0), b2=st.floats(0.0, 1.0))
+def test_update_rule_properties(shape, dtype, lr, wd, b1, b2):
+    g = torch.Generator().manual_seed(3)
+    theta, m, grad = (torch.randn(shape, generator=g, dtype=dtype) for _ in range(3))
+    new, m_new = lion_update(theta, m, grad, lr=lr, betas=(b1, b2), weight_decay=wd)
+    # the step after weight decay is -lr times a sign of the interpolated momentum
+    u = (theta * (1 - lr * wd) - new) / lr
+    expected = torch.sign(b1 * m + (1 - b1) * grad)
+    tol = 8 * torch.finfo(dtype).eps * (theta.abs() + lr) / lr  # rounding of theta - new
+    assert ((u - expected).abs() <= tol).all()
+    assert torch.allclose(m_new, b2 * m + (1 - b2) * grad, rtol=1e-5, atol=1e-6)
+    assert new.dtype == dtype and new.shape == theta.shape
+
+
+def test_functional_equals_optimizer():
+    (p,) = _params([(6, 5)], torch.float64)
+    theta, m = p.detach().clone(), torch.zeros_like(p)
+    opt = Lion([p], lr=0.03, betas=(0.8, 0.95), weight_decay=0.2)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(30):
+        grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        p.grad = grad
+        opt.step()
+        theta, m = lion_update(theta, m, grad, lr=0.03, betas=(0.8, 0.95), weight_decay=0.2)
+    assert torch.equal(p.detach(), theta)
+    assert torch.equal(opt.state[p]["exp_avg"], m)
+
+
+def test_weight_decay_convention_matches_adamw():
+    # with a zero gradient Lion's sign step and AdamW's adaptive step both vanish, so what is
+    # left is the decoupled decay: both multiply by 1 - lr * weight_decay
+    a = _params([(7, 3)], torch.float64)
+    b = _clone(a)
+    lion = Lion(a, lr=0.05, weight_decay=0.3)
+    adamw = torch.optim.AdamW(b, lr=0.05, weight_decay=0.3)
+    for _ in range(5):
+        a[0].grad = torch.zeros_like(a[0])
+        b[0].grad = torch.zeros_like(b[0])
+        lion.step()
+        adamw.step()
+    assert torch.equal(a[0], b[0])
+    wrong = _clone(b)
+    lion_l2 = Lion(wrong, lr=0.05, weight_decay=0.3 * 0.05)  # "weight_decay = lr * lambda"
+    wrong[0].grad = torch.zeros_like(wrong[0])
+    lion_l2.step()
+    assert not torch.allclose(wrong[0], b[0])
+
+
+def test_param_groups_and_missing_grads():
+    a, b, c = _params([(3, 2), (4,), (2,)], torch.float64)
+    c0 = c.detach().clone()
+    opt = Lion([{"params": [a], "lr": 0.1}, {"params": [b, c], "lr": 0.01}])
+    a.grad, b.grad = torch.ones_like(a), -torch.ones_like(b)
+    a0, b0 = a.detach().clone(), b.detach().clone()
+    opt.step()
+    assert torch.allclose(a - a0, torch.full_like(a, -0.1), atol=1e-15)
+    assert torch.allclose(b - b0, torch.full_like(b, 0.01), atol=1e-15)
+    assert torch.equal(c, c0) and c not in opt.state
+
+
+def test_state_dict_round_trip():
+    ps = _params([(5, 4), (4,)], torch.float32)
+    qs = _clone(ps)
+    opt = _run(Lion, ps, 5, lr=1e-2, weight_decay=0.1)
+    saved = copy.deepcopy(opt.state_dict())
+    for p, q in zip(ps, qs, strict=True):
+        q.data.copy_(p.data)
+    other = Lion(qs, lr=1.0)
+    other.load_state_dict(saved)
+    assert other.param_groups[0]["lr"] == 1e-2
+    g = torch.Generator().manual_seed(9)
+    for _ in range(5):
+        for p, q in zip(ps, qs, strict=True):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        opt.step()
+        other.step()
+    for p, q in zip(ps, qs, strict=True):
+        assert torch.equal(p, q)
+
+
+def test_closure_is_called_with_grad_enabled():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = Lion([w], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss.item() == pytest.approx(5.0)
+    assert torch.allclose(w.detach(), torch.tensor([0.9, -1.9]))
+
+
+def test_sparse_gradients_are_refused():
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(TypeError, match="sparse gradients"):
+        Lion(emb.parameters()).step()
+
+
+def test_lazy_rows_are_untouched():
+    (e,) = _params([(6, 3)], torch.float64)
+    opt = Lion([e], lr=0.1, weight_decay=0.5, lazy=True)
+    e.grad = torch.randn_like(e)
+    opt.step()
+    before, m_before = e.detach().clone(), opt.state[e]["exp_avg"].clone()
+    grad = torch.zeros_like(e)
+    grad[[1, 4]] = 1.0
+    e.grad = grad
+    opt.step()
+    absent = [0, 2, 3, 5]
+    assert torch.equal(e[absent], before[absent])
+    assert torch.equal(opt.state[e]["exp_avg"][absent], m_before[absent])
+    assert not torch.equal(e[[1, 4]], before[[1, 4]])
+
+
+def test_absent_rows_keep_moving_without_lazy():
+    (e,) = _params([(4, 2)], torch.float64)
+    opt = Lion([e], lr=0.1, betas=(0.9, 0.99))
+    e.grad = torch.ones_like(e)
+    opt.step()
+    e.grad = torch.zeros_like(e)
+    before = e.detach().clone()
+    opt.step()
+    assert torch.allclose(e - before, torch.full_like(e, -0.1), atol=1e-15)
+
+
+def test_zero_momentum_does_not_move():
+    (p,) = _params([(3,)], torch.float64)
+    opt = Lion([p], lr=0.1)
+    p.grad = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    before = p.detach().clone()
+    opt.step()
+    assert torch.equal((p - before)[[0, 2]], torch.zeros(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kw, exc, text", [
+    (dict(lr=-1.0), ValueError, "lr"),
+    (dict(lr="x"), TypeError, "lr"),
+    (dict(betas=(0.9, 1.5)), ValueError, r"betas\[1\]"),
+    (dict(betas=0.9), TypeError, "betas"),
+    (dict(weight_decay=-0.1), ValueError, "weight_decay"),
+    (dict(lazy=1), TypeError, "lazy"),
+])
+def test_bad_arguments(kw, exc, text):
+    with pytest.raises(exc, match=text):
+        Lion([torch.nn.Parameter(torch.zeros(2))], **kw)
+
+
+def test_bad_param_group():
+    opt = Lion([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match="betas"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "betas": (2, 0)})
+
+
+def test_functional_bad_input():
+    x = torch.zeros(3)
+    with pytest.raises(ValueError, match="m must match theta"):
+        lion_update(x, torch.zeros(4), x, lr=0.1)
+    with pytest.raises(TypeError, match="theta"):
+        lion_update(torch.zeros(3, dtype=torch.int64), x, x, lr=0.1)
+
+
+def test_nan_gradient_freezes_the_coordinate_silently():
+    (p,) = _params([(3,)], torch.float32)
+    before = p.detach().clone()
+    opt = Lion([p], lr=0.1)
+    p.grad = torch.tensor([float("nan"), 1.0, -1.0])
+    opt.step()
+    # torch.sign(nan) is 0 on CPU: the coordinate does not move, but its momentum is NaN from
+    # now on, so it never moves again (documented; Tiger's nan_guard avoids this)
+    assert p[0] == before[0] and torch.isnan(opt.state[p]["exp_avg"][0])
+    p.grad = torch.ones(3)
+    opt.step()
+    assert p[0] == before[0] and torch.isfinite(p).all()

@@ -1,0 +1,101 @@
+"""Tests of dlmath.optim.sign: SignSGD/Signum, the Amos-style rule, the decay closed forms."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath.optim import (
+    Lion,
+    SignSGD,
+    amos_sign_hparams,
+    sign_decay_closed_form,
+    sign_decay_fixed_point,
+    signum_update,
+)
+
+
+def test_signsgd_is_sign_of_gradient():
+    p = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    opt = SignSGD([p], lr=0.1)
+    p.grad = torch.tensor([3.0, -1e-9, 0.0, 2.0], dtype=torch.float64)
+    opt.step()
+    assert torch.equal(p.detach(), torch.tensor([-0.1, 0.1, 0.0, -0.1], dtype=torch.float64))
+
+
+def test_signum_equals_lion_with_equal_betas():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(5, 3, generator=gen))
+    b = torch.nn.Parameter(a.detach().clone())
+    s, lion = SignSGD([a], lr=0.01, momentum=0.9, weight_decay=0.1), Lion(
+        [b], lr=0.01, betas=(0.9, 0.9), weight_decay=0.1)
+    theta, m = a.detach().clone(), torch.zeros_like(a)
+    for _ in range(50):
+        g = torch.randn(5, 3, generator=gen)
+        a.grad, b.grad = g, g.clone()
+        s.step()
+        lion.step()
+        theta, m = signum_update(theta, m, g, lr=0.01, momentum=0.9, weight_decay=0.1)
+    assert torch.equal(a, b) and torch.equal(a.detach(), theta)
+
+
+def test_amos_rule_bert_base_numbers():
+    sigma = 1 / math.sqrt(768)
+    lr, wd = amos_sign_hparams(1.11e-3, sigma)
+    assert lr == pytest.approx(4.005e-5, rel=1e-3)
+    assert wd == pytest.approx(0.01538, rel=1e-3)
+    rho = lr * wd  # the per-step decay rate rho = alpha0^2 / 2 is not the weight decay
+    assert rho == pytest.approx(1.11e-3**2 / 2, rel=1e-12)
+    lr_t, wd_t = amos_sign_hparams(1.11e-3, sigma, kappa=1e-3, step=1000)
+    assert lr_t == pytest.approx(lr / 2) and wd_t == wd
+    with pytest.raises(ValueError, match="sigma"):
+        amos_sign_hparams(1e-3, 0.0)
+    with pytest.raises(ValueError, match="step"):
+        amos_sign_hparams(1e-3, 0.1, step=-1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(theta0=st.floats(-500, 500), s=st.sampled_from([-1.0, 0.0, 1.0]),
+       lr=st.floats(1e-3, 1.0), wd=st.floats(1e-3, 1.0), t=st.integers(0, 300))
+def test_closed_form_matches_iteration(theta0, s, lr, wd, t):
+    lr = min(lr, 1 / wd)
+    theta = torch.tensor(theta0, dtype=torch.float64)
+    for _ in range(t):
+        theta = (1 - lr * wd) * theta - lr * s
+    closed = sign_decay_closed_form(torch.tensor(theta0, dtype=torch.float64), s, lr=lr,
+                                    weight_decay=wd, t=t)
+    assert abs(closed.item() - theta.item()) <= 1e-9 * (1 + abs(theta0) + 1 / wd)
+
+
+@settings(max_examples=20, deadline=None)
+@given(lr=st.floats(1e-3, 1.0), wd=st.floats(1e-2, 1.0), seed=st.integers(0, 10**6))
+def test_box_invariant(lr, wd, seed):
+    lr = min(lr, 1 / wd)
+    gen = torch.Generator().manual_seed(seed)
+    theta0 = 3 * torch.randn(50, generator=gen, dtype=torch.float64) / wd
+    theta = theta0.clone()
+    box = torch.maximum(theta0.abs(), torch.full_like(theta0, 1 / wd))
+    for _ in range(100):
+        u = torch.randint(-1, 2, (50,), generator=gen).double()
+        theta = (1 - lr * wd) * theta - lr * u
+        assert (theta.abs() <= box * (1 + 1e-15)).all()
+
+
+def test_fixed_point_and_errors():
+    assert torch.equal(sign_decay_fixed_point(torch.tensor([1.0, -1.0, 0.0]), 0.01),
+                       torch.tensor([-100.0, 100.0, -0.0]))
+    with pytest.raises(ValueError, match="weight_decay"):
+        sign_decay_fixed_point(torch.tensor(1.0), 0.0)
+    with pytest.raises(ValueError, match="lr \\* weight_decay"):
+        sign_decay_closed_form(torch.tensor(0.0), 1.0, lr=10.0, weight_decay=0.5, t=1)
+
+
+def test_signsgd_bad_arguments_and_sparse():
+    with pytest.raises(ValueError, match="momentum"):
+        SignSGD([torch.nn.Parameter(torch.zeros(2))], momentum=1.5)
+    emb = torch.nn.Embedding(3, 2, sparse=True)
+    emb(torch.tensor([0])).sum().backward()
+    with pytest.raises(TypeError, match="sparse"):
+        SignSGD(emb.parameters()).step()

@@ -1,0 +1,288 @@
+"""Tests of dlmath.optim.Tiger: group rules, accumulation inside the momentum, the NaN guard."""
+
+import copy
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath.optim import Lion, Tiger, fraction_unchanged, tiger_lr, tiger_update
+
+
+def _param(shape, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.Parameter(torch.randn(shape, generator=g, dtype=dtype))
+
+
+def test_is_lion_with_equal_betas_bit_for_bit():
+    a = _param((6, 4))
+    b = torch.nn.Parameter(a.detach().clone())
+    # element-wise kind: eta = 0.5 * lr, so lr = 2 * eta gives Lion's fixed eta exactly
+    tiger = Tiger([a], lr=2 * 0.01, beta=0.965, weight_decay=0.2, kind="elementwise")
+    lion = Lion([b], lr=0.01, betas=(0.965, 0.965), weight_decay=0.2)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(100):
+        a.grad = a.detach() + torch.randn(a.shape, generator=g, dtype=a.dtype)
+        b.grad = a.grad.clone()
+        tiger.step()
+        lion.step()
+    assert torch.equal(a, b)
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=st.lists(st.integers(2, 6), min_size=2, max_size=3).map(tuple),
+       alpha=st.floats(1e-4, 1e-2), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_matrix_relative_change_is_alpha(shape, alpha, dtype):
+    w = _param(shape, dtype)
+    w0 = w.detach().clone()
+    opt = Tiger([w], lr=alpha)
+    w.grad = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    opt.step()
+    rel = (torch.linalg.vector_norm(w - w0) / torch.linalg.vector_norm(w0)).item()
+    # rounding of w - eta * sign: at most eps |w| per entry, against a step of alpha RMS(w)
+    eps = torch.finfo(dtype).eps
+    tol = 4 * eps * (w0.abs().max() / w0.pow(2).mean().sqrt()).item() / alpha + 1e-13
+    assert abs(rel / alpha - 1) < tol
+    assert w.dtype == dtype
+
+
+def test_elementwise_moves_by_half_alpha():
+    b = _param((5,))
+    b0 = b.detach().clone()
+    opt = Tiger([b], lr=0.004)
+    b.grad = torch.randn_like(b)
+    opt.step()
+    assert torch.allclose((b - b0).abs(), torch.full_like(b, 0.002), atol=1e-15)
+
+
+def test_tiger_lr_rules():
+    w = torch.full((3, 4), 2.0)
+    assert tiger_lr(1e-3, w) == pytest.approx(2e-3, rel=1e-15)
+    assert tiger_lr(1e-3, w, "elementwise") == 5e-4
+    assert tiger_lr(1e-3, torch.ones(7)) == 5e-4
+    assert tiger_lr(1e-3, torch.ones(7), "matrix") == pytest.approx(1e-3)
+    assert tiger_lr(1e-3, torch.zeros(3, 3)) == 0.0  # zero kernels never move
+    with pytest.raises(ValueError, match="kind"):
+        tiger_lr(1e-3, w, "kernel")
+
+
+def _quadratic_grads(theta, k, gen):
+    """k micro-batch gradients of 1/2 |A theta - b_i|^2 at a fixed theta."""
+    return [theta + 0.5 * torch.randn(theta.shape, generator=gen, dtype=theta.dtype)
+            for _ in range(k)]
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 8])
+def test_accumulation_reproduces_big_batch(k):
+    a = _param((5, 4))
+    b = torch.nn.Parameter(a.detach().clone())
+    acc = Tiger([a], lr=2e-2, weight_decay=0.1, accumulate=k)
+    big = Tiger([b], lr=2e-2, weight_decay=0.1)
+    gen = torch.Generator().manual_seed(k)
+    worst = 0.0
+    for _ in range(40):
+        grads = _quadratic_grads(a.detach().clone(), k, gen)
+        assert torch.equal(a, b) or worst > 0
+        for i, g in enumerate(grads):
+            a.grad = g
+            before = a.detach().clone()
+            acc.step()
+            if i < k - 1:
+                assert torch.equal(a, before)  # frozen inside a cycle
+        b.grad = torch.stack(grads).mean(0)
+        big.step()
+        worst = max(worst, (a - b).abs().max().item())
+    # the two sum the k gradients in different orders: equal up to rounding
+    assert worst < 1e-13
+    assert acc.state[a]["step"] == 40 * k
+
+
+def test_accumulation_is_exact_in_rational_arithmetic():
+    beta, eta, k = Fraction(965, 1000), Fraction(1, 64), 4
+    gen = torch.Generator().manual_seed(0)
+    noise = [[Fraction(int(v)) / 8 for v in torch.randint(-20, 20, (3,), generator=gen)]
+             for _ in range(60 * k)]
+    theta_a = [Fraction(1), Fraction(-2), Fraction(3, 2)]
+    theta_b, m_a, m_b = list(theta_a), [Fraction(0)] * 3, [Fraction(0)] * 3
+    sign = lambda x: (x > 0) - (x < 0)  # noqa: E731
+    for t in range(1, 60 * k + 1):
+        grad = [th + n for th, n in zip(theta_a, noise[t - 1], strict=True)]
+        factor = beta if (t - 1) % k == 0 else 1
+        m_a = [factor * m + (1 - beta) / k * g for m, g in zip(m_a, grad, strict=True)]
+        if t % k == 0:
+            theta_a = [th - eta * sign(m) for th, m in zip(theta_a, m_a, strict=True)]
+            gbar = [th + sum(noise[s][i] for s in range(t - k, t)) / k
+                    for i, th in enumerate(theta_b)]
+            m_b = [beta * m + (1 - beta) * g for m, g in zip(m_b, gbar, strict=True)]
+            theta_b = [th - eta * sign(m) for th, m in zip(theta_b, m_b, strict=True)]
+            assert theta_a == theta_b and m_a == m_b
+
+
+def test_wrong_factor_breaks_accumulation():
+    # applying beta at every micro-step is not big-batch Tiger
+    beta, k = 0.965, 4
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randn(4, k, generator=gen, dtype=torch.float64)
+    m = torch.zeros(4, dtype=torch.float64)
+    for i in range(k):
+        m = beta * m + (1 - beta) / k * g[:, i]
+    assert (m - (1 - beta) * g.mean(1)).abs().max() > 1e-3
+
+
+def test_nan_guard_shrinks_and_keeps_momentum():
+    w, gain = _param((3, 3)), torch.nn.Parameter(torch.full((3,), 1.3, dtype=torch.float64))
+    opt = Tiger([{"params": [w]}, {"params": [gain], "center": 1.0}], lr=1e-3)
+    w.grad, gain.grad = torch.randn_like(w), torch.randn_like(gain)
+    opt.step()
+    w1, g1 = w.detach().clone(), gain.detach().clone()
+    m1, step1 = opt.state[w]["exp_avg"].clone(), opt.state[w]["step"]
+    for _ in range(10):
+        w.grad = torch.full_like(w, float("nan"))
+        gain.grad = torch.ones_like(gain)  # finite, but the step is skipped for all
+        opt.step()
+    assert torch.allclose(w, 0.99**10 * w1, rtol=1e-14)
+    assert torch.allclose(gain, 1 + 0.99**10 * (g1 - 1), rtol=1e-14)
+    assert torch.equal(opt.state[w]["exp_avg"], m1) and opt.state[w]["step"] == step1
+    w.grad, gain.grad = torch.randn_like(w), torch.randn_like(gain)
+    opt.step()
+    assert torch.isfinite(w).all() and opt.state[w]["step"] == step1 + 1
+
+
+def test_inf_gradient_triggers_guard_and_guard_can_be_off():
+    w = _param((2, 2))
+    opt = Tiger([w], lr=1e-3, nan_guard=False)
+    w.grad = torch.full_like(w, float("inf"))
+    opt.step()
+    assert torch.isinf(opt.state[w]["exp_avg"]).all()
+
+
+def test_lazy_rows_untouched():
+    e = _param((5, 3))
+    opt = Tiger([e], lr=1e-2, weight_decay=0.1, lazy=True)
+    e.grad = torch.randn_like(e)
+    opt.step()
+    before, m_before = e.detach().clone(), opt.state[e]["exp_avg"].clone()
+    grad = torch.zeros_like(e)
+    grad[2] = 1.0
+    e.grad = grad
+    opt.step()
+    absent = [0, 1, 3, 4]
+    assert torch.equal(e[absent], before[absent])
+    assert torch.equal(opt.state[e]["exp_avg"][absent], m_before[absent])
+    assert not torch.equal(e[2], before[2])
+
+
+def test_state_dict_round_trip_mid_cycle():
+    a = _param((4, 4))
+    b = torch.nn.Parameter(a.detach().clone())
+    opt = Tiger([a], lr=1e-2, accumulate=3)
+    gen = torch.Generator().manual_seed(4)
+    grads = [torch.randn(4, 4, generator=gen, dtype=torch.float64) for _ in range(10)]
+    for g in grads[:4]:
+        a.grad = g
+        opt.step()
+    other = Tiger([b], lr=0.5)
+    b.data.copy_(a.data)
+    other.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for g in grads[4:]:
+        a.grad, b.grad = g, g.clone()
+        opt.step()
+        other.step()
+    assert torch.equal(a, b)
+
+
+def test_closure_and_sparse():
+    w = torch.nn.Parameter(torch.tensor([[1.0, -2.0]]))
+    opt = Tiger([w], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        return loss
+
+    assert opt.step(closure).item() == pytest.approx(5.0)
+    emb = torch.nn.Embedding(4, 2, sparse=True)
+    emb(torch.tensor([0])).sum().backward()
+    with pytest.raises(TypeError, match="sparse"):
+        Tiger(emb.parameters()).step()
+
+
+@pytest.mark.parametrize("kw, exc, text", [
+    (dict(lr=-1.0), ValueError, "lr"),
+    (dict(beta=1.2), ValueError, "beta"),
+    (dict(kind="bias"), ValueError, "kind"),
+    (dict(accumulate=0), ValueError, "accumulate"),
+    (dict(accumulate=2.0), TypeError, "accumulate"),
+    (dict(shrink=0.0), ValueError, "shrink"),
+    (dict(lazy=True, accumulate=2), ValueError, "lazy"),
+    (dict(nan_guard="yes"), TypeError, "nan_guard"),
+])
+def test_bad_arguments(kw, exc, text):
+    with pytest.raises(exc, match=text):
+        Tiger([torch.nn.Parameter(torch.zeros(2))], **kw)
+
+
+def test_functional_and_fraction_unchanged():
+    gen = torch.Generator().manual_seed(6)
+    theta, m, g = (torch.randn(8, generator=gen, dtype=torch.float64) for _ in range(3))
+    t1, m1 = tiger_update(theta, m, g, lr=0.01, beta=0.9)
+    assert torch.allclose(m1, 0.9 * m + (1 - 0.9) * g, rtol=1e-15, atol=1e-16)
+    assert torch.allclose((theta - t1).abs(), torch.full_like(theta, 0.01))
+    w = torch.ones(4)
+    assert fraction_unchanged(w, torch.full((4,), 1e-4), torch.float16) == 1.0
+    assert fraction_unchanged(w, torch.full((4,), 1e-3), torch.float16) == 0.0
+    assert fraction_unchanged(w, torch.full((4,), 1e-4), torch.float32) == 0.0
+    assert math.isclose(fraction_unchanged(w, torch.tensor([1e-4, 1.0, 1e-4, 1.0]),
+                                           torch.bfloat16), 0.5)
+    with pytest.raises(TypeError, match="dtype"):
+        fraction_unchanged(w, w, torch.int32)
+
+
+def _reference_tiger(params, grads_seq, *, alpha, beta, wd, k):
+    """A per-tensor loop written from the formulas, independent of the foreach code."""
+    thetas = [p.detach().clone() for p in params]
+    ms = [torch.zeros_like(t) for t in thetas]
+    steps = [0] * len(thetas)
+    for grads in grads_seq:
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            steps[i] += 1
+            t = steps[i]
+            factor = beta if (t - 1) % k == 0 else 1.0
+            ms[i] = ms[i] * factor + (1 - beta) / k * g
+            if t % k == 0:
+                th = thetas[i]
+                rms = th.double().pow(2).mean().sqrt().item()
+                eta = alpha * rms if th.ndim >= 2 else 0.5 * alpha
+                thetas[i] = th * (1 - eta * wd) - eta * torch.sign(ms[i])
+    return thetas
+
+
+@settings(max_examples=15, deadline=None)
+@given(k=st.integers(1, 3), seed=st.integers(0, 10**6),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_foreach_matches_per_tensor_reference(k, seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(5, 3), (4,), (2, 3, 2)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+    start = [p.detach().clone() for p in params]
+    opt = Tiger(params, lr=1e-2, beta=0.9, weight_decay=0.1, accumulate=k, nan_guard=False)
+    grads_seq = []
+    for _ in range(12):
+        present = torch.rand(3, generator=gen) < 0.8  # a missing grad skips that parameter
+        grads = [torch.randn(s, generator=gen, dtype=dtype) if keep else None
+                 for s, keep in zip(shapes, present.tolist(), strict=True)]
+        grads_seq.append(grads)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
+    ref = _reference_tiger([torch.nn.Parameter(s) for s in start], grads_seq, alpha=1e-2,
+                           beta=0.9, wd=0.1, k=k)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for p, r in zip(params, ref, strict=True):
+        assert torch.allclose(p.detach(), r, rtol=0, atol=tol)
