@@ -13,9 +13,9 @@ import torch
 from torch.optim._muon import _zeropower_via_newtonschulz
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Case, run_cases, save  # noqa: E402
-
 from dlmath.msign import msign, polar  # noqa: E402
+
+from harness import Case, run_cases, save  # noqa: E402
 
 JORDAN = (3.4445, -4.7750, 2.0315)
 
