@@ -8,6 +8,13 @@ from importlib import import_module
 
 # public name -> module of dlmath.optim that defines it
 _EXPORTS = {
+    "global_grad_norm": "clipping",
+    "clip_coefficient": "clipping",
+    "clip_by_global_norm": "clipping",
+    "clip_grad_norm_": "clipping",
+    "first_order_change": "clipping",
+    "sign_cosine": "clipping",
+    "decrease_clipped_lr": "clipping",
     "Lion": "lion",
     "lion_update": "lion",
     "Tiger": "tiger",

@@ -1,0 +1,206 @@
+"""Tests of dlmath.dynamics: the Dirac-GAN fields against autograd of their losses, the
+Jacobians at the equilibrium, the invariants, the ODE wrapper, the discrete schemes and EMA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath import dynamics as dy
+
+F64 = torch.float64
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+def random_state(d, seed, batch=()):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*batch, 2 * d, generator=g, dtype=F64)
+
+
+def losses(kind, lam, c, wd):
+    """(critic objective to ascend, generator loss to descend) of each Dirac GAN."""
+    def critic(phi, theta):
+        u = phi @ theta
+        value = {
+            "vanilla": lambda: torch.log1p(-torch.sigmoid(u)),
+            "non-saturating": lambda: torch.log1p(-torch.sigmoid(u)),
+            "wgan": lambda: -u / phi.norm(),
+            "wgan-gp": lambda: -(u + lam * (phi.norm() - c) ** 2),
+            "gan-qp": lambda: -(u + u**2 / (2 * lam * theta.detach().norm())),
+        }[kind]()
+        return value - 0.5 * wd * phi @ phi
+
+    def generator(phi, theta):
+        u = phi @ theta
+        return {
+            "vanilla": lambda: torch.log1p(-torch.sigmoid(u)),
+            "non-saturating": lambda: -torch.log(torch.sigmoid(u)),
+            "wgan": lambda: -u / phi.norm(),
+        }.get(kind, lambda: -u)()
+    return critic, generator
+
+
+@SETTINGS
+@given(st.sampled_from(dy.KINDS), st.integers(1, 4), st.floats(0.05, 3), st.floats(0, 2),
+       st.sampled_from([0.0, 0.3]), st.integers(0, 2**31 - 1))
+def test_fields_are_the_gradients_of_their_losses(kind, d, lam, c, wd, seed):
+    y = random_state(d, seed)
+    phi = y[:d].clone().requires_grad_()
+    theta = y[d:].clone().requires_grad_()
+    critic, generator = losses(kind, lam, c, wd)
+    (dphi,) = torch.autograd.grad(critic(phi, theta), phi)
+    (gtheta,) = torch.autograd.grad(generator(phi, theta), theta)
+    expected = torch.cat([dphi, -gtheta])
+    field = dy.dirac_gan_field(kind, lam=lam, c=c, wd=wd)
+    torch.testing.assert_close(field(y), expected, rtol=1e-12, atol=1e-12)
+    # batched evaluation agrees with one-by-one evaluation
+    Y = torch.stack([y, 2 * y])
+    torch.testing.assert_close(field(Y)[1], field(2 * y))
+
+
+@pytest.mark.parametrize("kind, kw", [("vanilla", {}), ("non-saturating", {}),
+                                      ("non-saturating", {"wd": 0.2}), ("gan-qp", {"lam": 0.7}),
+                                      ("wgan-gp", {"lam": 0.1}), ("wgan-gp", {"lam": 2.0}),
+                                      ("gan-qp", {"wd": 0.5})])
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_equilibrium_jacobian_matches_autograd(kind, kw, d):
+    closed = dy.equilibrium_jacobian(kind, d, **kw)
+    auto = dy.jacobian(dy.dirac_gan_field(kind, **kw), torch.zeros(2 * d, dtype=F64))
+    torch.testing.assert_close(auto, closed, rtol=0, atol=1e-15)
+
+
+def test_eigenvalues_at_the_equilibrium():
+    ev = torch.linalg.eigvals(dy.equilibrium_jacobian("non-saturating", 2))
+    torch.testing.assert_close(ev.real, torch.zeros(4, dtype=F64))
+    torch.testing.assert_close(ev.imag.abs(), torch.full((4,), 0.5, dtype=F64))
+    for lam in (0.1, 0.5, 1.0, 3.0):
+        ev = torch.linalg.eigvals(dy.equilibrium_jacobian("wgan-gp", 1, lam=lam))
+        root = complex(lam**2 - 1) ** 0.5
+        want = sorted([-lam + root, -lam - root], key=lambda z: (z.real, z.imag))
+        got = sorted(ev.tolist(), key=lambda z: (z.real, z.imag))
+        assert all(abs(a - b) < 1e-7 for a, b in zip(got, want, strict=True))
+    with pytest.raises(ValueError, match="no equilibrium"):
+        dy.equilibrium_jacobian("wgan", 2)
+    with pytest.raises(ValueError, match="no equilibrium"):
+        dy.equilibrium_jacobian("wgan-gp", 2, c=1.0)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_wedge_is_conserved_or_decays(d):
+    y = random_state(d, 7, batch=(50,))
+    for kind, wd, rate in [("vanilla", 0.0, 0.0), ("non-saturating", 0.0, 0.0),
+                           ("gan-qp", 0.0, 0.0), ("non-saturating", 0.3, 0.3),
+                           ("gan-qp", 0.1, 0.1)]:
+        f = dy.dirac_gan_field(kind, wd=wd)(y)
+        dphi, dtheta = dy.split(f)
+        phi, theta = dy.split(y)
+        outer = dtheta.unsqueeze(-1) * phi.unsqueeze(-2) + theta.unsqueeze(-1) * dphi.unsqueeze(-2)
+        rate_of_change = outer - outer.transpose(-1, -2)
+        torch.testing.assert_close(rate_of_change, -rate * dy.wedge(y), rtol=0, atol=1e-13)
+    # WGAN-GP: not conserved, but still proportional, dW/dt = -(2 lam (1 - c/|phi|) + wd) W
+    lam, c, wd = 0.5, 0.7, 0.2
+    f = dy.dirac_gan_field("wgan-gp", lam=lam, c=c, wd=wd)(y)
+    dphi, dtheta = dy.split(f)
+    phi, theta = dy.split(y)
+    outer = dtheta.unsqueeze(-1) * phi.unsqueeze(-2) + theta.unsqueeze(-1) * dphi.unsqueeze(-2)
+    gamma = 2 * lam * (1 - c / phi.norm(dim=-1)) + wd
+    torch.testing.assert_close(outer - outer.transpose(-1, -2),
+                               -gamma[:, None, None] * dy.wedge(y), rtol=0, atol=1e-13)
+    assert (outer - outer.transpose(-1, -2)).abs().max() > 0.1
+
+
+def test_energy_and_wgan_invariants():
+    y = 3 * random_state(3, 8, batch=(2000,))
+    for kind, sign in [("non-saturating", -1), ("gan-qp", -1), ("vanilla", 0)]:
+        dE = 2 * (y * dy.dirac_gan_field(kind)(y)).sum(-1)
+        if sign == 0:
+            assert dE.abs().max() < 1e-12
+        else:
+            assert dE.max() <= 1e-12 and dE.min() < -1e-3
+    f = dy.dirac_gan_field("wgan")(y)
+    phi, _ = dy.split(y)
+    dphi, dtheta = dy.split(f)
+    assert (phi * dphi).sum(-1).abs().max() < 1e-12
+    torch.testing.assert_close(dtheta.norm(dim=-1), torch.ones(2000, dtype=F64))
+    assert dy.energy(y).shape == (2000,)
+
+
+def test_integrate_harmonic_oscillator_and_batches():
+    # non-saturating field near 0 is theta'' = -theta/4; check on the exact linear system
+    def linear(y):
+        J = dy.equilibrium_jacobian("non-saturating", 1)
+        return y @ J.T
+    y0 = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=F64)
+    ts = torch.linspace(0, 20, 41, dtype=F64)
+    t, Y = dy.integrate(linear, y0, 20.0, t_eval=ts)
+    assert Y.shape == (41, 2, 2) and torch.equal(t, ts)
+    torch.testing.assert_close(Y[:, 0, 1], torch.sin(ts / 2), atol=1e-7, rtol=0)
+    torch.testing.assert_close(Y[:, 1, 1], 2 * torch.cos(ts / 2), atol=1e-7, rtol=0)
+    with pytest.raises(ValueError, match="t_eval"):
+        dy.integrate(linear, y0, 1.0, t_eval=ts)
+    with pytest.raises(ValueError, match="T must be > 0"):
+        dy.integrate(linear, y0, 0.0)
+
+
+def test_gda_schemes_on_the_linear_center():
+    def center(y):
+        phi, theta = dy.split(y)
+        return torch.cat([-theta / 2, phi / 2], dim=-1)
+    y0 = torch.tensor([0.0, 1.0], dtype=F64)
+    eta, n = 0.1, 2000
+    sim = dy.gda(center, y0, eta, n, every=100)
+    assert sim.shape == (21, 2)
+    r = sim.norm(dim=-1)
+    torch.testing.assert_close(r, (1 + eta**2 / 4) ** (torch.arange(21, dtype=F64) * 50),
+                               rtol=1e-10, atol=0)
+    alt = dy.gda(center, y0, eta, n, scheme="alternating")
+    assert alt.norm(dim=-1).max() < 1.1 and alt.norm(dim=-1).min() > 0.9
+    # alternating: the generator step uses the updated critic
+    one = dy.gda(center, y0, eta, 1, scheme="alternating")[-1]
+    phi1 = 0 - eta * 1.0 / 2
+    torch.testing.assert_close(one, torch.tensor([phi1, 1.0 + eta * phi1 / 2], dtype=F64))
+    with pytest.raises(ValueError, match="scheme"):
+        dy.gda(center, y0, eta, 3, scheme="leapfrog")
+
+
+def test_ema_against_a_loop():
+    x = random_state(2, 9, batch=(300,))  # (300, 4), time first
+    beta = 0.9
+    m, out = x[0].clone(), []
+    mz, outz = torch.zeros(4, dtype=F64), []
+    for t in range(300):
+        m = beta * m + (1 - beta) * x[t]
+        mz = beta * mz + (1 - beta) * x[t]
+        out.append(m)
+        outz.append(mz / (1 - beta ** (t + 1)))
+    torch.testing.assert_close(dy.ema(x, beta), torch.stack(out))
+    torch.testing.assert_close(dy.ema(x, beta, bias_correct=True), torch.stack(outz))
+    torch.testing.assert_close(dy.ema(x.T, beta, dim=-1), torch.stack(out).T)
+    const = torch.full((50, 3), 2.5, dtype=torch.float32)
+    for bc in (False, True):
+        torch.testing.assert_close(dy.ema(const, 0.99, bias_correct=bc), const)
+    with pytest.raises(ValueError, match="decay"):
+        dy.ema(x, 1.0)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="kind"):
+        dy.dirac_gan_field("lsgan")
+    with pytest.raises(ValueError, match="lam"):
+        dy.dirac_gan_field("wgan-gp", lam=0.0)
+    with pytest.raises(ValueError, match="even last dimension"):
+        dy.split(torch.zeros(3))
+    with pytest.raises(ValueError, match="phi = 0"):
+        dy.dirac_gan_field("wgan")(torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="phi = 0"):
+        dy.dirac_gan_field("wgan-gp", c=1.0)(torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    # gan-qp is continued by 0 at theta = 0, where its extra term vanishes
+    y = torch.tensor([0.3, -0.2, 0.0, 0.0], dtype=F64)
+    torch.testing.assert_close(dy.dirac_gan_field("gan-qp")(y),
+                               torch.tensor([0.0, 0.0, 0.3, -0.2], dtype=F64))
+    with pytest.raises(ValueError, match="finite"):
+        dy.split(torch.tensor([math.nan, 0.0]))
