@@ -1,0 +1,327 @@
+"""Tests of dlmath.adaptive: the runners against torch.optim.Adam, the Hessian heuristics
+against exact formulas, the Adam-epsilon moments against scipy quadrature, the surge
+condition as a property, and the documented edge cases and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath import adaptive as ad
+from dlmath.device import generator
+
+F64 = torch.float64
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+# -- runners --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("betas, eps",
+                         [((0.9, 0.999), 1e-8), ((0.5, 0.9), 1e-3), ((0.0, 0.99), 0.0)])
+def test_adam_matches_torch_optim_adam(betas, eps):
+    gen = generator(3, "cpu")
+    A = torch.randn(6, 6, generator=gen, dtype=F64)
+    H = A @ A.T / 6 + 0.1 * torch.eye(6, dtype=F64)
+    theta0 = torch.randn(6, generator=gen, dtype=F64)
+    noise = torch.randn(40, 6, generator=gen, dtype=F64)
+    calls = iter(range(40))
+
+    def grad(theta):
+        return H @ theta + 0.3 * noise[next(calls)]
+
+    ours = ad.adam_run(grad, theta0, lr=0.05, steps=40, betas=betas, eps=eps, record=True)
+    p = torch.nn.Parameter(theta0.clone())
+    opt = torch.optim.Adam([p], lr=0.05, betas=betas, eps=eps)
+    for t in range(40):
+        p.grad = H @ p.detach() + 0.3 * noise[t]
+        opt.step()
+        torch.testing.assert_close(ours["trajectory"][t + 1], p.detach(), rtol=1e-12, atol=1e-14)
+    state = opt.state[p]
+    torch.testing.assert_close(ours["m"], state["exp_avg"], rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(ours["v"], state["exp_avg_sq"], rtol=1e-12, atol=1e-15)
+
+
+def test_adabelief_matches_a_direct_transcription_of_the_paper():
+    g_seq = torch.randn(30, 4, generator=generator(1, "cpu"), dtype=F64)
+    it = iter(g_seq)
+    out = ad.adam_run(lambda th: next(it), torch.zeros(4, dtype=F64), lr=0.1, steps=30,
+                      betas=(0.8, 0.95), eps=1e-6, centered=True)
+    theta, m, s = torch.zeros(4, dtype=F64), torch.zeros(4, dtype=F64), torch.zeros(4, dtype=F64)
+    for t, g in enumerate(g_seq, start=1):
+        m = 0.8 * m + 0.2 * g
+        s = 0.95 * s + 0.05 * (g - m) ** 2 + 1e-6
+        theta = theta - 0.1 * (m / (1 - 0.8 ** t)) / (torch.sqrt(s / (1 - 0.95 ** t)) + 1e-6)
+    torch.testing.assert_close(out["theta"], theta, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out["v"], s, rtol=1e-12, atol=1e-15)
+
+
+def test_adam_bad_input():
+    with pytest.raises(ValueError, match="betas\\[1\\]"):
+        ad.adam_run(lambda t: t, torch.zeros(2), lr=0.1, steps=3, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="steps"):
+        ad.adam_run(lambda t: t, torch.zeros(2), lr=0.1, steps=0)
+    with pytest.raises(ValueError, match="shape"):
+        ad.adam_run(lambda t: t[:1], torch.zeros(2), lr=0.1, steps=2)
+    with pytest.raises(ValueError, match="NaN at step 1"):
+        ad.adam_run(lambda t: t * math.nan, torch.zeros(2), lr=0.1, steps=2)
+    with pytest.raises(TypeError, match="theta0"):
+        ad.adam_run(lambda t: t, torch.zeros(2, dtype=torch.int64), lr=0.1, steps=2)
+
+
+@SETTINGS
+@given(st.floats(0.0, 0.999), st.floats(-5, 5), st.integers(1, 40))
+def test_ema_bias_correction_reproduces_a_constant(beta, value, steps):
+    x = torch.full((steps, 3), value, dtype=F64)
+    corrected = ad.ema(x, beta)
+    raw = ad.ema(x, beta, bias_correct=False)
+    torch.testing.assert_close(corrected, x, rtol=1e-10, atol=1e-12)
+    weights = 1 - beta ** torch.arange(1, steps + 1, dtype=F64)
+    torch.testing.assert_close(raw, x * weights[:, None], rtol=1e-10, atol=1e-12)
+
+
+def test_ema_is_a_weighted_average_and_keeps_dim():
+    x = torch.randn(3, 50, generator=generator(0, "cpu"), dtype=F64)
+    out = ad.ema(x, 0.9, dim=-1)
+    w = 0.1 * 0.9 ** torch.arange(49, -1, -1, dtype=F64)
+    torch.testing.assert_close(out[:, -1], (x * w).sum(-1) / (1 - 0.9 ** 50))
+    with pytest.raises(ValueError, match="beta"):
+        ad.ema(x, 1.0)
+    with pytest.raises(ValueError, match="dim"):
+        ad.ema(x, 0.5, dim=2)
+
+
+# -- Hessian heuristics ---------------------------------------------------------------------
+
+def test_random_spd_is_spd_with_the_requested_condition_number():
+    H = ad.random_spd(7, cond=50.0, generator=generator(0, "cpu"))
+    lam = torch.linalg.eigvalsh(H)
+    assert torch.allclose(H, H.T)
+    assert lam.min() > 0 and abs(lam.max() / lam.min() - 50.0) < 1e-9
+    with pytest.raises(ValueError, match="cond"):
+        ad.random_spd(3, cond=0.5)
+
+
+def test_gauss_newton_equals_the_hessian_of_a_linear_least_squares():
+    X = torch.randn(20, 3, 5, generator=generator(2, "cpu"), dtype=F64)   # n, k, d
+
+    def loss(w):
+        return 0.5 * ((X @ w) ** 2).sum(-1).mean()
+
+    hess = torch.autograd.functional.hessian(loss, torch.zeros(5, dtype=F64))
+    torch.testing.assert_close(ad.gauss_newton(X), hess)
+    torch.testing.assert_close(ad.gauss_newton(X[:, 0]), X[:, 0].T @ X[:, 0] / 20)
+
+
+@SETTINGS
+@given(st.floats(0.01, 10), st.floats(0, 5), st.floats(0.01, 0.99))
+def test_sgd_stationary_moments_are_a_fixed_point(h, c, frac):
+    lr = frac * 2 / h
+    var, g2 = ad.sgd_stationary_moments(torch.tensor([h], dtype=F64),
+                                        torch.tensor([c], dtype=F64), lr)
+    # one SGD step maps the stationary variance to itself
+    torch.testing.assert_close((1 - lr * h) ** 2 * var + lr ** 2 * c, var, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(g2, h * h * var + c, rtol=1e-10, atol=1e-14)
+
+
+def test_sgd_stationary_bad_input():
+    with pytest.raises(ValueError, match="lr \\* h"):
+        ad.sgd_stationary_moments(torch.tensor([1.0]), torch.tensor([1.0]), 2.0)
+    with pytest.raises(ValueError, match="h must be > 0"):
+        ad.sgd_stationary_moments(torch.tensor([0.0]), torch.tensor([1.0]), 0.1)
+    with pytest.raises(ValueError, match="c must be >= 0"):
+        ad.sgd_stationary_moments(torch.tensor([1.0]), torch.tensor([-1.0]), 0.1)
+
+
+def test_noisy_quadratic_sgd_matches_the_exact_moments():
+    h = torch.tensor([0.2, 1.0, 5.0])
+    c = torch.tensor([1.0, 0.5, 2.0])
+    out = ad.noisy_quadratic(h, c, lr=0.05, steps=1500, burn_in=500, chains=1000,
+                             generator=generator(0, "cpu"))
+    var, g2 = ad.sgd_stationary_moments(h, c, 0.05)
+    assert torch.allclose(out["var_delta"], var, rtol=0.05)
+    assert torch.allclose(out["mean_sq_grad"], g2, rtol=0.05)
+    again = ad.noisy_quadratic(h, c, lr=0.05, steps=1500, burn_in=500, chains=1000,
+                               generator=generator(0, "cpu"))
+    assert torch.equal(out["var_delta"], again["var_delta"])
+    with pytest.raises(ValueError, match="method"):
+        ad.noisy_quadratic(h, c, lr=0.05, steps=1, burn_in=0, chains=1, method="lion")
+
+
+# -- Adam's epsilon: moments ----------------------------------------------------------------
+
+def _quad_clip(a, b):
+    from scipy.integrate import quad
+
+    def phi(z):
+        return math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+
+    def clip(x):
+        return max(-1.0, min(1.0, x / b))
+
+    pieces = [(a - 14, -b), (-b, b), (b, a + 14)]
+    m1 = sum(quad(lambda x: clip(x) * phi(x - a), lo, hi, epsabs=1e-14)[0]
+             for lo, hi in pieces if hi > lo)
+    m2 = sum(quad(lambda x: clip(x) ** 2 * phi(x - a), lo, hi, epsabs=1e-14)[0]
+             for lo, hi in pieces if hi > lo)
+    return m1, m2
+
+
+@pytest.mark.parametrize("b", [1e-9, 1e-3, 0.3, 0.99, 1.0, 1.01, 3.0, 30.0])
+def test_clip_moments_match_quadrature(b):
+    a = torch.linspace(-6, 6, 13, dtype=F64)
+    m1, m2 = ad.clip_moments(a, torch.full_like(a, b))
+    ref = torch.tensor([_quad_clip(float(x), b) for x in a], dtype=F64)
+    torch.testing.assert_close(m1, ref[:, 0], rtol=0, atol=1e-11)
+    torch.testing.assert_close(m2, ref[:, 1], rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("b", [0.0, 1e-12, 1e-8, 1e-5, 0.02, 0.7, 4.0, 300.0])
+def test_softsign_moments_sinh_matches_scipy_quad(b):
+    a = torch.tensor([-30.0, -4.0, -0.5, 0.0, 1e-3, 0.8, 2.5, 9.0], dtype=F64)
+    bt = torch.full_like(a, b)
+    fast = ad.softsign_moments(a, bt)
+    ref = ad.softsign_moments(a, bt, method="quad")
+    for x, y in zip(fast, ref, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-11)
+
+
+@SETTINGS
+@given(st.floats(-8, 8), st.floats(0, 20))
+def test_moment_shapes_odd_even_bounded(a, b):
+    a_t = torch.tensor([a, -a], dtype=F64)
+    b_t = torch.tensor([b, b], dtype=F64)
+    for m1, m2 in (ad.clip_moments(a_t, b_t), ad.softsign_moments(a_t, b_t)):
+        assert abs(m1[0] + m1[1]) < 1e-12 and abs(m2[0] - m2[1]) < 1e-12
+        assert m1.abs().max() <= 1 + 1e-12 and 0 <= m2.min() and m2.max() <= 1 + 1e-12
+        assert (m1 * m1 <= m2 + 1e-12).all()              # Jensen
+
+
+@SETTINGS
+@given(st.floats(0.05, 10))
+def test_second_clip_moment_is_an_inverted_bell(b):
+    a = torch.linspace(0, 8, 81, dtype=F64)
+    _, m2 = ad.clip_moments(a, torch.full_like(a, b))
+    assert (m2.diff() >= -1e-13).all() and m2[0] < 1
+
+
+def test_moments_edge_cases():
+    a = torch.tensor([-math.inf, 0.0, math.inf], dtype=F64)
+    b = torch.zeros(3, dtype=F64)
+    for fn in (ad.clip_moments, ad.softsign_moments):
+        m1, m2 = fn(a, b)
+        assert m1.tolist() == [-1.0, 0.0, 1.0] and m2.tolist() == [1.0, 1.0, 1.0]
+    # huge b: clip is linear on the bulk, so E[c] = a/b and E[c^2] = (a^2 + 1)/b^2
+    m1, m2 = ad.clip_moments(torch.tensor([0.3], dtype=F64), torch.tensor([1e6], dtype=F64))
+    assert m1.item() == pytest.approx(3e-7, rel=1e-12) and m2.item() == pytest.approx(1.09e-12)
+    assert ad.clip_moments(torch.tensor([0.3], dtype=torch.float32),
+                           torch.tensor([2.0]))[0].dtype == torch.float32
+    with pytest.raises(ValueError, match="b must be >= 0"):
+        ad.clip_moments(torch.tensor([0.0]), torch.tensor([-1.0]))
+    with pytest.raises(ValueError, match="b must be finite"):
+        ad.softsign_moments(torch.tensor([0.0]), torch.tensor([math.inf]))
+    with pytest.raises(ValueError, match="a contains NaN"):
+        ad.softsign_moments(torch.tensor([math.nan]), torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="method"):
+        ad.softsign_moments(torch.tensor([0.0]), torch.tensor([1.0]), method="hermite")
+
+
+def test_softsign_function():
+    x = torch.tensor([-math.inf, -3.0, 0.0, 1e-300, 1e300, math.inf], dtype=F64)
+    assert ad.softsign(x, 0.0).tolist() == [-1.0, -1.0, 0.0, 1.0, 1.0, 1.0]
+    assert abs(ad.softsign(torch.tensor([3.0], dtype=F64), 4.0).item() - 0.6) < 1e-15
+    big = 1e8 * ad.softsign(torch.tensor([0.7], dtype=F64), 1e8)
+    assert abs(big.item() - 0.7) < 1e-12
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        ad.softsign(x, -1.0)
+
+
+def test_noise_units_and_bad_input():
+    a, b = ad.noise_units(torch.tensor([0.2]), 2.0, 16.0, 0.5)
+    assert a.item() == pytest.approx(0.4) and b.item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        ad.noise_units(torch.tensor([0.2]), 0.0, 16.0, 0.5)
+    with pytest.raises(ValueError, match="batch"):
+        ad.noise_units(torch.tensor([0.2]), 1.0, -1.0, 0.5)
+
+
+# -- optimal learning rate and the surge ----------------------------------------------------
+
+def test_eta_opt_minimises_the_expected_quadratic_loss():
+    gen = generator(5, "cpu")
+    H = ad.random_spd(4, cond=20.0, generator=gen)
+    g = torch.randn(4, generator=gen, dtype=F64)
+    m = torch.randn(4, generator=gen, dtype=F64) * 0.5
+    s = m * m + torch.rand(4, generator=gen, dtype=F64)
+    eta = ad.eta_opt(m, s, g, H).item()
+
+    def expected_change(e):     # E[-e u.g + e^2/2 u'Hu], independent coordinates
+        cov = torch.outer(m, m) + torch.diag(s - m * m)
+        return -e * (m @ g) + 0.5 * e * e * torch.trace(cov @ H)
+
+    assert expected_change(eta) < expected_change(eta * 1.01)
+    assert expected_change(eta) < expected_change(eta * 0.99)
+
+
+def test_eta_opt_sgd_is_eta_opt_with_gradient_moments():
+    gen = generator(6, "cpu")
+    H = ad.random_spd(5, generator=gen)
+    g = torch.randn(5, generator=gen, dtype=F64)
+    var = torch.rand(5, generator=gen, dtype=F64)
+    for B in (1.0, 7.0, 1e4):
+        direct = ad.eta_opt(g, g * g + var / B, g, H)
+        torch.testing.assert_close(ad.eta_opt_sgd(g, H, var, B), direct)
+        torch.testing.assert_close(ad.eta_opt_sgd(g, H, torch.diag(var), B), direct)
+
+
+@SETTINGS
+@given(st.floats(0.1, 50), st.floats(0.1, 10))
+def test_surge_iff_C_greater_than_2D(C, D):
+    beta = torch.linspace(1e-4, 1, 20001, dtype=F64)
+    eta = beta / (D + beta ** 2 * (C - D))
+    ratio = (eta.max() / eta[-1]).item()
+    over = ad.surge_overshoot(torch.tensor(C, dtype=F64), torch.tensor(D, dtype=F64)).item()
+    assert abs(ratio - over) < 1e-6 * over
+    peak = ad.surge_peak_beta(torch.tensor(C, dtype=F64), torch.tensor(D, dtype=F64)).item()
+    assert abs(beta[eta.argmax()].item() - peak) < 2e-4
+
+
+def test_beta_batch_round_trip_and_meanfield_formula():
+    B = torch.logspace(0, 5, 11, dtype=F64)
+    beta = ad.beta_from_batch(B, 3.0)
+    assert (beta.diff() > 0).all()
+    torch.testing.assert_close(ad.batch_from_beta(beta, 3.0), B)
+    g = torch.tensor([1.0, -0.5, 0.25], dtype=F64)
+    H = torch.eye(3, dtype=F64) + 0.3
+    u = torch.sign(g)
+    eta = ad.eta_opt_meanfield(u, g, H, beta)
+    direct = ad.eta_opt(u * beta[:, None], (u * u * beta[:, None] ** 2 + 1 - beta[:, None] ** 2),
+                        g, H)
+    torch.testing.assert_close(eta, direct)
+    with pytest.raises(ValueError, match="beta"):
+        ad.eta_opt_meanfield(u, g, H, 1.5)
+    with pytest.raises(ValueError, match="H must be 3x3"):
+        ad.eta_opt_meanfield(u, g, torch.eye(2, dtype=F64), 0.5)
+    with pytest.raises(ValueError, match="C and D"):
+        ad.surge_overshoot(torch.tensor(-1.0), torch.tensor(1.0))
+
+
+def test_clip_mean_is_differentiable_with_the_right_slope():
+    b = torch.tensor([0.05, 0.5, 1.0, 2.0, 8.0], dtype=F64)
+    a = torch.zeros_like(b, requires_grad=True)
+    (slope,) = torch.autograd.grad(ad.clip_moments(a, b)[0].sum(), a)
+    torch.testing.assert_close(slope, torch.erf(b / math.sqrt(2)) / b, rtol=1e-12, atol=0)
+    a = torch.tensor([-1.3, 0.4, 2.2, 0.7, -0.2], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: ad.clip_moments(x, b), (a,))
+
+
+def test_python_scalars_keep_float64_precision():
+    g = torch.tensor([0.3, -0.2], dtype=F64)
+    H = torch.eye(2, dtype=F64)
+    u = torch.sign(g)
+    eta = ad.eta_opt_meanfield(u, g, H, 0.7)
+    assert eta.dtype == F64
+    assert eta.item() == pytest.approx(0.7 * 0.5 / (0.49 * 2 + 0.51 * 2), rel=1e-15)
