@@ -26,6 +26,8 @@ _EXPORTS = {
     "amos_sign_hparams": "sign",
     "sign_decay_fixed_point": "sign",
     "sign_decay_closed_form": "sign",
+    "spectral_decay_": "spectral",
+    "Muon": "muon",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,323 @@
+r"""Spectral norm, its gradient, power iteration, nuclear norm and effective ranks.
+
+Chapters: *The gradient of the spectral norm* (``notebooks/07-spectral-norm-gradient.ipynb``)
+and *Effective rank* (``notebooks/06-effective-rank.ipynb``).
+
+Conventions: a matrix ``W`` has shape ``(..., n, m)`` and acts on column vectors,
+:math:`x \mapsto Wx`, with SVD :math:`W = \sum_i \sigma_i u_i v_i^\top`,
+:math:`\sigma_1 \ge \sigma_2 \ge \dots \ge 0`, :math:`u_i \in \mathbb R^n`,
+:math:`v_i \in \mathbb R^m`. Leading dimensions are batch dimensions; results keep the
+input's device and dtype (float16/bfloat16 inputs are computed in float32 and cast back).
+Edge cases, all tested:
+
+* integer or boolean input raises ``TypeError``; fewer than two dimensions, an empty matrix or
+  a non-finite entry raises ``ValueError`` naming the argument;
+* the zero matrix has spectral norm 0, gradient 0 (the minimum-norm subgradient), nuclear norm
+  0 and effective rank 0 for every definition (normalised entropy 0);
+* a repeated top singular value makes the spectral norm non-differentiable;
+  :func:`spectral_norm_grad` then returns the minimum-norm subgradient (see there).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import (
+    as_float_tensor,
+    check_choice,
+    check_finite,
+    check_int,
+    check_matrix,
+    check_real,
+)
+from .msign import msign, polar  # re-exported: the msign chapter's functions live in msign.py
+
+__all__ = [
+    "power_iteration",
+    "spectral_norm",
+    "spectral_norm_grad",
+    "nuclear_norm",
+    "effective_rank",
+    "EFFECTIVE_RANK_KINDS",
+    "msign",
+    "polar",
+]
+
+#: The definitions accepted by :func:`effective_rank`.
+EFFECTIVE_RANK_KINDS = (
+    "rank", "threshold", "energy", "intrinsic", "stable", "schatten", "nuc_fro",
+    "entropy", "renyi", "normalized_entropy",
+)
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _work(M: torch.Tensor) -> torch.Tensor:
+    """The tensor to compute with: half precisions are promoted to float32."""
+    return M.float() if M.dtype in _LOW_PRECISION else M
+
+
+def power_iteration(W, iters: int = 10, v0=None, generator: torch.Generator | None = None):
+    r"""Top singular triplet of ``W`` by power iteration on :math:`W^\top W`.
+
+    .. math:: x_{t+1} = \frac{W^\top W x_t}{\|W^\top W x_t\|}, \qquad
+              \sigma = \|W x_T\|,\quad u = W x_T/\sigma,\quad v = x_T .
+
+    If :math:`\sigma_1 > \sigma_2` and :math:`\langle x_0, v_1\rangle \ne 0`, then
+    :math:`x_t \to \pm v_1` with error :math:`O((\sigma_2/\sigma_1)^{2t})`; each step costs two
+    matrix-vector products. The estimate is a lower bound, :math:`\|W x_T\| \le \sigma_1`.
+
+    Args:
+        W: ``(..., n, m)`` floating tensor, finite.
+        iters: number of steps ``T >= 0`` (``0`` only normalises the start vector).
+        v0: start vector(s) of shape ``(m,)`` or ``(..., m)``, for a warm start from the ``v``
+            of a previous call. ``None``: a standard Gaussian drawn from ``generator`` if one
+            is given, otherwise the all-ones vector (deterministic, as in the chapter's source;
+            it fails when :math:`v_1 \perp \mathbf 1`).
+        generator: ``torch.Generator`` on ``W``'s device, used only when ``v0`` is ``None``.
+
+    Returns:
+        ``(sigma, u, v)`` with shapes ``(...)``, ``(..., n)``, ``(..., m)``. Where
+        :math:`W x_T = 0` (e.g. the zero matrix) ``sigma`` is 0 and ``u`` is 0.
+    """
+    W = check_matrix(W, "W")
+    iters = check_int(iters, "iters", low=0)
+    A = _work(W)
+    m = A.shape[-1]
+    if v0 is None:
+        shape = (*A.shape[:-2], m)
+        if generator is None:
+            x = torch.ones(shape, dtype=A.dtype, device=A.device)
+        else:
+            x = torch.randn(shape, dtype=A.dtype, device=A.device, generator=generator)
+    else:
+        x = as_float_tensor(v0, "v0")
+        check_finite(x, "v0")
+        if x.shape[-1] != m:
+            raise ValueError(f"v0 must have last dimension {m} (the columns of W), got "
+                             f"shape {tuple(x.shape)}")
+        x = x.to(device=A.device, dtype=A.dtype).expand(*A.shape[:-2], m)
+    x_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    if (x_norm == 0).any():
+        raise ValueError("v0 must be non-zero")
+    x = x / x_norm
+    for _ in range(iters):
+        y = (A.mT @ (A @ x.unsqueeze(-1))).squeeze(-1)
+        y_norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+        # a start vector in the null space of W stays where it is (sigma = 0 below)
+        x = torch.where(y_norm > 0, y / torch.where(y_norm > 0, y_norm, 1), x)
+    Wx = (A @ x.unsqueeze(-1)).squeeze(-1)
+    sigma = torch.linalg.vector_norm(Wx, dim=-1)
+    u = Wx / torch.where(sigma > 0, sigma, 1).unsqueeze(-1)
+    return sigma.to(W.dtype), u.to(W.dtype), x.to(W.dtype)
+
+
+def spectral_norm(W, method: str = "svd", iters: int = 20,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Spectral norm :math:`\|W\|_2 = \max_{\|x\|=1}\|Wx\| = \sigma_1(W)`, shape ``(...)``.
+
+    ``method="svd"`` is exact (``torch.linalg.svdvals``); ``method="power"`` runs ``iters``
+    steps of :func:`power_iteration` (ones start, or Gaussian from ``generator``) and returns
+    the lower bound :math:`\|Wx_T\| \le \sigma_1`, accurate only when
+    :math:`(\sigma_2/\sigma_1)^{2T}` is small.
+    """
+    W = check_matrix(W, "W")
+    check_choice(method, "method", ("svd", "power"))
+    if method == "power":
+        return power_iteration(W, iters, generator=generator)[0]
+    return torch.linalg.svdvals(_work(W))[..., 0].to(W.dtype)
+
+
+def spectral_norm_grad(W, v=None, rtol: float | None = None) -> torch.Tensor:
+    r"""Gradient of the spectral norm, :math:`\nabla_W \|W\|_2 = u_1 v_1^\top`.
+
+    Exact path (``v=None``): from ``torch.linalg.svd``. The spectral norm is differentiable at
+    ``W`` iff :math:`\sigma_1 > \sigma_2` (or ``W`` has a single singular value and is non-zero).
+    When the top singular value is repeated, :math:`\sigma_1 = \dots = \sigma_k`, there is no
+    gradient; the subdifferential is :math:`\{U_k A V_k^\top : A \succeq 0,\ \operatorname{tr}A
+    = 1\}` and this function returns its element of least Frobenius norm,
+
+    .. math:: G = \frac{1}{k} U_k V_k^\top, \qquad \|G\|_F = 1/\sqrt{k},
+
+    which does not depend on the (arbitrary) choice of bases of the top singular subspaces.
+    Singular values with :math:`\sigma_i \ge (1 - \mathrm{rtol})\,\sigma_1` count as tied;
+    ``rtol`` defaults to ``10 * max(n, m) * eps`` of the dtype, the rounding level of the SVD.
+    For the zero matrix the subdifferential is the unit ball of the nuclear norm and ``G = 0``.
+
+    Cheap path (``v`` given, e.g. from :func:`power_iteration`): the rank-one form
+    :math:`W v v^\top / \|W v\|`, which equals :math:`u_1 v_1^\top` when :math:`v = \pm v_1`
+    and costs one matrix-vector product; ``v`` has shape ``(..., m)``.
+
+    Shapes: ``W`` is ``(..., n, m)``; the result has the same shape, device and dtype.
+    """
+    W = check_matrix(W, "W")
+    A = _work(W)
+    if v is not None:
+        v = as_float_tensor(v, "v")
+        check_finite(v, "v")
+        if v.shape[-1] != A.shape[-1]:
+            raise ValueError(f"v must have last dimension {A.shape[-1]} (the columns of W), "
+                             f"got shape {tuple(v.shape)}")
+        v = v.to(device=A.device, dtype=A.dtype)
+        v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(
+            torch.finfo(A.dtype).tiny)
+        Wv = (A @ v.unsqueeze(-1)).squeeze(-1)
+        sigma = torch.linalg.vector_norm(Wv, dim=-1, keepdim=True)
+        u = Wv / torch.where(sigma > 0, sigma, 1)
+        return (u.unsqueeze(-1) * v.unsqueeze(-2)).to(W.dtype)
+    if rtol is None:
+        rtol = 10 * max(A.shape[-2:]) * torch.finfo(A.dtype).eps
+    rtol = check_real(rtol, "rtol", nonnegative=True, high=1.0)
+    U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+    top = S[..., :1]
+    tied = (S >= (1 - rtol) * top) & (top > 0)
+    weight = tied.to(A.dtype) / tied.sum(dim=-1, keepdim=True).clamp_min(1).to(A.dtype)
+    return ((U * weight.unsqueeze(-2)) @ Vh).to(W.dtype)
+
+
+def nuclear_norm(W) -> torch.Tensor:
+    r"""Nuclear norm :math:`\|W\|_* = \sum_i \sigma_i(W)`, shape ``(...)`` for ``W`` of shape
+    ``(..., n, m)``. Chapter: effective rank."""
+    W = check_matrix(W, "W")
+    return torch.linalg.svdvals(_work(W)).sum(dim=-1).to(W.dtype)
+
+
+def _singular_values(M, singular_values: bool) -> tuple[torch.Tensor, int]:
+    """Sorted (descending) singular values, and the default rank tolerance's size factor."""
+    if singular_values:
+        s = as_float_tensor(M, "M")
+        check_finite(s, "M")
+        if (s < 0).any():
+            raise ValueError("M holds singular values (singular_values=True), so it must be "
+                             "non-negative")
+        s = torch.sort(_work(s), dim=-1, descending=True).values
+        return s, s.shape[-1]
+    M = as_float_tensor(M, "M", min_ndim=0)
+    if M.ndim < 2:
+        raise ValueError(f"M must be a matrix (..., n, m), got shape {tuple(M.shape)}; to pass "
+                         "a vector of singular values, use singular_values=True")
+    M = check_matrix(M, "M")
+    return torch.linalg.svdvals(_work(M)), max(M.shape[-2:])
+
+
+def _entropy_probabilities(s: torch.Tensor, gamma: float) -> torch.Tensor:
+    """p_i = s_i^gamma / sum_j s_j^gamma; all zeros where s is all zero."""
+    w = s.pow(gamma)
+    total = w.sum(dim=-1, keepdim=True)
+    return w / torch.where(total > 0, total, 1)
+
+
+def _renyi(p: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Rényi entropy of order alpha > 0 of each row of p (rows may be all zero: entropy 0)."""
+    if math.isinf(alpha):
+        return -torch.log(p.amax(dim=-1).clamp_min(torch.finfo(p.dtype).tiny))
+    if alpha == 1:
+        return -torch.special.xlogy(p, p).sum(dim=-1)
+    power_sum = p.pow(alpha).sum(dim=-1)
+    return torch.log(torch.where(power_sum > 0, power_sum, 1)) / (1 - alpha)
+
+
+def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
+                   eps: float | None = None, relative: bool = True, k: float = 1.0,
+                   gamma: float | None = None, alpha: float | None = None,
+                   rtol: float | None = None) -> torch.Tensor:
+    r"""Effective rank of ``M`` under one of the definitions of the effective-rank chapter.
+
+    ``M`` is a matrix ``(..., n, m)``; with ``singular_values=True`` it is instead a vector
+    ``(..., r)`` of non-negative singular values (any order; e.g. from
+    ``torch.linalg.svdvals``), which saves the SVD. With :math:`\sigma_1\ge\dots\ge\sigma_r\ge 0`
+    (:math:`r=\min(n,m)`) the kinds are
+
+    * ``"rank"``: :math:`\#\{i: \sigma_i > \mathrm{rtol}\cdot\sigma_1\}`, ``rtol`` defaulting
+      to ``max(n, m) * eps`` of the dtype like ``torch.linalg.matrix_rank`` (for a vector of
+      singular values ``r * eps``);
+    * ``"threshold"``: :math:`\max\{i: \sigma_i/\sigma_1 > \epsilon\}` (``relative=True``) or
+      :math:`\max\{i: \sigma_i > \epsilon\}` (``relative=False``), ``eps`` required;
+    * ``"energy"``: :math:`\min\{r': (\sum_{i\le r'}\sigma_i^2/\sum_i\sigma_i^2)^{1/2}
+      \ge 1-\epsilon\}`, ``eps`` in ``[0, 1)`` required;
+    * ``"intrinsic"``: :math:`\|M\|_*/\|M\|_2 = \sum_i \sigma_i/\sigma_1`;
+    * ``"stable"``: :math:`\|M\|_F^2/\|M\|_2^2 = \sum_i \sigma_i^2/\sigma_1^2`;
+    * ``"schatten"``: :math:`\sum_i (\sigma_i/\sigma_1)^k = (\|M\|_{S_k}/\|M\|_2)^k`, ``k > 0``;
+    * ``"nuc_fro"``: :math:`\|M\|_*^2/\|M\|_F^2 = (\sum_i\sigma_i)^2/\sum_i\sigma_i^2`;
+    * ``"entropy"`` (Roy–Vetterli): :math:`e^{H(p)}` with :math:`p_i = \sigma_i^\gamma/
+      \sum_j\sigma_j^\gamma` and :math:`H(p) = -\sum_i p_i\log p_i` (``gamma`` default 1);
+    * ``"renyi"``: :math:`e^{H_\alpha(p)}`, :math:`H_\alpha(p) = \frac{1}{1-\alpha}\log\sum_i
+      p_i^\alpha`, ``alpha`` in :math:`[0,\infty]` required (``alpha=0`` is ``"rank"``, 1 is
+      ``"entropy"``; with ``gamma=1``, 2 is ``"nuc_fro"`` and ``inf`` is ``"intrinsic"``; with
+      ``gamma=2``, ``inf`` is ``"stable"``);
+    * ``"normalized_entropy"`` (Moonlight): :math:`H(p)/\log r \in [0, 1]` with ``gamma``
+      default **2**; not a rank but its logarithm rescaled. For ``r = 1`` it is 1.
+
+    Singular values :math:`\le \mathrm{rtol}\cdot\sigma_1` are rounding noise of the SVD and
+    every kind treats them as exact zeros, which contribute nothing (:math:`0\log 0 = 0`); this
+    matters for Rényi orders below 1, where noise of size :math:`10^{-16}` would otherwise add
+    :math:`10^{-8}`. Every kind but ``"normalized_entropy"`` lies in ``[1, rank]`` for a
+    non-zero matrix and is 0 for the zero matrix.
+    The result has shape ``(...)`` and ``M``'s dtype (counts are returned as floats).
+    """
+    check_choice(kind, "kind", EFFECTIVE_RANK_KINDS)
+    s, size = _singular_values(M, singular_values)
+    out_dtype = M.dtype if isinstance(M, torch.Tensor) else s.dtype
+    if kind in ("threshold", "energy"):
+        if eps is None:
+            raise ValueError(f"kind={kind!r} needs eps")
+        eps = check_real(eps, "eps", nonnegative=True,
+                         high=None if kind == "threshold" else 1.0)
+        if kind == "energy" and eps == 1.0:
+            raise ValueError("eps must be < 1 for kind='energy'")
+    elif eps is not None:
+        raise ValueError(f"eps is not used by kind={kind!r}")
+    if alpha is not None and kind != "renyi":
+        raise ValueError(f"alpha is only used by kind='renyi', not {kind!r}")
+    if gamma is not None and kind not in ("entropy", "renyi", "normalized_entropy"):
+        raise ValueError(f"gamma is only used by the entropy kinds, not {kind!r}")
+    if gamma is None:
+        gamma = 2.0 if kind == "normalized_entropy" else 1.0
+    gamma = check_real(gamma, "gamma", positive=True)
+    k = check_real(k, "k", positive=True)
+
+    top = s[..., 0]
+    nonzero = top > 0
+    safe_top = torch.where(nonzero, top, 1).unsqueeze(-1)
+    if rtol is None:
+        rtol = size * torch.finfo(s.dtype).eps
+    rtol = check_real(rtol, "rtol", nonnegative=True)
+    significant = s > rtol * top.unsqueeze(-1)
+    count = significant.sum(dim=-1).to(s.dtype)
+    s = torch.where(significant, s, 0)
+
+    if kind == "rank":
+        value = count
+    elif kind == "threshold":
+        ref = safe_top if relative else 1.0
+        value = (s / ref > eps).sum(dim=-1).to(s.dtype)
+    elif kind == "energy":
+        cum = torch.cumsum(s * s, dim=-1)
+        total = cum[..., -1:]
+        frac = torch.sqrt(cum / torch.where(total > 0, total, 1))
+        value = ((frac < 1 - eps).sum(dim=-1) + 1).clamp(max=s.shape[-1]).to(s.dtype)
+    elif kind in ("intrinsic", "stable", "schatten"):
+        power = {"intrinsic": 1.0, "stable": 2.0, "schatten": k}[kind]
+        value = (s / safe_top).pow(power).sum(dim=-1)
+    elif kind == "nuc_fro":
+        fro2 = (s * s).sum(dim=-1)
+        value = s.sum(dim=-1) ** 2 / torch.where(fro2 > 0, fro2, 1)
+    else:
+        p = _entropy_probabilities(s / safe_top, gamma)
+        if kind == "renyi":
+            if alpha is None:
+                raise ValueError("kind='renyi' needs alpha")
+            alpha = check_real(alpha, "alpha", nonnegative=True, finite=False)
+            value = count if alpha == 0 else torch.exp(_renyi(p, alpha))
+        else:
+            entropy = _renyi(p, 1.0)
+            if kind == "entropy":
+                value = torch.exp(entropy)
+            else:
+                value = entropy / math.log(s.shape[-1]) if s.shape[-1] > 1 else \
+                    torch.ones_like(entropy)
+                value = torch.where(nonzero, value, 0)
+                return value.to(out_dtype)
+    return torch.where(nonzero, value, 0).to(out_dtype)

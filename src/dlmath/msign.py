@@ -1,0 +1,400 @@
+r"""The matrix sign (orthogonal polar factor) and its Newton–Schulz approximations.
+
+Chapters: *Muon: from vectors to matrices* (``notebooks/08-muon-msign.ipynb``) derives every
+formula here; *The Muon sequel* (``notebooks/09-muon-moonlight.ipynb``) uses them.
+
+For :math:`M = U\Sigma V^\top` of rank :math:`r` (thin SVD),
+
+.. math:: \operatorname{msign}(M) = U_{[:, :r]} V_{[:, :r]}^\top = M (M^\top M)^{+1/2},
+
+every non-zero singular value replaced by 1. :func:`polar` computes it exactly by SVD;
+:func:`msign` approximates it with matrix products only, by iterating an odd polynomial
+:math:`X \mapsto aX + bX(X^\top X) + cX(X^\top X)^2` that acts on each singular value through the
+scalar map :math:`g(x) = ax + bx^3 + cx^5` (:func:`newton_schulz_map`).
+
+Conventions: matrices are the last two dimensions, any leading dimensions are a batch;
+results keep the input's device and dtype. Input must be finite (NaN or inf raise
+``ValueError``); the zero matrix maps to the zero matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from numbers import Real
+
+import torch
+
+from ._checks import as_float_tensor, check_int, check_matrix, check_real
+
+__all__ = [
+    "polar",
+    "msign",
+    "newton_schulz_map",
+    "ns_schedule",
+    "SCHEDULES",
+    "JORDAN",
+    "TAYLOR",
+    "YOU_JIACHENG",
+    "SU_6STEP",
+    "quintic_from_roots",
+    "optimal_quintic",
+    "polar_express_coefficients",
+    "with_safety",
+    "marchenko_pastur_singular_values",
+    "fit_quintic",
+]
+
+Triple = tuple[float, float, float]
+
+#: Keller Jordan's fixed quintic, used 5 times (also ``torch.optim.Muon``'s default).
+JORDAN: tuple[Triple, ...] = ((3.4445, -4.7750, 2.0315),)
+#: Second-order Taylor expansion of :math:`t^{-1/2}` at 1: :math:`(15 - 10t + 3t^2)/8`.
+TAYLOR: tuple[Triple, ...] = ((15 / 8, -10 / 8, 3 / 8),)
+#: @YouJiacheng's six per-step quintics (Su, kexue.fm/archives/10922), printed as integers / 1024.
+YOU_JIACHENG: tuple[Triple, ...] = tuple(
+    (a / 1024, b / 1024, c / 1024)
+    for a, b, c in ((3955, -8306, 5008), (3735, -6681, 3463), (3799, -6499, 3211),
+                    (4019, -6385, 2906), (2677, -3029, 1162), (2172, -1833, 682))
+)
+#: Su's six per-step quintics from his min–max fit (kexue.fm/archives/10922), integers / 1024.
+SU_6STEP: tuple[Triple, ...] = tuple(
+    (a / 1024, b / 1024, c / 1024)
+    for a, b, c in ((4140, -7553, 3571), (3892, -6637, 2973), (3668, -6456, 3021),
+                    (3248, -6211, 3292), (2792, -5759, 3796), (3176, -5507, 4048))
+)
+
+#: Polar Express defaults (Amsel et al. 2025): the lower end of the interval, the cushion
+#: :math:`\lambda` of their code, and the number of tabulated steps.
+PE_LOWER, PE_CUSHION, PE_STEPS, PE_SAFETY = 1e-3, 0.02407327424182761, 8, 1.01
+
+
+def quintic_from_roots(kappa: float, x1: float, x2: float) -> Triple:
+    r"""Coefficients of :math:`g(x) = x + \kappa x (x^2 - x_1^2)(x^2 - x_2^2)`.
+
+    .. math:: a = 1 + \kappa x_1^2 x_2^2,\quad b = -\kappa (x_1^2 + x_2^2),\quad c = \kappa,
+
+    the parametrisation in which :math:`\pm x_1, \pm x_2` are the positive fixed points of
+    :math:`g` (Su's coefficient table in kexue.fm/archives/10592, chapter 08).
+    """
+    kappa = check_real(kappa, "kappa")
+    x1 = check_real(x1, "x1")
+    x2 = check_real(x2, "x2")
+    return (1 + kappa * x1**2 * x2**2, -kappa * (x1**2 + x2**2), kappa)
+
+
+def optimal_quintic(lower: float, upper: float = 1.0, *, tol: float = 1e-15) -> Triple:
+    r"""The odd quintic :math:`p(x) = ax + bx^3 + cx^5` closest to 1 in the max norm on
+    :math:`[\ell, u]`.
+
+    .. math:: p^* = \arg\min_{p} \max_{x \in [\ell, u]} |p(x) - 1|
+
+    By the equioscillation theorem :math:`p^* - 1` takes the values :math:`-E, +E, -E, +E` at
+    :math:`\ell < q < r < u`, where :math:`q, r` are the critical points of :math:`p^*`. The
+    Remez-type iteration alternates solving those four linear equations for
+    :math:`(a, b, c, E)` with moving :math:`q, r` to the roots of :math:`p'`. The problem is
+    scale invariant (:math:`p(x) \mapsto p(x/u)`), so it is solved on :math:`[\ell/u, 1]`.
+    When :math:`\ell/u > 1 - 5\cdot 10^{-6}` it returns the Taylor map
+    :math:`(15/8, -10/8, 3/8)` rescaled to :math:`u`, the limit of the optimum as the
+    interval shrinks. Chapter 08 derives it. Runs in float64.
+    """
+    upper = check_real(upper, "upper", positive=True)
+    lower = check_real(lower, "lower", positive=True, high=upper)
+    return _optimal_quintic(lower / upper, upper, tol)
+
+
+@lru_cache(maxsize=256)
+def _optimal_quintic(lo: float, u: float, tol: float) -> Triple:
+    if lo > 1 - 5e-6:
+        a, b, c = TAYLOR[0]
+    else:
+        q, r = (3 * lo + 1) / 4, (lo + 3) / 4
+        E_old, E = math.inf, 0.0
+        for _ in range(100):
+            pts = torch.tensor([lo, q, r, 1.0], dtype=torch.float64)
+            lhs = torch.stack([pts, pts**3, pts**5,
+                               torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64)], -1)
+            a, b, c, E = torch.linalg.solve(lhs, torch.ones(4, dtype=torch.float64)).tolist()
+            disc = math.sqrt(9 * b * b - 20 * a * c)
+            q, r = math.sqrt((-3 * b - disc) / (10 * c)), math.sqrt((-3 * b + disc) / (10 * c))
+            if abs(E - E_old) <= tol:
+                break
+            E_old = E
+    return (a / u, b / u**3, c / u**5)
+
+
+def _quintic(coef: Triple, x: float) -> float:
+    a, b, c = coef
+    return a * x + b * x**3 + c * x**5
+
+
+def polar_express_coefficients(steps: int = PE_STEPS, lower: float = PE_LOWER,
+                               cushion: float = PE_CUSHION) -> tuple[Triple, ...]:
+    r"""Polar Express's greedy per-step quintics (Amsel, Persson, Musco & Gower 2025).
+
+    Start from :math:`[\ell_1, u_1] = [\ell, 1]`. At step :math:`t` take the optimal quintic
+    (:func:`optimal_quintic`) on the cushioned interval :math:`[\max(\ell_t, \lambda u_t), u_t]`,
+    recentre it by :math:`\gamma = 2/(p(\ell_t) + p(u_t))` so that the worst errors at both
+    ends are equal, and move to :math:`\ell_{t+1} = p_t(\ell_t)`, :math:`u_{t+1} = 2 - \ell_{t+1}`.
+
+    Returns the raw coefficients, *before* the safety factor (:func:`with_safety`), which is
+    how the paper and the post print them. Greedy choice is optimal for the composition (the
+    chapter's theorem); as the interval shrinks the steps tend to :math:`(15/8, -10/8, 3/8)`.
+    """
+    steps = check_int(steps, "steps", low=1)
+    lower = check_real(lower, "lower", positive=True, high=1.0)
+    cushion = check_real(cushion, "cushion", nonnegative=True, high=1.0)
+    lo, u = lower, 1.0
+    out = []
+    for _ in range(steps):
+        coef = optimal_quintic(max(lo, cushion * u), u)
+        gamma = 2 / (_quintic(coef, lo) + _quintic(coef, u))
+        coef = tuple(gamma * k for k in coef)
+        out.append(coef)
+        lo = _quintic(coef, lo)
+        u = 2 - lo
+    return tuple(out)
+
+
+def with_safety(coefficients: Sequence[Triple], factor: float = PE_SAFETY,
+                keep_last: bool = True) -> tuple[Triple, ...]:
+    r"""Apply the safety factor :math:`p(x) \to p(x/f)`: :math:`(a/f, b/f^3, c/f^5)`.
+
+    With ``keep_last`` the last triple is left alone (Polar Express's convention: it is the
+    Taylor map, repeated for any further steps, and needs no margin).
+    """
+    factor = check_real(factor, "factor", positive=True)
+    coefficients = _as_triples(coefficients)
+    n = len(coefficients) - 1 if keep_last else len(coefficients)
+    scaled = tuple((a / factor, b / factor**3, c / factor**5) for a, b, c in coefficients[:n])
+    return scaled + tuple(coefficients[n:])
+
+
+@lru_cache(maxsize=1)
+def _polar_express_published() -> tuple[Triple, ...]:
+    return with_safety(polar_express_coefficients(PE_STEPS, PE_LOWER, PE_CUSHION))
+
+
+#: Named coefficient schedules accepted by :func:`msign` (``"polar_express"`` is computed).
+SCHEDULES = ("jordan", "taylor", "you_jiacheng", "su_6step", "polar_express")
+
+
+def _as_triples(coefficients) -> tuple[Triple, ...]:
+    """A sequence of (a, b, c) triples of finite reals (a bare triple counts as one)."""
+    if isinstance(coefficients, torch.Tensor):
+        coefficients = coefficients.tolist()
+    if (isinstance(coefficients, Sequence) and len(coefficients) == 3
+            and all(isinstance(v, Real) and not isinstance(v, bool) for v in coefficients)):
+        coefficients = (coefficients,)
+    if not isinstance(coefficients, Sequence) or isinstance(coefficients, str) \
+            or len(coefficients) == 0:
+        raise TypeError("coefficients must be a schedule name, an (a, b, c) triple or a "
+                        f"non-empty sequence of (a, b, c) triples, got {coefficients!r}")
+    out = []
+    for i, t in enumerate(coefficients):
+        if not isinstance(t, Sequence) or isinstance(t, str) or len(t) != 3:
+            raise ValueError(f"coefficients[{i}] must be an (a, b, c) triple, got {t!r}")
+        out.append(tuple(check_real(v, f"coefficients[{i}]") for v in t))
+    return tuple(out)
+
+
+def ns_schedule(coefficients="jordan", steps: int = 5) -> tuple[Triple, ...]:
+    r"""The list of ``steps`` triples :math:`(a_t, b_t, c_t)` that :func:`msign` will use.
+
+    ``coefficients`` is a name in :data:`SCHEDULES`, one triple (used at every step) or a
+    sequence of triples (step :math:`t` uses triple :math:`t`; past the end the last triple
+    repeats). ``"polar_express"`` is the paper's 8-step table with the safety factor 1.01 on
+    its first 7 steps.
+    """
+    steps = check_int(steps, "steps", low=1)
+    if isinstance(coefficients, str):
+        table = {"jordan": JORDAN, "taylor": TAYLOR, "you_jiacheng": YOU_JIACHENG,
+                 "su_6step": SU_6STEP}
+        if coefficients == "polar_express":
+            sched = _polar_express_published()
+        elif coefficients in table:
+            sched = table[coefficients]
+        else:
+            raise ValueError(f"coefficients must be one of {list(SCHEDULES)} or a sequence of "
+                             f"(a, b, c) triples, got {coefficients!r}")
+    else:
+        sched = _as_triples(coefficients)
+    return tuple(sched[min(t, len(sched) - 1)] for t in range(steps))
+
+
+def newton_schulz_map(x, coefficients="jordan", steps: int = 5) -> torch.Tensor:
+    r"""The scalar map that :func:`msign` applies to each normalised singular value.
+
+    .. math:: g_T \circ \dots \circ g_1(x), \qquad g_t(x) = a_t x + b_t x^3 + c_t x^5 .
+
+    Elementwise on a floating tensor (array-likes are converted; float64 stays float64);
+    ``coefficients`` and ``steps`` as in :func:`ns_schedule`. Chapter 08 plots it.
+    """
+    x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
+    for a, b, c in ns_schedule(coefficients, steps):
+        x2 = x * x
+        x = x * (a + x2 * (b + c * x2))
+    return x
+
+
+def _work_dtype(M: torch.Tensor, dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float64 if M.dtype == torch.float64 else torch.float32
+    if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        raise TypeError(f"dtype must be None or a floating torch dtype, got {dtype!r}")
+    if dtype in (torch.bfloat16, torch.float16) and M.device.type == "cpu":
+        raise ValueError(f"dtype={dtype} is refused on CPU (half-precision matrix products "
+                         "there are tens of times slower than float32); use float32")
+    return dtype
+
+
+def _normalise(X: torch.Tensor) -> torch.Tensor:
+    """X / ||X||_F per matrix, overflow-safe; a zero matrix stays zero."""
+    scale = X.abs().amax(dim=(-2, -1), keepdim=True)
+    X = X / torch.where(scale > 0, scale, torch.ones_like(scale))
+    fro = torch.linalg.matrix_norm(X, keepdim=True)
+    return X / torch.where(fro > 0, fro, torch.ones_like(fro))
+
+
+def msign(M, steps: int = 5, coefficients="jordan", *, dtype: torch.dtype | None = None
+          ) -> torch.Tensor:
+    r"""Newton–Schulz approximation of :math:`\operatorname{msign}(M)` (matrix products only).
+
+    .. math::
+        X_0 = \frac{M}{\|M\|_F}, \qquad
+        X_{t} = a_t X_{t-1} + \big(b_t A_{t} + c_t A_{t}^2\big) X_{t-1},\quad
+        A_{t} = X_{t-1} X_{t-1}^\top .
+
+    With :math:`M = U\Sigma V^\top`, :math:`X_T = U\, g_T\circ\dots\circ g_1(\Sigma/\|M\|_F)\,
+    V^\top`: the singular vectors are exact and each singular value :math:`x \in (0, 1]` goes
+    through :func:`newton_schulz_map`. The Frobenius normalisation puts every singular value
+    in :math:`(0, 1]` (the largest is at most 1); a tall matrix is transposed so that the Gram
+    matrix :math:`A` is the smaller one.
+
+    How close the result is to :func:`polar` depends on the schedule: ``"jordan"`` (the
+    default, 5 steps) leaves singular values of a Gaussian matrix in roughly
+    :math:`[0.68, 1.13]` by design; ``"taylor"`` converges to msign for every singular value
+    given enough steps; ``"polar_express"`` is the optimal 5–8-step compromise. Singular values
+    below about :math:`10^{-3}\|M\|_F` are not brought to 1 by any 5-step schedule; zero
+    singular values stay zero (:math:`g(0) = 0`), so the zero matrix maps to zero.
+
+    Shapes ``(..., n, m)`` -> ``(..., n, m)``; device and dtype of ``M`` are kept. Computation
+    runs in ``dtype``: by default float64 for float64 input and float32 otherwise (never half
+    precision on CPU, where it is tens of times slower; ``torch.bfloat16`` may be asked for on
+    an accelerator). NaN or inf raise ``ValueError``. Chapter 08.
+    """
+    M = check_matrix(M, "M")
+    sched = ns_schedule(coefficients, steps)
+    work = _work_dtype(M, dtype)
+    X = M.to(work)
+    tall = X.shape[-2] > X.shape[-1]
+    if tall:
+        X = X.mT
+    X = _normalise(X)
+    for a, b, c in sched:
+        A = X @ X.mT
+        X = a * X + (b * A + c * (A @ A)) @ X
+    if tall:
+        X = X.mT
+    return X.to(M.dtype)
+
+
+def polar(M, rtol: float | None = None) -> torch.Tensor:
+    r"""Exact :math:`\operatorname{msign}(M) = U_{[:, :r]} V_{[:, :r]}^\top` by SVD.
+
+    For a full-rank square :math:`M` this is the orthogonal factor :math:`Q` of the polar
+    decomposition :math:`M = QS` and the orthogonal matrix nearest to :math:`M` in Frobenius
+    norm; in general it is the partial isometry with the row and column spaces of :math:`M`.
+    Singular values :math:`\sigma_i \le \texttt{rtol}\cdot\sigma_1` count as zero (default
+    ``rtol`` :math:`= \max(n, m)\,\varepsilon` of the working dtype, as in
+    ``torch.linalg.matrix_rank``), so a rank-deficient input gives a rank-:math:`r` output and
+    the zero matrix gives zero.
+
+    Shapes ``(..., n, m)`` -> ``(..., n, m)``; computed in float64 for float64 input and
+    float32 otherwise, returned in the input's dtype and device. NaN or inf raise
+    ``ValueError``. Chapter 08.
+    """
+    M = check_matrix(M, "M")
+    work = torch.float64 if M.dtype == torch.float64 else torch.float32
+    if rtol is None:
+        rtol = max(M.shape[-2:]) * torch.finfo(work).eps
+    rtol = check_real(rtol, "rtol", nonnegative=True)
+    U, S, Vh = torch.linalg.svd(M.to(work), full_matrices=False)
+    keep = (S > rtol * S[..., :1]) & (S > 0)
+    return ((U * keep.unsqueeze(-2).to(work)) @ Vh).to(M.dtype)
+
+
+def marchenko_pastur_singular_values(n: int, m: int, k: int | None = None,
+                                     grid: int = 200_001) -> torch.Tensor:
+    r"""Deterministic stand-in for the normalised singular values of an ``n x m`` Gaussian.
+
+    With :math:`q = \min(n, m)/\max(n, m)`, the squared singular values of
+    :math:`G/\sqrt{\max(n,m)}` follow, as the size grows, the Marchenko–Pastur law on
+    :math:`[\lambda_-, \lambda_+] = [(1-\sqrt q)^2, (1+\sqrt q)^2]` with density
+    :math:`\sqrt{(\lambda_+ - \lambda)(\lambda - \lambda_-)}/(2\pi q \lambda)`. This returns its
+    :math:`k` quantiles at levels :math:`(i - \tfrac12)/k` (default :math:`k = \min(n, m)`), as
+    singular values :math:`\sqrt{\lambda}` divided by their Euclidean norm: the singular values
+    of :math:`G/\|G\|_F`, sorted ascending. The CDF is integrated in the variable
+    :math:`\theta` of :math:`\lambda = \lambda_- + (\lambda_+ - \lambda_-)\sin^2\theta`, which
+    removes the square-root endpoint singularities. float64, shape ``(k,)``. Chapter 08.
+    """
+    n = check_int(n, "n", low=1)
+    m = check_int(m, "m", low=1)
+    k = min(n, m) if k is None else check_int(k, "k", low=1)
+    grid = check_int(grid, "grid", low=101)
+    q = min(n, m) / max(n, m)
+    lo, hi = (1 - math.sqrt(q)) ** 2, (1 + math.sqrt(q)) ** 2
+    theta = torch.linspace(0, math.pi / 2, grid, dtype=torch.float64)
+    s2, c2 = torch.sin(theta) ** 2, torch.cos(theta) ** 2
+    lam = lo + (hi - lo) * s2
+    # density in theta; s2 / lam -> 1 / (hi - lo) at theta = 0 when lo = 0 (square case)
+    ratio = torch.where(lam > 0, s2 / lam.clamp_min(1e-300), torch.full_like(lam, 1 / (hi - lo)))
+    dens = (hi - lo) ** 2 * 2 * c2 * ratio / (2 * math.pi * q)
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64),
+                     torch.cumulative_trapezoid(dens, theta)])
+    cdf = cdf / cdf[-1]
+    levels = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+    idx = torch.searchsorted(cdf, levels).clamp(1, grid - 1)
+    w = (levels - cdf[idx - 1]) / (cdf[idx] - cdf[idx - 1])
+    th = theta[idx - 1] + w * (theta[idx] - theta[idx - 1])
+    s = torch.sqrt(lo + (hi - lo) * torch.sin(th) ** 2)
+    return s / torch.linalg.vector_norm(s)
+
+
+def fit_quintic(x, steps: int, init: tuple[float, float, float] = (1.0, 0.9, 1.1)
+                ) -> tuple[float, float, float]:
+    r"""Least-squares fixed quintic for a set of normalised singular values (Su's table).
+
+    .. math:: \min_{\kappa, x_1, x_2} \frac1k \sum_{i=1}^k \big(g^{\circ T}(x_i) - 1\big)^2,
+              \qquad g(x) = x + \kappa x (x^2 - x_1^2)(x^2 - x_2^2),
+
+    solved by L-BFGS (strong Wolfe line search, float64) from ``init`` :math:`= (\kappa, x_1,
+    x_2)`, the start of the post. Pass ``x`` from :func:`marchenko_pastur_singular_values` to
+    reproduce the post's table without sampling matrices. Returns :math:`(\kappa, x_1, x_2)`;
+    :func:`quintic_from_roots` turns it into :math:`(a, b, c)`. The objective is not convex:
+    a different ``init`` may land elsewhere. Chapter 08.
+    """
+    x = as_float_tensor(x, "x").to(torch.float64).detach()
+    steps = check_int(steps, "steps", low=1)
+    p = torch.tensor([check_real(v, "init") for v in init], dtype=torch.float64,
+                     requires_grad=True)
+    opt = torch.optim.LBFGS([p], lr=1, max_iter=500, tolerance_grad=1e-12,
+                            tolerance_change=1e-15, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        kappa, x1, x2 = p
+        y = x
+        for _ in range(steps):
+            y2 = y * y
+            y = y + kappa * y * (y2 - x1**2) * (y2 - x2**2)
+        loss = ((y - 1) ** 2).mean()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    kappa, x1, x2 = p.detach().tolist()
+    x1, x2 = sorted((abs(x1), abs(x2)))
+    return (kappa, x1, x2)

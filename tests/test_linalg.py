@@ -1,0 +1,505 @@
+"""Tests of dlmath.linalg: spectral norm, its gradient, power iteration, effective ranks."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath import linalg
+
+F64 = torch.float64
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def orthonormal(n, k, g, dtype=F64):
+    q, _ = torch.linalg.qr(torch.randn(n, k, dtype=dtype, generator=g))
+    return q
+
+
+def planted(spectrum, n, m, seed=0, dtype=F64):
+    """U diag(spectrum) V^T with Haar-like U (n x r), V (m x r)."""
+    g = gen(seed)
+    s = torch.as_tensor(spectrum, dtype=dtype)
+    r = s.numel()
+    return orthonormal(n, r, g, dtype) @ torch.diag(s) @ orthonormal(m, r, g, dtype).T
+
+
+def random_spectrum_matrix(seed, n, m, rank, decay):
+    """A rank-`rank` n x m matrix with singular values u^decay, u ~ U(0, 1)."""
+    g = gen(seed)
+    s = torch.rand(rank, dtype=F64, generator=g) ** decay + 1e-3
+    return planted(s, n, m, seed + 1)
+
+
+# --------------------------------------------------------------------------- spectral norm
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spectral_norm_matches_torch(dtype):
+    W = torch.randn(3, 6, 4, dtype=dtype, generator=gen(1))
+    got = linalg.spectral_norm(W)
+    assert got.shape == (3,) and got.dtype == dtype
+    torch.testing.assert_close(got, torch.linalg.matrix_norm(W, 2))
+
+
+def test_power_iteration_matches_svd_on_planted_gap():
+    W = torch.stack([planted([3.0, 1.5, 1.0, 0.2], 9, 6, seed=s) for s in range(4)])
+    sigma, u, v = linalg.power_iteration(W, iters=60, generator=gen(0))
+    U, S, Vh = torch.linalg.svd(W)
+    torch.testing.assert_close(sigma, S[..., 0], rtol=1e-12, atol=0)
+    # singular vectors up to sign: compare the rank-one outer products
+    torch.testing.assert_close(u.unsqueeze(-1) * v.unsqueeze(-2),
+                               U[..., :, :1] @ Vh[..., :1, :], rtol=0, atol=1e-12)
+    torch.testing.assert_close(linalg.spectral_norm(W, "power", iters=60), S[..., 0])
+    assert torch.allclose(torch.linalg.vector_norm(v, dim=-1), torch.ones(4, dtype=F64))
+
+
+def test_power_iteration_rate_is_ratio_squared():
+    rho = 0.8
+    W = planted([rho**i for i in range(6)], 10, 6, seed=3)
+    v1 = torch.linalg.svd(W).Vh[0]
+    errs = []
+    for t in range(5, 31, 5):
+        v = linalg.power_iteration(W, t, generator=gen(7))[2]
+        errs.append(min((v - v1).norm(), (v + v1).norm()).item())
+    ratios = [(b / a) ** (1 / 5) for a, b in itertools.pairwise(errs)]
+    assert all(abs(r - rho**2) < 0.01 for r in ratios[1:]), ratios
+
+
+def test_power_iteration_warm_start_and_lower_bound():
+    W = planted([2.0, 1.0, 0.5], 5, 4, seed=2)
+    v1 = torch.linalg.svd(W).Vh[0]
+    sigma, _, v = linalg.power_iteration(W, 1, v0=v1)
+    assert abs(sigma.item() - 2.0) < 1e-13 and abs(abs(v @ v1).item() - 1) < 1e-13
+    # from any start and any number of steps the estimate never exceeds sigma_1
+    for t in range(6):
+        assert linalg.power_iteration(W, t, generator=gen(t))[0] <= 2.0 + 1e-13
+
+
+def test_power_iteration_ones_start_fails_when_v1_orthogonal_to_ones():
+    # v1 = (1, -1)/sqrt2 is orthogonal to the ones vector: the documented failure of the
+    # deterministic start; a Gaussian start finds sigma_1.
+    V = torch.tensor([[1.0, -1.0], [1.0, 1.0]], dtype=F64) / math.sqrt(2)
+    W = torch.diag(torch.tensor([3.0, 1.0], dtype=F64)) @ V
+    assert abs(linalg.power_iteration(W, 50)[0].item() - 1.0) < 1e-12
+    assert abs(linalg.power_iteration(W, 50, generator=gen(0))[0].item() - 3.0) < 1e-12
+
+
+def test_power_iteration_zero_matrix_and_null_start():
+    sigma, u, v = linalg.power_iteration(torch.zeros(4, 3), 5)
+    assert sigma.item() == 0 and (u == 0).all() and torch.isfinite(v).all()
+    W = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    sigma, _, v = linalg.power_iteration(W, 3, v0=torch.tensor([0.0, 1.0]))
+    assert sigma.item() == 0 and torch.equal(v, torch.tensor([0.0, 1.0]))
+
+
+def test_power_iteration_half_precision_keeps_dtype():
+    W = planted([4.0, 1.0, 0.5], 6, 5, seed=4).to(torch.bfloat16)
+    sigma, u, v = linalg.power_iteration(W, 30)
+    assert sigma.dtype == u.dtype == v.dtype == torch.bfloat16
+    assert abs(sigma.float().item() - 4.0) < 0.05
+
+
+# --------------------------------------------------------------------------- gradient
+
+
+class _TopSingularValue(torch.autograd.Function):
+    """sigma_1 with the hand-derived backward u1 v1^T, for gradcheck."""
+
+    @staticmethod
+    def forward(ctx, W):
+        ctx.save_for_backward(W)
+        return torch.linalg.svdvals(W)[..., 0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (W,) = ctx.saved_tensors
+        return grad[..., None, None] * linalg.spectral_norm_grad(W)
+
+
+def test_spectral_norm_grad_gradcheck_planted_gap():
+    W = torch.stack([planted([2.0, 1.0, 0.7, 0.1], 6, 4, seed=s) for s in range(2)])
+    assert torch.autograd.gradcheck(_TopSingularValue.apply, (W.clone().requires_grad_(),))
+
+
+def test_spectral_norm_grad_matches_autograd_and_cheap_form():
+    W = planted([5.0, 2.0, 1.0, 0.5, 0.1], 8, 5, seed=5) + 0 * torch.eye(8, 5, dtype=F64)
+    Wr = W.clone().requires_grad_()
+    (g,) = torch.autograd.grad(torch.linalg.matrix_norm(Wr, 2), Wr)
+    G = linalg.spectral_norm_grad(W)
+    torch.testing.assert_close(G, g, rtol=0, atol=1e-12)
+    _, _, v = linalg.power_iteration(W, 40, generator=gen(0))
+    torch.testing.assert_close(linalg.spectral_norm_grad(W, v=v), G, rtol=0, atol=1e-12)
+    # the cheap identity W v1 v1^T = sigma1 u1 v1^T (R3)
+    torch.testing.assert_close(W @ torch.outer(v, v), 5.0 * G, rtol=0, atol=1e-12)
+    # wide matrices and float32
+    Wt = W.T.float()
+    torch.testing.assert_close(linalg.spectral_norm_grad(Wt), G.T.float(), rtol=0, atol=1e-5)
+
+
+def _one_sided(W, D, h=1e-7):
+    return ((torch.linalg.matrix_norm(W + h * D, 2) - torch.linalg.matrix_norm(W, 2)) / h).item()
+
+
+def test_spectral_norm_grad_repeated_top_is_min_norm_subgradient():
+    W = planted([2.0, 2.0, 1.0], 5, 4, seed=6)
+    G = linalg.spectral_norm_grad(W)
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    assert abs(S[0] - S[1]) < 1e-14  # the tie is there
+    # the value: U_2 V_2^T / 2, of Frobenius norm 1/sqrt(2)
+    torch.testing.assert_close(G, U[:, :2] @ Vh[:2] / 2, rtol=0, atol=1e-12)
+    assert abs(G.norm().item() - 1 / math.sqrt(2)) < 1e-12
+    g = gen(8)
+    gaps = []
+    for _ in range(20):
+        D = torch.randn(5, 4, dtype=F64, generator=g)
+        M = U[:, :2].T @ D @ Vh[:2].T
+        up = torch.linalg.eigvalsh((M + M.T) / 2)[-1].item()
+        down = torch.linalg.eigvalsh(-(M + M.T) / 2)[-1].item()
+        # one-sided derivatives are lambda_max(+-sym(U2^T D V2)): not linear in D
+        assert abs(_one_sided(W, D) - up) < 1e-5 and abs(_one_sided(W, -D) - down) < 1e-5
+        gaps.append(up + down)
+        # G is a subgradient: <G, D> <= f'(W; D)
+        assert (G * D).sum().item() <= up + 1e-12
+    assert max(gaps) > 1e-3  # f'(W; D) + f'(W; -D) > 0: no gradient
+
+
+def test_spectral_norm_grad_square_identity_and_zero():
+    torch.testing.assert_close(linalg.spectral_norm_grad(torch.eye(4, dtype=F64)),
+                               torch.eye(4, dtype=F64) / 4)
+    Z = linalg.spectral_norm_grad(torch.zeros(2, 3, 4))
+    assert Z.shape == (2, 3, 4) and (Z == 0).all()
+    # a tie looser than rtol is treated as simple
+    W = torch.diag(torch.tensor([1.0, 1.0 - 1e-6], dtype=F64))
+    torch.testing.assert_close(linalg.spectral_norm_grad(W), torch.diag(torch.tensor(
+        [1.0, 0.0], dtype=F64)))
+    torch.testing.assert_close(linalg.spectral_norm_grad(W, rtol=1e-5), torch.eye(2, dtype=F64)
+                               / 2)
+
+
+def test_nuclear_norm_matches_torch():
+    W = torch.randn(2, 5, 7, generator=gen(9), dtype=F64)
+    torch.testing.assert_close(linalg.nuclear_norm(W), torch.linalg.matrix_norm(W, "nuc"))
+
+
+# --------------------------------------------------------------------------- effective rank
+
+
+def direct(s, kind, eps=None, gamma=1.0, alpha=None):
+    """The definitions written out from a sorted vector of singular values, one by one."""
+    s = [float(x) for x in s]
+    s1, n = s[0], len(s)
+    if kind == "threshold":
+        return max([i + 1 for i in range(n) if s[i] / s1 > eps], default=0)
+    if kind == "energy":
+        tot = sum(x * x for x in s)
+        return min(r for r in range(1, n + 1) if math.sqrt(sum(x * x for x in s[:r]) / tot)
+                   >= 1 - eps)
+    if kind == "intrinsic":
+        return sum(s) / s1
+    if kind == "stable":
+        return sum(x * x for x in s) / s1**2
+    if kind == "nuc_fro":
+        return sum(s) ** 2 / sum(x * x for x in s)
+    p = [x**gamma / sum(y**gamma for y in s) for x in s]
+    if kind == "entropy":
+        return math.exp(-sum(q * math.log(q) for q in p if q > 0))
+    if kind == "renyi":
+        return math.exp(math.log(sum(q**alpha for q in p)) / (1 - alpha))
+    if kind == "normalized_entropy":
+        return -sum(q * math.log(q) for q in p if q > 0) / math.log(n)
+    raise AssertionError(kind)
+
+
+CASES = [
+    ("threshold", dict(eps=0.3)), ("energy", dict(eps=0.05)), ("intrinsic", {}),
+    ("stable", {}), ("nuc_fro", {}), ("entropy", {}), ("entropy", dict(gamma=2.0)),
+    ("renyi", dict(alpha=0.5)), ("renyi", dict(alpha=3.0, gamma=2.0)),
+    ("normalized_entropy", {}),
+]
+
+
+@pytest.mark.parametrize("kind,kw", CASES)
+def test_effective_rank_matches_direct_formula(kind, kw):
+    M = torch.randn(3, 9, 6, dtype=F64, generator=gen(10)) * torch.tensor([1.0, 0.1, 3.0],
+                                                                           dtype=F64)[:, None,
+                                                                                      None]
+    got = linalg.effective_rank(M, kind, **kw)
+    assert got.shape == (3,)
+    s = torch.linalg.svdvals(M)
+    gamma = kw.get("gamma", 2.0 if kind == "normalized_entropy" else 1.0)
+    want = [direct(row, kind, eps=kw.get("eps"), gamma=gamma, alpha=kw.get("alpha"))
+            for row in s]
+    torch.testing.assert_close(got, torch.tensor(want, dtype=F64), rtol=1e-12, atol=0)
+    # the same from the singular values, in any order
+    shuffled = s[:, torch.randperm(6, generator=gen(0))]
+    torch.testing.assert_close(linalg.effective_rank(shuffled, kind, singular_values=True,
+                                                     **kw), got)
+
+
+def test_schatten_and_threshold_absolute():
+    s = torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=F64)
+    got = linalg.effective_rank(s, "schatten", k=3, singular_values=True)
+    assert abs(got.item() - (1 + 1 / 8 + 1 / 64 + 1 / 512)) < 1e-14
+    assert linalg.effective_rank(s, "threshold", eps=0.9, relative=False,
+                                 singular_values=True).item() == 3
+    assert linalg.effective_rank(s, "threshold", eps=0.9, singular_values=True).item() == 1
+    assert linalg.effective_rank(s, "threshold", eps=0.9, relative=False,
+                                 singular_values=True).item() != \
+        linalg.effective_rank(10 * s, "threshold", eps=0.9, relative=False,
+                              singular_values=True).item()
+
+
+def test_renyi_family_contains_the_other_definitions():
+    M = random_spectrum_matrix(11, 8, 7, 5, 3.0)
+    er = lambda kind, **kw: linalg.effective_rank(M, kind, **kw).item()  # noqa: E731
+    assert abs(er("renyi", alpha=math.inf) - er("intrinsic")) < 1e-12
+    assert abs(er("renyi", alpha=2.0) - er("nuc_fro")) < 1e-12
+    assert abs(er("renyi", alpha=1.0) - er("entropy")) < 1e-12
+    assert er("renyi", alpha=0.0) == er("rank") == 5
+    assert abs(er("renyi", alpha=math.inf, gamma=2.0) - er("stable")) < 1e-12
+
+
+def test_identity_rank_one_and_rank_deficient():
+    n = 50
+    eye = torch.eye(n, dtype=F64)
+    for kind, kw in CASES:
+        if kind != "normalized_entropy":
+            kw = {k: v for k, v in kw.items() if k != "eps"}
+            kw = dict(kw, eps=1e-3) if kind in ("threshold", "energy") else kw
+            assert abs(linalg.effective_rank(eye, kind, **kw).item() - n) < 1e-10, kind
+            uv = torch.outer(torch.arange(1.0, 6, dtype=F64), torch.ones(4, dtype=F64))
+            assert abs(linalg.effective_rank(uv, kind, **kw).item() - 1) < 1e-10, kind
+            D = torch.diag(torch.tensor([1.0, 1, 1, 0, 0], dtype=F64))
+            assert abs(linalg.effective_rank(D, kind, **kw).item() - 3) < 1e-10, kind
+    assert abs(linalg.effective_rank(eye, "normalized_entropy").item() - 1) < 1e-12
+    assert linalg.effective_rank(torch.ones(1, 5), "normalized_entropy").item() == 1.0
+    # a numerically rank-deficient product: rank counts 3, the entropies hardly move
+    g = gen(12)
+    R = torch.randn(10, 3, dtype=F64, generator=g) @ torch.randn(3, 8, dtype=F64, generator=g)
+    assert linalg.effective_rank(R, "rank").item() == 3
+    assert linalg.effective_rank(R, "entropy").item() <= 3 + 1e-9
+
+
+def test_energy_rank_identity_threshold():
+    n = 50
+    eye = torch.eye(n, dtype=F64)
+    edge = 1 - math.sqrt(1 - 1 / n)
+    assert linalg.effective_rank(eye, "energy", eps=edge * (1 - 1e-6)).item() == n
+    assert linalg.effective_rank(eye, "energy", eps=edge * (1 + 1e-6)).item() == n - 1
+    assert edge < 1 / n  # so 1/n is sufficient but not necessary
+
+
+def test_zero_matrix_has_effective_rank_zero():
+    Z = torch.zeros(2, 4, 3)
+    for kind, kw in CASES + [("rank", {}), ("schatten", dict(k=3.0))]:
+        got = linalg.effective_rank(Z, kind, **kw)
+        assert got.shape == (2,) and (got == 0).all(), kind
+    assert linalg.nuclear_norm(Z).eq(0).all() and linalg.spectral_norm(Z).eq(0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 12), m=st.integers(2, 12),
+       rank=st.integers(1, 12), decay=st.floats(0.0, 8.0))
+def test_ordering_chain(seed, n, m, rank, decay):
+    rank = min(rank, n, m)
+    M = random_spectrum_matrix(seed, n, m, rank, decay)
+    er = lambda kind, **kw: linalg.effective_rank(M, kind, **kw).item()  # noqa: E731
+    chain = [er("stable"), er("intrinsic"), er("nuc_fro"), er("entropy"), er("rank")]
+    tol = 1e-9
+    assert 1 - tol <= chain[0]
+    assert all(a <= b + tol for a, b in itertools.pairwise(chain)), chain
+    assert chain[-1] == rank
+    renyi = [er("renyi", alpha=a) for a in (0.0, 0.5, 1.0, 2.0, 5.0, math.inf)]
+    assert all(a + tol >= b for a, b in itertools.pairwise(renyi)), renyi
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 8), m=st.integers(2, 8),
+       scale=st.floats(1e-3, 1e3))
+def test_invariances(seed, n, m, scale):
+    g = gen(seed)
+    M = torch.randn(n, m, dtype=F64, generator=g)
+    Q, R = orthonormal(n, n, g), orthonormal(m, m, g)
+    for kind, kw in CASES[2:]:
+        base = linalg.effective_rank(M, kind, **kw)
+        for other in (scale * M, Q @ M @ R, M.T):
+            assert abs(linalg.effective_rank(other, kind, **kw) - base) < 1e-9, kind
+
+
+def test_effective_rank_dtypes_and_batch():
+    M = torch.randn(2, 3, 5, 4, generator=gen(13))
+    got = linalg.effective_rank(M, "stable")
+    assert got.shape == (2, 3) and got.dtype == torch.float32
+    want = linalg.effective_rank(M.double(), "stable")
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=0)
+    half = linalg.effective_rank(M.to(torch.bfloat16), "entropy")
+    assert half.dtype == torch.bfloat16
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("fn", [linalg.spectral_norm, linalg.spectral_norm_grad,
+                                linalg.nuclear_norm, linalg.effective_rank,
+                                lambda W: linalg.power_iteration(W, 3)])
+def test_bad_matrices_raise_clear_errors(fn):
+    with pytest.raises(ValueError, match="W|M"):
+        fn(torch.ones(4))
+    with pytest.raises(ValueError, match="empty|non-empty"):
+        fn(torch.ones(0, 3))
+    with pytest.raises(ValueError, match="finite"):
+        fn(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="finite"):
+        fn(torch.tensor([[1.0, float("inf")], [0.0, 1.0]]))
+    with pytest.raises(TypeError, match="floating"):
+        fn(torch.ones(3, 3, dtype=torch.int64))
+
+
+def test_bad_arguments_raise_clear_errors():
+    M = torch.eye(3)
+    with pytest.raises(ValueError, match="singular_values=True"):
+        linalg.effective_rank(torch.ones(3))
+    with pytest.raises(ValueError, match="non-negative"):
+        linalg.effective_rank(torch.tensor([1.0, -1.0]), singular_values=True)
+    with pytest.raises(ValueError, match="kind"):
+        linalg.effective_rank(M, "bogus")
+    with pytest.raises(ValueError, match="needs eps"):
+        linalg.effective_rank(M, "energy")
+    with pytest.raises(ValueError, match="eps"):
+        linalg.effective_rank(M, "energy", eps=1.0)
+    with pytest.raises(ValueError, match="eps is not used"):
+        linalg.effective_rank(M, "stable", eps=0.1)
+    with pytest.raises(ValueError, match="needs alpha"):
+        linalg.effective_rank(M, "renyi")
+    with pytest.raises(ValueError, match="gamma"):
+        linalg.effective_rank(M, "intrinsic", gamma=2.0)
+    with pytest.raises(ValueError, match="method"):
+        linalg.spectral_norm(M, "lanczos")
+    with pytest.raises(ValueError, match="v0"):
+        linalg.power_iteration(M, 3, v0=torch.ones(4))
+    with pytest.raises(ValueError, match="v0 must be non-zero"):
+        linalg.power_iteration(M, 3, v0=torch.zeros(3))
+    with pytest.raises(ValueError, match="iters"):
+        linalg.power_iteration(M, -1)
+    with pytest.raises(TypeError, match="iters"):
+        linalg.power_iteration(M, 2.5)
+    with pytest.raises(ValueError, match="v must have"):
+        linalg.spectral_norm_grad(M, v=torch.ones(2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_keeps_device():
+    W = planted([3.0, 1.0, 0.5], 6, 5).cuda()
+    assert linalg.spectral_norm(W).device.type == "cuda"
+    sigma, u, v = linalg.power_iteration(W, 40, generator=torch.Generator("cuda").manual_seed(0))
+    assert v.device.type == "cuda" and abs(sigma.item() - 3.0) < 1e-10
+    assert linalg.spectral_norm_grad(W).device.type == "cuda"
+    assert linalg.effective_rank(W, "entropy").device.type == "cuda"
+
+
+# --------------------------------------------------------------------------- fast paths
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).abs() / b.double().abs()).max().item()
+
+
+def test_power_iteration_class_cold_and_warm_match_exact():
+    # sigma_2 / sigma_1 = 0.6: 10 cold steps, then 1 warm step per call on a drifting matrix
+    W = planted([5.0, 3.0, 2.0, 1.0, 0.5], 64, 48, seed=14)
+    tracker = linalg.PowerIteration(generator=gen(0))
+    sigma, u, v = tracker(W)
+    exact = torch.linalg.svdvals(W)[0]
+    assert rel(sigma, exact) <= 1e-6 and tracker.fallbacks == 0
+    g = gen(15)
+    worst = 0.0
+    for _ in range(20):
+        W = W + 1e-4 * torch.randn(W.shape, dtype=F64, generator=g)
+        sigma, u, v = tracker(W)
+        worst = max(worst, rel(sigma, torch.linalg.svdvals(W)[0]))
+        torch.testing.assert_close(torch.outer(u, v), linalg.spectral_norm_grad(W), rtol=0,
+                                   atol=2e-3)
+    assert worst <= 1e-6 and tracker.fallbacks == 0, (worst, tracker.fallbacks)
+    assert tracker.residual.item() ** 2 / (2 * (1 - tracker.contraction.item())) <= tracker.tol
+    # float32: the same to rounding
+    W32 = W.float()
+    assert rel(linalg.PowerIteration(generator=gen(1))(W32)[0], exact.new_tensor(
+        torch.linalg.svdvals(W)[0].item())) <= 1e-5
+
+
+def test_power_iteration_class_detects_a_small_gap():
+    # sigma_2 / sigma_1 = 0.999: 10 steps cannot separate the pair; the residual check sees it
+    W = planted([1.0, 0.999, 0.5, 0.2], 40, 30, seed=16)
+    unchecked = linalg.PowerIteration(tol=math.inf, generator=gen(0))
+    assert rel(unchecked(W)[0], torch.linalg.svdvals(W)[0]) > 1e-6  # silently off ...
+    # ... the residual alone is small, but its contraction rate shows the near-tie
+    assert unchecked.residual.item() < 1e-3 and unchecked.contraction.item() > 0.99
+    checked = linalg.PowerIteration(generator=gen(0))
+    sigma, u, v = checked(W)
+    assert checked.fallbacks == 1
+    assert rel(sigma, torch.linalg.svdvals(W)[0]) <= 1e-12
+    torch.testing.assert_close(torch.outer(u, v), linalg.spectral_norm_grad(W), rtol=0,
+                               atol=1e-12)
+    # the exact vector is kept: the next (warm) call needs no fallback
+    checked(W)
+    assert checked.fallbacks == 1
+    # in a batch only the unresolved slice falls back
+    good = planted([3.0, 1.0, 0.5], 40, 30, seed=17)
+    batch = linalg.PowerIteration(generator=gen(0))
+    sigma = batch(torch.stack([good, W, good]))
+    assert batch.fallbacks == 1
+    assert rel(sigma[0], torch.linalg.svdvals(torch.stack([good, W, good]))[:, 0]) <= 1e-6
+
+
+def test_power_iteration_class_edge_cases_and_arguments():
+    tracker = linalg.PowerIteration(generator=gen(0))
+    sigma, u, _ = tracker(torch.zeros(2, 4, 3))
+    assert (sigma == 0).all() and (u == 0).all() and tracker.fallbacks == 0
+    sigma, _, v = tracker(torch.ones(5, 4))  # a new shape restarts cold
+    assert v.shape == (4,) and abs(sigma.item() - math.sqrt(20)) < 1e-5
+    half = tracker(planted([4.0, 1.0], 6, 5, seed=4).to(torch.bfloat16))
+    assert half[0].dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="cold_iters"):
+        linalg.PowerIteration(cold_iters=1)
+    with pytest.raises(ValueError, match="tol"):
+        linalg.PowerIteration(tol=-1.0)
+    with pytest.raises(ValueError, match="finite"):
+        tracker(torch.tensor([[1.0, float("nan")]]))
+
+
+FAST_KINDS = [("intrinsic", {}), ("stable", {}), ("nuc_fro", {}), ("entropy", {}),
+              ("entropy", dict(gamma=2.0)), ("renyi", dict(alpha=2.0)),
+              ("normalized_entropy", {}), ("schatten", dict(k=0.5))]
+
+
+@pytest.mark.parametrize("shape", [(96, 96), (48, 192), (192, 48)])
+@pytest.mark.parametrize("decay", [0.0, 2.0])
+def test_effective_rank_gram_path_matches_exact_in_float32(shape, decay):
+    g = gen(18)
+    M = torch.randn(*shape, generator=g) * torch.logspace(0, -decay, shape[1])
+    for kind, kw in FAST_KINDS:
+        fast = linalg.effective_rank(M, kind, **kw)
+        exact = linalg.effective_rank(M, kind, exact=True, **kw)
+        assert fast.dtype == torch.float32
+        assert rel(fast, exact) <= 1e-4, (kind, kw, rel(fast, exact))
+    # the exact path is float64 svdvals
+    s = torch.linalg.svdvals(M.double())
+    torch.testing.assert_close(linalg.effective_rank(M, exact=True).double(),
+                               linalg.effective_rank(s, singular_values=True), rtol=1e-6,
+                               atol=0)
+
+
+def test_effective_rank_gram_path_defers_what_it_cannot_resolve(monkeypatch):
+    # full rank 8, but four singular values of 1e-3: below the float32 Gram rounding level
+    M = planted([1.0] * 4 + [1e-3] * 4, 64, 32, seed=19).float()
+    assert linalg.effective_rank(M, "rank", exact=True).item() == 8
+    assert linalg.effective_rank(M, "rank").item() == 8
+    monkeypatch.setattr(linalg, "_GRAM_RTOL", math.inf)  # the check switched off ...
+    assert linalg.effective_rank(M, "rank").item() == 4  # ... gives a wrong count

@@ -1,0 +1,409 @@
+"""Tests of dlmath.msign: the exact polar factor, Newton–Schulz msign and its schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath.msign import (
+    JORDAN,
+    SCHEDULES,
+    SU_6STEP,
+    TAYLOR,
+    YOU_JIACHENG,
+    fit_quintic,
+    marchenko_pastur_singular_values,
+    msign,
+    newton_schulz_map,
+    ns_schedule,
+    optimal_quintic,
+    polar,
+    polar_express_coefficients,
+    quintic_from_roots,
+    with_safety,
+)
+
+F64 = torch.float64
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def planted(n: int, m: int, sigma: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """An n x m float64 matrix with singular values ``sigma`` and random singular vectors."""
+    r = sigma.numel()
+    g = gen(seed)
+    U, _ = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=F64))
+    V, _ = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=F64))
+    return (U * sigma.to(F64)) @ V.T
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+# ---------------------------------------------------------------- polar (exact msign)
+
+@pytest.mark.parametrize("shape", [(30, 20), (20, 30), (25, 25)])
+def test_polar_equals_inverse_root_forms(shape):
+    n, m = shape
+    M = torch.randn(n, m, generator=gen(1), dtype=F64)
+    Q = polar(M)
+    # M (M^T M)^{-1/2} and (M M^T)^{-1/2} M, pseudo-inverse roots via eigh on the range
+    for gram, left in ((M.T @ M, False), (M @ M.T, True)):
+        lam, E = torch.linalg.eigh(gram)
+        inv_root = torch.where(lam > 1e-10 * lam.max(), lam.clamp_min(1e-300).rsqrt(),
+                               torch.zeros_like(lam))
+        R = (E * inv_root) @ E.T
+        ref = R @ M if left else M @ R
+        torch.testing.assert_close(Q, ref, atol=1e-10, rtol=0)
+    # all singular values of the result are 1
+    torch.testing.assert_close(torch.linalg.svdvals(Q), torch.ones(min(n, m), dtype=F64),
+                               atol=1e-12, rtol=0)
+
+
+def test_polar_matches_scipy_and_is_nearest_orthogonal():
+    from scipy.linalg import polar as scipy_polar
+
+    M = torch.randn(12, 12, generator=gen(2), dtype=F64)
+    Q = polar(M)
+    torch.testing.assert_close(Q, torch.from_numpy(scipy_polar(M.numpy())[0]),
+                               atol=1e-12, rtol=0)
+    # S = Q^T M is symmetric positive definite (polar decomposition M = Q S)
+    S = Q.T @ M
+    torch.testing.assert_close(S, S.T, atol=1e-12, rtol=0)
+    assert torch.linalg.eigvalsh(S).min() > 0
+    # no random orthogonal matrix is closer to M in Frobenius norm
+    best = (M - Q).norm()
+    for seed in range(50):
+        R, _ = torch.linalg.qr(torch.randn(12, 12, generator=gen(100 + seed), dtype=F64))
+        assert (M - R).norm() >= best
+
+
+def test_polar_special_cases_diagonal_vector_scale():
+    d = torch.tensor([3.0, -0.5, 2.0, -7.0], dtype=F64)
+    torch.testing.assert_close(polar(torch.diag(d)), torch.diag(torch.sign(d)))
+    v = torch.randn(9, 1, generator=gen(3), dtype=F64)
+    torch.testing.assert_close(polar(v), v / v.norm())
+    M = torch.randn(7, 5, generator=gen(4), dtype=F64)
+    torch.testing.assert_close(polar(1e5 * M), polar(M), atol=1e-12, rtol=0)
+
+
+def test_polar_dual_norm_and_shampoo():
+    G = torch.randn(15, 10, generator=gen(5), dtype=F64)
+    Q = polar(G)
+    nuclear = torch.linalg.svdvals(G).sum()
+    torch.testing.assert_close(torch.trace(G.T @ Q), nuclear, atol=1e-10, rtol=0)
+    # no Phi with spectral norm 1 does better
+    for seed in range(200):
+        P = torch.randn(15, 10, generator=gen(200 + seed), dtype=F64)
+        P = P / torch.linalg.matrix_norm(P, 2)
+        assert torch.trace(G.T @ P) <= nuclear + 1e-12
+    # Shampoo at beta = 0: (G G^T)^{-1/4} G (G^T G)^{-1/4} = msign(G)
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    L = (U * S.rsqrt()) @ U.T
+    R = (Vh.T * S.rsqrt()) @ Vh
+    torch.testing.assert_close(L @ G @ R, Q, atol=1e-10, rtol=0)
+
+
+def test_polar_rank_deficient_and_zero():
+    sigma = torch.tensor([3.0, 1.0, 0.2], dtype=F64)
+    M = planted(20, 12, sigma, seed=6)
+    Q = polar(M)
+    s = torch.linalg.svdvals(Q)
+    torch.testing.assert_close(s[:3], torch.ones(3, dtype=F64), atol=1e-10, rtol=0)
+    assert s[3:].abs().max() < 1e-10
+    torch.testing.assert_close(Q.norm() ** 2, torch.tensor(3.0, dtype=F64))
+    # same range as M: Q Q^T M = M
+    torch.testing.assert_close(Q @ Q.T @ M, M, atol=1e-10, rtol=0)
+    for dtype in (torch.float32, F64):
+        Z = torch.zeros(4, 6, dtype=dtype)
+        assert torch.equal(polar(Z), Z)
+
+
+def test_polar_batched_dtype_device_kept():
+    M = torch.randn(3, 2, 8, 5, generator=gen(7))
+    Q = polar(M)
+    assert Q.shape == M.shape and Q.dtype == torch.float32 and Q.device == M.device
+    for idx in [(0, 0), (2, 1)]:
+        torch.testing.assert_close(Q[idx], polar(M[idx]))
+    assert polar(M.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+# ------------------------------------------------------- Newton–Schulz acts on singular values
+
+@pytest.mark.parametrize("coefficients", ["jordan", "polar_express", "su_6step"])
+@pytest.mark.parametrize("shape", [(40, 24), (24, 40)])
+def test_msign_is_scalar_map_on_singular_values(coefficients, shape):
+    n, m = shape
+    sigma = torch.logspace(0, -2, min(n, m), dtype=F64)
+    M = planted(n, m, sigma, seed=8)
+    X = msign(M, steps=5, coefficients=coefficients)
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    expected = (U * newton_schulz_map(S / S.norm(), coefficients, 5)) @ Vh
+    torch.testing.assert_close(X, expected, atol=1e-11, rtol=0)
+
+
+def _spectra(k: int) -> dict[str, torch.Tensor]:
+    g = gen(9)
+    gauss = torch.linalg.svdvals(torch.randn(4 * k, k, generator=g, dtype=F64))
+    return {"gaussian": gauss, "power_law": 1.0 / torch.arange(1, k + 1, dtype=F64)}
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (16, 64), (64, 16)])
+@pytest.mark.parametrize("spectrum", ["gaussian", "power_law"])
+def test_msign_error_vs_steps(shape, spectrum):
+    """The error table: Taylor and Polar Express converge to polar(M), monotonically."""
+    n, m = shape
+    sigma = _spectra(min(n, m))[spectrum]
+    if spectrum == "gaussian" and n == m:
+        sigma = torch.linalg.svdvals(torch.randn(n, m, generator=gen(10), dtype=F64))
+    M = planted(n, m, sigma, seed=11)
+    Q = polar(M)
+    x_min = (sigma.min() / sigma.norm()).item()
+    errs = {c: [rel(msign(M, steps=T, coefficients=c), Q) for T in range(1, 21)]
+            for c in ("taylor", "polar_express")}
+    # Taylor raises every singular value monotonically towards 1; Polar Express only
+    # guarantees the worst case on [1e-3, 1], and its Frobenius error may rise at first
+    e = errs["taylor"]
+    assert all(b <= a + 1e-14 for a, b in zip(e, e[1:], strict=False)), e
+    e = errs["polar_express"][4:]
+    assert all(b <= a + 1e-14 for a, b in zip(e, e[1:], strict=False)), e
+    if x_min > 1e-3:  # inside the interval Polar Express was designed for: 8 steps suffice
+        assert errs["polar_express"][7] < 1e-12
+    assert errs["polar_express"][19] < 1e-12
+    assert errs["taylor"][19] < 1e-8
+    # Jordan's 5-step output is not msign: each singular value x >= 0.01 (normalised) goes
+    # into a band around 1, smaller ones stay below it
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    g = torch.diagonal(U.T @ msign(M, 5, "jordan") @ Vh.T)
+    x = S / S.norm()
+    assert 0.6 < g[x >= 0.01].min() and g.max() < 1.25
+    assert torch.all(g[x < 1e-3] < 0.6)
+
+
+def test_msign_float32_cpu_matches_float64():
+    M = torch.randn(64, 32, generator=gen(12), dtype=F64)
+    X64 = msign(M, 8, "polar_express")
+    X32 = msign(M.float(), 8, "polar_express")
+    assert X32.dtype == torch.float32
+    assert rel(X32.double(), X64) < 1e-4
+    # bf16 input computes in float32 on CPU and returns bf16
+    Xb = msign(M.to(torch.bfloat16), 8, "polar_express")
+    assert Xb.dtype == torch.bfloat16 and rel(Xb.double(), X64) < 2e-2
+
+
+def test_msign_edge_cases():
+    Z = torch.zeros(2, 5, 3)
+    assert torch.equal(msign(Z), Z)
+    # overflow / underflow safe normalisation
+    M = torch.randn(10, 6, generator=gen(13))
+    ref = msign(M, 8, "polar_express")
+    for scale in (1e30, 1e-30):
+        torch.testing.assert_close(msign(M * scale, 8, "polar_express"), ref,
+                                   atol=1e-5, rtol=0)
+    # rank deficiency: null directions stay (numerically) zero, the rest go to 1
+    sigma = torch.tensor([1.0, 0.5, 0.1], dtype=F64)
+    R = planted(16, 10, sigma, seed=14)
+    s = torch.linalg.svdvals(msign(R, 8, "polar_express"))
+    torch.testing.assert_close(s[:3], torch.ones(3, dtype=F64), atol=1e-10, rtol=0)
+    assert s[3:].max() < 1e-10
+    # batched, tall matrices come back in their own orientation
+    B = torch.randn(3, 9, 4, generator=gen(15), dtype=F64)
+    X = msign(B, 10, "polar_express")
+    assert X.shape == B.shape
+    torch.testing.assert_close(X, polar(B), atol=1e-10, rtol=0)
+    # non-contiguous input
+    torch.testing.assert_close(msign(B.mT, 10, "polar_express"), polar(B).mT,
+                               atol=1e-10, rtol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 12), m=st.integers(1, 12), seed=st.integers(0, 10_000),
+       log_scale=st.floats(-20, 20))
+def test_msign_scale_invariance_and_bound(n, m, seed, log_scale):
+    M = torch.randn(n, m, generator=gen(seed), dtype=F64)
+    X = msign(M, 5, "jordan")
+    torch.testing.assert_close(msign(M * 10.0**log_scale, 5, "jordan"), X,
+                               atol=1e-10, rtol=0)
+    # Jordan's map sends (0, 1] into (0, 1.21): the spectral norm of the result is bounded
+    assert torch.linalg.matrix_norm(X, 2) < 1.21
+
+
+# ---------------------------------------------------------------- schedules and scalar maps
+
+def test_named_schedules_transcribed():
+    """Slopes at 0 and ranges on [1e-3, 1] quoted in the 10922 post and the fact sheet."""
+    x = torch.linspace(1e-3, 1, 100_001, dtype=F64)
+    cases = {  # name, steps -> (slope at 0, min, max), min and max as quoted
+        ("jordan", 5): (485, "0.47", "1.20"),
+        ("you_jiacheng", 6): (1138, "0.87", "1.00"),
+        ("su_6step", 6): (1476, "0.975", "1.010"),
+        ("polar_express", 5): (976, "0.846", "1.124"),
+    }
+    for (name, T), (slope, lo, hi) in cases.items():
+        y = newton_schulz_map(x, name, T)
+        # slopes are quoted as integers (YouJiacheng's 1137.45 is quoted as 1138)
+        assert abs(math.prod(a for a, _, _ in ns_schedule(name, T)) - slope) < 1, name
+        for got, text in ((y.min().item(), lo), (y.max().item(), hi)):
+            assert abs(got - float(text)) <= 0.5 * 10.0 ** -len(text.split(".")[1]), name
+    assert JORDAN[0] == (3.4445, -4.7750, 2.0315) and TAYLOR[0] == (1.875, -1.25, 0.375)
+    assert len(YOU_JIACHENG) == len(SU_6STEP) == 6
+
+
+def test_ns_schedule_semantics():
+    assert ns_schedule("jordan", 3) == JORDAN * 3
+    seq = ((1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
+    assert ns_schedule(seq, 4) == (seq[0], seq[1], seq[1], seq[1])
+    assert ns_schedule((1.5, -0.5, 0.0), 2) == ((1.5, -0.5, 0.0),) * 2
+    assert ns_schedule(torch.tensor([[1.0, 2.0, 3.0]]), 1) == ((1.0, 2.0, 3.0),)
+    x = torch.tensor([0.3, 0.7], dtype=F64)
+    # a triple (a, 0, 0) multiplies by a at each step
+    torch.testing.assert_close(newton_schulz_map(x, (2.0, 0.0, 0.0), 3), 8 * x)
+    assert set(SCHEDULES) == {"jordan", "taylor", "you_jiacheng", "su_6step", "polar_express"}
+
+
+def test_taylor_coefficients_by_sympy():
+    import sympy as sp
+
+    t = sp.symbols("t")
+    series = sp.series(t ** sp.Rational(-1, 2), t, 1, 3).removeO()
+    a, b, c = TAYLOR[0]
+    assert sp.expand(series - (sp.nsimplify(a) + sp.nsimplify(b) * t
+                               + sp.nsimplify(c) * t**2)) == 0
+
+
+def test_quintic_from_roots_fixed_points():
+    a, b, c = quintic_from_roots(1.724, 0.935, 1.235)
+    # the table's (kappa, x1, x2) are rounded to 3 decimals, so (a, b, c) agree to ~3e-3
+    for got, want in zip((a, b, c), (3.297, -4.136, 1.724), strict=True):
+        assert abs(got - want) < 5e-3
+    for x in (0.935, 1.235):
+        assert abs(a * x + b * x**3 + c * x**5 - x) < 1e-12
+
+
+# ---------------------------------------------------------------- Polar Express
+
+def test_optimal_quintic_equioscillates():
+    a, b, c = optimal_quintic(1e-3, 1.0)
+    for got, want in zip((a, b, c), (8.4703, -25.1081, 18.6293), strict=True):
+        assert abs(got - want) < 1e-4
+    disc = math.sqrt(9 * b * b - 20 * a * c)
+    q, r = (math.sqrt((-3 * b + s * disc) / (10 * c)) for s in (-1, 1))
+    assert abs(q - 0.3674) < 1e-4 and abs(r - 0.8208) < 1e-4
+    p = [a * x + b * x**3 + c * x**5 - 1 for x in (1e-3, q, r, 1.0)]
+    E = p[1]
+    assert abs(E - 0.9915) < 1e-4
+    for val, sign in zip(p, (-1, 1, -1, 1), strict=True):
+        assert abs(val - sign * E) < 1e-10
+    # scale covariance: optimum on [l, u] is the optimum on [l/u, 1] composed with x/u
+    a2, b2, c2 = optimal_quintic(2e-3, 2.0)
+    assert abs(a2 - a / 2) < 1e-12 and abs(b2 - b / 8) < 1e-12 and abs(c2 - c / 32) < 1e-12
+
+
+PRINTED_PE = [  # the paper's table (before the 1.01 safety factor), as printed
+    ("8.28721", "-23.5959", "17.3004"),
+    ("4.10706", "-2.94785", "0.544843"),
+    ("3.94869", "-2.9089", "0.551819"),
+    ("3.31842", "-2.48849", "0.510049"),
+    ("2.30065", "-1.6689", "0.418807"),
+    ("1.8913", "-1.268", "0.376804"),  # the post prints b6 without its minus sign
+    ("1.875", "-1.25", "0.375"),
+    ("1.875", "-1.25", "0.375"),
+]
+
+
+def test_polar_express_table_to_printed_digits():
+    coeffs = polar_express_coefficients(8)
+    for t, (row, printed) in enumerate(zip(coeffs, PRINTED_PE, strict=True)):
+        for got, text in zip(row, printed, strict=True):
+            decimals = len(text.split(".")[1])
+            assert abs(got - float(text)) <= 0.5 * 10**-decimals + 1e-12, (t, got, text)
+    # the schedule used by msign: safety factor on all but the last triple
+    sched = ns_schedule("polar_express", 10)
+    f = 1.01
+    a, b, c = coeffs[0]
+    assert sched[0] == (a / f, b / f**3, c / f**5)
+    assert sched[7] == coeffs[7] and sched[9] == coeffs[7]
+    assert with_safety(coeffs, keep_last=False)[7] != coeffs[7]
+
+
+# ---------------------------------------------------------------- Marchenko–Pastur and Su's table
+
+def test_marchenko_pastur_quantiles_match_sampled_singular_values():
+    for n, m in ((400, 400), (800, 200), (200, 800)):
+        s = torch.linalg.svdvals(torch.randn(n, m, generator=gen(16), dtype=F64))
+        s = (s / s.norm()).flip(0)
+        mp = marchenko_pastur_singular_values(n, m)
+        assert mp.shape == s.shape and torch.isfinite(mp).all()
+        assert abs(mp.norm().item() - 1) < 1e-12
+        assert torch.all(mp[1:] >= mp[:-1])
+        # middle quantiles agree to a few percent
+        k = len(s)
+        mid = slice(k // 10, 9 * k // 10)
+        assert ((mp[mid] - s[mid]).abs() / s[mid]).max() < 0.05
+
+
+def test_su_table_rows_reproduced_from_mp_quantiles():
+    """mse and mse_o of the post's table (Jordan's coefficients), from MP quantiles."""
+    rows = [  # n, m, T, a, b, c, mse, mse_o as printed in kexue.fm/archives/10592
+        (1024, 1024, 5, 3.297, -4.136, 1.724, 0.02733, 0.04431),
+        (2048, 1024, 3, 4.095, -9.327, 7.028, 0.01628, 0.06171),
+        (4096, 4096, 5, 3.373, -4.613, 2.057, 0.04700, 0.06372),
+        (8192, 8192, 3, 6.139, -24.893, 30.147, 0.11944, 0.44843),
+    ]
+    for n, m, T, a, b, c, mse, mse_o in rows:
+        x = marchenko_pastur_singular_values(n, m)
+        ours = ((newton_schulz_map(x, (a, b, c), T) - 1) ** 2).mean().item()
+        ours_o = ((newton_schulz_map(x, "jordan", T) - 1) ** 2).mean().item()
+        assert abs(ours - mse) < 3e-4 and abs(ours_o - mse_o) < 3e-4, (n, m, T)
+
+
+def test_fit_quintic_recovers_table_row():
+    kappa, x1, x2 = fit_quintic(marchenko_pastur_singular_values(1024, 1024), steps=5)
+    assert abs(kappa - 1.724) < 5e-3 and abs(x1 - 0.935) < 5e-3 and abs(x2 - 1.235) < 5e-3
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("fn", [polar, msign])
+def test_bad_input(fn):
+    with pytest.raises(ValueError, match="M must have at least 2"):
+        fn(torch.ones(3))
+    with pytest.raises(ValueError, match="M must"):
+        fn(torch.ones(0, 3))
+    with pytest.raises(ValueError, match="M must be finite.*NaN"):
+        fn(torch.tensor([[1.0, float("nan")]]))
+    with pytest.raises(ValueError, match="M must be finite.*inf"):
+        fn(torch.tensor([[1.0, float("inf")]]))
+    with pytest.raises(TypeError, match="M must have a floating dtype"):
+        fn(torch.ones(2, 2, dtype=torch.int64))
+
+
+def test_bad_schedule_and_dtype():
+    M = torch.ones(3, 2)
+    with pytest.raises(ValueError, match="coefficients must be one of"):
+        msign(M, coefficients="newton")
+    with pytest.raises(ValueError, match=r"coefficients\[1\] must be an \(a, b, c\) triple"):
+        msign(M, coefficients=[(1.0, 2.0, 3.0), (1.0, 2.0)])
+    with pytest.raises(ValueError, match=r"coefficients\[0\] must be finite"):
+        msign(M, coefficients=[(1.0, float("nan"), 3.0)])
+    with pytest.raises(TypeError, match="coefficients must be"):
+        msign(M, coefficients=[])
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        msign(M, steps=0)
+    with pytest.raises(TypeError, match="steps must be an int"):
+        msign(M, steps=2.5)
+    with pytest.raises(ValueError, match="refused on CPU"):
+        msign(M, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="dtype must be"):
+        msign(M, dtype=torch.int32)
+    with pytest.raises(ValueError, match="lower must be <= "):
+        optimal_quintic(2.0, 1.0)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        marchenko_pastur_singular_values(0, 3)

@@ -1,0 +1,234 @@
+"""Tests of dlmath.optim.Muon against torch.optim.Muon and its rule computed in float32."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dlmath.msign import msign, polar
+from dlmath.optim import Muon, spectral_decay_
+from dlmath.optim.muon import lr_ratio
+
+JORDAN = (3.4445, -4.7750, 2.0315)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def reference_ns(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """torch.optim.Muon's Newton–Schulz (transpose, normalise, addmm iterations) in float32."""
+    a, b, c = JORDAN
+    X = G.float()
+    tall = X.shape[0] > X.shape[1]
+    if tall:
+        X = X.T
+    X = X / X.norm().clamp(min=eps)
+    for _ in range(steps):
+        A = X @ X.T
+        B = torch.addmm(A, A, A, beta=b, alpha=c)
+        X = torch.addmm(X, B, X, beta=a)
+    return X.T if tall else X
+
+
+def reference_step(W, buf, G, *, lr, wd, beta, nesterov, adjust):
+    """One step of torch.optim.Muon's rule (its _single_tensor_muon), NS in float32."""
+    buf = buf.lerp(G, 1 - beta)
+    direction = G.lerp(buf, beta) if nesterov else buf
+    ortho = reference_ns(direction)
+    n, m = W.shape
+    ratio = {"original": math.sqrt(max(1, n / m)), "match_rms_adamw": 0.2 * math.sqrt(max(n, m)),
+             None: 1.0}[adjust]
+    return W * (1 - lr * wd) - lr * ratio * ortho, buf
+
+
+CONFIGS = [
+    dict(shape=(48, 24), nesterov=True, adjust="original", wd=0.1),
+    dict(shape=(24, 48), nesterov=False, adjust="match_rms_adamw", wd=0.0),
+    dict(shape=(32, 32), nesterov=True, adjust="match_rms_adamw", wd=0.05),
+    dict(shape=(40, 8), nesterov=False, adjust=None, wd=0.2),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_muon_matches_torch_rule_in_float32(cfg):
+    lr, beta = 0.02, 0.9
+    W = torch.randn(*cfg["shape"], generator=gen(0))
+    p = W.clone().requires_grad_()
+    opt = Muon([p], lr=lr, weight_decay=cfg["wd"], momentum=beta, nesterov=cfg["nesterov"],
+               adjust_lr=cfg["adjust"])
+    ref, buf = W.clone(), torch.zeros_like(W)
+    g = gen(1)
+    for t in range(6):
+        G = torch.randn(*W.shape, generator=g)
+        p.grad = G.clone()
+        opt.step()
+        ref, buf = reference_step(ref, buf, G, lr=lr, wd=cfg["wd"], beta=beta,
+                                  nesterov=cfg["nesterov"], adjust=cfg["adjust"])
+        torch.testing.assert_close(p.detach(), ref, atol=2e-6, rtol=1e-5, msg=f"step {t}")
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], buf, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_muon_agrees_with_torch_optim_muon(cfg):
+    """torch.optim.Muon casts Newton–Schulz to bf16: agreement to bf16 accuracy, step by step."""
+    lr, beta = 0.02, 0.95
+    W = torch.randn(*cfg["shape"], generator=gen(2))
+    ours, theirs = W.clone().requires_grad_(), W.clone().requires_grad_()
+    kw = dict(lr=lr, weight_decay=cfg["wd"], momentum=beta, nesterov=cfg["nesterov"])
+    adjust = cfg["adjust"]
+    if adjust is None:  # torch.optim.Muon has no "no adjustment" option; compare "original"
+        adjust = "original"
+    opt_a = Muon([ours], adjust_lr=adjust, **kw)
+    opt_b = torch.optim.Muon([theirs], adjust_lr_fn=adjust, **kw)
+    g = gen(3)
+    worst = 0.0
+    for _ in range(6):
+        G = torch.randn(*W.shape, generator=g)
+        before = theirs.detach().clone()
+        ours.grad, theirs.grad = G.clone(), G.clone()
+        # same starting point each step, so per-step differences do not accumulate
+        with torch.no_grad():
+            ours.copy_(before)
+        opt_a.step()
+        opt_b.step()
+        da, db = ours.detach() - before, theirs.detach() - before
+        worst = max(worst, ((da - db).norm() / db.norm()).item())
+        torch.testing.assert_close(opt_a.state[ours]["momentum_buffer"],
+                                   opt_b.state[theirs]["momentum_buffer"], atol=0, rtol=0)
+    assert worst < 0.03, worst  # bf16 has 8 bits of mantissa: ~1-2% on a 5-step NS
+
+
+def test_defaults_match_torch_optim_muon():
+    p = torch.nn.Parameter(torch.zeros(3, 2))
+    ours = Muon([p]).defaults
+    theirs = torch.optim.Muon([p]).defaults
+    for key in ("lr", "weight_decay", "momentum", "nesterov", "ns_steps"):
+        assert ours[key] == theirs[key], key
+    assert ours["coefficients"] == (tuple(theirs["ns_coefficients"]),) * 5
+    assert ours["adjust_lr"] == "original"  # torch's None means "original"
+
+
+def test_lr_ratio():
+    assert lr_ratio(None, (512, 128)) == 1.0
+    assert lr_ratio("original", (512, 128)) == 2.0
+    assert lr_ratio("original", (128, 512)) == 1.0
+    assert lr_ratio("match_rms_adamw", (128, 512)) == pytest.approx(0.2 * math.sqrt(512))
+    # the Moonlight factor makes the RMS of an exact full-rank msign equal to 0.2
+    for shape in ((64, 16), (16, 64), (30, 30)):
+        Q = polar(torch.randn(*shape, generator=gen(4), dtype=torch.float64))
+        rms = Q.norm() / math.sqrt(Q.numel())
+        assert abs(lr_ratio("match_rms_adamw", shape) * rms.item() - 0.2) < 1e-12
+
+
+def test_momentum_zero_is_plain_msign_step():
+    W = torch.randn(12, 20, generator=gen(5))
+    p = W.clone().requires_grad_()
+    G = torch.randn(12, 20, generator=gen(6))
+    p.grad = G
+    Muon([p], lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, adjust_lr=None,
+         coefficients="polar_express", ns_steps=8).step()
+    torch.testing.assert_close(p.detach(), W - 0.1 * polar(G), atol=1e-5, rtol=0)
+
+
+def test_zero_gradient_and_skipped_parameters():
+    W = torch.randn(6, 4, generator=gen(7))
+    p, q = W.clone().requires_grad_(), W.clone().requires_grad_()
+    opt = Muon([p, q], lr=0.1, weight_decay=0.5)
+    p.grad = torch.zeros_like(W)  # zero momentum -> zero update, only weight decay acts
+    opt.step()
+    torch.testing.assert_close(p.detach(), (1 - 0.05) * W)
+    assert torch.equal(q.detach(), W) and q not in opt.state  # no grad: untouched
+
+
+def test_spectral_decay_option_uses_warm_started_power_iteration():
+    g = gen(8)
+    U, _ = torch.linalg.qr(torch.randn(16, 8, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
+    sigma = torch.tensor([5.0, 2.0, 1.5, 1.0, 0.8, 0.5, 0.3, 0.1], dtype=torch.float64)
+    W = (U * sigma) @ V.T
+    p = W.clone().requires_grad_()
+    opt = Muon([p], lr=0.1, weight_decay=0.0, spectral_decay=0.5, spectral_iters=2)
+    W_ref, v = W.clone(), None
+    for _ in range(5):
+        p.grad = torch.zeros_like(W)  # isolate the decay: msign(0) = 0
+        opt.step()
+        v = spectral_decay_(W_ref, 0.1, 0.5, v=v, iters=2)
+        torch.testing.assert_close(p.detach(), W_ref, atol=1e-12, rtol=0)
+        torch.testing.assert_close(opt.state[p]["spectral_v"], v, atol=1e-12, rtol=0)
+    # the top singular value shrank by about (1 - 0.05)^5, the rest did not move
+    s = torch.linalg.svdvals(p.detach())
+    assert abs(s[0].item() - 5.0 * 0.95**5) < 0.05
+    torch.testing.assert_close(s[1:], sigma[1:], atol=0.05, rtol=0)
+
+
+def test_training_reduces_loss():
+    """Muon on a small least-squares problem: the loss falls a hundredfold."""
+    g = gen(9)
+    X, W_star = torch.randn(256, 32, generator=g), torch.randn(32, 16, generator=g)
+    Y = X @ W_star
+    W = torch.zeros(32, 16, requires_grad=True)
+    opt = Muon([W], lr=0.05, weight_decay=0.0, adjust_lr="match_rms_adamw", momentum=0.9)
+
+    def loss():
+        return ((X @ W - Y) ** 2).mean()
+
+    first = loss().item()
+    for t in range(300):
+        opt.param_groups[0]["lr"] = 0.05 * (1 - t / 300)
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 1e-2 * first
+
+
+def test_state_dict_round_trip():
+    p = torch.nn.Parameter(torch.randn(5, 3, generator=gen(10)))
+    opt = Muon([p], lr=0.01)
+    p.grad = torch.randn(5, 3, generator=gen(11))
+    opt.step()
+    opt2 = Muon([p], lr=0.01)
+    opt2.load_state_dict(opt.state_dict())
+    assert torch.equal(opt2.state[p]["momentum_buffer"], opt.state[p]["momentum_buffer"])
+
+
+def test_float64_parameters_stay_float64():
+    p = torch.nn.Parameter(torch.randn(6, 9, generator=gen(12), dtype=torch.float64))
+    p.grad = torch.randn(6, 9, generator=gen(13), dtype=torch.float64)
+    W = p.detach().clone()
+    Muon([p], lr=0.1, momentum=0.0, weight_decay=0.0, adjust_lr=None).step()
+    assert p.dtype == torch.float64
+    torch.testing.assert_close(p.detach(), W - 0.1 * msign(p.grad), atol=1e-14, rtol=0)
+
+
+def test_bad_input():
+    p = torch.nn.Parameter(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="Muon only takes 2-D parameters"):
+        Muon([torch.nn.Parameter(torch.zeros(3))])
+    with pytest.raises(ValueError, match="adjust_lr must be one of"):
+        Muon([p], adjust_lr="sqrt")
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        Muon([p], lr=-1.0)
+    with pytest.raises(ValueError, match="momentum must be < 1"):
+        Muon([p], momentum=1.0)
+    with pytest.raises(ValueError, match="momentum must be <= 1"):
+        Muon([p], momentum=1.5)
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        Muon([p], weight_decay=-0.1)
+    with pytest.raises(ValueError, match="coefficients must be one of"):
+        Muon([p], coefficients="nope")
+    with pytest.raises(TypeError, match="ns_steps must be an int"):
+        Muon([p], ns_steps=2.0)
+    with pytest.raises(ValueError, match="refused on CPU"):
+        opt = Muon([p], ns_dtype=torch.bfloat16)
+        p.grad = torch.ones(3, 2)
+        opt.step()
+    p.grad = torch.tensor([[1.0, float("nan")], [0.0, 0.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match="must be finite"):
+        Muon([p]).step()
+    emb = torch.nn.Embedding(4, 3, sparse=True)
+    emb(torch.tensor([1])).sum().backward()
+    with pytest.raises(TypeError, match="sparse gradients"):
+        Muon(emb.parameters()).step()
