@@ -9,7 +9,8 @@ when
   macro (rendered in red by its ``noundefined`` extension),
 * an image points to a file that is not in the build, or did not load (natural width 0),
 * an internal link points to a missing page or a missing anchor,
-* the page logged a JavaScript error or a resource failed to load.
+* the page logged a JavaScript error or a resource failed to load,
+* a chapter page lacks a Binder or Colab launch button opening its own notebook.
 
 To see what only the running page knows (image sizes, console errors), the check opens a
 temporary copy of each page with a small probe script injected at the top of ``<head>``; the probe
@@ -152,6 +153,16 @@ def check_page(chromium: str, root: Path, page: Path, id_cache) -> list[str]:
         problems.append(f"MathJax error: {text[:160]!r}")
     for undefined in main.select('mtext[mathcolor="red"]'):  # MathJax's noundefined extension
         problems.append(f"undefined TeX macro: {undefined.get_text(strip=True)[:80]!r}")
+    if page.parent.name == "notebooks":  # launch buttons must open this very notebook
+        notebook = f"notebooks/{page.stem}.ipynb"
+        for service, prefix in (("Binder", "https://mybinder.org/"),
+                                ("Colab", "https://colab.research.google.com/")):
+            links = [a["href"] for a in soup.find_all("a", href=True)
+                     if a["href"].startswith(prefix)]
+            if not links:
+                problems.append(f"no {service} launch button")
+            problems += [f"{service} launch button opens {href}, not {notebook}"
+                         for href in links if not href.endswith(notebook)]
     for img in main.find_all("img"):
         src = img.get("src", "")
         if src.startswith(("data:", "http:", "https:")):
