@@ -9,15 +9,16 @@ the sigmoid for the vanilla losses). A state is one tensor ``y = [phi, theta]`` 
 field below maps ``y`` to :math:`\dot y = (\dot\varphi, \dot\theta)`, where the critic ascends
 its objective and the generator descends its loss, and :math:`u = \theta\cdot\varphi`:
 
-================  ===============================================  ==========================
-``kind``          :math:`\dot\varphi`                                :math:`\dot\theta`
-================  ===============================================  ==========================
-vanilla           :math:`-\sigma(u)\,\theta`                         :math:`\sigma(u)\,\varphi`
-non-saturating    :math:`-\sigma(u)\,\theta`                         :math:`(1-\sigma(u))\,\varphi`
-wgan              :math:`-\theta/|\varphi| + u\,\varphi/|\varphi|^3`   :math:`\varphi/|\varphi|`
-wgan-gp           :math:`-\theta - 2\lambda(1 - c/|\varphi|)\,\varphi`   :math:`\varphi`
-gan-qp            :math:`-\theta - u\,\theta/(\lambda|\theta|)`        :math:`\varphi`
-================  ===============================================  ==========================
+* ``vanilla``: :math:`\dot\varphi = -\sigma(u)\,\theta`,
+  :math:`\dot\theta = \sigma(u)\,\varphi`;
+* ``non-saturating``: :math:`\dot\varphi = -\sigma(u)\,\theta`,
+  :math:`\dot\theta = (1-\sigma(u))\,\varphi`;
+* ``wgan``: :math:`\dot\varphi = -\theta/|\varphi| + u\,\varphi/|\varphi|^3`,
+  :math:`\dot\theta = \varphi/|\varphi|`;
+* ``wgan-gp``: :math:`\dot\varphi = -\theta - 2\lambda(1 - c/|\varphi|)\,\varphi`,
+  :math:`\dot\theta = \varphi`;
+* ``gan-qp``: :math:`\dot\varphi = -\theta - u\,\theta/(\lambda|\theta|)`,
+  :math:`\dot\theta = \varphi`.
 
 An L2 penalty :math:`\tfrac w2|\varphi|^2` on the critic (``wd=w``) adds :math:`-w\varphi` to
 :math:`\dot\varphi` for every kind. Edge cases: the WGAN field and the WGAN-GP field with

@@ -33,7 +33,7 @@ __all__ = [
     "lse_lower_bound",
 ]
 
-#: |t - 1| below which the Rényi entropy is evaluated in its Shannon limit (the ratio is 0/0).
+#: Below this distance of t from 1 the Rényi entropy is evaluated in its Shannon limit (0/0).
 RENYI_SHANNON_BAND = 1e-6
 
 

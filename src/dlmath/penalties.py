@@ -143,12 +143,12 @@ class PenaltyTerms(NamedTuple):
 
     @property
     def lhs(self) -> torch.Tensor:
-        """The input-gradient side: sum of all weight and bias terms."""
+        """The input-gradient side, the sum of all weight and bias terms."""
         return self.weight_terms.sum() + self.bias_terms.sum()
 
     @property
     def rhs(self) -> torch.Tensor:
-        """The parameter-gradient side: ||grad_theta f||^2."""
+        """The parameter-gradient side, ||grad_theta f||^2."""
         return self.weight_grad_sq.sum() + self.bias_grad_sq.sum()
 
     @property

@@ -1,0 +1,460 @@
+r"""muP and the spectral condition: how initialisation and learning rates scale with width.
+
+Chapters: *muP, a first look* (``notebooks/19-mup-first-look.ipynb``) derives the table
+:data:`MUP_TABLE`; *The spectral condition* (``notebooks/20-spectral-condition.ipynb``)
+derives the rules :func:`spectral_target`, :func:`spectral_init_std`, :func:`spectral_lr`
+and :func:`spectral_update`, and recovers the table from them.
+
+Conventions (those of both posts): row vectors, a layer maps :math:`x \mapsto xW` with
+:math:`W \in \mathbb R^{d_{in}\times d_{out}}`, so a weight has shape ``(fan_in, fan_out)``
+(the transpose of ``torch.nn.Linear.weight``). The model family is the MLP
+
+.. math:: Y_0 = X W_{in},\quad Y_k = \phi(Y_{k-1} W_k)\ (k = 1..K),\quad Z = Y_K W_{out},
+
+with :math:`W_{in} \in \mathbb R^{d_{in}\times d}`, :math:`W_k \in \mathbb R^{d\times d}`,
+:math:`W_{out} \in \mathbb R^{d\times d_{out}}`; only the width :math:`d` grows. The loss is
+:math:`\mathcal L = \frac{1}{2b}\sum_{i}\|Z_i - T_i\|^2` over a batch of :math:`b` rows.
+Optimizers are modelled by their update directions: SGD by the gradient :math:`G`, Adam by
+:math:`\operatorname{sign}(G)` (SignSGD), Muon by :math:`\operatorname{msign}(G)` (exact, by
+SVD: :func:`dlmath.msign.polar`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import as_float_tensor, check_choice, check_int, check_matrix, check_real
+from .linalg import spectral_norm
+from .msign import msign, polar
+
+__all__ = [
+    "OPTIMIZERS",
+    "LAYER_KINDS",
+    "MUP_TABLE",
+    "mup_exponents",
+    "mup_multipliers",
+    "spectral_target",
+    "spectral_init_std",
+    "spectral_init",
+    "spectral_lr",
+    "spectral_normalize",
+    "svc",
+    "spectral_update",
+    "rms",
+    "singular_values",
+    "matrix_norms",
+    "layer_kinds",
+    "init_mlp",
+    "mlp_features",
+    "mse_loss",
+    "update_direction",
+    "lr_multipliers",
+    "one_step",
+    "train",
+]
+
+#: The optimizers of the table; ``"muon_adam"`` is Muon on hidden matrices and Adam at both ends.
+OPTIMIZERS = ("sgd", "adam", "muon", "muon_adam")
+#: Layer kinds of the MLP family.
+LAYER_KINDS = ("in", "hidden", "out")
+
+#: Exponents of the width :math:`d` in (initial variance, learning rate) per optimizer and layer
+#: kind: :math:`\operatorname{Var} W \propto d^{a}`, :math:`\eta \propto d^{c}`. The input layer's
+#: variance is :math:`1/d_{in}`, which does not depend on :math:`d` (exponent 0).
+MUP_TABLE: dict[str, dict[str, tuple[float, float]]] = {
+    "sgd": {"in": (0.0, 1.0), "hidden": (-1.0, 0.0), "out": (-2.0, -1.0)},
+    "adam": {"in": (0.0, 0.0), "hidden": (-1.0, -1.0), "out": (-2.0, -1.0)},
+    "muon": {"in": (0.0, 0.5), "hidden": (-1.0, 0.0), "out": (-2.0, -0.5)},
+    "muon_adam": {"in": (0.0, 0.0), "hidden": (-1.0, 0.0), "out": (-2.0, -1.0)},
+}
+
+_MODES = ("sn", "svc", "msign")
+_PARAMS = ("mup", "sp", "spectral")
+
+
+def _positive_int(value, name: str) -> int:
+    return check_int(value, name, low=1)
+
+
+def mup_exponents(optimizer: str, layer_kind: str, *, adjust_lr: bool = False
+                  ) -> tuple[float, float]:
+    r"""Width exponents :math:`(a, c)` with :math:`\operatorname{Var}W \propto d^a`,
+    :math:`\eta \propto d^c` (chapter 19's table, :data:`MUP_TABLE`).
+
+    ``adjust_lr=True`` is Moonlight's rule for Muon, whose update on a hidden matrix is already
+    multiplied by :math:`0.2\sqrt{\max(n, m)} \propto \sqrt d`; the learning rate then scales
+    like :math:`d^{-1/2}` to cancel it (only for ``"muon"``/``"muon_adam"`` hidden layers).
+    """
+    check_choice(optimizer, "optimizer", OPTIMIZERS)
+    check_choice(layer_kind, "layer_kind", LAYER_KINDS)
+    var_exp, lr_exp = MUP_TABLE[optimizer][layer_kind]
+    if adjust_lr:
+        if not optimizer.startswith("muon"):
+            raise ValueError(f"adjust_lr only applies to Muon, not optimizer={optimizer!r}")
+        if layer_kind == "hidden":
+            lr_exp -= 0.5
+    return var_exp, lr_exp
+
+
+def mup_multipliers(optimizer: str, layer_kind: str, d: int, *, d_in: int = 1,
+                    d0: int = 1, adjust_lr: bool = False) -> tuple[float, float]:
+    r"""Initial variance and learning-rate multiplier of one layer under muP.
+
+    .. math:: \operatorname{Var}W = \begin{cases}1/d_{in} & \text{in}\\ 1/d & \text{hidden}\\
+              1/d^2 & \text{out}\end{cases},\qquad \eta\text{-multiplier} = (d/d_0)^{c},
+
+    with :math:`c` from :func:`mup_exponents`; ``d0`` is the base width at which the multiplier
+    is 1 (tune there, transfer to ``d``). Returns ``(init_var, lr_mult)`` as floats. Chapter 19.
+    """
+    d, d_in, d0 = _positive_int(d, "d"), _positive_int(d_in, "d_in"), _positive_int(d0, "d0")
+    var_exp, lr_exp = mup_exponents(optimizer, layer_kind, adjust_lr=adjust_lr)
+    init_var = 1.0 / d_in if layer_kind == "in" else float(d) ** var_exp
+    return init_var, (d / d0) ** lr_exp
+
+
+def spectral_target(d_in: int, d_out: int) -> float:
+    r"""The spectral condition's scale :math:`\sqrt{d_{out}/d_{in}}` for both :math:`\|W\|_2` and
+    :math:`\|\Delta W\|_2` (chapter 20)."""
+    return math.sqrt(_positive_int(d_out, "d_out") / _positive_int(d_in, "d_in"))
+
+
+def spectral_init_std(d_in: int, d_out: int) -> float:
+    r"""Entry std that gives a Gaussian ``(d_in, d_out)`` matrix :math:`\|W\|_2 \approx
+    \sqrt{d_{out}/d_{in}}`, using :math:`\|G\|_2 \approx \sqrt{d_{in}} + \sqrt{d_{out}}`:
+
+    .. math:: \sigma = \sqrt{\frac{d_{out}}{d_{in}}}\,\frac{1}{\sqrt{d_{in}}+\sqrt{d_{out}}}.
+
+    Chapter 20 (its square is :math:`\frac{1}{d_{in}}\min(1, d_{out}/d_{in})` up to a factor in
+    :math:`[1/4, 1]`)."""
+    return spectral_target(d_in, d_out) / (math.sqrt(d_in) + math.sqrt(d_out))
+
+
+def spectral_init(d_in: int, d_out: int, *, sigma: float = 1.0, method: str = "gaussian",
+                  generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+                  device=None) -> torch.Tensor:
+    r"""A ``(d_in, d_out)`` weight meeting the spectral condition at initialisation.
+
+    ``method="gaussian"``: iid :math:`N(0, (\sigma s)^2)` entries with :math:`s` from
+    :func:`spectral_init_std` (:math:`\|W\|_2 \approx \sigma\sqrt{d_{out}/d_{in}}`);
+    ``method="sn"``: a standard Gaussian rescaled exactly, :math:`W = \sigma\sqrt{d_{out}/d_{in}}
+    \,G/\|G\|_2`. Chapter 20.
+    """
+    check_choice(method, "method", ("gaussian", "sn"))
+    sigma = check_real(sigma, "sigma", positive=True)
+    G = torch.randn(_positive_int(d_in, "d_in"), _positive_int(d_out, "d_out"),
+                    generator=generator, dtype=dtype, device=device)
+    if method == "gaussian":
+        return G * (sigma * spectral_init_std(d_in, d_out))
+    return spectral_normalize(G, sigma * spectral_target(d_in, d_out))
+
+
+def spectral_lr(optimizer: str, d_in: int, d_out: int) -> float:
+    r"""Learning rate (up to a width-free constant) that makes :math:`\|\Delta W\|_2 \asymp
+    \sqrt{d_{out}/d_{in}}`, chapter 20:
+
+    .. math:: \eta_{\rm SGD} = d_{out}/d_{in},\qquad \eta_{\rm Adam} = 1/d_{in},\qquad
+              \eta_{\rm Muon} = \sqrt{d_{out}/d_{in}} .
+
+    The SGD rule assumes :math:`\|\nabla_W\mathcal L\|_2 \asymp \sqrt{d_{in}/d_{out}}`, the Adam
+    rule :math:`\|\operatorname{sign}\nabla\|_2 \asymp \sqrt{d_{in}d_{out}}` (near-low-rank
+    gradients only); ``"muon_adam"`` is not accepted (it is a per-layer choice).
+    """
+    check_choice(optimizer, "optimizer", ("sgd", "adam", "muon"))
+    d_in, d_out = _positive_int(d_in, "d_in"), _positive_int(d_out, "d_out")
+    return {"sgd": d_out / d_in, "adam": 1.0 / d_in, "muon": math.sqrt(d_out / d_in)}[optimizer]
+
+
+def spectral_normalize(W, target: float = 1.0) -> torch.Tensor:
+    r"""Spectral normalisation :math:`\operatorname{SN}(W) = \text{target}\cdot W/\|W\|_2`
+    (exact, by SVD), shape ``(..., n, m)`` kept. The zero matrix is returned unchanged (it has
+    no direction to rescale). Chapter 20."""
+    W = check_matrix(W, "W")
+    target = check_real(target, "target", nonnegative=True)
+    s = spectral_norm(W).unsqueeze(-1).unsqueeze(-1)
+    return torch.where(s > 0, W * (target / torch.where(s > 0, s, 1)), W)
+
+
+def svc(W, cap: float = 1.0) -> torch.Tensor:
+    r"""Singular-value clipping :math:`\operatorname{SVC}(W) = U \min(\Sigma, \text{cap}) V^\top`
+    (Su's addition in chapter 20). :math:`\operatorname{SVC}(\lambda W) \to
+    \text{cap}\cdot\operatorname{msign}(W)` as :math:`\lambda \to \infty`, exactly once
+    :math:`\lambda\sigma_{\min>0} \ge \text{cap}`. Shape ``(..., n, m)`` kept."""
+    W = check_matrix(W, "W")
+    cap = check_real(cap, "cap", positive=True)
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    return (U * S.clamp(max=cap).unsqueeze(-2)) @ Vh
+
+
+def spectral_update(U, d_in: int, d_out: int, eta: float = 1.0, mode: str = "sn"
+                    ) -> torch.Tensor:
+    r"""Turn any base update ``U`` (shape ``(d_in, d_out)``) into one with
+    :math:`\|\Delta W\|_2 = \eta\sqrt{d_{out}/d_{in}}`:
+
+    * ``"sn"``: :math:`\eta\sqrt{d_{out}/d_{in}}\,U/\|U\|_2`;
+    * ``"msign"``: :math:`\eta\sqrt{d_{out}/d_{in}}\,\operatorname{msign}(U)` (exact SVD; the
+      "generalised Muon" of chapter 20);
+    * ``"svc"``: :math:`\eta\sqrt{d_{out}/d_{in}}\,\operatorname{SVC}(U/\|U\|_2)`, which equals
+      ``"sn"`` (clipping a matrix whose top singular value is 1 changes nothing): SVC pins the
+      norm only when some singular value reaches the cap, so it needs this pre-scaling.
+
+    A zero ``U`` gives a zero update.
+    """
+    U = check_matrix(U, "U")
+    check_choice(mode, "mode", _MODES)
+    eta = check_real(eta, "eta", nonnegative=True)
+    if U.shape[-2:] != (d_in, d_out):
+        raise ValueError(f"U must have shape (..., d_in, d_out) = (..., {d_in}, {d_out}), got "
+                         f"{tuple(U.shape)}")
+    scale = eta * spectral_target(d_in, d_out)
+    if mode == "msign":
+        return scale * polar(U)
+    direction = spectral_normalize(U)
+    return scale * (svc(direction) if mode == "svc" else direction)
+
+
+def rms(x, dim: int | tuple[int, ...] | None = None) -> torch.Tensor:
+    r""":math:`\operatorname{RMS}(x) = \sqrt{\frac1N\sum_i x_i^2}` over ``dim`` (``None``: all
+    entries, so for a matrix :math:`\|W\|_F/\sqrt{d_{in}d_{out}}`). Device and dtype kept."""
+    x = as_float_tensor(x, "x", min_ndim=0)
+    if dim is None:
+        return x.pow(2).mean().sqrt()
+    return x.pow(2).mean(dim=dim).sqrt()
+
+
+def _range_basis(W: torch.Tensor, rank: int, generator) -> torch.Tensor:
+    """Orthonormal ``(n, k)`` basis of the range of ``W Omega`` for a Gaussian ``(m, k)`` Omega."""
+    if generator is None:
+        generator = torch.Generator(device=W.device)
+        generator.manual_seed(0)
+    omega = torch.randn(W.shape[-1], rank, generator=generator, dtype=W.dtype, device=W.device)
+    return torch.linalg.qr(W @ omega).Q
+
+
+def _low_rank(W: torch.Tensor, rank: int | None, generator):
+    """``(Q, B)`` with ``W = Q B`` exactly when rank(W) <= rank, or ``(None, W)``."""
+    if rank is None:
+        return None, W
+    rank = check_int(rank, "rank", low=1)
+    if rank >= min(W.shape[-2:]):
+        return None, W
+    Q = _range_basis(W, rank, generator)
+    return Q, Q.mT @ W
+
+
+def singular_values(W, rank: int | None = None, generator: torch.Generator | None = None
+                    ) -> torch.Tensor:
+    r"""Singular values of ``W`` (``(..., n, m)`` -> ``(..., min(n, m))``, descending).
+
+    ``rank=None``: ``torch.linalg.svdvals``. ``rank=k``: for a matrix known to have rank at most
+    :math:`k` (a gradient over a batch of :math:`b \le k` rows), the randomized range finder
+    :math:`Q = \operatorname{orth}(W\Omega)`, :math:`\Omega \in \mathbb R^{m	imes k}` Gaussian,
+    then :math:`\operatorname{svdvals}(Q^	op W)`, padded with zeros: exact (with probability 1)
+    when :math:`\operatorname{rank}W \le k`, at cost :math:`O(nmk)` instead of
+    :math:`O(nm\min(n,m))`. If the rank is larger, the result underestimates (it is the
+    spectrum of the projection :math:`QQ^	op W`). ``generator`` draws :math:`\Omega` (default:
+    a fresh generator seeded with 0, so results are deterministic).
+    """
+    W = check_matrix(W, "W")
+    Q, B = _low_rank(W, rank, generator)
+    s = torch.linalg.svdvals(B)
+    if Q is not None:
+        s = torch.cat([s, s.new_zeros(*s.shape[:-1], min(W.shape[-2:]) - s.shape[-1])], dim=-1)
+    return s
+
+
+def matrix_norms(W, rank: int | None = None) -> dict[str, float]:
+    r"""The norms the two chapters compare, for one matrix ``(n, m)``: ``rms``, ``fro``
+    (:math:`\|W\|_F`), ``fro2`` (:math:`\|W\|_F^2`), ``spectral`` (:math:`\sigma_1`),
+    ``nuclear`` (:math:`\sum_i\sigma_i`) and ``l1`` (:math:`\sum_{ij}|W_{ij}|`), as Python
+    floats. Singular values come from :func:`singular_values` (``rank`` as there)."""
+    W = check_matrix(W, "W")
+    if W.ndim != 2:
+        raise ValueError(f"W must be a single matrix (n, m), got shape {tuple(W.shape)}")
+    s = singular_values(W, rank)
+    fro = float(torch.linalg.vector_norm(W))
+    return {"rms": float(rms(W)), "fro": fro, "fro2": fro * fro, "spectral": float(s[0]),
+            "nuclear": float(s.sum()), "l1": float(W.abs().sum())}
+
+
+def layer_kinds(n_hidden: int) -> list[str]:
+    """``["in", "hidden" * n_hidden, "out"]``, the kinds of the MLP family's weights."""
+    return ["in"] + ["hidden"] * check_int(n_hidden, "n_hidden", low=0) + ["out"]
+
+
+def _shapes(d: int, d_in: int, d_out: int, n_hidden: int) -> list[tuple[int, int]]:
+    return [(d_in, d)] + [(d, d)] * n_hidden + [(d, d_out)]
+
+
+def init_mlp(d: int, d_in: int, d_out: int, n_hidden: int = 2, *, param: str = "mup",
+             generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+             device=None) -> list[torch.Tensor]:
+    r"""Weights ``[W_in, W_1, ..., W_K, W_out]`` (shapes ``(fan_in, fan_out)``) of the MLP family.
+
+    Gaussian entries with variance
+
+    * ``"mup"``: :math:`1/d_{in}`, :math:`1/d`, :math:`1/d^2` (chapter 19);
+    * ``"sp"`` (standard parametrisation): fan-in :math:`1/\text{fan-in}` everywhere, so
+      :math:`1/d` for the output layer;
+    * ``"spectral"``: :func:`spectral_init_std` squared (chapter 20).
+    """
+    d, d_in, d_out = (_positive_int(v, n) for v, n in ((d, "d"), (d_in, "d_in"),
+                                                       (d_out, "d_out")))
+    check_choice(param, "param", _PARAMS)
+    weights = []
+    shapes = _shapes(d, d_in, d_out, n_hidden)
+    for (fi, fo), kind in zip(shapes, layer_kinds(n_hidden), strict=True):
+        if param == "spectral":
+            std = spectral_init_std(fi, fo)
+        elif param == "sp":
+            std = 1.0 / math.sqrt(fi)
+        else:
+            std = math.sqrt(mup_multipliers("sgd", kind, d, d_in=d_in)[0])
+        weights.append(std * torch.randn(fi, fo, generator=generator, dtype=dtype,
+                                         device=device))
+    return weights
+
+
+def mlp_features(weights, X, activation=torch.relu) -> list[torch.Tensor]:
+    r"""All features of the MLP family, ``[Y_0, Y_1, ..., Y_K, Z]``:
+    :math:`Y_0 = XW_{in}`, :math:`Y_k = \phi(Y_{k-1}W_k)`, :math:`Z = Y_K W_{out}`.
+    ``X`` is ``(b, d_in)``; the last entry is the output ``(b, d_out)``."""
+    X = as_float_tensor(X, "X", min_ndim=2)
+    if len(weights) < 2:
+        raise ValueError(f"weights must hold at least W_in and W_out, got {len(weights)}")
+    if X.shape[-1] != weights[0].shape[-2]:
+        raise ValueError(f"X must have last dimension d_in = {weights[0].shape[-2]}, got "
+                         f"shape {tuple(X.shape)}")
+    feats = [X @ weights[0]]
+    for W in weights[1:-1]:
+        feats.append(activation(feats[-1] @ W))
+    feats.append(feats[-1] @ weights[-1])
+    return feats
+
+
+def mse_loss(Z, T) -> torch.Tensor:
+    r""":math:`\mathcal L = \frac{1}{2b}\sum_{i=1}^b \|Z_i - T_i\|^2`, the mean over the batch
+    (rows) of half the squared error. ``Z`` is ``(..., b, d_out)``, ``T`` broadcasts to it; the
+    result has shape ``(...)`` (a scalar for a single model, one loss per model for a stack)."""
+    if Z.shape[-2:] != T.shape[-2:]:
+        raise ValueError(f"Z and T must end in the same (b, d_out), got {tuple(Z.shape)} and "
+                         f"{tuple(T.shape)}")
+    return 0.5 * (Z - T).pow(2).sum(dim=-1).mean(dim=-1)
+
+
+def update_direction(G, optimizer: str, rank: int | None = None) -> torch.Tensor:
+    r"""The update direction :math:`U` (the step is :math:`-\eta U`) of the optimizer models:
+    ``"sgd"`` :math:`G`, ``"adam"`` :math:`\operatorname{sign}(G)`, ``"muon"``
+    :math:`\operatorname{msign}(G)` (exact, :func:`dlmath.msign.polar`), ``"muon_ns"``
+    the Newton–Schulz :func:`dlmath.msign.msign`. With ``rank=k`` (``G`` of rank at most
+    :math:`k`), the exact msign is computed as :math:`Q\operatorname{msign}(Q^\top G)` from the
+    range basis of :func:`singular_values`, at cost :math:`O(nmk)`."""
+    G = check_matrix(G, "G")
+    check_choice(optimizer, "optimizer", ("sgd", "adam", "muon", "muon_ns"))
+    if optimizer == "sgd":
+        return G
+    if optimizer == "adam":
+        return torch.sign(G)
+    if optimizer == "muon_ns":
+        return msign(G)
+    Q, B = _low_rank(G, rank, None)
+    return polar(B) if Q is None else Q @ polar(B)
+
+
+def lr_multipliers(optimizer: str, d: int, n_hidden: int, *, param: str = "mup",
+                   d0: int = 1, d_in: int = 1, d_out: int = 1) -> list[float]:
+    r"""Per-layer learning-rate multipliers of the MLP family.
+
+    ``"mup"``: :math:`(d/d_0)^{c}` from :data:`MUP_TABLE`; ``"sp"``: 1 for every layer and
+    width (one global learning rate); ``"spectral"``: :func:`spectral_lr` of each layer's
+    shape, divided by its value at width ``d0``. For ``"muon_adam"`` the in/out layers use
+    Adam's update and the hidden ones Muon's (see :func:`one_step`).
+    """
+    check_choice(param, "param", _PARAMS)
+    kinds = layer_kinds(n_hidden)
+    if param == "sp":
+        check_choice(optimizer, "optimizer", OPTIMIZERS)
+        return [1.0] * len(kinds)
+    if param == "mup":
+        return [mup_multipliers(optimizer, k, d, d0=d0)[1] for k in kinds]
+    out = []
+    for kind, (fi, fo), (fi0, fo0) in zip(kinds, _shapes(d, d_in, d_out, n_hidden),
+                                          _shapes(d0, d_in, d_out, n_hidden), strict=True):
+        opt = ("adam" if kind != "hidden" else "muon") if optimizer == "muon_adam" else optimizer
+        out.append(spectral_lr(opt, fi, fo) / spectral_lr(opt, fi0, fo0))
+    return out
+
+
+def one_step(weights, X, T, optimizer: str, lrs, activation=torch.relu) -> dict:
+    r"""One optimizer step on the MLP family and what it changes.
+
+    Computes the gradients :math:`G_l` of :func:`mse_loss`, the updates
+    :math:`\Delta W_l = -\eta_l\,U(G_l)` (:func:`update_direction`; for ``"muon_adam"`` Adam's
+    sign at the two ends and msign in between) and returns a dict with ``loss`` (before),
+    ``delta_loss`` (:math:`\mathcal L(W+\Delta W) - \mathcal L(W)`), ``grads``, ``updates``,
+    ``features`` and ``delta_features`` (lists per layer, :math:`Y_l(W+\Delta W) - Y_l(W)`).
+    ``lrs`` is one learning rate per weight. The inputs are not modified. Every gradient has
+    rank at most :math:`b` (the batch size), which msign exploits (:func:`update_direction`).
+    """
+    check_choice(optimizer, "optimizer", OPTIMIZERS)
+    if len(lrs) != len(weights):
+        raise ValueError(f"lrs must hold one learning rate per weight ({len(weights)}), got "
+                         f"{len(lrs)}")
+    lrs = [check_real(lr, "lrs", nonnegative=True) for lr in lrs]
+    params = [W.detach().clone().requires_grad_(True) for W in weights]
+    with torch.enable_grad():
+        feats = mlp_features(params, X, activation)
+        loss = mse_loss(feats[-1], T)
+        grads = torch.autograd.grad(loss, params)
+    n = len(weights)
+    updates = []
+    for i, (G, lr) in enumerate(zip(grads, lrs, strict=True)):
+        opt = optimizer
+        if optimizer == "muon_adam":
+            opt = "muon" if 0 < i < n - 1 else "adam"
+        updates.append(-lr * update_direction(G, opt, rank=X.shape[-2]))
+    with torch.no_grad():
+        new = [W.detach() + dW for W, dW in zip(weights, updates, strict=True)]
+        new_feats = mlp_features(new, X, activation)
+        new_loss = mse_loss(new_feats[-1], T)
+    feats = [f.detach() for f in feats]
+    loss = loss.detach()
+    return {"loss": float(loss), "delta_loss": float(new_loss - loss), "grads": list(grads),
+            "updates": updates, "features": feats,
+            "delta_features": [b - a for a, b in zip(feats, new_feats, strict=True)]}
+
+
+def train(weights, X, T, lrs, steps: int, optimizer: str = "sgd", activation=torch.relu
+          ) -> torch.Tensor:
+    r"""Full-batch training of the MLP family: ``steps`` updates
+    :math:`W_l \leftarrow W_l - \eta_l U(\nabla_{W_l}\mathcal L)` with :math:`U(G) = G` (``"sgd"``)
+    or :math:`\operatorname{sign}(G)` (``"adam"``, the SignSGD model).
+
+    Weights may carry a leading stack dimension ``(L, fan_in, fan_out)`` to train ``L`` models at
+    once (e.g. one per learning rate of a sweep); ``lrs`` holds one entry per layer, each a
+    float or a tensor broadcastable to that layer's weight (``(L, 1, 1)`` for a sweep).
+    Returns the losses before every step and after the last, shape ``(steps + 1, ...)``; a
+    diverged model's loss becomes ``inf`` (its weights stop being updated once non-finite).
+    The inputs are not modified. Chapter 19 (the learning-rate sweep).
+    """
+    check_choice(optimizer, "optimizer", ("sgd", "adam"))
+    steps = check_int(steps, "steps", low=0)
+    if len(lrs) != len(weights):
+        raise ValueError(f"lrs must hold one learning rate per weight ({len(weights)}), got "
+                         f"{len(lrs)}")
+    params = [W.detach().clone().requires_grad_(True) for W in weights]
+    losses = []
+    for step in range(steps + 1):
+        with torch.enable_grad():
+            loss = mse_loss(mlp_features(params, X, activation)[-1], T)
+            finite = torch.isfinite(loss)
+            losses.append(torch.where(finite, loss.detach(), math.inf))
+            if step == steps:
+                break
+            grads = torch.autograd.grad(torch.where(finite, loss, 0).sum(), params)
+        with torch.no_grad():
+            for W, G, lr in zip(params, grads, lrs, strict=True):
+                U = G if optimizer == "sgd" else torch.sign(G)
+                W -= torch.nan_to_num(lr * U, nan=0.0, posinf=0.0, neginf=0.0)
+    return torch.stack(losses)

@@ -1,0 +1,259 @@
+"""Tests of dlmath.mup: the muP table against slopes fitted on the MLP family, the spectral
+rules, the measurement helpers, bad input and edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath import mup
+from dlmath.msign import polar
+
+F64 = torch.float64
+WIDTHS = [64, 128, 256, 512]
+D_IN, D_OUT, BATCH, N_HIDDEN = 8, 4, 16, 2
+
+
+def _gen(seed):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def _problem(d, seed, param="mup"):
+    g = _gen(seed)
+    X = torch.randn(BATCH, D_IN, generator=g, dtype=F64)
+    T = torch.randn(BATCH, D_OUT, generator=g, dtype=F64)
+    return mup.init_mlp(d, D_IN, D_OUT, N_HIDDEN, param=param, generator=g, dtype=F64), X, T
+
+
+def _slope(values):
+    return float(np.polyfit(np.log(WIDTHS), np.log(values), 1)[0])
+
+
+@pytest.fixture(scope="module")
+def grad_slopes():
+    """Fitted width slopes of ||g||_F^2, ||g||_1 and ||g||_* per layer at muP init (2 seeds)."""
+    norms = {}
+    for d in WIDTHS:
+        for seed in range(2):
+            W, X, T = _problem(d, seed)
+            grads = mup.one_step(W, X, T, "sgd", [0.0] * len(W))["grads"]
+            for i, G in enumerate(grads):
+                for key, value in mup.matrix_norms(G, rank=BATCH).items():
+                    norms.setdefault((key, i), {}).setdefault(d, []).append(value)
+    return {k: _slope([np.mean(v[d]) for d in WIDTHS]) for k, v in norms.items()}
+
+
+NORM_OF = {"sgd": "fro2", "adam": "l1", "muon": "nuclear"}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "muon"])
+def test_table_lr_exponents_match_fitted_gradient_slopes(grad_slopes, optimizer):
+    # Delta L ~ eta * ||g||, so the table's lr exponent must cancel the norm's width slope.
+    for i, kind in enumerate(mup.layer_kinds(N_HIDDEN)):
+        lr_exp = mup.mup_exponents(optimizer, kind)[1]
+        fitted = grad_slopes[(NORM_OF[optimizer], i)]
+        assert abs(fitted + lr_exp) < 0.15, (optimizer, kind, fitted, lr_exp)
+
+
+def test_muon_adam_row_combines_the_two_rows():
+    for kind in mup.LAYER_KINDS:
+        source = "muon" if kind == "hidden" else "adam"
+        assert mup.mup_exponents("muon_adam", kind) == mup.mup_exponents(source, kind)
+    assert mup.mup_exponents("muon", "hidden", adjust_lr=True) == (-1.0, -0.5)
+    assert mup.mup_exponents("muon", "out", adjust_lr=True) == mup.mup_exponents("muon", "out")
+
+
+def test_forward_is_stable_and_output_starts_small():
+    hidden, out = [], []
+    for d in WIDTHS:
+        feats = [mup.mlp_features(*_problem(d, seed)[:2]) for seed in range(4)]
+        hidden.append(np.mean([float(mup.rms(f[-2])) for f in feats]))
+        out.append(np.mean([float(mup.rms(f[-1])) for f in feats]))
+    assert abs(_slope(hidden)) < 0.15
+    assert abs(_slope(out) + 0.5) < 0.15     # Var W_out = 1/d^2: Z has RMS ~ d^{-1/2}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "muon", "muon_adam"])
+def test_one_step_changes_are_width_independent_under_mup(optimizer):
+    dloss, dfeat = [], []
+    for d in WIDTHS:
+        W, X, T = _problem(d, 1)
+        lrs = [0.05 * m for m in mup.lr_multipliers(optimizer, d, N_HIDDEN)]
+        step = mup.one_step(W, X, T, optimizer, lrs)
+        dloss.append(abs(step["delta_loss"]))
+        dfeat.append(float(mup.rms(step["delta_features"][-2])))
+    assert max(dloss) / min(dloss) < 1.5
+    assert abs(_slope(dfeat)) < 0.15
+
+
+def test_standard_parametrisation_is_not_width_independent():
+    dloss = []
+    for d in WIDTHS:
+        W, X, T = _problem(d, 1, param="sp")
+        dloss.append(abs(mup.one_step(W, X, T, "adam", [0.05] * len(W))["delta_loss"]))
+    assert max(dloss) / min(dloss) > 3
+
+
+def test_spectral_lr_recovers_the_table_exponents():
+    for optimizer in ("sgd", "adam", "muon"):
+        for kind, shape in (("in", lambda d: (D_IN, d)), ("hidden", lambda d: (d, d)),
+                            ("out", lambda d: (d, D_OUT))):
+            lrs = [mup.spectral_lr(optimizer, *shape(d)) for d in (10**4, 10**6)]
+            slope = math.log(lrs[1] / lrs[0]) / math.log(100)
+            assert slope == pytest.approx(mup.mup_exponents(optimizer, kind)[1], abs=1e-12)
+
+
+def test_multipliers_values():
+    assert mup.mup_multipliers("sgd", "in", 256, d_in=8) == (1 / 8, 256.0)
+    assert mup.mup_multipliers("adam", "out", 256, d0=64) == (256.0 ** -2, 0.25)
+    assert mup.lr_multipliers("muon", 64, 1, param="sp") == [1.0, 1.0, 1.0]
+    assert mup.lr_multipliers("muon", 100, 1, d0=25) == [2.0, 1.0, 0.5]
+    spec = mup.lr_multipliers("sgd", 256, 1, param="spectral", d0=64, d_in=8, d_out=4)
+    assert spec == pytest.approx([4.0, 1.0, 0.25])
+
+
+def test_spectral_init_meets_the_condition():
+    for shape in [(256, 256), (64, 512), (512, 8)]:
+        target = mup.spectral_target(*shape)
+        W = mup.spectral_init(*shape, generator=_gen(3), dtype=F64)
+        assert 0.9 < float(torch.linalg.matrix_norm(W, 2)) / target < 1.1
+        W = mup.spectral_init(*shape, sigma=2.0, method="sn", generator=_gen(3), dtype=F64)
+        assert float(torch.linalg.matrix_norm(W, 2)) == pytest.approx(2 * target, rel=1e-12)
+    for name in ("sp", "spectral", "mup"):
+        ws = mup.init_mlp(16, 3, 2, 1, param=name, generator=_gen(0))
+        assert [tuple(w.shape) for w in ws] == [(3, 16), (16, 16), (16, 2)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 12), m=st.integers(2, 12), seed=st.integers(0, 10_000))
+def test_rms_inequality_and_its_equality_case(n, m, seed):
+    g = _gen(seed)
+    W = torch.randn(n, m, generator=g, dtype=F64)
+    x = torch.randn(5, n, generator=g, dtype=F64)
+    bound = math.sqrt(n / m) * mup.rms(x, dim=-1) * torch.linalg.matrix_norm(W, 2)
+    assert (mup.rms(x @ W, dim=-1) <= bound * (1 + 1e-12)).all()
+    U, S, _ = torch.linalg.svd(W)
+    u1 = U[:, 0]
+    assert float(mup.rms(u1 @ W)) == pytest.approx(
+        math.sqrt(n / m) * float(mup.rms(u1)) * float(S[0]), rel=1e-10)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 10), m=st.integers(1, 10), seed=st.integers(0, 10_000),
+       cap=st.floats(0.1, 10.0))
+def test_svc_tends_to_msign(n, m, seed, cap):
+    M = torch.randn(n, m, generator=_gen(seed), dtype=F64)
+    smin = float(torch.linalg.svdvals(M)[-1])
+    lam = 1.01 * cap / smin
+    assert torch.allclose(mup.svc(lam * M, cap), cap * polar(M), atol=1e-10 * cap)
+    assert float(torch.linalg.svdvals(mup.svc(M, cap)).max()) <= max(cap, 0) * (1 + 1e-12)
+    sn = mup.spectral_normalize(M, 3.0)
+    assert float(torch.linalg.matrix_norm(sn, 2)) == pytest.approx(3.0, rel=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(4, 40), m=st.integers(4, 40), r=st.integers(1, 3),
+       seed=st.integers(0, 10_000))
+def test_low_rank_paths_are_exact(n, m, r, seed):
+    g = _gen(seed)
+    G = torch.randn(n, r, generator=g, dtype=F64) @ torch.randn(r, m, generator=g, dtype=F64)
+    exact = torch.linalg.svdvals(G)
+    assert torch.allclose(mup.singular_values(G, rank=3), exact, atol=1e-10 * float(exact[0]))
+    assert torch.allclose(mup.update_direction(G, "muon", rank=3), polar(G), atol=1e-9)
+    norms = mup.matrix_norms(G, rank=3)
+    assert norms["nuclear"] == pytest.approx(float(exact.sum()), rel=1e-10)
+    assert norms["fro2"] == pytest.approx(float((exact ** 2).sum()), rel=1e-10)
+
+
+def test_spectral_update_modes():
+    g = _gen(5)
+    U = torch.randn(32, 8, generator=g, dtype=F64) @ torch.randn(8, 16, generator=g, dtype=F64)
+    for mode in ("sn", "svc", "msign"):
+        dW = mup.spectral_update(U, 32, 16, eta=0.3, mode=mode)
+        assert float(torch.linalg.matrix_norm(dW, 2)) == pytest.approx(
+            0.3 * math.sqrt(16 / 32), rel=1e-10)
+    assert torch.equal(mup.spectral_update(torch.zeros(4, 3, dtype=F64), 4, 3, mode="sn"),
+                       torch.zeros(4, 3, dtype=F64))
+    assert torch.equal(mup.spectral_update(torch.zeros(4, 3, dtype=F64), 4, 3, mode="msign"),
+                       torch.zeros(4, 3, dtype=F64))
+    assert torch.equal(mup.svc(torch.zeros(3, 3)), torch.zeros(3, 3))
+
+
+def test_update_directions():
+    G = torch.tensor([[1.0, -2.0], [0.0, 3.0]], dtype=F64)
+    assert torch.equal(mup.update_direction(G, "sgd"), G)
+    assert torch.equal(mup.update_direction(G, "adam"), torch.sign(G))
+    assert torch.allclose(mup.update_direction(G, "muon"), polar(G))
+    assert torch.allclose(mup.update_direction(G, "muon_ns"), polar(G), atol=0.3)
+
+
+def test_train_stacks_models_and_flags_divergence():
+    W, X, T = _problem(16, 2)
+    lrs = torch.tensor([0.01, 1e6], dtype=F64).view(2, 1, 1)
+    stacked = [w.expand(2, *w.shape).clone() for w in W]
+    losses = mup.train(stacked, X, T, [lrs] * len(W), steps=20)
+    single = mup.train(W, X, T, [0.01] * len(W), steps=20)
+    assert losses.shape == (21, 2)
+    assert torch.allclose(losses[:, 0], single, rtol=1e-12)
+    assert single[-1] < single[0]
+    assert math.isinf(float(losses[-1, 1]))
+    assert torch.equal(W[0], _problem(16, 2)[0][0])      # inputs untouched
+
+
+def test_matrix_norms_and_rms_values():
+    W = torch.tensor([[3.0, 0.0], [0.0, -4.0]], dtype=F64)
+    n = mup.matrix_norms(W)
+    assert n == pytest.approx({"rms": 2.5, "fro": 5.0, "fro2": 25.0, "spectral": 4.0,
+                               "nuclear": 7.0, "l1": 7.0})
+    assert mup.matrix_norms(torch.zeros(3, 2))["spectral"] == 0.0
+    assert float(mup.rms(torch.zeros(5))) == 0.0
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: mup.mup_exponents("rmsprop", "in"), ValueError, "optimizer"),
+    (lambda: mup.mup_exponents("sgd", "middle"), ValueError, "layer_kind"),
+    (lambda: mup.mup_exponents("sgd", "hidden", adjust_lr=True), ValueError, "adjust_lr"),
+    (lambda: mup.mup_multipliers("sgd", "in", 0), ValueError, "d must be >= 1"),
+    (lambda: mup.mup_multipliers("sgd", "in", 64.0), TypeError, "d must be an int"),
+    (lambda: mup.spectral_target(0, 3), ValueError, "d_in"),
+    (lambda: mup.spectral_lr("muon_adam", 3, 3), ValueError, "optimizer"),
+    (lambda: mup.spectral_init(4, 4, method="orthogonal"), ValueError, "method"),
+    (lambda: mup.spectral_init(4, 4, sigma=-1.0), ValueError, "sigma"),
+    (lambda: mup.spectral_update(torch.ones(3, 4), 4, 3), ValueError, "U must have shape"),
+    (lambda: mup.spectral_update(torch.ones(3, 4), 3, 4, mode="clip"), ValueError, "mode"),
+    (lambda: mup.svc(torch.ones(3, 4), cap=0.0), ValueError, "cap"),
+    (lambda: mup.svc(torch.tensor([[1.0, math.nan]])), ValueError, "W must be finite"),
+    (lambda: mup.spectral_normalize(torch.ones(3, dtype=torch.int64)), TypeError, "W"),
+    (lambda: mup.matrix_norms(torch.ones(2, 3, 3)), ValueError, "single matrix"),
+    (lambda: mup.singular_values(torch.ones(3, 3), rank=0), ValueError, "rank"),
+    (lambda: mup.init_mlp(8, 2, 2, param="ntk"), ValueError, "param"),
+    (lambda: mup.mlp_features([torch.ones(2, 3)], torch.ones(1, 2)), ValueError, "W_in and"),
+    (lambda: mup.mlp_features([torch.ones(2, 3), torch.ones(3, 1)], torch.ones(1, 5)),
+     ValueError, "d_in = 2"),
+    (lambda: mup.mse_loss(torch.ones(2, 3), torch.ones(2, 4)), ValueError, "same"),
+    (lambda: mup.update_direction(torch.ones(2, 2), "lion"), ValueError, "optimizer"),
+    (lambda: mup.one_step([torch.ones(2, 3), torch.ones(3, 1)], torch.ones(1, 2),
+                          torch.ones(1, 1), "sgd", [0.1]), ValueError, "one learning rate"),
+    (lambda: mup.train([torch.ones(2, 3), torch.ones(3, 1)], torch.ones(1, 2),
+                       torch.ones(1, 1), [0.1, 0.1], steps=-1), ValueError, "steps"),
+    (lambda: mup.train([torch.ones(2, 3), torch.ones(3, 1)], torch.ones(1, 2),
+                       torch.ones(1, 1), [0.1, 0.1], steps=1, optimizer="muon"),
+     ValueError, "optimizer"),
+])
+def test_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_device_and_dtype_are_kept():
+    W = torch.randn(6, 4, dtype=torch.float32, generator=_gen(0))
+    for out in (mup.svc(W), mup.spectral_normalize(W), mup.spectral_update(W, 6, 4),
+                mup.update_direction(W, "muon", rank=2), mup.rms(W), mup.singular_values(W)):
+        assert out.dtype == torch.float32 and out.device == W.device
