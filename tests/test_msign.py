@@ -407,3 +407,19 @@ def test_bad_schedule_and_dtype():
         optimal_quintic(2.0, 1.0)
     with pytest.raises(ValueError, match="n must be >= 1"):
         marchenko_pastur_singular_values(0, 3)
+
+
+@pytest.mark.parametrize("shape", [(32, 64), (48, 200), (300, 60), (2, 16, 80)])
+@pytest.mark.parametrize("coefficients", ["jordan", "polar_express"])
+def test_gram_path_equals_plain_path(shape, coefficients):
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(7))
+    for dtype, tol in ((torch.float64, 1e-13), (torch.float32, 1e-5)):
+        X = G.to(dtype)
+        plain = msign(X, coefficients=coefficients, gram=False)
+        fast = msign(X, coefficients=coefficients, gram=True)
+        assert fast.dtype == dtype and fast.shape == X.shape
+        assert (fast - plain).abs().max().item() <= tol
+    # the default takes the Gram path beyond aspect ratio 1.5 and gives the same output
+    torch.testing.assert_close(msign(G, coefficients=coefficients),
+                               msign(G, coefficients=coefficients, gram=True), rtol=0, atol=0)
+    assert torch.equal(msign(torch.zeros(4, 12), gram=True), torch.zeros(4, 12))

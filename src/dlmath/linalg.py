@@ -36,6 +36,7 @@ from .msign import msign, polar  # re-exported: the msign chapter's functions li
 
 __all__ = [
     "power_iteration",
+    "PowerIteration",
     "spectral_norm",
     "spectral_norm_grad",
     "nuclear_norm",
@@ -114,6 +115,111 @@ def power_iteration(W, iters: int = 10, v0=None, generator: torch.Generator | No
     return sigma.to(W.dtype), u.to(W.dtype), x.to(W.dtype)
 
 
+class PowerIteration:
+    r"""Stateful top singular triplet with a warm vector and a Rayleigh-residual check.
+
+    For a matrix that changes a little between calls (a weight during training), keeping the
+    right singular vector of the previous call and running one power step per call tracks
+    :math:`(\sigma_1, u_1, v_1)` for two matrix-vector products per call. Each step measures,
+    for the current unit vector :math:`x`,
+
+    .. math:: \sigma = \|Wx\|,\quad u = Wx/\sigma,\quad
+              \eta = \frac{\|W^\top u - \sigma x\|}{\sigma},
+
+    returns :math:`(\sigma, u, x)` and keeps :math:`W^\top u/\|W^\top u\|` (the next power
+    iterate) as the warm vector of the next call. :math:`\eta` is the relative residual of the
+    singular pair. With :math:`\rho = \sigma_2/\sigma_1` the Kato--Temple bound gives
+
+    .. math:: \frac{\sigma_1 - \sigma}{\sigma_1} \lesssim \frac{\eta^2}{2(1-\rho^2)},
+              \qquad \sin\angle(x, v_1) \lesssim \frac{\eta}{1 - \rho^2}.
+
+    The gap is not known, so :math:`\rho^2` is estimated by the contraction of the residual
+    over the last two steps, :math:`\hat\rho^2 = \eta_t/\eta_{t-1}` (the rate of the power
+    iteration), and kept for the warm calls that run a single step (an exact fallback stores
+    the exact :math:`\rho^2`). **Check and fallback:** a slice whose bound
+    :math:`\eta^2/(2(1-\hat\rho^2))` exceeds ``tol`` (a spectral gap too small for the steps
+    given, or a matrix that jumped since the last call) is recomputed exactly with
+    ``torch.linalg.svd`` and its warm vector reset to the exact :math:`v_1`; ``fallbacks``
+    counts such slices, ``residual`` and ``contraction`` hold the last :math:`\eta` and
+    :math:`\hat\rho^2`. A near-tie is thus detected, not returned silently wrong. (An exact
+    tie with :math:`\eta = 0`, e.g. the identity, passes: :math:`\sigma` is then exact and
+    :math:`x` is one of the top singular vectors.)
+
+    Args:
+        cold_iters: steps (``>= 2``) when there is no warm vector (first call, new shape).
+        warm_iters: steps per call once warm.
+        tol: bound on the relative error of :math:`\sigma`; ``0`` always takes the exact path,
+            ``inf`` never does.
+        generator: draws the Gaussian cold start (``None``: the default generator of torch).
+
+    Call with ``W`` of shape ``(..., n, m)``; returns ``(sigma, u, v)`` of shapes ``(...)``,
+    ``(..., n)``, ``(..., m)``, in ``W``'s dtype (half precisions computed in float32).
+    Chapter: *The gradient of the spectral norm*.
+    """
+
+    def __init__(self, cold_iters: int = 10, warm_iters: int = 1, tol: float = 1e-6,
+                 generator: torch.Generator | None = None):
+        self.cold_iters = check_int(cold_iters, "cold_iters", low=2)
+        self.warm_iters = check_int(warm_iters, "warm_iters", low=1)
+        self.tol = check_real(tol, "tol", nonnegative=True, finite=False)
+        self.generator = generator
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the warm vector (the next call starts cold)."""
+        self.v: torch.Tensor | None = None
+        self.residual: torch.Tensor | None = None
+        self.contraction: torch.Tensor | None = None
+        self.fallbacks = 0
+
+    def __call__(self, W):
+        W = check_matrix(W, "W", finite=False)  # non-finite W shows in the bound, checked below
+        A = _work(W)
+        shape = (*A.shape[:-2], A.shape[-1])
+        warm = self.v is not None and self.v.shape == shape and self.v.device == A.device
+        if warm:
+            x, iters = self.v.to(A.dtype), self.warm_iters
+        else:
+            x = torch.randn(shape, dtype=A.dtype, device=A.device, generator=self.generator)
+            x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+            iters = self.cold_iters
+        eta = None
+        for _ in range(iters):
+            u, sigma, y = self._step(A, x)
+            eta_prev, eta = eta, torch.linalg.vector_norm(y - sigma.unsqueeze(-1) * x, dim=-1) \
+                / torch.where(sigma > 0, sigma, 1)
+            y_norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+            v, x = x, torch.where(y_norm > 0, y / torch.where(y_norm > 0, y_norm, 1), x)
+        if eta_prev is None:
+            rate = self.contraction.to(eta.dtype)
+        else:
+            rate = torch.where(eta_prev > 0, eta / torch.where(eta_prev > 0, eta_prev, 1), 0)
+        rate = rate.clamp(0, 1)
+        bound = torch.where(eta == 0, 0, eta.square() / (2 * (1 - rate)))
+        bad = ~(bound <= self.tol) | ~torch.isfinite(sigma)  # NaN included
+        if bad.any():
+            check_finite(W, "W")
+            U, S, Vh = torch.linalg.svd(A[bad], full_matrices=False)
+            sigma, u, v, x, eta, rate = (t.clone() for t in (sigma, u, v, x, eta, rate))
+            sigma[bad], u[bad], v[bad], x[bad] = S[..., 0], U[..., :, 0], Vh[..., 0, :], \
+                Vh[..., 0, :]
+            eta[bad] = 0
+            second = S[..., 1] if S.shape[-1] > 1 else torch.zeros_like(S[..., 0])
+            rate[bad] = torch.where(S[..., 0] > 0, second / torch.where(S[..., 0] > 0,
+                                                                        S[..., 0], 1), 0) ** 2
+            self.fallbacks += int(bad.sum())
+        self.v, self.residual, self.contraction = x, eta, rate
+        return sigma.to(W.dtype), u.to(W.dtype), v.to(W.dtype)
+
+    @staticmethod
+    def _step(A, x):
+        """u = Ax/|Ax|, sigma = |Ax| and y = A^T u (so y = sigma v_1 at a fixed point)."""
+        Ax = (A @ x.unsqueeze(-1)).squeeze(-1)
+        sigma = torch.linalg.vector_norm(Ax, dim=-1)
+        u = Ax / torch.where(sigma > 0, sigma, 1).unsqueeze(-1)
+        return u, sigma, (A.mT @ u.unsqueeze(-1)).squeeze(-1)
+
+
 def spectral_norm(W, method: str = "svd", iters: int = 20,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     r"""Spectral norm :math:`\|W\|_2 = \max_{\|x\|=1}\|Wx\| = \sigma_1(W)`, shape ``(...)``.
@@ -184,7 +290,7 @@ def nuclear_norm(W) -> torch.Tensor:
     return torch.linalg.svdvals(_work(W)).sum(dim=-1).to(W.dtype)
 
 
-def _singular_values(M, singular_values: bool) -> tuple[torch.Tensor, int]:
+def _singular_values(M, singular_values: bool, exact: bool = False) -> tuple[torch.Tensor, int]:
     """Sorted (descending) singular values, and the default rank tolerance's size factor."""
     if singular_values:
         s = as_float_tensor(M, "M")
@@ -199,7 +305,7 @@ def _singular_values(M, singular_values: bool) -> tuple[torch.Tensor, int]:
         raise ValueError(f"M must be a matrix (..., n, m), got shape {tuple(M.shape)}; to pass "
                          "a vector of singular values, use singular_values=True")
     M = check_matrix(M, "M")
-    return torch.linalg.svdvals(_work(M)), max(M.shape[-2:])
+    return torch.linalg.svdvals(M.double() if exact else _work(M)), max(M.shape[-2:])
 
 
 def _entropy_probabilities(s: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -222,7 +328,7 @@ def _renyi(p: torch.Tensor, alpha: float) -> torch.Tensor:
 def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
                    eps: float | None = None, relative: bool = True, k: float = 1.0,
                    gamma: float | None = None, alpha: float | None = None,
-                   rtol: float | None = None) -> torch.Tensor:
+                   rtol: float | None = None, exact: bool = False) -> torch.Tensor:
     r"""Effective rank of ``M`` under one of the definitions of the effective-rank chapter.
 
     ``M`` is a matrix ``(..., n, m)``; with ``singular_values=True`` it is instead a vector
@@ -256,10 +362,77 @@ def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
     :math:`10^{-8}`. Every kind but ``"normalized_entropy"`` lies in ``[1, rank]`` for a
     non-zero matrix and is 0 for the zero matrix.
     The result has shape ``(...)`` and ``M``'s dtype (counts are returned as floats).
+
+    **Paths.** ``exact=True`` takes the singular values from ``torch.linalg.svdvals`` in
+    float64. The default (fast) path takes them from the eigenvalues of the small Gram matrix,
+    :math:`\sigma_i = \sqrt{\lambda_i(MM^\top)}` (or :math:`M^\top M`, whichever is
+    :math:`r\times r`), in the working dtype (those below :math:`\tau` count as zero), and
+    checks itself: each :math:`\lambda_i` is trusted only to :math:`\pm\tau`,
+    :math:`\tau = \max(n, m)\,\epsilon\,\lambda_1` (the rounding of forming and
+    diagonalising the Gram matrix), and the rank is evaluated at both
+    ends of these intervals. A slice where they differ from the value by more than ``1e-5``
+    relatively (a rank count on a rank-deficient matrix, an ill-conditioned float32 matrix whose
+    small singular values fall below :math:`\sqrt{\tau}`) is redone with the Gram matrix in
+    float64, and, if still unresolved, with float64 svdvals. So the fast path never returns a
+    value its rounding cannot support; it pays for the extra tiers only where needed.
     """
     check_choice(kind, "kind", EFFECTIVE_RANK_KINDS)
-    s, size = _singular_values(M, singular_values)
-    out_dtype = M.dtype if isinstance(M, torch.Tensor) else s.dtype
+    if singular_values or exact:
+        s, size = _singular_values(M, singular_values, exact=exact)
+        out_dtype = M.dtype if isinstance(M, torch.Tensor) else s.dtype
+        noise = _work(M).dtype if isinstance(M, torch.Tensor) and M.is_floating_point() else None
+        value = _rank_from_values(s, size, kind, eps, relative, k, gamma, alpha, rtol, noise)
+        return value.to(out_dtype)
+    M = as_float_tensor(M, "M", min_ndim=0)
+    if M.ndim < 2:
+        raise ValueError(f"M must be a matrix (..., n, m), got shape {tuple(M.shape)}; to pass "
+                         "a vector of singular values, use singular_values=True")
+    M = check_matrix(M, "M")
+    A = _work(M)
+    size = max(A.shape[-2:])
+    args = (size, kind, eps, relative, k, gamma, alpha, rtol, A.dtype)
+    value, unsure = _gram_rank(A, args)
+    if unsure.any() and A.dtype != torch.float64:  # second tier: the Gram path in float64
+        value = value.clone()
+        v64, unsure64 = _gram_rank(A[unsure].double(), args)
+        value[unsure] = v64.to(value.dtype)
+        unsure = unsure.clone()
+        unsure[unsure.clone()] = unsure64
+    if unsure.any():  # last tier: float64 svdvals
+        value = value.clone()
+        s_exact, _ = _singular_values(M[unsure], False, exact=True)
+        value[unsure] = _rank_from_values(s_exact, *args).to(value.dtype)
+    return value.to(M.dtype)
+
+
+def _gram_rank(A: torch.Tensor, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Effective rank from the eigenvalues of the small Gram matrix, and where it is unsure.
+
+    Each eigenvalue is trusted to +-tau = max(n, m) eps lambda_1 (the rounding of forming and
+    diagonalising the Gram matrix in A's dtype), and those below tau count as zero, as the
+    exact path zeroes rounding noise; the value is recomputed with every singular
+    value at both ends of its interval, and a slice is unsure when these disagree by more
+    than ``_GRAM_RTOL`` relatively.
+    """
+    n, m = A.shape[-2:]
+    gram = A @ A.mT if n <= m else A.mT @ A
+    lam = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0)
+    tau = max(n, m) * torch.finfo(A.dtype).eps * lam[..., :1]
+    value = _rank_from_values(torch.where(lam > tau, lam, 0).sqrt(), *args)  # noise -> 0
+    low = _rank_from_values((lam - tau).clamp_min(0).sqrt(), *args)
+    high = _rank_from_values((lam + tau).sqrt(), *args)
+    spread = torch.maximum((low - value).abs(), (high - value).abs())
+    return value, ~(spread <= _GRAM_RTOL * value.abs())
+
+
+#: Relative disagreement above which the Gram path of :func:`effective_rank` defers.
+_GRAM_RTOL = 1e-5
+
+
+def _rank_from_values(s, size, kind, eps, relative, k, gamma, alpha, rtol,
+                      noise_dtype=None) -> torch.Tensor:
+    """The effective rank ``kind`` from singular values ``s`` sorted in descending order;
+    ``noise_dtype`` (default ``s.dtype``) sets the default ``rtol``."""
     if kind in ("threshold", "energy"):
         if eps is None:
             raise ValueError(f"kind={kind!r} needs eps")
@@ -282,7 +455,7 @@ def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
     nonzero = top > 0
     safe_top = torch.where(nonzero, top, 1).unsqueeze(-1)
     if rtol is None:
-        rtol = size * torch.finfo(s.dtype).eps
+        rtol = size * torch.finfo(noise_dtype or s.dtype).eps
     rtol = check_real(rtol, "rtol", nonnegative=True)
     significant = s > rtol * top.unsqueeze(-1)
     count = significant.sum(dim=-1).to(s.dtype)
@@ -318,6 +491,5 @@ def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
             else:
                 value = entropy / math.log(s.shape[-1]) if s.shape[-1] > 1 else \
                     torch.ones_like(entropy)
-                value = torch.where(nonzero, value, 0)
-                return value.to(out_dtype)
-    return torch.where(nonzero, value, 0).to(out_dtype)
+                return torch.where(nonzero, value, 0)
+    return torch.where(nonzero, value, 0)

@@ -257,8 +257,8 @@ def _normalise(X: torch.Tensor) -> torch.Tensor:
     return X / torch.where(fro > 0, fro, torch.ones_like(fro))
 
 
-def msign(M, steps: int = 5, coefficients="jordan", *, dtype: torch.dtype | None = None
-          ) -> torch.Tensor:
+def msign(M, steps: int = 5, coefficients="jordan", *, dtype: torch.dtype | None = None,
+          gram: bool | None = None) -> torch.Tensor:
     r"""Newton–Schulz approximation of :math:`\operatorname{msign}(M)` (matrix products only).
 
     .. math::
@@ -283,6 +283,18 @@ def msign(M, steps: int = 5, coefficients="jordan", *, dtype: torch.dtype | None
     runs in ``dtype``: by default float64 for float64 input and float32 otherwise (never half
     precision on CPU, where it is tens of times slower; ``torch.bfloat16`` may be asked for on
     an accelerator). NaN or inf raise ``ValueError``. Chapter 08.
+
+    **Gram path** (``gram=None``: used when the aspect ratio exceeds 1.5; ``True``/``False``
+    force it). For a wide :math:`X_0` (:math:`n \le m`) every iterate is
+    :math:`X_t = Q_t X_0` with :math:`Q_t` a polynomial in :math:`A_1 = X_0X_0^\top`, so the
+    iteration runs on :math:`n\times n` matrices only:
+
+    .. math:: P_t = a_t I + b_t A_t + c_t A_t^2,\qquad Q_t = P_t Q_{t-1},\qquad
+              A_{t+1} = P_t A_t P_t,\qquad X_T = Q_T X_0 ,
+
+    (all commute), :math:`(4T-3)n^3 + 2n^2m` multiply-adds instead of :math:`T(n^3 + 2n^2m)`.
+    Same result in exact arithmetic; in float32 it agrees with the plain path to about
+    :math:`10^{-6}`.
     """
     M = check_matrix(M, "M")
     sched = ns_schedule(coefficients, steps)
@@ -292,12 +304,31 @@ def msign(M, steps: int = 5, coefficients="jordan", *, dtype: torch.dtype | None
     if tall:
         X = X.mT
     X = _normalise(X)
-    for a, b, c in sched:
-        A = X @ X.mT
-        X = a * X + (b * A + c * (A @ A)) @ X
+    n, m = X.shape[-2:]
+    if gram is None:
+        gram = m > 1.5 * n
+    if gram:
+        X = _gram_newton_schulz(X, sched)
+    else:
+        for a, b, c in sched:
+            A = X @ X.mT
+            X = a * X + (b * A + c * (A @ A)) @ X
     if tall:
         X = X.mT
     return X.to(M.dtype)
+
+
+def _gram_newton_schulz(X: torch.Tensor, sched) -> torch.Tensor:
+    """The Newton-Schulz iteration of :func:`msign` on the n x n Gram side (X wide)."""
+    A = X @ X.mT
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    Q = None
+    for t, (a, b, c) in enumerate(sched):
+        P = a * eye + b * A + c * (A @ A)
+        Q = P if Q is None else P @ Q
+        if t + 1 < len(sched):
+            A = P @ (A @ P)
+    return Q @ X if Q is not None else X
 
 
 def polar(M, rtol: float | None = None) -> torch.Tensor:

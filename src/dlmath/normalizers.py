@@ -14,8 +14,12 @@ The sparse maps share one form, with :math:`\beta = \alpha - 1 > 0`,
           \qquad \textstyle\sum_i \operatorname{entmax}_\alpha(x)_i = 1,
 
 (:math:`\alpha = 2` is sparsemax, :math:`\alpha \to 1` softmax), and the threshold
-:math:`\lambda` is found either by sorting (exact: :func:`sparsemax`, :func:`entmax15`) or by
-bisection (any :math:`\alpha>1`, fixed iteration count, GPU friendly: :func:`entmax_bisect`).
+:math:`\lambda` is found by one of three solvers, chosen with ``method``: ``"newton"``
+(sort-free Newton/Michelot iteration from :math:`\lambda_0 = \max - 1` with an exact finish on
+the support; the default of :func:`sparsemax`, :func:`entmax15` and :func:`entmax`),
+``"sort"`` (exact, :math:`O(n\log n)`) or ``"bisect"`` (any :math:`\alpha>1`, fixed iteration
+count: :func:`entmax_bisect`). float16/bfloat16 logits are computed in float32 and the result
+cast back, so large half-precision logits never give NaN.
 Their backward passes are hand-derived: with :math:`s_i = p_i^{2-\alpha}` on the support and 0
 off it, :math:`J = \operatorname{diag}(s) - s s^\top / \sum_i s_i`.
 
@@ -62,6 +66,8 @@ __all__ = [
     "sparsemax_loss",
     "entmax15",
     "entmax15_threshold",
+    "entmax",
+    "ENTMAX_METHODS",
     "entmax_bisect",
     "entmax_bisect_threshold",
     "entmax_jacobian",
@@ -75,12 +81,15 @@ __all__ = [
 # ----------------------------------------------------------------------------- validation
 
 
-def _logits(x, dim: int, name: str = "x") -> torch.Tensor:
-    """Validate logits and move ``dim`` last."""
+def _logits(x, dim: int, name: str = "x", light: bool = False) -> torch.Tensor:
+    """Validate logits and move ``dim`` last; ``light`` leaves the NaN and all--inf checks to
+    the caller (the sort-free solver does them on the row maxima)."""
     x = as_float_tensor(x, name)
     dim = check_dim(x, dim)
     if x.shape[dim] == 0:
         raise ValueError(f"{name} must not be empty along dim={dim}")
+    if light:
+        return x.movedim(dim, -1)
     check_no_nan(x, name)
     x = x.movedim(dim, -1)
     if torch.isneginf(x).all(dim=-1).any():
@@ -308,6 +317,91 @@ def _default_iters(dtype: torch.dtype) -> int:
     return round(-math.log2(torch.finfo(dtype).eps)) + 3
 
 
+#: The threshold solvers of the entmax family.
+ENTMAX_METHODS = ("newton", "sort", "bisect")
+
+
+def _newton_threshold(w: torch.Tensor, alpha: float, dim: int = -1,
+                      max_iter: int = 200) -> torch.Tensor:
+    r"""Sort-free threshold: Newton's method on g(lam) = sum_i [w_i - lam]_+^{1/beta} = 1.
+
+    ``w = beta * (x - max x)``, so max w = 0 (``-inf`` entries allowed). g is convex and
+    decreasing for alpha in (1, 2] and g(-1) >= 1, so Newton from lam_0 = -1 (= max - 1)
+    increases monotonically to the root and never overshoots; the support {w > lam} only
+    shrinks. alpha = 2: the Newton step is Michelot's, lam = (sum_S w - 1)/|S|, and the
+    iteration is exact once the support repeats. alpha = 1.5: once the support repeats, the
+    closed-form root on it, mean_S - sqrt(1/|S| - var_S), is the exact threshold if it lies
+    below min_S w (checked; Newton continues otherwise). Other alpha: Newton until it stalls.
+    ``dim`` is the normalised dimension (0 suits many short rows: reductions run across them).
+    """
+    inv = 1 / (alpha - 1)
+    lam = torch.full_like(w.narrow(dim, 0, 1), -1.0)
+    count_prev = None
+    tiny = 4 * torch.finfo(w.dtype).eps
+    for _ in range(max_iter):
+        on = w > lam
+        count = on.sum(dim=dim, keepdim=True, dtype=w.dtype)
+        repeated = count_prev is not None and torch.equal(count, count_prev)
+        if alpha == 2.0:
+            if repeated:
+                break
+            lam = (torch.where(on, w, 0).sum(dim=dim, keepdim=True) - 1) / count
+        elif alpha == 1.5:
+            if repeated:
+                k = count
+                mean = torch.where(on, w, 0).sum(dim=dim, keepdim=True) / k
+                var = torch.where(on, w - mean, 0).square().sum(dim=dim, keepdim=True) / k
+                closed = mean - torch.sqrt((1 / k - var).clamp_min(0))
+                low = torch.where(on, w, math.inf).amin(dim=dim, keepdim=True)
+                if bool(((var <= 1 / k) & (closed <= low)).all()):
+                    return closed
+            d = (w - lam).clamp_min(0)
+            lam = torch.maximum(lam + (d.square().sum(dim=dim, keepdim=True) - 1)
+                                / (2 * d.sum(dim=dim, keepdim=True)), lam)
+        else:
+            d = (w - lam).clamp_min(0)
+            dp = d.pow(inv - 1)
+            g = (dp * d).sum(dim=dim, keepdim=True)
+            new = torch.maximum(lam + (g - 1) / (inv * dp.sum(dim=dim, keepdim=True)), lam)
+            if bool((new - lam <= tiny * (1 + lam.abs())).all()):
+                return new
+            lam = new
+        count_prev = count
+    return lam
+
+
+def _newton_parts(x: torch.Tensor, alpha: float):
+    """(p, lambda) by the sort-free solver, validating through the row maxima (cheap)."""
+    if x.numel() == 0:
+        return _entmax_parts(x, alpha, "newton", None)
+    if x.dtype in (torch.float16, torch.bfloat16):  # half logits: solve in float32
+        p, lam = _newton_parts(x.float(), alpha)
+        return p.to(x.dtype), lam.to(x.dtype)
+    top = x.amax(dim=-1, keepdim=True)  # NaN propagates into the max
+    if torch.isnan(top).any():
+        check_no_nan(x, "x")
+    if torch.isinf(top).any():
+        if torch.isneginf(top).any():
+            raise ValueError("x has a slice that is -inf everywhere; no probability vector "
+                             "has those logits")
+        return _entmax_parts(x, alpha, "newton", None)  # +inf logits: the general path
+    # The support lies in {beta (x - max) > -1}: solve on the K largest logits only (a top-K
+    # warm start, K = the largest such set over the rows), then apply the threshold to all.
+    beta = alpha - 1
+    size = int((x >= top - 1 / beta).sum(dim=-1).max())  # >= 1: the max itself
+    cand = x if 2 * size > x.shape[-1] else torch.topk(x, size, dim=-1, sorted=False).values
+    # rows side by side (candidates x rows): the reductions then run across rows, fast
+    cand = ((cand - top) * beta).reshape(-1, cand.shape[-1]).T.contiguous()
+    lam = _newton_threshold(cand, alpha, dim=0).T.reshape(top.shape)
+    p = (x - top).sub_(lam / beta).clamp_min_(0)  # shift first: exact for huge logits
+    if alpha == 1.5:
+        p = p.mul_(0.5).square_()
+    elif alpha != 2.0:
+        p = p.mul_(beta).pow_(1 / beta)
+        p = p / p.sum(dim=-1, keepdim=True)
+    return p, (lam + beta * top).squeeze(-1)
+
+
 def _bisect_threshold(w: torch.Tensor, beta: float, n_iter: int) -> torch.Tensor:
     r"""Threshold by bisection on ``[-1, -n^{-beta}]`` (``w = beta * z``, max w = 0).
 
@@ -327,20 +421,30 @@ def _bisect_threshold(w: torch.Tensor, beta: float, n_iter: int) -> torch.Tensor
 
 def _entmax_parts(x: torch.Tensor, alpha: float, method: str, n_iter: int | None):
     """(p, lambda) for logits ``x`` with the normalised dim last; lambda in x's units."""
+    if x.dtype in (torch.float16, torch.bfloat16):  # half logits: solve in float32
+        p, lam = _entmax_parts(x.float(), alpha, method, n_iter)
+        return p.to(x.dtype), lam.to(x.dtype)
     beta = alpha - 1
     z, shift, pos = _standardize(x, beta)
     w = beta * z
     if method == "sort":
         lam = _sort_threshold(w, alpha)
+    elif method == "newton":
+        lam = _newton_threshold(w - w.amax(dim=-1, keepdim=True), alpha)
     else:
         lam = _bisect_threshold(w, beta, n_iter or _default_iters(x.dtype))
     p = (w - lam).clamp_min(0).pow(1 / beta)
-    if method == "bisect":
+    if method == "bisect" or (method == "newton" and alpha not in (1.5, 2.0)):
         p = p / p.sum(dim=-1, keepdim=True)
     certain = pos.any(dim=-1, keepdim=True)
     p = torch.where(certain, _uniform_on(pos, x.dtype), p)
     lam = torch.where(certain, torch.full_like(lam, math.inf), lam + beta * shift)
     return p, lam.squeeze(-1)
+
+
+def _method(method: str, exact_only: bool = False) -> str:
+    check_choice(method, "method", ENTMAX_METHODS if not exact_only else ("newton", "sort"))
+    return method
 
 
 def _jacobian_weights(p: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -355,7 +459,10 @@ class _Entmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, alpha, method, n_iter):
-        p, _ = _entmax_parts(x, alpha, method, n_iter)
+        if method == "newton":
+            p, _ = _newton_parts(x, alpha)
+        else:
+            p, _ = _entmax_parts(x, alpha, method, n_iter)
         ctx.save_for_backward(p)
         ctx.alpha = alpha
         return p
@@ -368,43 +475,45 @@ class _Entmax(torch.autograd.Function):
         return sg - s * sg.sum(dim=-1, keepdim=True) / s.sum(dim=-1, keepdim=True), None, None, None
 
 
-def sparsemax(x, dim: int = -1) -> torch.Tensor:
-    r"""Sparsemax: the Euclidean projection of :math:`x` onto the simplex (exact, by sorting).
+def sparsemax(x, dim: int = -1, method: str = "newton") -> torch.Tensor:
+    r"""Sparsemax: the Euclidean projection of :math:`x` onto the simplex (exact).
 
     .. math:: \operatorname{sparsemax}(x) = \arg\min_{p\in\Delta^{n-1}}\|p - x\|^2
               = \big[x - \lambda(x)\big]_+ ,
 
     with :math:`\lambda` from :func:`sparsemax_threshold`. Its backward pass is the
     hand-derived :math:`J = \operatorname{diag}(s) - ss^\top/|\Omega|`, :math:`s = 1_\Omega`.
+    ``method``: ``"newton"`` (sort-free, Michelot's iteration, exact finish) or ``"sort"``.
     """
-    x = _logits(x, dim)
-    return _Entmax.apply(x, 2.0, "sort", None).movedim(-1, dim)
+    x = _logits(x, dim, light=method == "newton")
+    return _Entmax.apply(x, 2.0, _method(method, True), None).movedim(-1, dim)
 
 
-def sparsemax_threshold(x, dim: int = -1) -> torch.Tensor:
-    r"""The sparsemax threshold :math:`\lambda(x)`, exact, by sorting.
+def sparsemax_threshold(x, dim: int = -1, method: str = "sort") -> torch.Tensor:
+    r"""The sparsemax threshold :math:`\lambda(x)`, exact (``method``: ``"sort"`` or
+    ``"newton"``).
 
     With :math:`x_{(1)}\ge\dots\ge x_{(n)}` and :math:`\lambda_k = (\sum_{i\le k}x_{(i)} - 1)/k`,
     :math:`\lambda = \lambda_K` for the largest :math:`K` with :math:`x_{(K)} \ge \lambda_K`.
     Shape: ``x`` without ``dim``. ``+inf`` where the slice holds a ``+inf`` logit.
     """
     x = _logits(x, dim)
-    return _entmax_parts(x, 2.0, "sort", None)[1]
+    return _entmax_parts(x, 2.0, _method(method, True), None)[1]
 
 
-def entmax15(x, dim: int = -1) -> torch.Tensor:
-    r"""1.5-entmax, exact, by sorting.
+def entmax15(x, dim: int = -1, method: str = "newton") -> torch.Tensor:
+    r"""1.5-entmax, exact (``method``: ``"newton"``, sort-free, or ``"sort"``).
 
     .. math:: \operatorname{entmax}_{1.5}(x) = \big[x/2 - \lambda(x)\big]_+^2,
 
     with :math:`\lambda` from :func:`entmax15_threshold`. Backward:
     :math:`J = \operatorname{diag}(s) - ss^\top/\sum s`, :math:`s = \sqrt{p}`.
     """
-    x = _logits(x, dim)
-    return _Entmax.apply(x, 1.5, "sort", None).movedim(-1, dim)
+    x = _logits(x, dim, light=method == "newton")
+    return _Entmax.apply(x, 1.5, _method(method, True), None).movedim(-1, dim)
 
 
-def entmax15_threshold(x, dim: int = -1) -> torch.Tensor:
+def entmax15_threshold(x, dim: int = -1, method: str = "sort") -> torch.Tensor:
     r"""The 1.5-entmax threshold, exact, by sorting :math:`z = x/2`.
 
     .. math:: \lambda_k = \mu_k - \sqrt{1/k - \sigma_k^2},
@@ -413,9 +522,35 @@ def entmax15_threshold(x, dim: int = -1) -> torch.Tensor:
     :math:`z_{(i)}`; :math:`\lambda = \lambda_K` for the largest :math:`K` with
     :math:`z_{(K)} \ge \lambda_K` (a "≥" rule: it never fails on ties or when the threshold
     lands exactly on a logit, e.g. ``x = [2, 0]``). Shape: ``x`` without ``dim``.
+    ``method="newton"`` gives the same threshold without sorting.
     """
     x = _logits(x, dim)
-    return _entmax_parts(x, 1.5, "sort", None)[1]
+    return _entmax_parts(x, 1.5, _method(method, True), None)[1]
+
+
+def entmax(x, alpha: float = 1.5, dim: int = -1, method: str = "newton") -> torch.Tensor:
+    r""":math:`\alpha`-entmax with a choice of threshold solver.
+
+    .. math:: \operatorname{entmax}_\alpha(x) = \big[(\alpha-1)x - \lambda(x)\big]_+^{1/(\alpha-1)}.
+
+    ``method="newton"`` (default, :math:`1 < \alpha \le 2`): Newton's method on
+    :math:`g(\lambda) = \sum_i [(\alpha-1)x_i - \lambda]_+^{1/(\alpha-1)} = 1` from
+    :math:`\lambda_0 = (\alpha-1)\max_i x_i - 1`, where :math:`g \ge 1`; :math:`g` is convex and
+    decreasing there, so the iterates rise monotonically to the root without sorting, and for
+    :math:`\alpha \in \{1.5, 2\}` the iteration ends with the closed-form root on the support
+    (exact). Other :math:`\alpha` stop when Newton no longer moves and renormalise.
+    ``"sort"``: exact, :math:`\alpha \in \{1.5, 2\}` only. ``"bisect"``: any :math:`\alpha > 1`
+    (same as :func:`entmax_bisect`). Backward: :math:`s = p^{2-\alpha}` on the support.
+    """
+    x = _logits(x, dim, light=method == "newton")
+    alpha = _alpha(alpha)
+    method = _method(method)
+    if method == "sort" and alpha not in (1.5, 2.0):
+        raise ValueError(f"method='sort' needs alpha in (1.5, 2.0), got {alpha}")
+    if method == "newton" and alpha > 2:
+        raise ValueError(f"method='newton' needs alpha <= 2 (g must be convex), got {alpha}; "
+                         "use method='bisect'")
+    return _Entmax.apply(x, alpha, method, None).movedim(-1, dim)
 
 
 def entmax_bisect(x, alpha: float = 1.5, n_iter: int | None = None, dim: int = -1) -> torch.Tensor:
