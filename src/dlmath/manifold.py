@@ -167,6 +167,10 @@ def _tangent_unit(w: torch.Tensor, g: torch.Tensor, rtol: float | None) -> torch
         rtol = 10 * w.shape[-1] * torch.finfo(w.dtype).eps
     rtol = check_real(rtol, "rtol", nonnegative=True)
     u = _unit(w)
+    # The direction does not depend on the scale of g: divide by its largest entry first, so that
+    # tiny gradients (entries ~1e-158, whose squares are subnormal) keep full precision.
+    top = g.abs().amax(-1, keepdim=True)
+    g = torch.where(top > 0, g / torch.where(top > 0, top, 1.0), g)
     t = g - (g * u).sum(-1, keepdim=True) * u
     t = t - (t * u).sum(-1, keepdim=True) * u  # a second pass: orthogonal to rounding level
     size = torch.linalg.vector_norm(t, dim=-1, keepdim=True)

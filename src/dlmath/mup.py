@@ -139,10 +139,12 @@ def spectral_init(d_in: int, d_out: int, *, sigma: float = 1.0, method: str = "g
     ``method="gaussian"``: iid :math:`N(0, (\sigma s)^2)` entries with :math:`s` from
     :func:`spectral_init_std` (:math:`\|W\|_2 \approx \sigma\sqrt{d_{out}/d_{in}}`);
     ``method="sn"``: a standard Gaussian rescaled exactly, :math:`W = \sigma\sqrt{d_{out}/d_{in}}
-    \,G/\|G\|_2`. Chapter 20.
+    \,G/\|G\|_2`. Without ``device`` the weight is made on the generator's device. Chapter 20.
     """
     check_choice(method, "method", ("gaussian", "sn"))
     sigma = check_real(sigma, "sigma", positive=True)
+    if device is None and generator is not None:
+        device = generator.device
     G = torch.randn(_positive_int(d_in, "d_in"), _positive_int(d_out, "d_out"),
                     generator=generator, dtype=dtype, device=device)
     if method == "gaussian":
