@@ -88,6 +88,8 @@ def problems(nb, name: str, toc: list[str]) -> list[str]:
     md = markdown(nb)
     if not (re.search(r":class:\s*source", md) and SOURCE_LINK.search(md)):
         out.append("no Source admonition (:class: source) linking a kexue.fm/archives post")
+    if "**Prerequisites:**" not in md:
+        out.append("no '**Prerequisites:**' line after the Source note")
     found = statements(nb)
     if not found:
         out.append("no prf: statement (theorem, lemma, definition, ...)")
@@ -178,7 +180,8 @@ def _model():
     return v4.new_notebook(cells=[
         v4.new_markdown_cell("# A chapter\n\nSummary."),
         v4.new_markdown_cell(":::{admonition} Source\n:class: source\n"
-                             "[post](https://kexue.fm/archives/1)\n:::"),
+                             "[post](https://kexue.fm/archives/1)\n:::\n\n"
+                             "**Prerequisites:** none."),
         v4.new_markdown_cell(":::{prf:theorem} T\n:label: x-thm-t\n\nStatement.\n:::"),
         v4.new_code_cell("assert 1 + 1 == 2", metadata={"tags": ["verifies:x-thm-t"]}),
         v4.new_code_cell("plt.show()",
@@ -196,6 +199,7 @@ def test_model_notebook_passes():
 @pytest.mark.parametrize("breakage, expected", [
     (lambda nb: nb.cells.pop(0), "first cell"),
     (lambda nb: nb.cells.pop(1), "Source"),
+    (lambda nb: nb.cells[1].update(source=nb.cells[1].source.split("**Pre")[0]), "Prerequisites"),
     (lambda nb: nb.cells.pop(2), "prf: statement"),
     (lambda nb: nb.cells[3].metadata.update(tags=[]), "claimed by no asserting cell"),
     (lambda nb: setattr(nb.cells[3], "source", "print(2)"), "claimed by no asserting cell"),
