@@ -59,6 +59,25 @@ def dense_grads(optimizer: torch.optim.Optimizer, group: dict):
     return params, grads
 
 
+def run_closure(closure: Callable | None):
+    """Evaluate ``closure`` with gradients enabled (a step itself runs under no_grad)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def momentum_buffers(optimizer: torch.optim.Optimizer, params: list) -> list:
+    """The ``exp_avg`` momentum buffer of each parameter, created as zeros on first use."""
+    buffers = []
+    for p in params:
+        state = optimizer.state[p]
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        buffers.append(state["exp_avg"])
+    return buffers
+
+
 def lazy_rows(grad: torch.Tensor) -> torch.Tensor:
     """Boolean mask of the rows (first dimension) of ``grad`` that hold a non-zero entry.
 
@@ -119,20 +138,12 @@ class Lion(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
         """Perform one update; ``closure`` (optional) recomputes and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = dense_grads(self, group)
             if not params:
                 continue
-            ms = []
-            for p in params:
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                ms.append(state["exp_avg"])
+            ms = momentum_buffers(self, params)
             lr, wd = group["lr"], group["weight_decay"]
             beta1, beta2 = group["betas"]
             if group["lazy"]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from .._checks import as_float_tensor, check_int, check_real
-from .lion import _lion_foreach, dense_grads, lion_update
+from .lion import _lion_foreach, dense_grads, lion_update, momentum_buffers, run_closure
 
 __all__ = [
     "SignSGD",
@@ -49,20 +49,12 @@ class SignSGD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
         """Perform one update; ``closure`` (optional) recomputes and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = dense_grads(self, group)
             if not params:
                 continue
-            ms = []
-            for p in params:
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                ms.append(state["exp_avg"])
+            ms = momentum_buffers(self, params)
             beta = group["momentum"]
             _lion_foreach(params, grads, ms, lr=group["lr"], beta1=beta, beta2=beta,
                           wd=group["weight_decay"])

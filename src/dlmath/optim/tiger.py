@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 
 from .._checks import as_float_tensor, check_choice, check_int, check_real
-from .lion import _apply_lazy, dense_grads, lazy_rows, lion_update
+from .lion import _apply_lazy, dense_grads, lazy_rows, lion_update, run_closure
 
 __all__ = ["Tiger", "tiger_update", "tiger_lr", "fraction_unchanged", "TIGER_KINDS"]
 
@@ -134,10 +134,7 @@ class Tiger(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
         """One micro-step; ``closure`` (optional) recomputes and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         work = [(group, *dense_grads(self, group)) for group in self.param_groups]
         if self.nan_guard and not _all_finite([g for _, _, grads in work for g in grads]):
             for group, params, _ in work:
