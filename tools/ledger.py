@@ -32,14 +32,19 @@ class errata_placeholder(nodes.General, nodes.Element):
     """Replaced by the errata list once every document has been read."""
 
 
+# The generated content carries math from the chapters' titles, but Sphinx loads MathJax only
+# on pages that hold math when they are read: each placeholder carries an empty math node until
+# it is replaced.
+
+
 class VerificationLedger(SphinxDirective):
     def run(self):
-        return [ledger_placeholder()]
+        return [ledger_placeholder("", nodes.math("", ""))]
 
 
 class ErrataList(SphinxDirective):
     def run(self):
-        return [errata_placeholder()]
+        return [errata_placeholder("", nodes.math("", ""))]
 
 
 def _records(env) -> dict:
@@ -64,6 +69,20 @@ def _printed_text(cell, max_lines: int = 8) -> str:
     return "\n".join(lines)
 
 
+def _title_nodes(node) -> list:
+    """Copies of the inline nodes of ``node``'s title (math stays math), without references."""
+    if not node.children or not isinstance(node.children[0], nodes.title):
+        return []
+    out = []
+    for child in node.children[0].children:
+        linked = isinstance(child, nodes.Element) and (child.get("refid") or child.get("refuri"))
+        if isinstance(child, nodes.reference) or linked:
+            out.append(nodes.Text(child.astext()))
+        else:
+            out.append(child.deepcopy())
+    return out
+
+
 def _parents(node):
     while node.parent is not None:
         node = node.parent
@@ -79,7 +98,8 @@ def record(app, doctree) -> None:
         if "proof" in classes and any(k in classes for k in CHECKED_KINDS) and node.get("ids"):
             kind = next(k for k in CHECKED_KINDS if k in classes)
             name = node.children[0].astext().strip(" ()") if node.children else ""
-            statements.append({"label": node["ids"][0], "kind": kind, "name": name})
+            statements.append({"label": node["ids"][0], "kind": kind, "name": name,
+                               "name_nodes": _title_nodes(node)})
         elif "cell" in classes and any(c.startswith(TAG) for c in classes):
             anchor = f"check-{len(checks) + 1}"
             node["ids"].append(anchor)
@@ -92,7 +112,8 @@ def record(app, doctree) -> None:
             if not node.get("ids"):
                 node["ids"].append(f"erratum-{len(errata) + 1}")
             title = node.children[0].astext() if node.children else "Erratum"
-            errata.append({"anchor": node["ids"][0], "title": title})
+            errata.append({"anchor": node["ids"][0], "title": title,
+                           "title_nodes": _title_nodes(node)})
     if statements or checks or errata:
         _records(app.env)[docname] = {"title": _chapter_title(doctree), "statements": statements,
                                       "checks": checks, "errata": errata}
@@ -106,10 +127,14 @@ def merge(app, env, docnames, other) -> None:
     _records(env).update({d: r for d, r in _records(other).items() if d in docnames})
 
 
-def _link(app, fromdoc: str, todoc: str, anchor: str, text: str):
+def _link(app, fromdoc: str, todoc: str, anchor: str, text: str, content=None):
     uri = app.builder.get_relative_uri(fromdoc, todoc) + "#" + anchor
     ref = nodes.reference("", "", internal=True, refuri=uri)
-    ref += nodes.Text(text)
+    if content:
+        for child in content:
+            ref += child.deepcopy()
+    else:
+        ref += nodes.Text(text)
     return ref
 
 
@@ -175,7 +200,12 @@ def render(app, doctree, fromdoc) -> None:
                 left = nodes.entry()
                 para = nodes.paragraph()
                 para += _link(app, fromdoc, doc, st["label"], st["kind"].capitalize())
-                para += nodes.Text(f" ({st['name']})" if st["name"] else "")
+                names = st.get("name_nodes") or []
+                if names:  # the title reads " (Name)": keep its inline math
+                    for child in names:
+                        para += child.deepcopy()
+                elif st["name"]:
+                    para += nodes.Text(f" ({st['name']})")
                 left += para
                 right = nodes.entry()
                 for check in (c for c in rec["checks"] if st["label"] in c["labels"]):
@@ -199,7 +229,8 @@ def render(app, doctree, fromdoc) -> None:
             for erratum in records[doc]["errata"]:
                 item = nodes.list_item()
                 para = nodes.paragraph()
-                para += _link(app, fromdoc, doc, erratum["anchor"], erratum["title"])
+                para += _link(app, fromdoc, doc, erratum["anchor"], erratum["title"],
+                              erratum.get("title_nodes"))
                 para += nodes.Text(" — in ")
                 para += _link(app, fromdoc, doc, "", records[doc]["title"] or doc)
                 item += para
@@ -229,5 +260,5 @@ def setup(app):
     app.connect("env-check-consistency", warn_unchecked)
     app.connect("doctree-resolved", render)
     app.connect("env-get-outdated", always_rebuild_summaries)
-    return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True,
-            "env_version": 1}
+    return {"version": "0.2", "parallel_read_safe": True, "parallel_write_safe": True,
+            "env_version": 2}
