@@ -325,3 +325,22 @@ def test_python_scalars_keep_float64_precision():
     eta = ad.eta_opt_meanfield(u, g, H, 0.7)
     assert eta.dtype == F64
     assert eta.item() == pytest.approx(0.7 * 0.5 / (0.49 * 2 + 0.51 * 2), rel=1e-15)
+
+
+def test_ema_from_the_first_value_against_a_loop():
+    x = torch.randn(300, 4, generator=generator(1, "cpu"), dtype=F64)  # time first
+    beta = 0.9
+    m, out = x[0].clone(), []
+    for t in range(300):
+        m = beta * m + (1 - beta) * x[t]
+        out.append(m)
+    first = ad.ema(x, beta, bias_correct=False, init="first")
+    torch.testing.assert_close(first, torch.stack(out))
+    torch.testing.assert_close(ad.ema(x.T, beta, bias_correct=False, init="first", dim=-1),
+                               torch.stack(out).T)
+    const = torch.full((50, 3), 2.5, dtype=torch.float32)
+    torch.testing.assert_close(ad.ema(const, 0.99, bias_correct=False, init="first"), const)
+    with pytest.raises(ValueError, match="init='first' needs bias_correct=False"):
+        ad.ema(x, beta, init="first")
+    with pytest.raises(ValueError, match="init must be one of"):
+        ad.ema(x, beta, init="last")

@@ -167,26 +167,6 @@ def test_gda_schemes_on_the_linear_center():
         dy.gda(center, y0, eta, 3, scheme="leapfrog")
 
 
-def test_ema_against_a_loop():
-    x = random_state(2, 9, batch=(300,))  # (300, 4), time first
-    beta = 0.9
-    m, out = x[0].clone(), []
-    mz, outz = torch.zeros(4, dtype=F64), []
-    for t in range(300):
-        m = beta * m + (1 - beta) * x[t]
-        mz = beta * mz + (1 - beta) * x[t]
-        out.append(m)
-        outz.append(mz / (1 - beta ** (t + 1)))
-    torch.testing.assert_close(dy.ema(x, beta), torch.stack(out))
-    torch.testing.assert_close(dy.ema(x, beta, bias_correct=True), torch.stack(outz))
-    torch.testing.assert_close(dy.ema(x.T, beta, dim=-1), torch.stack(out).T)
-    const = torch.full((50, 3), 2.5, dtype=torch.float32)
-    for bc in (False, True):
-        torch.testing.assert_close(dy.ema(const, 0.99, bias_correct=bc), const)
-    with pytest.raises(ValueError, match="decay"):
-        dy.ema(x, 1.0)
-
-
 def test_bad_input():
     with pytest.raises(ValueError, match="kind"):
         dy.dirac_gan_field("lsgan")

@@ -82,7 +82,8 @@ def _check_beta(beta, name: str) -> float:
     return beta
 
 
-def ema(x, beta: float, *, bias_correct: bool = True, dim: int = 0) -> torch.Tensor:
+def ema(x, beta: float, *, bias_correct: bool = True, dim: int = 0,
+        init: str = "zero") -> torch.Tensor:
     r"""Exponential moving average of a sequence, at every step.
 
     .. math:: s_t = \beta s_{t-1} + (1-\beta) x_t,\quad s_0 = 0,\qquad
@@ -92,15 +93,22 @@ def ema(x, beta: float, *, bias_correct: bool = True, dim: int = 0) -> torch.Ten
     of shape ``(steps, ...)``); the result has the same shape, device and dtype. Without bias
     correction the early averages are pulled towards 0 by the weight :math:`\beta^t` still
     sitting on :math:`s_0=0`; with it, a constant sequence is reproduced exactly at every step.
-    ``beta`` must lie in ``[0, 1)`` (``beta = 0`` returns ``x``). Non-finite entries propagate.
+    ``init="first"`` starts the average at the first value instead (:math:`s_1 = x_1`, an EMA
+    copy of weights made at initialisation, as in the GAN chapter); it needs
+    ``bias_correct=False``, since there is no bias to correct. ``beta`` must lie in ``[0, 1)``
+    (``beta = 0`` returns ``x``). Non-finite entries propagate.
     """
     x = as_float_tensor(x, "x")
     beta = _check_beta(beta, "beta")
+    check_choice(init, "init", ("zero", "first"))
+    if init == "first" and bias_correct:
+        raise ValueError("init='first' needs bias_correct=False: an average that starts at the "
+                         "first value has no bias towards 0")
     if not -x.ndim <= dim < x.ndim:
         raise ValueError(f"dim={dim} is out of range for x with {x.ndim} dimension(s)")
     xs = x.movedim(dim, 0)
     out = torch.empty_like(xs)
-    s = torch.zeros_like(xs[0])
+    s = xs[0].clone() if init == "first" else torch.zeros_like(xs[0])
     for t in range(xs.shape[0]):
         s = beta * s + (1.0 - beta) * xs[t]
         out[t] = s / (1.0 - beta ** (t + 1)) if bias_correct else s

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import as_float_tensor, check_choice, check_dim, check_finite, check_int, check_real
+from ._checks import as_float_tensor, check_choice, check_finite, check_int, check_real
 
 __all__ = [
     "KINDS",
@@ -45,7 +45,6 @@ __all__ = [
     "equilibrium_jacobian",
     "wedge",
     "energy",
-    "ema",
 ]
 
 #: The Dirac-GAN variants that :func:`dirac_gan_field` knows.
@@ -255,31 +254,3 @@ def energy(y) -> torch.Tensor:
     return (y * y).sum(dim=-1)
 
 
-def ema(x, decay: float, *, dim: int = 0, bias_correct: bool = False) -> torch.Tensor:
-    r"""Exponential moving average along ``dim`` (time), same shape as ``x``.
-
-    .. math:: m_t = \beta\, m_{t-1} + (1-\beta)\, x_t .
-
-    ``bias_correct=False``: the average starts at the first value, :math:`m_0 = x_0` (an EMA
-    copy of the weights made at initialisation). ``bias_correct=True``: it starts at
-    :math:`m_{-1} = 0` and returns :math:`m_t / (1-\beta^{t+1})` (Adam's correction).
-    ``decay`` :math:`\beta\in[0,1)`. Computed by ``scipy.signal.lfilter`` in float64.
-    """
-    from scipy.signal import lfilter
-
-    x = as_float_tensor(x, "x")
-    beta = check_real(decay, "decay", low=0.0)
-    if not beta < 1:
-        raise ValueError(f"decay must be < 1, got {beta}")
-    dim = check_dim(x, dim)
-    xn = x.detach().cpu().double().numpy()
-    if bias_correct:
-        m = lfilter([1 - beta], [1.0, -beta], xn, axis=dim)
-        t = torch.arange(1, x.shape[dim] + 1, dtype=torch.float64)
-        corr = (1 - beta**t).reshape([-1 if i == dim else 1 for i in range(x.ndim)])
-        out = torch.from_numpy(m) / corr
-    else:
-        zi = beta * xn.take([0], axis=dim)
-        m, _ = lfilter([1 - beta], [1.0, -beta], xn, axis=dim, zi=zi)
-        out = torch.from_numpy(m)
-    return out.to(device=x.device, dtype=x.dtype)

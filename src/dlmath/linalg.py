@@ -32,6 +32,7 @@ from ._checks import (
     check_matrix,
     check_real,
 )
+from .lse import renyi_entropy
 from .msign import msign, polar  # re-exported: the msign chapter's functions live in msign.py
 
 __all__ = [
@@ -309,20 +310,13 @@ def _singular_values(M, singular_values: bool, exact: bool = False) -> tuple[tor
 
 
 def _entropy_probabilities(s: torch.Tensor, gamma: float) -> torch.Tensor:
-    """p_i = s_i^gamma / sum_j s_j^gamma; all zeros where s is all zero."""
+    """p_i = s_i^gamma / sum_j s_j^gamma; a one-hot row (entropy 0) where s is all zero, so
+    every row is a distribution (the callers return 0 for those rows anyway)."""
     w = s.pow(gamma)
     total = w.sum(dim=-1, keepdim=True)
-    return w / torch.where(total > 0, total, 1)
-
-
-def _renyi(p: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Rényi entropy of order alpha > 0 of each row of p (rows may be all zero: entropy 0)."""
-    if math.isinf(alpha):
-        return -torch.log(p.amax(dim=-1).clamp_min(torch.finfo(p.dtype).tiny))
-    if alpha == 1:
-        return -torch.special.xlogy(p, p).sum(dim=-1)
-    power_sum = p.pow(alpha).sum(dim=-1)
-    return torch.log(torch.where(power_sum > 0, power_sum, 1)) / (1 - alpha)
+    onehot = torch.zeros_like(w)
+    onehot[..., 0] = 1
+    return torch.where(total > 0, w / torch.where(total > 0, total, 1), onehot)
 
 
 def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
@@ -483,9 +477,9 @@ def _rank_from_values(s, size, kind, eps, relative, k, gamma, alpha, rtol,
             if alpha is None:
                 raise ValueError("kind='renyi' needs alpha")
             alpha = check_real(alpha, "alpha", nonnegative=True, finite=False)
-            value = count if alpha == 0 else torch.exp(_renyi(p, alpha))
+            value = count if alpha == 0 else torch.exp(renyi_entropy(p, alpha))
         else:
-            entropy = _renyi(p, 1.0)
+            entropy = renyi_entropy(p, 1.0)
             if kind == "entropy":
                 value = torch.exp(entropy)
             else:
