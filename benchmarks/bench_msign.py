@@ -1,9 +1,14 @@
 """msign: dlmath's Newton-Schulz against torch.optim.Muon's orthogonalisation and the SVD.
 
-Anchor: torch.optim.Muon's ``_zeropower_via_newtonschulz`` (Jordan's quintic, 5 steps, always in
-bfloat16). dlmath.msign runs in float32 on CPU and bfloat16 on CUDA; torch.linalg.svd is the exact
-path. Besides time, each case records the relative Frobenius error against the exact polar
-factor, the accuracy half of the comparison.
+Two comparisons per shape:
+
+* **against torch.optim.Muon** (anchor: its ``_zeropower_via_newtonschulz``, Jordan's quintic,
+  5 steps, always in bfloat16): dlmath.msign in its default float32 and in bfloat16, with
+  Jordan's and the Polar Express schedules, and the exact polar factor by SVD. Besides time,
+  each case records the relative Frobenius error against the exact polar factor.
+* **per-step cost** (anchor: the plainest Newton-Schulz loop, Jordan's fixed quintic written
+  with the same fused ``addmm`` products, in the same dtype): what dlmath's checks, scaling,
+  per-step schedules and the Schatten-8 rescaling add.
 """
 
 import sys
@@ -20,9 +25,41 @@ from harness import Case, run_cases, save  # noqa: E402
 JORDAN = (3.4445, -4.7750, 2.0315)
 
 
+def plain_newton_schulz(G: torch.Tensor, dtype: torch.dtype, steps: int = 5) -> torch.Tensor:
+    """The reference loop: X <- aX + (bA + cA^2)X, A = XX^T, fixed (a, b, c), no checks."""
+    a, b, c = JORDAN
+    X = G.to(dtype)
+    if X.shape[0] > X.shape[1]:
+        X = X.T
+    X = X / (X.norm() + 1e-7)
+    for _ in range(steps):
+        A = X @ X.T
+        X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)
+    if G.shape[0] > G.shape[1]:
+        X = X.T
+    return X.to(G.dtype)
+
+
+def tflops(fn, n: int, m: int) -> float:
+    """Achieved matmul throughput of a 5-step Newton-Schulz on CUDA (3 products per step)."""
+    k = min(n, m)
+    flops = 5 * 2 * (2 * k * k * max(n, m) + k ** 3)
+    fn()
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        fn()
+    stop.record()
+    torch.cuda.synchronize()
+    return flops / (start.elapsed_time(stop) / 1e3 / 20) / 1e12
+
+
 def cases(device: str) -> list[Case]:
     shapes = [(256, 256), (1024, 1024), (256, 1024)] if device == "cpu" else \
         [(1024, 1024), (4096, 4096), (1024, 4096)]
+    bf16 = torch.bfloat16
+    fast = bf16 if device == "cuda" else torch.float32  # dtype of the per-step comparison
     out = []
     g = torch.Generator(device=device).manual_seed(0)
     for n, m in shapes:
@@ -32,36 +69,40 @@ def cases(device: str) -> list[Case]:
         def err(X, exact=exact):
             return float((X.float() - exact).norm() / exact.norm())
 
-        # float32 on CPU (bf16 matmuls are slow without bf16 units); bf16 on CUDA like torch's
-        dtype = torch.bfloat16 if device == "cuda" else None
-        ours = lambda G=G, dtype=dtype: msign(G, steps=5, coefficients="jordan",  # noqa: E731
-                                             dtype=dtype)
-        anchor = lambda G=G: _zeropower_via_newtonschulz(G, JORDAN, 5, 1e-7)  # noqa: E731
-        svd = lambda G=G: polar(G)  # noqa: E731
-        notes = {"rel_error": {"dlmath.msign(jordan)": err(ours()),
-                               "torch.optim.Muon NS": err(anchor()),
-                               "dlmath.msign(polar_express)":
-                                   err(msign(G, steps=5, coefficients="polar_express"))}}
-        if device == "cuda":  # achieved matmul throughput: 5 steps x 3 products
-            k = min(n, m)
-            flops = 5 * 2 * (2 * k * k * max(n, m) + k ** 3)
-            for name, fn in (("dlmath.msign(jordan, bf16)", ours),
-                             ("torch.optim.Muon NS", anchor)):
-                fn()
-                torch.cuda.synchronize()
-                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
-                    enable_timing=True)
-                start.record()
-                for _ in range(20):
-                    fn()
-                stop.record()
-                torch.cuda.synchronize()
-                seconds = start.elapsed_time(stop) / 1e3 / 20
-                notes.setdefault("tflops", {})[name] = flops / seconds / 1e12
-        out.append(Case(f"msign {n}x{m} ({device})",
-                        {"torch.optim.Muon NS": anchor, "dlmath.msign(jordan)": ours,
-                         "polar via SVD": svd},
-                        anchor="torch.optim.Muon NS", rounds=7, notes=notes))
+        cand = {
+            "torch.optim.Muon NS": lambda G=G: _zeropower_via_newtonschulz(G, JORDAN, 5, 1e-7),
+            "dlmath.msign(jordan)": lambda G=G: msign(G, 5, "jordan"),
+            "dlmath.msign(jordan, bf16)": lambda G=G: msign(G, 5, "jordan", dtype=bf16),
+            "dlmath.msign(polar_express, bf16)":
+                lambda G=G: msign(G, 5, "polar_express", dtype=bf16),
+            "dlmath.msign(polar_express, bf16, validate=False)":
+                lambda G=G: msign(G, 5, "polar_express", dtype=bf16, validate=False),
+            "polar via SVD": lambda G=G: polar(G),
+        }
+        notes = {"rel_error": {k: err(f()) for k, f in cand.items() if k != "polar via SVD"}}
+        notes["rel_error"]["dlmath.msign(polar_express)"] = err(msign(G, 5, "polar_express"))
+        notes["rel_error"]["dlmath.msign(polar_express, schatten8)"] = err(
+            msign(G, 5, "polar_express", scale="schatten8"))
+        if device == "cuda":
+            notes["tflops"] = {k: tflops(f, n, m) for k, f in cand.items()
+                               if k != "polar via SVD"}
+        out.append(Case(f"msign {n}x{m} ({device})", cand, anchor="torch.optim.Muon NS",
+                        rounds=7, notes=notes))
+
+        step = {
+            "plain Newton-Schulz": lambda G=G: plain_newton_schulz(G, fast),
+            "dlmath.msign(jordan)": lambda G=G: msign(G, 5, "jordan", dtype=fast, gram=False),
+            "dlmath.msign(polar_express)":
+                lambda G=G: msign(G, 5, "polar_express", dtype=fast, gram=False),
+            "dlmath.msign(polar_express, validate=False)":
+                lambda G=G: msign(G, 5, "polar_express", dtype=fast, gram=False,
+                                  validate=False),
+            "dlmath.msign(polar_express, schatten8, validate=False)":
+                lambda G=G: msign(G, 5, "polar_express", dtype=fast, gram=False,
+                                  scale="schatten8", validate=False),
+        }
+        out.append(Case(f"msign per-step cost {n}x{m} ({device}, {str(fast)[6:]})", step,
+                        anchor="plain Newton-Schulz", rounds=9))
     return out
 
 

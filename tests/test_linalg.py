@@ -501,5 +501,29 @@ def test_effective_rank_gram_path_defers_what_it_cannot_resolve(monkeypatch):
     M = planted([1.0] * 4 + [1e-3] * 4, 64, 32, seed=19).float()
     assert linalg.effective_rank(M, "rank", exact=True).item() == 8
     assert linalg.effective_rank(M, "rank").item() == 8
-    monkeypatch.setattr(linalg, "_GRAM_RTOL", math.inf)  # the check switched off ...
+    # the Cholesky test sends it straight to float64; both checks switched off ...
+    monkeypatch.setattr(linalg, "_clears_rounding", lambda gram, size: torch.ones(
+        gram.shape[:-2], dtype=torch.bool))
+    monkeypatch.setattr(linalg, "_GRAM_RTOL", math.inf)
     assert linalg.effective_rank(M, "rank").item() == 4  # ... gives a wrong count
+
+
+def test_effective_rank_cholesky_test_routes_slices(monkeypatch):
+    # a batch of a well-conditioned slice (float32 certifies it) and a rank-deficient one
+    # (it cannot): only the first reaches the float32 eigenvalues, the second starts in float64
+    good = planted([1.0, 0.9, 0.8, 0.7], 32, 4, seed=20).float()
+    bad = planted([1.0, 0.5, 0.0, 0.0], 32, 4, seed=21).float()
+    assert linalg._clears_rounding(linalg._small_gram(torch.stack([good, bad])), 32).tolist() \
+        == [True, False]
+    calls = []
+    real = linalg._gram_rank
+
+    def spy(gram, args):
+        calls.append((gram.dtype, gram.shape[0]))
+        return real(gram, args)
+
+    monkeypatch.setattr(linalg, "_gram_rank", spy)
+    got = linalg.effective_rank(torch.stack([good, bad]), "entropy")
+    assert calls == [(torch.float32, 1), (torch.float64, 1)]
+    want = linalg.effective_rank(torch.stack([good, bad]).double(), "entropy", exact=True)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=0)

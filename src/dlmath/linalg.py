@@ -364,11 +364,14 @@ def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
     checks itself: each :math:`\lambda_i` is trusted only to :math:`\pm\tau`,
     :math:`\tau = \max(n, m)\,\epsilon\,\lambda_1` (the rounding of forming and
     diagonalising the Gram matrix), and the rank is evaluated at both
-    ends of these intervals. A slice where they differ from the value by more than ``1e-5``
+    ends of these intervals. A slice where they differ from the value by more than ``1e-4``
     relatively (a rank count on a rank-deficient matrix, an ill-conditioned float32 matrix whose
     small singular values fall below :math:`\sqrt{\tau}`) is redone with the Gram matrix in
     float64, and, if still unresolved, with float64 svdvals. So the fast path never returns a
-    value its rounding cannot support; it pays for the extra tiers only where needed.
+    value its rounding cannot support; it pays for the extra tiers only where needed. A float32
+    slice whose Gram matrix fails a Cholesky test of :math:`G - cI`, :math:`c \ge \tau` (some
+    eigenvalue within rounding of zero, as for a square Gaussian matrix) skips the float32
+    eigenvalues, which could not be certified, and starts in float64.
     """
     check_choice(kind, "kind", EFFECTIVE_RANK_KINDS)
     if singular_values or exact:
@@ -385,33 +388,56 @@ def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
     A = _work(M)
     size = max(A.shape[-2:])
     args = (size, kind, eps, relative, k, gamma, alpha, rtol, A.dtype)
-    value, unsure = _gram_rank(A, args)
-    if unsure.any() and A.dtype != torch.float64:  # second tier: the Gram path in float64
-        value = value.clone()
-        v64, unsure64 = _gram_rank(A[unsure].double(), args)
-        value[unsure] = v64.to(value.dtype)
-        unsure = unsure.clone()
-        unsure[unsure.clone()] = unsure64
+    gram = _small_gram(A)
+    if A.dtype == torch.float64:
+        value, unsure = _gram_rank(gram, args)
+    else:
+        # first tier, float32, only where a Cholesky test says it can succeed
+        value = torch.zeros(gram.shape[:-2], dtype=A.dtype, device=A.device)
+        clear = _clears_rounding(gram, size)
+        unsure = ~clear
+        if clear.any():
+            value[clear], unsure[clear] = _gram_rank(gram[clear], args)
+        if unsure.any():  # second tier: the Gram matrix in float64
+            v64, unsure64 = _gram_rank(_small_gram(A[unsure].double()), args)
+            value[unsure] = v64.to(value.dtype)
+            unsure[unsure.clone()] = unsure64
     if unsure.any():  # last tier: float64 svdvals
-        value = value.clone()
         s_exact, _ = _singular_values(M[unsure], False, exact=True)
         value[unsure] = _rank_from_values(s_exact, *args).to(value.dtype)
     return value.to(M.dtype)
 
 
-def _gram_rank(A: torch.Tensor, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+def _small_gram(A: torch.Tensor) -> torch.Tensor:
+    """AA^T or A^TA, whichever is r x r with r = min(n, m)."""
+    return A @ A.mT if A.shape[-2] <= A.shape[-1] else A.mT @ A
+
+
+def _clears_rounding(gram: torch.Tensor, size: int) -> torch.Tensor:
+    r"""Whether every eigenvalue of ``gram`` exceeds size * eps * ||gram||_F (>= tau).
+
+    A Cholesky factorisation of :math:`G - cI` (a third of an eigendecomposition's cost)
+    succeeds exactly when :math:`\lambda_{\min}(G) > c`. Where it fails, some singular value
+    lies within float32 rounding of zero and the float32 Gram path would be unsure anyway
+    (a near-square Gaussian matrix, a rank-deficient one), so those slices go straight to
+    float64. Only a shortcut: the spread check of :func:`_gram_rank` still decides.
+    """
+    c = size * torch.finfo(gram.dtype).eps * torch.linalg.matrix_norm(gram, keepdim=True)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    return torch.linalg.cholesky_ex(gram - c * eye)[1] == 0
+
+
+def _gram_rank(gram: torch.Tensor, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     """Effective rank from the eigenvalues of the small Gram matrix, and where it is unsure.
 
     Each eigenvalue is trusted to +-tau = max(n, m) eps lambda_1 (the rounding of forming and
-    diagonalising the Gram matrix in A's dtype), and those below tau count as zero, as the
+    diagonalising the Gram matrix in its dtype), and those below tau count as zero, as the
     exact path zeroes rounding noise; the value is recomputed with every singular
     value at both ends of its interval, and a slice is unsure when these disagree by more
     than ``_GRAM_RTOL`` relatively.
     """
-    n, m = A.shape[-2:]
-    gram = A @ A.mT if n <= m else A.mT @ A
     lam = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0)
-    tau = max(n, m) * torch.finfo(A.dtype).eps * lam[..., :1]
+    tau = args[0] * torch.finfo(gram.dtype).eps * lam[..., :1]
     value = _rank_from_values(torch.where(lam > tau, lam, 0).sqrt(), *args)  # noise -> 0
     low = _rank_from_values((lam - tau).clamp_min(0).sqrt(), *args)
     high = _rank_from_values((lam + tau).sqrt(), *args)
@@ -420,7 +446,7 @@ def _gram_rank(A: torch.Tensor, args: tuple) -> tuple[torch.Tensor, torch.Tensor
 
 
 #: Relative disagreement above which the Gram path of :func:`effective_rank` defers.
-_GRAM_RTOL = 1e-5
+_GRAM_RTOL = 1e-4
 
 
 def _rank_from_values(s, size, kind, eps, relative, k, gamma, alpha, rtol,

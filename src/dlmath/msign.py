@@ -26,7 +26,7 @@ from numbers import Real
 
 import torch
 
-from ._checks import as_float_tensor, check_int, check_matrix, check_real
+from ._checks import as_float_tensor, check_finite, check_int, check_matrix, check_real
 
 __all__ = [
     "polar",
@@ -34,6 +34,7 @@ __all__ = [
     "newton_schulz_map",
     "ns_schedule",
     "SCHEDULES",
+    "SCALES",
     "JORDAN",
     "TAYLOR",
     "YOU_JIACHENG",
@@ -243,22 +244,49 @@ def _work_dtype(M: torch.Tensor, dtype) -> torch.dtype:
         return torch.float64 if M.dtype == torch.float64 else torch.float32
     if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise TypeError(f"dtype must be None or a floating torch dtype, got {dtype!r}")
-    if dtype in (torch.bfloat16, torch.float16) and M.device.type == "cpu":
-        raise ValueError(f"dtype={dtype} is refused on CPU (half-precision matrix products "
-                         "there are tens of times slower than float32); use float32")
     return dtype
 
 
-def _normalise(X: torch.Tensor) -> torch.Tensor:
-    """X / ||X||_F per matrix, overflow-safe; a zero matrix stays zero."""
-    scale = X.abs().amax(dim=(-2, -1), keepdim=True)
-    X = X / torch.where(scale > 0, scale, torch.ones_like(scale))
-    fro = torch.linalg.matrix_norm(X, keepdim=True)
-    return X / torch.where(fro > 0, fro, torch.ones_like(fro))
+def _normalise(X: torch.Tensor, M: torch.Tensor, validate: bool) -> torch.Tensor:
+    """X / ||X||_F per matrix; a zero matrix stays zero.
+
+    One norm and one division. With ``validate`` a single host synchronisation on the norms
+    catches NaN/inf (ValueError) and norms that overflow or underflow the dtype, which are
+    then recomputed after dividing by the largest entry.
+    """
+    fro = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+    if validate:
+        ok = torch.isfinite(fro) & (fro > torch.finfo(X.dtype).tiny ** 0.25)
+        if not bool(ok.all()):
+            check_finite(M, "M")
+            if not bool(torch.isfinite(X).all()):
+                raise ValueError(f"M has entries beyond the range of the working dtype "
+                                 f"{X.dtype}; pass a wider dtype")
+            scale = X.abs().amax(dim=(-2, -1), keepdim=True)
+            X = X / torch.where(scale > 0, scale, torch.ones_like(scale))
+            fro = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+    return X / fro.clamp_min(torch.finfo(X.dtype).tiny)
+
+
+def _schatten8(A: torch.Tensor, A2: torch.Tensor, X: torch.Tensor):
+    """Su's free renormalisation: divide by s = ||A^2||_F^(1/4) = (sum sigma^8)^(1/8) <= 1."""
+    s = torch.linalg.matrix_norm(A2, keepdim=True).pow(0.25)
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    return A / s**2, A2 / s**4, X / s
+
+
+def _addmm(C: torch.Tensor, M1: torch.Tensor, M2: torch.Tensor, beta: float, alpha: float):
+    """beta * C + alpha * M1 @ M2 in one fused product (addmm for 2-D, baddbmm for 3-D)."""
+    return (torch.addmm if C.ndim == 2 else torch.baddbmm)(C, M1, M2, beta=beta, alpha=alpha)
+
+
+#: Scalings accepted by :func:`msign`'s ``scale``.
+SCALES = ("frobenius", "schatten8")
 
 
 def msign(M, steps: int = 5, coefficients="jordan", *, dtype: torch.dtype | None = None,
-          gram: bool | None = None) -> torch.Tensor:
+          gram: bool | None = None, scale: str = "frobenius", validate: bool = True
+          ) -> torch.Tensor:
     r"""Newton–Schulz approximation of :math:`\operatorname{msign}(M)` (matrix products only).
 
     .. math::
@@ -270,7 +298,15 @@ def msign(M, steps: int = 5, coefficients="jordan", *, dtype: torch.dtype | None
     V^\top`: the singular vectors are exact and each singular value :math:`x \in (0, 1]` goes
     through :func:`newton_schulz_map`. The Frobenius normalisation puts every singular value
     in :math:`(0, 1]` (the largest is at most 1); a tall matrix is transposed so that the Gram
-    matrix :math:`A` is the smaller one.
+    matrix :math:`A` is the smaller one. Each step is two fused products
+    (``addmm``: :math:`B = bA + cA\cdot A`, then :math:`aX + B\cdot X`) after :math:`A = XX^\top`.
+
+    ``scale="schatten8"`` (Su's free step-1 renormalisation, kexue.fm/archives/10922) divides
+    further, inside the first step, by
+    :math:`s = \|A_1^2\|_F^{1/4} = (\sum_i x_i^8)^{1/8}`, which bounds the largest singular
+    value more tightly than the Frobenius norm (:math:`x_1 \le s \le 1`); :math:`A_1^2` is
+    computed by the first step anyway, so it costs one reduction of an :math:`n\times n` matrix.
+    It lifts the small singular values, so the result is closer to msign.
 
     How close the result is to :func:`polar` depends on the schedule: ``"jordan"`` (the
     default, 5 steps) leaves singular values of a Gaussian matrix in roughly
@@ -280,12 +316,16 @@ def msign(M, steps: int = 5, coefficients="jordan", *, dtype: torch.dtype | None
     singular values stay zero (:math:`g(0) = 0`), so the zero matrix maps to zero.
 
     Shapes ``(..., n, m)`` -> ``(..., n, m)``; device and dtype of ``M`` are kept. Computation
-    runs in ``dtype``: by default float64 for float64 input and float32 otherwise (never half
-    precision on CPU, where it is tens of times slower; ``torch.bfloat16`` may be asked for on
-    an accelerator). NaN or inf raise ``ValueError``. Chapter 08.
+    runs in ``dtype``: by default float64 for float64 input and float32 otherwise;
+    ``torch.bfloat16`` halves the cost on GPUs and on CPUs with bf16 matrix units (e.g.
+    AVX512-BF16 or AMX) and is slow elsewhere; it keeps about 2–3 significant digits.
+    NaN or inf raise ``ValueError``; ``validate=False`` skips that check and the host
+    synchronisation it costs on a GPU (for training loops): the input must then be finite with
+    a Frobenius norm inside the working dtype's range, or the output is NaN. Chapter 08.
 
-    **Gram path** (``gram=None``: used when the aspect ratio exceeds 1.5; ``True``/``False``
-    force it). For a wide :math:`X_0` (:math:`n \le m`) every iterate is
+    **Gram path** (``gram=None``: used when the aspect ratio exceeds 1.5, on a GPU only when
+    the short side is at least 2048, below which its extra small products cost more than they
+    save; ``True``/``False`` force it). For a wide :math:`X_0` (:math:`n \le m`) every iterate is
     :math:`X_t = Q_t X_0` with :math:`Q_t` a polynomial in :math:`A_1 = X_0X_0^\top`, so the
     iteration runs on :math:`n\times n` matrices only:
 
@@ -296,35 +336,53 @@ def msign(M, steps: int = 5, coefficients="jordan", *, dtype: torch.dtype | None
     Same result in exact arithmetic; in float32 it agrees with the plain path to about
     :math:`10^{-6}`.
     """
-    M = check_matrix(M, "M")
+    M = check_matrix(M, "M", finite=False)
     sched = ns_schedule(coefficients, steps)
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")
     work = _work_dtype(M, dtype)
     X = M.to(work)
     tall = X.shape[-2] > X.shape[-1]
     if tall:
         X = X.mT
-    X = _normalise(X)
+    batch = X.shape[:-2]
     n, m = X.shape[-2:]
-    if gram is None:
-        gram = m > 1.5 * n
-    if gram:
-        X = _gram_newton_schulz(X, sched)
-    else:
-        for a, b, c in sched:
-            A = X @ X.mT
-            X = a * X + (b * A + c * (A @ A)) @ X
+    if X.ndim > 3:  # addmm/baddbmm take one batch dimension
+        X = X.reshape(-1, n, m)
+    X = _normalise(X, M, validate)
+    if gram is None:  # where it pays, as measured by benchmarks/bench_msign_gram.py
+        gram = m > 1.5 * n and (X.device.type == "cpu" or n >= 2048)
+    X = (_gram_newton_schulz if gram else _newton_schulz)(X, sched, scale == "schatten8")
+    X = X.reshape(*batch, n, m)
     if tall:
         X = X.mT
     return X.to(M.dtype)
 
 
-def _gram_newton_schulz(X: torch.Tensor, sched) -> torch.Tensor:
+def _newton_schulz(X: torch.Tensor, sched, schatten8: bool) -> torch.Tensor:
+    """The plain iteration, X <- aX + (bA + cA^2)X with A = XX^T, as fused products."""
+    for t, (a, b, c) in enumerate(sched):
+        A = X @ X.mT
+        if t == 0 and schatten8:
+            A2 = A @ A
+            A, A2, X = _schatten8(A, A2, X)
+            X = _addmm(X, b * A + c * A2, X, beta=a, alpha=1.0)
+        else:
+            X = _addmm(X, _addmm(A, A, A, beta=b, alpha=c), X, beta=a, alpha=1.0)
+    return X
+
+
+def _gram_newton_schulz(X: torch.Tensor, sched, schatten8: bool = False) -> torch.Tensor:
     """The Newton-Schulz iteration of :func:`msign` on the n x n Gram side (X wide)."""
     A = X @ X.mT
-    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     Q = None
     for t, (a, b, c) in enumerate(sched):
-        P = a * eye + b * A + c * (A @ A)
+        if t == 0 and schatten8:
+            A, A2, X = _schatten8(A, A @ A, X)
+            P = b * A + c * A2
+        else:
+            P = _addmm(A, A, A, beta=b, alpha=c)
+        P.diagonal(dim1=-2, dim2=-1).add_(a)
         Q = P if Q is None else P @ Q
         if t + 1 < len(sched):
             A = P @ (A @ P)
