@@ -238,3 +238,144 @@ def test_nan_gradient_freezes_the_coordinate_silently():
     p.grad = torch.ones(3)
     opt.step()
     assert p[0] == before[0] and torch.isfinite(p).all()
+
+
+# --- the fused (torch.compile) path -------------------------------------------------------
+
+FUSED_SHAPES = [(40, 30), (17,), (3, 4, 5), (), (1, 1)]
+
+
+def _fused_pair(cls, dtype=torch.float32, groups=False, **kw):
+    """Two optimizers on equal parameters: fused=True and fused=False."""
+    a = _params(FUSED_SHAPES, dtype)
+    b = _clone(a)
+
+    def make(ps, fused):
+        spec = [{"params": ps[:2]}, {"params": ps[2:], "weight_decay": 0.3}] if groups else ps
+        return cls(spec, fused=fused, **kw)
+
+    return a, b, make(a, True), make(b, False)
+
+
+def _step_both(a, b, oa, ob, steps, seed=1, lr_decay=1.0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for i, (p, q) in enumerate(zip(a, b, strict=True)):
+            grad = None if i == 3 else torch.randn(p.shape, generator=g, dtype=p.dtype)
+            p.grad, q.grad = grad, None if grad is None else grad.clone()
+        oa.step()
+        ob.step()
+        for o in (oa, ob):  # a scheduler: the fused kernel takes lr as data, no recompile
+            for group in o.param_groups:
+                group["lr"] *= lr_decay
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_lion_equals_foreach_bit_for_bit(dtype):
+    a, b, fused, eager = _fused_pair(Lion, dtype, groups=True, lr=0.03, betas=(0.8, 0.95),
+                                     weight_decay=0.1)
+    _step_both(a, b, fused, eager, 6, lr_decay=0.7)
+    assert getattr(fused, "_fused_off", None) is None  # the compiled kernel really ran
+    for p, q in zip(a, b, strict=True):
+        assert torch.equal(p, q) and p.dtype == dtype
+        if p.grad is not None:
+            assert torch.equal(fused.state[p]["exp_avg"], eager.state[q]["exp_avg"])
+    assert a[3] not in fused.state  # never had a gradient: untouched, no state
+
+
+def test_fused_signsgd_equals_foreach():
+    from dlmath.optim import SignSGD
+
+    a, b, fused, eager = _fused_pair(SignSGD, lr=0.01, momentum=0.9, weight_decay=0.05)
+    _step_both(a, b, fused, eager, 4)
+    assert getattr(fused, "_fused_off", None) is None
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def test_fused_state_dict_moves_across_paths():
+    a, b, fused, eager = _fused_pair(Lion, lr=0.02, weight_decay=0.1)
+    _step_both(a, b, fused, eager, 3)
+    # swap the states: the fused optimizer continues the foreach run and vice versa
+    fused_state, eager_state = copy.deepcopy(fused.state_dict()), copy.deepcopy(eager.state_dict())
+    fused.load_state_dict(eager_state)
+    eager.load_state_dict(fused_state)
+    assert fused.fused is True and eager.fused is False  # the path is not part of the state
+    _step_both(a, b, fused, eager, 3, seed=2)
+    assert getattr(fused, "_fused_off", None) is None
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def test_fused_compile_failure_warns_once_and_falls_back(monkeypatch):
+    from dlmath.optim import _fused
+
+    def broken():
+        raise RuntimeError("no C++ compiler (simulated)")
+
+    monkeypatch.setattr(_fused, "_compiled_kernel", broken)
+    a, b, fused, eager = _fused_pair(Lion, lr=0.02, weight_decay=0.1)
+    with pytest.warns(RuntimeWarning, match="no C.. compiler") as record:
+        _step_both(a, b, fused, eager, 4)
+    assert len([w for w in record if "fused" in str(w.message)]) == 1
+    assert "simulated" in fused._fused_off
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def test_fused_unavailable_device(monkeypatch):
+    from dlmath.optim import _fused
+
+    monkeypatch.setattr(_fused, "_unavailable", lambda device_type: "no compiler (simulated)")
+    monkeypatch.setattr(_fused, "FUSED_MIN_NUMEL", 1)
+    (p,) = _params([(3,)], torch.float32)
+    p.grad = torch.ones(3)
+    with pytest.warns(RuntimeWarning, match="simulated"):
+        Lion([p], fused=True).step()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Lion([p], fused=None).step()  # auto: silently foreach
+
+
+def test_fused_auto_compiles_only_large_groups(monkeypatch):
+    from dlmath.optim import _fused
+
+    calls = []
+
+    def spy():
+        calls.append(1)
+        raise RuntimeError("spy")
+
+    monkeypatch.setattr(_fused, "_compiled_kernel", spy)
+    (p,) = _params([(30, 30)], torch.float32)
+    p.grad = torch.ones_like(p)
+    Lion([p]).step()
+    assert calls == []  # 900 elements < FUSED_MIN_NUMEL: no compile
+    monkeypatch.setattr(_fused, "FUSED_MIN_NUMEL", 900)
+    with pytest.warns(RuntimeWarning, match="spy"):
+        Lion([p]).step()
+    assert calls == [1]
+
+
+def test_foreach_chunks_equal_whole_tensors(monkeypatch):
+    import dlmath.optim.lion as lion_module
+
+    a = _params([(37, 29), (5,), (300,)], torch.float32)
+    b = _clone(a)
+    monkeypatch.setattr(lion_module, "CHUNK", 64)  # many chunks and waves
+    waves = lion_module._waves(a, a, a)
+    assert len(waves) > 10 and sum(t.numel() for w in waves for t in w[0]) == 37 * 29 + 305
+    oa = Lion(a, lr=0.02, weight_decay=0.1, fused=False)
+    ob = lion_pytorch.Lion(b, lr=0.02, weight_decay=0.1)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(5):
+        for p, q in zip(a, b, strict=True):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        oa.step()
+        ob.step()
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def test_bad_fused_argument():
+    with pytest.raises(TypeError, match="fused"):
+        Lion([torch.nn.Parameter(torch.zeros(2))], fused="yes")

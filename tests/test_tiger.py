@@ -286,3 +286,72 @@ def test_foreach_matches_per_tensor_reference(k, seed, dtype):
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     for p, r in zip(params, ref, strict=True):
         assert torch.allclose(p.detach(), r, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("k, dtype", [(1, torch.float32), (2, torch.float32),
+                                      (1, torch.float64)])
+def test_fused_equals_foreach_bit_for_bit(k, dtype):
+    """The compiled one-pass step is the foreach step, bit for bit: matrices (eta from RMS),
+    vectors, a 0-d gain, weight decay, accumulation, a parameter without gradient, and a state
+    dict moved between the two paths halfway."""
+    shapes = [(40, 30), (17,), (3, 4, 5), (), (1, 1)]
+    gen = torch.Generator().manual_seed(7)
+    a = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    kw = dict(lr=2e-2, beta=0.9, weight_decay=0.1, accumulate=k)
+    fused = Tiger([{"params": a[:3]}, {"params": a[3:], "kind": "elementwise", "center": 1.0}],
+                  fused=True, **kw)
+    eager = Tiger([{"params": b[:3]}, {"params": b[3:], "kind": "elementwise", "center": 1.0}],
+                  fused=False, **kw)
+    for step in range(8):
+        if step == 4:
+            fs, es = copy.deepcopy(fused.state_dict()), copy.deepcopy(eager.state_dict())
+            fused.load_state_dict(es)
+            eager.load_state_dict(fs)
+        for i, (p, q) in enumerate(zip(a, b, strict=True)):
+            grad = None if i == 1 else torch.randn(p.shape, generator=gen, dtype=dtype)
+            p.grad, q.grad = grad, None if grad is None else grad.clone()
+        fused.step()
+        eager.step()
+        for o in (fused, eager):
+            o.param_groups[0]["lr"] *= 0.8
+    assert getattr(fused, "_fused_off", None) is None  # the compiled kernel really ran
+    for p, q in zip(a, b, strict=True):
+        assert torch.equal(p, q) and p.dtype == dtype
+    assert a[1] not in fused.state
+    assert fused.state[a[0]]["step"] == eager.state[b[0]]["step"] == 8
+
+
+def test_fused_nan_guard_and_fallback(monkeypatch):
+    from dlmath.optim import _fused
+
+    w = _param((4, 4), torch.float32)
+    opt = Tiger([w], lr=1e-2, fused=True)
+    w.grad = torch.full_like(w, float("nan"))
+    before = w.detach().clone()
+    opt.step()  # the guard acts before either path
+    assert torch.equal(w, 0.99 * before) and "exp_avg" not in opt.state[w]
+
+    monkeypatch.setattr(_fused, "_compiled_kernel", lambda: 1 / 0)
+    v = _param((4, 4), torch.float32)
+    u = torch.nn.Parameter(v.detach().clone())
+    broken, eager = Tiger([v], lr=1e-2, fused=True), Tiger([u], lr=1e-2, fused=False)
+    with pytest.warns(RuntimeWarning, match="ZeroDivisionError"):
+        for _ in range(3):
+            v.grad = torch.randn_like(v)
+            u.grad = v.grad.clone()
+            broken.step()
+            eager.step()
+    assert torch.equal(v, u)
+    with pytest.raises(TypeError, match="fused"):
+        Tiger([v], fused=1)
+
+
+def test_all_finite_is_exact_when_a_sum_overflows():
+    from dlmath.optim.tiger import _all_finite
+
+    big = torch.full((4,), 3e38)  # finite entries whose sum overflows to inf
+    assert _all_finite([big, torch.ones(2)])
+    assert not _all_finite([big, torch.tensor([1.0, float("nan")])])
+    assert not _all_finite([torch.tensor([float("inf"), -float("inf")])])
+    assert _all_finite([]) and _all_finite([torch.empty(0)])

@@ -28,6 +28,7 @@ _EXPORTS = {
     "sign_decay_closed_form": "sign",
     "spectral_decay_": "spectral",
     "Muon": "muon",
+    "FUSED_MIN_NUMEL": "_fused",
 }
 
 __all__ = sorted(_EXPORTS)

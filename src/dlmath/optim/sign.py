@@ -17,7 +17,8 @@ from collections.abc import Callable
 import torch
 
 from .._checks import as_float_tensor, check_int, check_real
-from .lion import _lion_foreach, dense_grads, lion_update, momentum_buffers, run_closure
+from ._fused import check_fused
+from .lion import _lion_foreach, dense_grads, lion_fused, lion_update, momentum_buffers, run_closure
 
 __all__ = [
     "SignSGD",
@@ -37,13 +38,16 @@ class SignSGD(torch.optim.Optimizer):
     The reference sign method of chapter 16: it is :class:`dlmath.optim.Lion` with
     ``betas=(momentum, momentum)`` and performs the same floating-point operations. One state
     buffer ``exp_avg`` per parameter (kept also when ``momentum=0``, for a uniform state).
+    ``fused`` (``None``: auto, ``True``, ``False``) chooses the compiled or the foreach step
+    exactly as in :class:`dlmath.optim.Lion`.
     """
 
     def __init__(self, params, lr: float = 1e-4, momentum: float = 0.0,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, *, fused: bool | None = None):
         lr = check_real(lr, "lr", nonnegative=True)
         momentum = check_real(momentum, "momentum", low=0.0, high=1.0)
         weight_decay = check_real(weight_decay, "weight_decay", nonnegative=True)
+        self.fused = check_fused(fused)
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     @torch.no_grad()
@@ -55,9 +59,10 @@ class SignSGD(torch.optim.Optimizer):
             if not params:
                 continue
             ms = momentum_buffers(self, params)
-            beta = group["momentum"]
-            _lion_foreach(params, grads, ms, lr=group["lr"], beta1=beta, beta2=beta,
-                          wd=group["weight_decay"])
+            kw = dict(lr=group["lr"], beta1=group["momentum"], beta2=group["momentum"],
+                      wd=group["weight_decay"])
+            if not lion_fused(self, params, grads, ms, **kw):
+                _lion_foreach(params, grads, ms, **kw)
         return loss
 
 
