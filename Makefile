@@ -8,13 +8,14 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 BOOK_FLAGS := -W -n --keep-going
 
-.PHONY: book test lab execute page bench clean lint stripout-check pytest book-strict browser-check lab-check help
+.PHONY: book pdf test lab execute page bench clean lint stripout-check pytest book-strict browser-check lab-check help
 
 help:
 	@echo "make book     build the HTML book (prints the path of index.html)"
 	@echo "make test     run everything CI runs"
 	@echo "make lab      JupyterLab on notebooks/ with the venv's kernel"
 	@echo "make page NB=notebooks/NN-slug.ipynb   build one chapter alone (fast)"
+	@echo "make pdf      build the PDF of the book with XeLaTeX (needs TeX: tools/install_tex.sh)"
 	@echo "make execute  run every notebook once (nbval), no book build"
 	@echo "make bench    run the benchmarks (not part of CI)"
 	@echo "make clean    remove build outputs (keeps .venv)"
@@ -30,9 +31,11 @@ $(VENV)/.stamp-%: pyproject.toml $(VENV)/.stamp-base
 	@touch $@
 
 # src/ changed => drop the execution cache (it keys on code cells only).
+SRC_HASH = cat $$(find src -name '*.py' | sort) | sha256sum | cut -d' ' -f1
+
 _build/.src-hash: FORCE
 	@mkdir -p _build
-	@h=$$(cat $$(find src -name '*.py' | sort) | sha256sum | cut -d' ' -f1); \
+	@h=$$($(SRC_HASH)); \
 	if [ "$$(cat $@ 2>/dev/null)" != "$$h" ]; then \
 	  rm -rf _build/.jupyter_cache; echo "$$h" > $@; fi
 
@@ -42,6 +45,11 @@ book: $(VENV)/.stamp-book _build/.src-hash
 	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
 	@echo
 	@echo "The book is at: $(CURDIR)/_build/html/index.html"
+
+# PDF: Sphinx's LaTeX builder + latexmk/XeLaTeX, same execution cache as `make book`, its own
+# doctrees. Fails with the Debian packages to install when TeX is missing (see tools/install_tex.sh).
+pdf: $(VENV)/.stamp-book _build/.src-hash
+	$(PY) tools/build_pdf.py
 
 page: $(VENV)/.stamp-book
 	@test -n "$(NB)" || (echo "usage: make page NB=notebooks/NN-slug.ipynb" && exit 2)
@@ -64,7 +72,8 @@ execute: $(VENV)/.stamp-test
 	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env -n 2 --dist loadfile -q
 
 book-strict: $(VENV)/.stamp-book
-	rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/.jupyter_cache _build/.src-hash
+	rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/.jupyter_cache
+	@mkdir -p _build && $(SRC_HASH) > _build/.src-hash  # the fresh cache matches src/: keep it for pdf
 	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
 	$(PY) tools/exec_budget.py _build/.jupyter_cache
 
@@ -75,7 +84,7 @@ lab-check: $(VENV)/.stamp-test
 	$(PY) tools/lab_check.py notebooks/01-logsumexp-inequalities.ipynb \
 	  --screenshot _build/screenshots/lab-01-logsumexp-inequalities.png
 
-test: lint stripout-check pytest book-strict browser-check lab-check
+test: lint stripout-check pytest book-strict pdf browser-check lab-check
 	@echo "make test: all checks passed"
 
 lab: $(VENV)/.stamp-lab
