@@ -450,7 +450,7 @@ def test_newton_equals_sort(dtype):
         torch.testing.assert_close(f(flat), f(flat, method="sort"), **tol)
 
 
-@pytest.mark.parametrize("alpha", [1.1, 1.25, 1.75, 2.0])
+@pytest.mark.parametrize("alpha", [1.1, 1.125, 1.25, 1.75, 2.0])
 def test_newton_general_alpha_against_float64(alpha):
     x = _hard_logits(torch.float32)
     ref = N.entmax_bisect(x.double(), alpha, n_iter=200)
@@ -499,3 +499,99 @@ def test_solver_arguments():
         N.entmax(x, 2.5)
     with pytest.raises(ValueError, match="sort"):
         N.entmax(x, 1.25, method="sort")
+
+
+# ------------------------------------------------------------------------ fast paths, long rows
+
+
+def _count_calls(monkeypatch, name):
+    """Record the last-dim sizes that ``N.<name>`` is called with (the call still runs)."""
+    seen, orig = [], getattr(N, name)
+
+    def spy(z, *args, **kwargs):
+        seen.append(z.shape[-1])
+        return orig(z, *args, **kwargs)
+
+    monkeypatch.setattr(N, name, spy)
+    return seen
+
+
+def _long_rows(dtype, n=4100):
+    """Rows long enough for the warm start (n is not a multiple of the group size, so a tail
+    joins the group maxima): Gaussian, tied, spread and near-flat rows, a huge offset, ties at
+    the top, and whole groups of -inf."""
+    x = torch.cat([randn(3, n, seed=40), ties(3, n, seed=41), randn(2, n, seed=42, scale=50.0),
+                   randn(2, n, seed=43, scale=0.01)])
+    x[1] += 1e6
+    x[2, :7] = x[2].max()
+    x[::3, ::N._GROUP] = -math.inf
+    x[0, : 3 * N._GROUP] = -math.inf
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_newton_long_rows_equal_sort(dtype, monkeypatch):
+    warm = _count_calls(monkeypatch, "_left_step")
+    x = _long_rows(dtype)
+    for f, thr in ((N.sparsemax, N.sparsemax_threshold), (N.entmax15, N.entmax15_threshold)):
+        fast, exact = f(x), f(x.double(), method="sort")
+        if dtype == F64:
+            torch.testing.assert_close(fast, exact, atol=1e-13, rtol=0)
+            torch.testing.assert_close(thr(x, method="newton"), thr(x, method="sort"), atol=1e-9,
+                                       rtol=1e-15)  # 1e6 offset: the threshold is ~1e6
+        else:  # both round x - threshold; the offset row is exact after the shift by the max
+            assert (fast.double() - exact).abs().max() <= 16 * torch.finfo(dtype).eps
+        assert torch.equal(fast == 0, (exact == 0) | (exact < 1e-30))  # the same exact zeros
+        assert not torch.isnan(fast).any()
+        # along dim 0 (non-contiguous rows) and with batch dimensions
+        torch.testing.assert_close(f(x.T, dim=0), fast.T, atol=0, rtol=0)
+        torch.testing.assert_close(f(x.reshape(2, 5, -1)), fast.reshape(2, 5, -1), atol=0, rtol=0)
+    assert warm  # the group-maxima warm start ran
+
+
+@pytest.mark.parametrize("alpha", [1.25, 1.6])
+def test_newton_general_alpha_long_rows(alpha, monkeypatch):
+    """Long sparse rows are solved on their top-K candidates, dense rows on the full row; both
+    within 1e-6 of float64 bisection, with its exact zeros."""
+    sizes = _count_calls(monkeypatch, "_solve")
+    n = 8192
+    sparse = randn(6, n, seed=44, scale=3.0, dtype=torch.float32)
+    sparse[::2, ::5] = -math.inf
+    dense = randn(3, n, seed=45, scale=0.01, dtype=torch.float32)
+    for x in (sparse, dense):
+        ref = N.entmax_bisect(x.double(), alpha, n_iter=200)
+        p = N.entmax(x, alpha)
+        assert (p.double() - ref).abs().max().item() <= 1e-6
+        assert torch.equal(p[ref == 0], torch.zeros_like(p[ref == 0]))
+        assert ((p > 0) == (ref > 0)).all()
+        # the backward pass uses p only: the same gradient as through bisection
+        xr = x.clone().requires_grad_()
+        w = randn(*x.shape, seed=46, dtype=torch.float32)
+        (g,) = torch.autograd.grad((N.entmax(xr, alpha) * w).sum(), xr)
+        (gb,) = torch.autograd.grad((N.entmax_bisect(xr, alpha) * w).sum(), xr)
+        torch.testing.assert_close(g, gb, atol=2e-5, rtol=0)
+    assert min(sizes) < n // 8 and max(sizes) == n  # the top-K path and the full path both ran
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_long_rows_never_nan(dtype):
+    big = 6e4 if dtype == torch.float16 else 1e30
+    x = randn(4, 4096, seed=47, scale=3e3, dtype=torch.float32).clamp(-big, big)
+    x[0] = big
+    x = x.to(dtype)
+    for f in (N.sparsemax, N.entmax15, lambda t: N.entmax(t, 1.25)):
+        p = f(x)
+        assert p.dtype == dtype and not torch.isnan(p).any()
+        torch.testing.assert_close(p.float(), f(x.float()).to(dtype).float(), atol=1e-2, rtol=0)
+
+
+def test_newton_gradcheck_long_rows():
+    x = randn(2, 2 * N._WARM_MIN + 3, seed=48).requires_grad_()
+    for f in (N.sparsemax, N.entmax15, lambda t: N.entmax(t, 1.3)):
+        assert torch.autograd.gradcheck(f, (x,), eps=1e-7, atol=1e-6, fast_mode=True)
+
+
+def test_integer_powers_by_products():
+    u = torch.rand(7, 9, generator=torch.Generator().manual_seed(49), dtype=F64)
+    for e in (2, 3, 4, 5, 6, 7, 8, 2.5, 0.25, 9):
+        torch.testing.assert_close(N._ipow(u, e, torch.empty_like(u)), u**e, atol=0, rtol=1e-15)

@@ -14,9 +14,12 @@ The sparse maps share one form, with :math:`\beta = \alpha - 1 > 0`,
           \qquad \textstyle\sum_i \operatorname{entmax}_\alpha(x)_i = 1,
 
 (:math:`\alpha = 2` is sparsemax, :math:`\alpha \to 1` softmax), and the threshold
-:math:`\lambda` is found by one of three solvers, chosen with ``method``: ``"newton"``
-(sort-free Newton/Michelot iteration from :math:`\lambda_0 = \max - 1` with an exact finish on
-the support; the default of :func:`sparsemax`, :func:`entmax15` and :func:`entmax`),
+:math:`\lambda` is found by one of three solvers, chosen with ``method``: ``"newton"`` (the
+default of :func:`sparsemax`, :func:`entmax15` and :func:`entmax`; sort-free: Newton from the
+left on the convex, decreasing :math:`\phi(\lambda) = \|[\beta x - \lambda]_+\|_{1/\beta} - 1`,
+which is Michelot's iteration at :math:`\alpha = 2`, with an exact closed-form finish on the
+support for :math:`\alpha \in \{1.5, 2\}`; long rows start from the threshold of their group
+maxima, a lower bound, and for other :math:`\alpha` are solved on their top-K candidates),
 ``"sort"`` (exact, :math:`O(n\log n)`) or ``"bisect"`` (any :math:`\alpha>1`, fixed iteration
 count: :func:`entmax_bisect`). float16/bfloat16 logits are computed in float32 and the result
 cast back, so large half-precision logits never give NaN.
@@ -321,85 +324,165 @@ def _default_iters(dtype: torch.dtype) -> int:
 ENTMAX_METHODS = ("newton", "sort", "bisect")
 
 
-def _newton_threshold(w: torch.Tensor, alpha: float, dim: int = -1,
-                      max_iter: int = 200) -> torch.Tensor:
-    r"""Sort-free threshold: Newton's method on g(lam) = sum_i [w_i - lam]_+^{1/beta} = 1.
+# Sort-free solver, in units of z = x - max x: entmax_alpha(x)_i = [beta (z_i - tau)]_+^{1/beta}
+# with sum_i [z_i - tau]_+^{1/beta} = beta^{-1/beta} (= 1 for alpha = 2, 4 for alpha = 1.5).
+# Tuning constants (measured on a 2-core CPU, see benchmarks/bench_normalizers.py):
+_GROUP = 32  # warm start: maxima of strided groups of this many entries
+_WARM_MIN = 512  # ... for rows at least this long
+_WARM_STEPS = 4  # Newton steps on the group maxima (no synchronisation)
+_COMPACT_MIN = 1024  # general alpha: solve on the top-K candidates for rows this long
 
-    ``w = beta * (x - max x)``, so max w = 0 (``-inf`` entries allowed). g is convex and
-    decreasing for alpha in (1, 2] and g(-1) >= 1, so Newton from lam_0 = -1 (= max - 1)
-    increases monotonically to the root and never overshoots; the support {w > lam} only
-    shrinks. alpha = 2: the Newton step is Michelot's, lam = (sum_S w - 1)/|S|, and the
-    iteration is exact once the support repeats. alpha = 1.5: once the support repeats, the
-    closed-form root on it, mean_S - sqrt(1/|S| - var_S), is the exact threshold if it lies
-    below min_S w (checked; Newton continues otherwise). Other alpha: Newton until it stalls.
-    ``dim`` is the normalised dimension (0 suits many short rows: reductions run across them).
+
+def _ipow(u: torch.Tensor, e: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``u ** e`` for ``u >= 0``; an integer ``2 <= e <= 8`` by in-place products into ``out``
+    (``pow`` with a non-special exponent is several times slower)."""
+    if not (float(e).is_integer() and 2 <= e <= 8):
+        return torch.pow(u, e, out=out)
+    n = int(e)
+    if n == 2 or n == 3:
+        out = torch.mul(u, u, out=out)
+        return out.mul_(u) if n == 3 else out
+    out = _ipow(u, n // 2, out).square_()
+    return out.mul_(u) if n % 2 else out
+
+
+def _left_step(z: torch.Tensor, tau: torch.Tensor, alpha: float) -> torch.Tensor:
+    r"""One Newton step from the left on :math:`\phi(\tau) = \beta\|[z-\tau]_+\|_{1/\beta} - 1`
+    (Michelot's step for alpha = 2). ``phi`` is convex and decreasing (a norm of a convex,
+    nonnegative map), so from the left the step never overshoots the root."""
+    beta = alpha - 1
+    if alpha == 2.0:
+        m = torch.gt(z, tau).to(z.dtype)
+        k = m.sum(dim=-1, keepdim=True)
+        return torch.maximum((m.mul_(z).sum(dim=-1, keepdim=True) - 1) / k, tau)
+    u = (z - tau).relu_()
+    if alpha == 1.5:
+        r = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+        return tau + (r * (r - 2) / u.sum(dim=-1, keepdim=True)).clamp_min(0)
+    v = _ipow(u, 1 / beta - 1)
+    d = v.sum(dim=-1, keepdim=True)
+    g = (v * u).sum(dim=-1, keepdim=True)
+    return tau + ((g - g.pow(1 - beta) / beta) / d).clamp_min(0)
+
+
+def _row_max(x: torch.Tensor):
+    """``(top, m)``: the row maxima, and for long rows the maxima ``m`` of strided groups of
+    ``_GROUP`` entries (plus the leftover tail), from which the row maxima come cheaply."""
+    n = x.shape[-1]
+    if n < _WARM_MIN:
+        return x.amax(dim=-1, keepdim=True), None
+    c = n // _GROUP
+    m = x[..., : _GROUP * c].unflatten(-1, (_GROUP, c)).amax(dim=-2)
+    if _GROUP * c < n:
+        m = torch.cat([m, x[..., _GROUP * c:]], dim=-1)
+    return m.amax(dim=-1, keepdim=True), m
+
+
+def _warm_start(top: torch.Tensor, m, alpha: float) -> torch.Tensor:
+    r"""A lower bound of the threshold, in units of ``z = x - top``.
+
+    :math:`\tau_0 = -1/\beta` (:math:`\lambda_0 = \max - 1`), where the top entry alone
+    makes g reach its target; for long rows, a few Newton steps from there on the group maxima
+    ``m`` (a subset T of the entries: :math:`g_T \le g`, so its root, and every left Newton
+    iterate towards it, stays below the true threshold). No synchronisation.
     """
-    inv = 1 / (alpha - 1)
-    lam = torch.full_like(w.narrow(dim, 0, 1), -1.0)
-    count_prev = None
-    tiny = 4 * torch.finfo(w.dtype).eps
-    for _ in range(max_iter):
-        on = w > lam
-        count = on.sum(dim=dim, keepdim=True, dtype=w.dtype)
-        repeated = count_prev is not None and torch.equal(count, count_prev)
-        if alpha == 2.0:
-            if repeated:
+    tau = torch.full_like(top, -1 / (alpha - 1))
+    if m is not None:
+        m = (m - top).clamp_min_(-1 / (alpha - 1) - 1)  # -inf -> below any support
+        for _ in range(_WARM_STEPS):
+            tau = _left_step(m, tau, alpha)
+    return tau
+
+
+def _solve(z: torch.Tensor, tau: torch.Tensor, alpha: float, max_iter: int = 200):
+    r"""``(p, tau)`` from ``z = x - max`` (max 0, ``-inf`` allowed; overwritten) and a lower bound
+    ``tau``.
+
+    alpha = 2: Michelot's iteration :math:`\tau \leftarrow (\sum_S z - 1)/|S|`, exact once the
+    support S repeats. alpha = 1.5: the closed-form root on the current support,
+    :math:`\tau = \bar z_S - \sqrt{4/|S| - \sigma_S^2}`, which is exact if the support holds
+    there and lies right of the root otherwise (then one Newton step from the right lands left
+    of it, by convexity). Other alpha: Newton on :math:`\phi` until its step is below rounding.
+    """
+    buf = torch.empty_like(z)
+    if alpha == 2.0:
+        z = z.clamp_min_(-2.0)  # (z is ours) -inf -> -2, below any support: 0 * z stays finite
+        k_prev = None
+        for _ in range(max_iter):
+            m = torch.gt(z, tau, out=buf)
+            k = m.sum(dim=-1, keepdim=True)
+            if k_prev is not None and torch.equal(k, k_prev):
                 break
-            lam = (torch.where(on, w, 0).sum(dim=dim, keepdim=True) - 1) / count
-        elif alpha == 1.5:
-            if repeated:
-                k = count
-                mean = torch.where(on, w, 0).sum(dim=dim, keepdim=True) / k
-                var = torch.where(on, w - mean, 0).square().sum(dim=dim, keepdim=True) / k
-                closed = mean - torch.sqrt((1 / k - var).clamp_min(0))
-                low = torch.where(on, w, math.inf).amin(dim=dim, keepdim=True)
-                if bool(((var <= 1 / k) & (closed <= low)).all()):
-                    return closed
-            d = (w - lam).clamp_min(0)
-            lam = torch.maximum(lam + (d.square().sum(dim=dim, keepdim=True) - 1)
-                                / (2 * d.sum(dim=dim, keepdim=True)), lam)
-        else:
-            d = (w - lam).clamp_min(0)
-            dp = d.pow(inv - 1)
-            g = (dp * d).sum(dim=dim, keepdim=True)
-            new = torch.maximum(lam + (g - 1) / (inv * dp.sum(dim=dim, keepdim=True)), lam)
-            if bool((new - lam <= tiny * (1 + lam.abs())).all()):
-                return new
-            lam = new
-        count_prev = count
-    return lam
+            tau = torch.maximum((m.mul_(z).sum(dim=-1, keepdim=True) - 1) / k, tau)
+            k_prev = k
+        return torch.sub(z, tau, out=buf).relu_(), tau
+    if alpha == 1.5:
+        k_prev, closed = None, False
+        mask = torch.empty_like(z)
+        for _ in range(max_iter):
+            u = torch.sub(z, tau, out=buf).relu_()
+            k = torch.gt(u, 0, out=mask).sum(dim=-1, keepdim=True)
+            if closed and torch.equal(k, k_prev):
+                break  # the support held at the closed-form root: exact
+            s1 = u.sum(dim=-1, keepdim=True)
+            r = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+            if closed:  # it overshot: Newton from the right lands left of the root
+                tau, closed = tau + r * (r - 2) / s1, False
+            else:  # sum_S (u_i - t)^2 = 4, smaller root, in the cancellation-free form
+                s2 = r * r
+                disc = (s1 * s1 - k * (s2 - 4)).clamp_min(0)
+                tau, closed = tau + ((s2 - 4) / (s1 + disc.sqrt())).clamp_min(0), True
+            k_prev = k
+        return u.mul_(0.5).square_(), tau
+    beta = alpha - 1
+    tiny = 4 * torch.finfo(z.dtype).eps
+    pw = torch.empty_like(z)
+    for _ in range(max_iter):
+        u = torch.sub(z, tau, out=buf).relu_()
+        v = _ipow(u, 1 / beta - 1, out=pw)
+        d = v.sum(dim=-1, keepdim=True)
+        v.mul_(u)  # u^(1/beta)
+        g = v.sum(dim=-1, keepdim=True)
+        step = ((g - g.pow(1 - beta) / beta) / d).clamp_min(0)
+        if bool((step <= tiny * (1 + tau.abs())).all()):
+            break
+        tau = tau + step
+    # the threshold moves by `step` (below rounding): entries at or below it are exact zeros
+    v.mul_(torch.gt(u, step, out=buf))
+    return v.div_(v.sum(dim=-1, keepdim=True)), tau + step
 
 
 def _newton_parts(x: torch.Tensor, alpha: float):
-    """(p, lambda) by the sort-free solver, validating through the row maxima (cheap)."""
+    """(p, lambda) by the sort-free solver, validating through the row maxima (cheap): warm
+    start, then :func:`_solve` on the shifted row, or on its top-K candidates (general alpha,
+    long sparse rows, where each ``pow`` pass over the full row would cost more than the top-K)."""
     if x.numel() == 0:
         return _entmax_parts(x, alpha, "newton", None)
     if x.dtype in (torch.float16, torch.bfloat16):  # half logits: solve in float32
         p, lam = _newton_parts(x.float(), alpha)
         return p.to(x.dtype), lam.to(x.dtype)
-    top = x.amax(dim=-1, keepdim=True)  # NaN propagates into the max
-    if torch.isnan(top).any():
-        check_no_nan(x, "x")
-    if torch.isinf(top).any():
+    top, m = _row_max(x)  # NaN propagates into the max
+    if not torch.isfinite(top).all():
+        if torch.isnan(top).any():
+            check_no_nan(x, "x")
         if torch.isneginf(top).any():
             raise ValueError("x has a slice that is -inf everywhere; no probability vector "
                              "has those logits")
         return _entmax_parts(x, alpha, "newton", None)  # +inf logits: the general path
-    # The support lies in {beta (x - max) > -1}: solve on the K largest logits only (a top-K
-    # warm start, K = the largest such set over the rows), then apply the threshold to all.
     beta = alpha - 1
-    size = int((x >= top - 1 / beta).sum(dim=-1).max())  # >= 1: the max itself
-    cand = x if 2 * size > x.shape[-1] else torch.topk(x, size, dim=-1, sorted=False).values
-    # rows side by side (candidates x rows): the reductions then run across rows, fast
-    cand = ((cand - top) * beta).reshape(-1, cand.shape[-1]).T.contiguous()
-    lam = _newton_threshold(cand, alpha, dim=0).T.reshape(top.shape)
-    p = (x - top).sub_(lam / beta).clamp_min_(0)  # shift first: exact for huge logits
-    if alpha == 1.5:
-        p = p.mul_(0.5).square_()
-    elif alpha != 2.0:
-        p = p.mul_(beta).pow_(1 / beta)
-        p = p / p.sum(dim=-1, keepdim=True)
-    return p, (lam + beta * top).squeeze(-1)
+    n = x.shape[-1]
+    tau = _warm_start(top, m, alpha)
+    z = x - top  # shift first: exact for huge logits
+    if alpha not in (1.5, 2.0) and n >= _COMPACT_MIN:
+        # general alpha on long rows: pow is costly, so solve on the K largest logits, the
+        # most that any row has above the lower bound (the rest are exact zeros)
+        size = int(torch.gt(z, tau, out=torch.empty_like(z)).sum(dim=-1).max())
+        if 8 * size <= n:
+            vals, idx = torch.topk(z, size, dim=-1, sorted=False)
+            pc, tau = _solve(vals, tau, alpha)
+            return torch.zeros_like(x).scatter_(-1, idx, pc), (beta * (tau + top)).squeeze(-1)
+    p, tau = _solve(z, tau, alpha)
+    return p, (beta * (tau + top)).squeeze(-1)
 
 
 def _bisect_threshold(w: torch.Tensor, beta: float, n_iter: int) -> torch.Tensor:
@@ -430,7 +513,8 @@ def _entmax_parts(x: torch.Tensor, alpha: float, method: str, n_iter: int | None
     if method == "sort":
         lam = _sort_threshold(w, alpha)
     elif method == "newton":
-        lam = _newton_threshold(w - w.amax(dim=-1, keepdim=True), alpha)
+        top, m = _row_max(z)
+        lam = beta * _solve(z - top, _warm_start(top, m, alpha), alpha)[1]
     else:
         lam = _bisect_threshold(w, beta, n_iter or _default_iters(x.dtype))
     p = (w - lam).clamp_min(0).pow(1 / beta)
@@ -534,11 +618,16 @@ def entmax(x, alpha: float = 1.5, dim: int = -1, method: str = "newton") -> torc
     .. math:: \operatorname{entmax}_\alpha(x) = \big[(\alpha-1)x - \lambda(x)\big]_+^{1/(\alpha-1)}.
 
     ``method="newton"`` (default, :math:`1 < \alpha \le 2`): Newton's method on
-    :math:`g(\lambda) = \sum_i [(\alpha-1)x_i - \lambda]_+^{1/(\alpha-1)} = 1` from
-    :math:`\lambda_0 = (\alpha-1)\max_i x_i - 1`, where :math:`g \ge 1`; :math:`g` is convex and
-    decreasing there, so the iterates rise monotonically to the root without sorting, and for
-    :math:`\alpha \in \{1.5, 2\}` the iteration ends with the closed-form root on the support
-    (exact). Other :math:`\alpha` stop when Newton no longer moves and renormalise.
+    :math:`\phi(\lambda) = g(\lambda)^{\alpha-1} - 1`,
+    :math:`g(\lambda) = \sum_i [(\alpha-1)x_i - \lambda]_+^{1/(\alpha-1)}`, from a point where
+    :math:`g \ge 1` (:math:`\lambda_0 = (\alpha-1)\max_i x_i - 1`, or for long rows a few Newton
+    steps on the maxima of groups of entries, which stay below the root); :math:`\phi` is a norm
+    of a convex map, so convex and decreasing, and the iterates rise monotonically to the root
+    without sorting (exactly in one step when the support's entries are equal). For
+    :math:`\alpha \in \{1.5, 2\}` the iteration ends with the closed-form root on the support,
+    verified (exact). Other :math:`\alpha` stop when the Newton step is below rounding and
+    renormalise; on long rows they are solved on the top-K logits, K the most that any row has
+    above the lower bound (the others are exact zeros).
     ``"sort"``: exact, :math:`\alpha \in \{1.5, 2\}` only. ``"bisect"``: any :math:`\alpha > 1`
     (same as :func:`entmax_bisect`). Backward: :math:`s = p^{2-\alpha}` on the support.
     """
