@@ -379,3 +379,17 @@ def test_foreach_chunks_equal_whole_tensors(monkeypatch):
 def test_bad_fused_argument():
     with pytest.raises(TypeError, match="fused"):
         Lion([torch.nn.Parameter(torch.zeros(2))], fused="yes")
+
+
+def test_fused_auto_stays_on_foreach_off_the_cpu(monkeypatch):
+    # auto mode compiles only CPU groups (on an H100 the compiled kernel measured slower)
+    from types import SimpleNamespace
+
+    from dlmath.optim import _fused
+
+    monkeypatch.setattr(_fused, "_unavailable", lambda device_type: None)
+    opt = SimpleNamespace(fused=None)
+    big = _fused.FUSED_MIN_NUMEL
+    assert _fused.use_fused(opt, [torch.empty(big)])
+    assert not _fused.use_fused(opt, [torch.empty(big, device="meta")])
+    assert _fused.use_fused(SimpleNamespace(fused=True), [torch.empty(big, device="meta")])

@@ -112,7 +112,7 @@ class Tiger(torch.optim.Optimizer):
             :math:`c + s(\theta - c)`. Costs one device synchronisation per step.
         fused: ``None`` (auto), ``True`` or ``False``: the compiled one-pass step or the eager
             ``foreach`` ops, chosen as in :class:`dlmath.optim.Lion` (auto: compiled for groups
-            of at least 2**20 elements); bit-identical results in float32/float64. ``lazy``
+            of 2**20+ elements on a CPU); bit-identical results in float32/float64. ``lazy``
             groups take the ``foreach`` path. On a micro-step that does not fire (accumulation)
             the compiled kernel rewrites each parameter unchanged.
 
