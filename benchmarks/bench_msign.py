@@ -88,6 +88,18 @@ def cases(device: str) -> list[Case]:
                                if k != "polar via SVD"}
         out.append(Case(f"msign {n}x{m} ({device})", cand, anchor="torch.optim.Muon NS",
                         rounds=7, notes=notes))
+        if device == "cuda":
+            # torch.optim.Muon's function returns bf16 while msign returns its input's dtype:
+            # with a bf16 input neither casts back, and the two do the same work
+            H = G.to(bf16)
+            same = {"torch.optim.Muon NS": lambda H=H: _zeropower_via_newtonschulz(H, JORDAN, 5,
+                                                                                    1e-7),
+                    "dlmath.msign(jordan, bf16)": lambda H=H: msign(H, 5, "jordan", dtype=bf16),
+                    "dlmath.msign(jordan, bf16, validate=False)":
+                        lambda H=H: msign(H, 5, "jordan", dtype=bf16, validate=False)}
+            out.append(Case(f"msign {n}x{m} bf16 in and out (cuda)", same,
+                            anchor="torch.optim.Muon NS", rounds=9,
+                            notes={"tflops": {k: tflops(f, n, m) for k, f in same.items()}}))
 
         step = {
             "plain Newton-Schulz": lambda G=G: plain_newton_schulz(G, fast),

@@ -438,9 +438,10 @@ def _gram_rank(gram: torch.Tensor, args: tuple) -> tuple[torch.Tensor, torch.Ten
     """
     lam = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0)
     tau = args[0] * torch.finfo(gram.dtype).eps * lam[..., :1]
-    value = _rank_from_values(torch.where(lam > tau, lam, 0).sqrt(), *args)  # noise -> 0
-    low = _rank_from_values((lam - tau).clamp_min(0).sqrt(), *args)
-    high = _rank_from_values((lam + tau).sqrt(), *args)
+    # the value (noise -> 0) and both ends of the intervals, in one batched evaluation
+    value, low, high = _rank_from_values(torch.stack([torch.where(lam > tau, lam, 0),
+                                                      (lam - tau).clamp_min(0), lam + tau])
+                                         .sqrt(), *args)
     spread = torch.maximum((low - value).abs(), (high - value).abs())
     return value, ~(spread <= _GRAM_RTOL * value.abs())
 
