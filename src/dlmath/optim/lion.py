@@ -179,10 +179,10 @@ def lion_fused(optimizer, params, grads, ms, *, lr, beta1, beta2, wd) -> bool:
     return fused_sign_step(optimizer, params, grads, ms, coef)
 
 
-#: Elements per chunk of the foreach path: 2**18 float32 values are 1 MiB, so the chunk of the
-#: update and of the three operands stays in this CPU's 2 MiB L2 cache between the seven ops
-#: (measured best of 2**16..2**20 in benchmarks/bench_optim.py's model: about 2x faster than
-#: whole tensors, which stream 68 bytes per parameter through memory instead of 20).
+#: The number of elements per chunk of the CPU foreach path. 2**18 float32 values are 1 MiB,
+#: so the chunk of the update and of the three operands stays in this CPU's 2 MiB L2 cache
+#: between the seven ops (measured best of 2**16..2**20 in benchmarks/bench_optim.py's model,
+#: about 2x faster than whole tensors, which stream 68 bytes per parameter instead of 20).
 CHUNK = 1 << 18
 
 
