@@ -366,13 +366,7 @@ def test_foreach_chunks_equal_whole_tensors(monkeypatch):
     assert len(waves) > 10 and sum(t.numel() for w in waves for t in w[0]) == 37 * 29 + 305
     oa = Lion(a, lr=0.02, weight_decay=0.1, fused=False)
     ob = lion_pytorch.Lion(b, lr=0.02, weight_decay=0.1)
-    g = torch.Generator().manual_seed(4)
-    for _ in range(5):
-        for p, q in zip(a, b, strict=True):
-            p.grad = torch.randn(p.shape, generator=g)
-            q.grad = p.grad.clone()
-        oa.step()
-        ob.step()
+    _step_both(a, b, oa, ob, 5, seed=4)
     assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
 
 

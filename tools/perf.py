@@ -145,7 +145,7 @@ def ratio_chart(entry: dict, title: str) -> str:
         for name, c in case["candidates"].items():
             if name == case["anchor"]:
                 continue
-            labels.append(f"{case['name']}: {name}  [vs {case['anchor']}]")
+            labels.append(f"{case['name']}: {name}")  # the anchor is in the table below
             lo, hi = c["ratio_iqr"]
             values.append(c["median_ratio"])
             errs.append((c["median_ratio"] - lo, hi - c["median_ratio"]))
@@ -156,14 +156,15 @@ def ratio_chart(entry: dict, title: str) -> str:
 
 
 def _draw(plt, labels, values, errs, title) -> str:
-    fig, ax = plt.subplots(figsize=(9, 0.28 * len(labels) + 0.9))
+    fig, ax = plt.subplots(figsize=(10, 0.3 * len(labels) + 1.0))
     y = list(range(len(labels)))[::-1]
     colors = ["#2a7ab0" if v <= 1 else "#c0504d" for v in values]
     ax.barh(y, values, color=colors, xerr=list(zip(*errs, strict=True)) if errs else None,
             error_kw={"elinewidth": 0.8, "capsize": 2})
     ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_yticks(y, labels, fontsize=7)
+    if min(values) > 0 and max(values) > 10 * min(values):  # log only across decades
+        ax.set_xscale("log")
+    ax.set_yticks(y, labels, fontsize=8)
     ax.set_xlabel("time / anchor time (median over rounds, IQR bars; < 1 is faster)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
