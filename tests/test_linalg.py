@@ -9,12 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlmath import linalg
+from dlmath.device import generator
 
 F64 = torch.float64
 
 
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
+def gen(seed: int) -> torch.Generator:
+    return generator(seed, "cpu")
 
 
 def orthonormal(n, k, g, dtype=F64):

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dlmath.device import generator
 from dlmath.msign import (
     JORDAN,
     SCALES,
@@ -33,7 +34,7 @@ F64 = torch.float64
 
 
 def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    return generator(seed, "cpu")
 
 
 def planted(n: int, m: int, sigma: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from dlmath.device import generator
 from dlmath.msign import msign, polar
 from dlmath.optim import Muon, spectral_decay_
 from dlmath.optim.muon import lr_ratio
@@ -15,7 +16,7 @@ JORDAN = (3.4445, -4.7750, 2.0315)
 
 
 def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    return generator(seed, "cpu")
 
 
 def reference_ns(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:

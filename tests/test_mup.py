@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlmath import mup
+from dlmath.device import generator
 from dlmath.msign import polar
 
 F64 = torch.float64
@@ -20,9 +21,7 @@ D_IN, D_OUT, BATCH, N_HIDDEN = 8, 4, 16, 2
 
 
 def _gen(seed):
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
+    return generator(seed, "cpu")
 
 
 def _problem(d, seed, param="mup"):

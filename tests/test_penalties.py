@@ -6,15 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlmath import penalties as P
+from dlmath.device import generator
 
 F64 = torch.float64
 SETTINGS = settings(max_examples=40, deadline=None)
 
 
 def _gen(seed):
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
+    return generator(seed, "cpu")
 
 
 def _smooth_f(v):

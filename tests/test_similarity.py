@@ -10,15 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlmath import similarity as S
+from dlmath.device import generator
 
 F64 = torch.float64
 SETTINGS = settings(max_examples=60, deadline=None)
 
 
 def _gen(seed):
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
+    return generator(seed, "cpu")
 
 
 @st.composite

@@ -153,23 +153,29 @@ class Lion(torch.optim.Optimizer):
         """Perform one update; ``closure`` (optional) recomputes and returns the loss."""
         loss = run_closure(closure)
         for group in self.param_groups:
-            params, grads = dense_grads(self, group)
-            if not params:
-                continue
-            ms = momentum_buffers(self, params)
-            lr, wd = group["lr"], group["weight_decay"]
-            beta1, beta2 = group["betas"]
-            if group["lazy"]:
-                masks = [lazy_rows(g) for g in grads]
-                old_p = [p.clone() for p in params]
-                old_m = [m.clone() for m in ms]
-            elif lion_fused(self, params, grads, ms, lr=lr, beta1=beta1, beta2=beta2, wd=wd):
-                continue
-            _lion_foreach(params, grads, ms, lr=lr, beta1=beta1, beta2=beta2, wd=wd)
-            if group["lazy"]:
-                _apply_lazy(params, old_p, masks)
-                _apply_lazy(ms, old_m, masks)
+            sign_group_step(self, group, *group["betas"], lazy=group["lazy"])
         return loss
+
+
+def sign_group_step(optimizer, group: dict, beta1: float, beta2: float, lazy: bool = False):
+    """The Lion update of one parameter group (SignSGD is ``beta1 = beta2``): the compiled
+    kernel where :func:`lion_fused` takes it, the foreach ops otherwise; ``lazy`` restores the
+    rows whose gradient is exactly zero."""
+    params, grads = dense_grads(optimizer, group)
+    if not params:
+        return
+    ms = momentum_buffers(optimizer, params)
+    kw = dict(lr=group["lr"], beta1=beta1, beta2=beta2, wd=group["weight_decay"])
+    if lazy:
+        masks = [lazy_rows(g) for g in grads]
+        old_p = [p.clone() for p in params]
+        old_m = [m.clone() for m in ms]
+    elif lion_fused(optimizer, params, grads, ms, **kw):
+        return
+    _lion_foreach(params, grads, ms, **kw)
+    if lazy:
+        _apply_lazy(params, old_p, masks)
+        _apply_lazy(ms, old_m, masks)
 
 
 def lion_fused(optimizer, params, grads, ms, *, lr, beta1, beta2, wd) -> bool:

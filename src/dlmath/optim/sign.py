@@ -18,7 +18,7 @@ import torch
 
 from .._checks import as_float_tensor, check_int, check_real
 from ._fused import check_fused
-from .lion import _lion_foreach, dense_grads, lion_fused, lion_update, momentum_buffers, run_closure
+from .lion import lion_update, run_closure, sign_group_step
 
 __all__ = [
     "SignSGD",
@@ -55,14 +55,7 @@ class SignSGD(torch.optim.Optimizer):
         """Perform one update; ``closure`` (optional) recomputes and returns the loss."""
         loss = run_closure(closure)
         for group in self.param_groups:
-            params, grads = dense_grads(self, group)
-            if not params:
-                continue
-            ms = momentum_buffers(self, params)
-            kw = dict(lr=group["lr"], beta1=group["momentum"], beta2=group["momentum"],
-                      wd=group["weight_decay"])
-            if not lion_fused(self, params, grads, ms, **kw):
-                _lion_foreach(params, grads, ms, **kw)
+            sign_group_step(self, group, group["momentum"], group["momentum"])
         return loss
 
 
