@@ -39,6 +39,22 @@ def test_check_matrix_and_finite():
         _checks.check_matrix(torch.tensor([[1.0, math.nan]]), "W")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_finiteness_fast_path_is_exact(dtype):
+    # the checks first test the sum; a sum that overflows, or inf - inf = NaN, must fall back to
+    # the elementwise test rather than report a value the tensor does not hold
+    big = torch.full((4, 4), torch.finfo(dtype).max, dtype=dtype)
+    assert not torch.isfinite(big.sum())
+    assert _checks.check_finite(big, "x") is big
+    both = torch.tensor([math.inf, -math.inf], dtype=dtype)
+    assert torch.isnan(both.sum())
+    assert _checks.check_no_nan(both, "x") is both
+    with pytest.raises(ValueError, match="x must be finite, but it contains inf"):
+        _checks.check_finite(both, "x")
+    with pytest.raises(ValueError, match="x contains NaN"):
+        _checks.check_no_nan(torch.tensor([1.0, math.nan, -math.inf], dtype=dtype), "x")
+
+
 def test_check_real_int_choice_probability():
     assert _checks.check_real(2, "lr", positive=True) == 2.0
     with pytest.raises(TypeError, match="lr must be a real number"):

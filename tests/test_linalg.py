@@ -509,12 +509,15 @@ def test_effective_rank_gram_path_defers_what_it_cannot_resolve(monkeypatch):
     assert linalg.effective_rank(M, "rank").item() == 4  # ... gives a wrong count
 
 
-def test_effective_rank_cholesky_test_routes_slices(monkeypatch):
+@pytest.mark.parametrize("n, tested", [(5, True), (32, False)])
+def test_effective_rank_cholesky_test_routes_slices(monkeypatch, n, tested):
     # a batch of a well-conditioned slice (float32 certifies it) and a rank-deficient one
-    # (it cannot): only the first reaches the float32 eigenvalues, the second starts in float64
-    good = planted([1.0, 0.9, 0.8, 0.7], 32, 4, seed=20).float()
-    bad = planted([1.0, 0.5, 0.0, 0.0], 32, 4, seed=21).float()
-    assert linalg._clears_rounding(linalg._small_gram(torch.stack([good, bad])), 32).tolist() \
+    # (it cannot). Near-square (5 x 4), the Cholesky test sends only the first to the float32
+    # eigenvalues and the second straight to float64; at aspect 8 (32 x 4) there is no test, so
+    # both try float32 and the second, unsure there, is redone in float64
+    good = planted([1.0, 0.9, 0.8, 0.7], n, 4, seed=20).float()
+    bad = planted([1.0, 0.5, 0.0, 0.0], n, 4, seed=21).float()
+    assert linalg._clears_rounding(linalg._small_gram(torch.stack([good, bad])), n).tolist() \
         == [True, False]
     calls = []
     real = linalg._gram_rank
@@ -525,6 +528,6 @@ def test_effective_rank_cholesky_test_routes_slices(monkeypatch):
 
     monkeypatch.setattr(linalg, "_gram_rank", spy)
     got = linalg.effective_rank(torch.stack([good, bad]), "entropy")
-    assert calls == [(torch.float32, 1), (torch.float64, 1)]
+    assert calls == [(torch.float32, 1 if tested else 2), (torch.float64, 1)]
     want = linalg.effective_rank(torch.stack([good, bad]).double(), "entropy", exact=True)
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=0)

@@ -371,7 +371,9 @@ def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
     value its rounding cannot support; it pays for the extra tiers only where needed. A float32
     slice whose Gram matrix fails a Cholesky test of :math:`G - cI`, :math:`c \ge \tau` (some
     eigenvalue within rounding of zero, as for a square Gaussian matrix) skips the float32
-    eigenvalues, which could not be certified, and starts in float64.
+    eigenvalues, which could not be certified, and starts in float64; the test runs only where
+    the shorter side is more than 2/3 of the longer, since a Gaussian of aspect 1.5 or more
+    already clears it.
     """
     check_choice(kind, "kind", EFFECTIVE_RANK_KINDS)
     if singular_values or exact:
@@ -389,19 +391,20 @@ def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
     size = max(A.shape[-2:])
     args = (size, kind, eps, relative, k, gamma, alpha, rtol, A.dtype)
     gram = _small_gram(A)
-    if A.dtype == torch.float64:
-        value, unsure = _gram_rank(gram, args)
+    if A.dtype == torch.float64 or 3 * min(A.shape[-2:]) <= 2 * size:
+        value, unsure = _gram_rank(gram, args)  # first tier, in the working dtype
     else:
-        # first tier, float32, only where a Cholesky test says it can succeed
+        # first tier for a near-square float32 matrix: only where a Cholesky test says it can
+        # succeed (a near-square Gaussian's smallest singular values are within its rounding)
         value = torch.zeros(gram.shape[:-2], dtype=A.dtype, device=A.device)
         clear = _clears_rounding(gram, size)
         unsure = ~clear
         if clear.any():
             value[clear], unsure[clear] = _gram_rank(gram[clear], args)
-        if unsure.any():  # second tier: the Gram matrix in float64
-            v64, unsure64 = _gram_rank(_small_gram(A[unsure].double()), args)
-            value[unsure] = v64.to(value.dtype)
-            unsure[unsure.clone()] = unsure64
+    if A.dtype != torch.float64 and unsure.any():  # second tier: the Gram matrix in float64
+        v64, unsure64 = _gram_rank(_small_gram(A[unsure].double()), args)
+        value[unsure] = v64.to(value.dtype)
+        unsure[unsure.clone()] = unsure64
     if unsure.any():  # last tier: float64 svdvals
         s_exact, _ = _singular_values(M[unsure], False, exact=True)
         value[unsure] = _rank_from_values(s_exact, *args).to(value.dtype)
