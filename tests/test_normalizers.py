@@ -550,11 +550,12 @@ def test_newton_long_rows_equal_sort(dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("alpha", [1.25, 1.6])
-def test_newton_general_alpha_long_rows(alpha, monkeypatch):
-    """Long sparse rows are solved on their top-K candidates, dense rows on the full row; both
+@pytest.mark.parametrize("n", [2048, 8192])  # candidates packed by prefix count / by top-K
+def test_newton_general_alpha_long_rows(alpha, n, monkeypatch):
+    """Long sparse rows are solved on their candidates only, dense rows on the full row; both
     within 1e-6 of float64 bisection, with its exact zeros."""
+    assert (n < N._PACK_MAX) == (n == 2048)
     sizes = _count_calls(monkeypatch, "_solve")
-    n = 8192
     sparse = randn(6, n, seed=44, scale=3.0, dtype=torch.float32)
     sparse[::2, ::5] = -math.inf
     dense = randn(3, n, seed=45, scale=0.01, dtype=torch.float32)
@@ -570,7 +571,7 @@ def test_newton_general_alpha_long_rows(alpha, monkeypatch):
         (g,) = torch.autograd.grad((N.entmax(xr, alpha) * w).sum(), xr)
         (gb,) = torch.autograd.grad((N.entmax_bisect(xr, alpha) * w).sum(), xr)
         torch.testing.assert_close(g, gb, atol=2e-5, rtol=0)
-    assert min(sizes) < n // 8 and max(sizes) == n  # the top-K path and the full path both ran
+    assert min(sizes) < n // 8 and max(sizes) == n  # the packed path and the full path both ran
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

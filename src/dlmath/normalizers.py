@@ -19,7 +19,7 @@ default of :func:`sparsemax`, :func:`entmax15` and :func:`entmax`; sort-free: Ne
 left on the convex, decreasing :math:`\phi(\lambda) = \|[\beta x - \lambda]_+\|_{1/\beta} - 1`,
 which is Michelot's iteration at :math:`\alpha = 2`, with an exact closed-form finish on the
 support for :math:`\alpha \in \{1.5, 2\}`; long rows start from the threshold of their group
-maxima, a lower bound, and for other :math:`\alpha` are solved on their top-K candidates),
+maxima, a lower bound, and for other :math:`\alpha` are solved on their candidates only),
 ``"sort"`` (exact, :math:`O(n\log n)`) or ``"bisect"`` (any :math:`\alpha>1`, fixed iteration
 count: :func:`entmax_bisect`). float16/bfloat16 logits are computed in float32 and the result
 cast back, so large half-precision logits never give NaN.
@@ -330,7 +330,8 @@ ENTMAX_METHODS = ("newton", "sort", "bisect")
 _GROUP = 32  # warm start: maxima of strided groups of this many entries
 _WARM_MIN = 512  # ... for rows at least this long
 _WARM_STEPS = 4  # Newton steps on the group maxima (no synchronisation)
-_COMPACT_MIN = 1024  # general alpha: solve on the top-K candidates for rows this long
+_COMPACT_MIN = 1024  # general alpha: solve on the candidates only for rows this long
+_PACK_MAX = 4096  # ... packed by a prefix count below this length, by top-K from it
 
 
 def _ipow(u: torch.Tensor, e: float, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -452,6 +453,31 @@ def _solve(z: torch.Tensor, tau: torch.Tensor, alpha: float, max_iter: int = 200
     return v.div_(v.sum(dim=-1, keepdim=True)), tau + step
 
 
+def _candidates(z: torch.Tensor, tau: torch.Tensor, floor: float):
+    """``(values, unpack)``: the entries of each row above ``tau``, packed into K columns (K the
+    most any row has; shorter rows padded with ``floor``), and the map that puts a result on
+    them back in place (zeros elsewhere); None when K > n/8, where packing does not pay.
+
+    Rows shorter than :data:`_PACK_MAX` are packed in order by a prefix count of the mask (each
+    entry's column; a spare column takes the rest); longer rows by ``topk``, whose cost per row
+    is then amortised (measured on a 2-core CPU: 2.5x faster than ``topk`` at 256 rows of 1024,
+    3-6x slower at 8-64 rows of 4096-32768).
+    """
+    n = z.shape[-1]
+    above = torch.gt(z, tau)
+    size = int(above.sum(dim=-1).max())
+    if 8 * size > n:
+        return None
+    if n >= _PACK_MAX:
+        vals, idx = torch.topk(z, size, dim=-1, sorted=False)
+        return vals, lambda p: torch.zeros_like(z).scatter_(-1, idx, p)
+    column = above.cumsum(dim=-1).sub_(1).masked_fill_(~above, size)
+    packed = torch.full((*z.shape[:-1], size + 1), floor, dtype=z.dtype, device=z.device)
+    packed.scatter_(-1, column, z)
+    return packed[..., :size], lambda p: torch.cat([p, torch.zeros_like(p[..., :1])],
+                                                   dim=-1).gather(-1, column)
+
+
 def _newton_parts(x: torch.Tensor, alpha: float):
     """(p, lambda) by the sort-free solver, validating through the row maxima (cheap): warm
     start, then :func:`_solve` on the shifted row, or on its top-K candidates (general alpha,
@@ -474,13 +500,13 @@ def _newton_parts(x: torch.Tensor, alpha: float):
     tau = _warm_start(top, m, alpha)
     z = x - top  # shift first: exact for huge logits
     if alpha not in (1.5, 2.0) and n >= _COMPACT_MIN:
-        # general alpha on long rows: pow is costly, so solve on the K largest logits, the
-        # most that any row has above the lower bound (the rest are exact zeros)
-        size = int(torch.gt(z, tau, out=torch.empty_like(z)).sum(dim=-1).max())
-        if 8 * size <= n:
-            vals, idx = torch.topk(z, size, dim=-1, sorted=False)
+        # general alpha on long rows: pow is costly, so solve on the entries above the lower
+        # bound only (the rest are exact zeros), when they are few
+        packed = _candidates(z, tau, -1 / beta - 1)
+        if packed is not None:
+            vals, unpack = packed
             pc, tau = _solve(vals, tau, alpha)
-            return torch.zeros_like(x).scatter_(-1, idx, pc), (beta * (tau + top)).squeeze(-1)
+            return unpack(pc), (beta * (tau + top)).squeeze(-1)
     p, tau = _solve(z, tau, alpha)
     return p, (beta * (tau + top)).squeeze(-1)
 
