@@ -464,14 +464,14 @@ def _candidates(z: torch.Tensor, tau: torch.Tensor, floor: float):
     3-6x slower at 8-64 rows of 4096-32768).
     """
     n = z.shape[-1]
-    above = torch.gt(z, tau)
+    above = torch.gt(z, tau, out=torch.empty_like(z))  # 0/1 in z's dtype: sums 4x faster
     size = int(above.sum(dim=-1).max())
     if 8 * size > n:
         return None
     if n >= _PACK_MAX:
         vals, idx = torch.topk(z, size, dim=-1, sorted=False)
         return vals, lambda p: torch.zeros_like(z).scatter_(-1, idx, p)
-    column = above.cumsum(dim=-1).sub_(1).masked_fill_(~above, size)
+    column = above.cumsum(dim=-1).sub_(1).masked_fill_(above == 0, size).long()  # exact: n < 2^11
     packed = torch.full((*z.shape[:-1], size + 1), floor, dtype=z.dtype, device=z.device)
     packed.scatter_(-1, column, z)
     return packed[..., :size], lambda p: torch.cat([p, torch.zeros_like(p[..., :1])],
