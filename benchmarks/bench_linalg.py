@@ -80,6 +80,21 @@ def spectral_cases(device, sizes):
     return out
 
 
+def float32_width(M):
+    """Why a float32 Gram path can or cannot certify the entropy rank of ``M``: the largest
+    error of its float32 Gram eigenvalues against float64 ones, in units of eps * lambda_1,
+    and the relative change of the entropy rank when every eigenvalue is moved by that much
+    (the spread an honest interval of that width leaves; the fast path needs it <= 1e-4)."""
+    lam32 = torch.linalg.eigvalsh(linalg._small_gram(M)).double().flip(-1).clamp_min(0)
+    lam64 = torch.linalg.eigvalsh(linalg._small_gram(M.double())).flip(-1).clamp_min(0)
+    unit = torch.finfo(torch.float32).eps * lam64[0]
+    width = float((lam32 - lam64).abs().max() / unit)
+    value, low, high = (float(linalg.effective_rank(s.sqrt(), singular_values=True))
+                        for s in (lam64, (lam64 - width * unit).clamp_min(0), lam64 + width * unit))
+    return {"eigenvalue_error_over_eps_lambda1": width,
+            "entropy_rank_spread_at_that_width": max(abs(low - value), abs(high - value)) / value}
+
+
 def rank_cases(device, shapes):
     out = []
     g = torch.Generator(device=device).manual_seed(3)
@@ -87,7 +102,7 @@ def rank_cases(device, shapes):
         M = torch.randn(n, m, device=device, generator=g)
         exact = linalg.effective_rank(M, exact=True)
         notes = {"rel_error_vs_float64": rel(linalg.effective_rank(M), exact),
-                 "kind": "entropy"}
+                 "kind": "entropy", **float32_width(M)}
         out.append(Case(f"effective rank {n}x{m} ({device})",
                         {"svdvals": lambda M=M: torch.linalg.svdvals(M),
                          "effective_rank (Gram)": lambda M=M: linalg.effective_rank(M),
