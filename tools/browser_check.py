@@ -10,7 +10,8 @@ when
 * an image points to a file that is not in the build, or did not load (natural width 0),
 * an internal link points to a missing page or a missing anchor,
 * the page logged a JavaScript error or a resource failed to load,
-* a chapter page lacks a Binder or Colab launch button opening its own notebook.
+* a chapter page lacks a Binder or Colab launch button opening its own notebook,
+* a figure's text stand-in (``<Figure size ...>``) is shown instead of, or beside, the figure.
 
 To see what only the running page knows (image sizes, console errors), the check opens a
 temporary copy of each page with a small probe script injected at the top of ``<head>``; the probe
@@ -163,6 +164,8 @@ def check_page(chromium: str, root: Path, page: Path, id_cache) -> list[str]:
                 problems.append(f"no {service} launch button")
             problems += [f"{service} launch button opens {href}, not {notebook}"
                          for href in links if not href.endswith(notebook)]
+    leaked = [pre for pre in main.find_all("pre") if "<Figure size" in pre.get_text()]
+    problems += ["a figure's text stand-in (<Figure size ...>) is shown" for _ in leaked[:1]]
     for img in main.find_all("img"):
         src = img.get("src", "")
         if src.startswith(("data:", "http:", "https:")):

@@ -19,6 +19,8 @@ as the LaTeX writer does: the innermost enclosing ``start_of_file``.
 * sphinx-exercise labels an exercise ``exercise:<label>`` but resolves only same-page
   references to it; a reference from another chapter is pointed at that label, with the
   exercise's number as its text.
+
+It also typesets proofs as plain text with an end-of-proof box (see :func:`_plain_proof`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ class LatexInternalLinks(SphinxPostTransform):
                 node.parent["docname"] = docname
                 node.parent["names"].append(env.titles[docname].astext().lower())
 
+        for proof in list(self.document.findall(nodes.admonition)):
+            if "proof" in proof.get("classes", []) and not isinstance(proof[0], nodes.title):
+                _plain_proof(proof)
+
         # references to an exercise of another chapter.
         registry = getattr(env, "sphinx_exercise_registry", {})
         if not registry:
@@ -84,6 +90,21 @@ class LatexInternalLinks(SphinxPostTransform):
                 new = exercise_latex_number_reference(refid=label)
                 new += nodes.Text(numbers[label])
                 ref.replace_self(new)
+
+
+def _plain_proof(proof: nodes.admonition) -> None:
+    """Typeset a sphinx-proof proof as a textbook does: "*Proof.*" run into the text and a box at
+    the end (the ``dlmathproof`` environment of the preamble), instead of a note box whose
+    title slot swallows the first paragraph's start (sphinx-proof writes no title)."""
+    first = proof[0] if isinstance(proof[0], nodes.paragraph) else None
+    text = first[0] if first is not None and isinstance(first[0], nodes.Text) else None
+    if text is not None and text.startswith("Proof. "):
+        first.replace(text, nodes.Text(text[len("Proof. "):]))
+        first.insert(0, nodes.emphasis(text="Proof."))
+        first.insert(1, nodes.Text(" "))
+    begin, end = r"\begin{dlmathproof}", r"\end{dlmathproof}"
+    proof.replace_self([nodes.raw(begin, begin, format="latex"), *proof.children,
+                        nodes.raw(end, end, format="latex")])
 
 
 def chapter_links(app, doctree, fromdoc) -> None:

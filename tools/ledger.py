@@ -62,11 +62,22 @@ def _printed_text(cell, max_lines: int = 8) -> str:
     """What a check cell printed (its stream output), at most ``max_lines`` lines."""
     lines = []
     for block in cell.findall(nodes.literal_block):
+        if _image_fallback(block):
+            continue
         if any("cell_output" in parent.get("classes", []) for parent in _parents(block)):
             lines += [ln.rstrip() for ln in block.astext().splitlines() if ln.strip()]
     if len(lines) > max_lines:
         lines = lines[: max_lines - 1] + [f"... ({len(lines) - max_lines + 1} more lines)"]
     return "\n".join(lines)
+
+
+def _image_fallback(block) -> bool:
+    """Whether ``block`` is the text/plain twin of an image output (``<Figure size ...>``):
+    myst-nb keeps every mime type of an output and picks one per builder later."""
+    for parent in _parents(block):
+        if parent.get("nb_element") == "mime_bundle":
+            return any(str(c.get("mime_type", "")).startswith("image/") for c in parent.children)
+    return False
 
 
 def _title_nodes(node) -> list:
@@ -164,6 +175,71 @@ def warn_unchecked(app, env) -> None:
                                    f"this chapter has that label", location=docname)
 
 
+def _ledger_row(app, fromdoc, doc, rec, st) -> tuple:
+    """A statement's link (with its name) and, per check, the cell's link and what it printed."""
+    para = nodes.paragraph()
+    para += _link(app, fromdoc, doc, st["label"], st["kind"].capitalize())
+    names = st.get("name_nodes") or []
+    if names:  # the title reads " (Name)": keep its inline math
+        for child in names:
+            para += child.deepcopy()
+    elif st["name"]:
+        para += nodes.Text(f" ({st['name']})")
+    checks = []
+    for check in (c for c in rec["checks"] if st["label"] in c["labels"]):
+        link = nodes.paragraph()
+        link += _link(app, fromdoc, doc, check["anchor"], "check cell")
+        printed = check["printed"] or "(printed nothing)"
+        block = nodes.literal_block(printed, printed, classes=["ledger-output"])
+        block["language"] = "text"
+        checks += [link, block]
+    return para, checks
+
+
+def _ledger_table(rows) -> nodes.table:
+    """The ledger of one chapter as a two-column table (HTML)."""
+    table = nodes.table(classes=["ledger"])
+    group = nodes.tgroup(cols=2)
+    table += group
+    group += nodes.colspec(colwidth=35)
+    group += nodes.colspec(colwidth=65)
+    head = nodes.thead()
+    row = nodes.row()
+    for text in ("statement", "checked by, and what the check printed"):
+        entry = nodes.entry()
+        entry += nodes.paragraph(text=text)
+        row += entry
+    head += row
+    group += head
+    body = nodes.tbody()
+    for statement, checks in rows:
+        row = nodes.row()
+        left, right = nodes.entry(), nodes.entry()
+        left += statement
+        right += checks
+        row += left
+        row += right
+        body += row
+    group += body
+    return table
+
+
+def _ledger_list(rows) -> nodes.definition_list:
+    """The same as a definition list (PDF): a LaTeX table row cannot break across pages, and a
+    statement with several checks can be taller than a page."""
+    items = nodes.definition_list(classes=["ledger"])
+    for statement, checks in rows:
+        item = nodes.definition_list_item()
+        term = nodes.term()
+        term += statement.children
+        definition = nodes.definition()
+        definition += checks
+        item += term
+        item += definition
+        items += item
+    return items
+
+
 def render(app, doctree, fromdoc) -> None:
     """On doctree-resolved: replace the placeholders by the ledger and the errata list."""
     records = _records(app.env)
@@ -181,46 +257,8 @@ def render(app, doctree, fromdoc) -> None:
             section = nodes.rubric()
             section += _link(app, fromdoc, doc, "", rec["title"] or doc)
             out.append(section)
-            table = nodes.table(classes=["ledger"])
-            group = nodes.tgroup(cols=2)
-            table += group
-            group += nodes.colspec(colwidth=35)
-            group += nodes.colspec(colwidth=65)
-            head = nodes.thead()
-            row = nodes.row()
-            for text in ("statement", "checked by, and what the check printed"):
-                entry = nodes.entry()
-                entry += nodes.paragraph(text=text)
-                row += entry
-            head += row
-            group += head
-            body = nodes.tbody()
-            for st in rec["statements"]:
-                row = nodes.row()
-                left = nodes.entry()
-                para = nodes.paragraph()
-                para += _link(app, fromdoc, doc, st["label"], st["kind"].capitalize())
-                names = st.get("name_nodes") or []
-                if names:  # the title reads " (Name)": keep its inline math
-                    for child in names:
-                        para += child.deepcopy()
-                elif st["name"]:
-                    para += nodes.Text(f" ({st['name']})")
-                left += para
-                right = nodes.entry()
-                for check in (c for c in rec["checks"] if st["label"] in c["labels"]):
-                    para = nodes.paragraph()
-                    para += _link(app, fromdoc, doc, check["anchor"], "check cell")
-                    right += para
-                    printed = check["printed"] or "(printed nothing)"
-                    block = nodes.literal_block(printed, printed, classes=["ledger-output"])
-                    block["language"] = "text"
-                    right += block
-                row += left
-                row += right
-                body += row
-            group += body
-            out.append(table)
+            rows = [_ledger_row(app, fromdoc, doc, rec, st) for st in rec["statements"]]
+            out.append(_ledger_list(rows) if app.builder.name == "latex" else _ledger_table(rows))
         placeholder.replace_self(out)
     for placeholder in list(doctree.findall(errata_placeholder)):
         items = nodes.bullet_list()
