@@ -12,7 +12,8 @@ Usage: ``python tools/build_pdf.py [--check-only] [--no-strict]`` (``make pdf`` 
    page after the other.
 3. Runs ``latexmk`` (Sphinx's generated Makefile, XeLaTeX) with ``-halt-on-error``, so a TeX
    error fails the build instead of waiting for input; then fails if a reference of the PDF is
-   undefined (a dead link). ``--no-strict`` keeps Sphinx warnings and dead links non-fatal.
+   undefined (a dead link). Before that it fails if a box of the .tex has no title (an empty
+   title bar). ``--no-strict`` keeps Sphinx warnings, untitled boxes and dead links non-fatal.
 """
 
 from __future__ import annotations
@@ -125,6 +126,13 @@ def undefined_references(log: Path) -> int:
     return len(re.findall(r"(?:Hyper r|R)eference `[^']*' on page", text.replace("\n", "")))
 
 
+def untitled_boxes(tex: Path) -> int:
+    """Admonition boxes written without their title argument: LaTeX would take the body's first
+    token as the title and draw an empty title bar (tools/latex_refs.py rewrites proofs, which
+    sphinx-proof writes that way)."""
+    return len(re.findall(r"\\begin\{sphinxadmonition\}\{\w+\}(?!\{)", tex.read_text()))
+
+
 def page_count(pdf: Path) -> str:
     if shutil.which("pdfinfo") is None:
         return "?"
@@ -155,6 +163,11 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     t1 = time.monotonic()
+    untitled = untitled_boxes(OUT / f"{NAME}.tex")
+    if untitled and not args.no_strict:
+        print(f"make pdf: {untitled} boxes of {OUT / NAME}.tex have no title (an empty title "
+              "bar in the PDF)", file=sys.stderr)
+        return 1
     pdf, log = OUT / f"{NAME}.pdf", OUT / f"{NAME}.log"
     if run_latexmk() != 0 or not pdf.exists():
         print(f"make pdf: XeLaTeX failed. First errors in {log}:\n{tex_errors(log)}\n"

@@ -60,8 +60,10 @@ class LatexInternalLinks(SphinxPostTransform):
             classes = node.get("classes", [])
             if node.get("ids") and ((isinstance(node, nodes.container) and "cell" in classes)
                                     or (type(node) is nodes.admonition and "erratum" in classes)):
+                # after an admonition's title, which LaTeX takes as its second argument
+                start = 1 if node.children and isinstance(node[0], nodes.title) else 0
                 for i, anchor in enumerate(node["ids"]):
-                    node.insert(i, _label(docname, anchor))
+                    node.insert(start + i, _label(docname, anchor))
             # sphinx-proof: let its find_parent() stop at the statement's parent.
             statement = (type(node).__module__ == "sphinx_proof.nodes" and node.get("label")
                          and not isinstance(node, proof_node))
@@ -94,14 +96,21 @@ class LatexInternalLinks(SphinxPostTransform):
 
 def _plain_proof(proof: nodes.admonition) -> None:
     """Typeset a sphinx-proof proof as a textbook does: "*Proof.*" run into the text and a box at
-    the end (the ``dlmathproof`` environment of the preamble), instead of a note box whose
-    title slot swallows the first paragraph's start (sphinx-proof writes no title)."""
+    the end of its last line, spaced by the preamble's ``dlmathproof`` environment; not as a
+    note box, whose title slot would swallow the first paragraph's start (sphinx-proof writes
+    no title)."""
     first = proof[0] if isinstance(proof[0], nodes.paragraph) else None
     text = first[0] if first is not None and isinstance(first[0], nodes.Text) else None
     if text is not None and text.startswith("Proof. "):
         first.replace(text, nodes.Text(text[len("Proof. "):]))
         first.insert(0, nodes.emphasis(text="Proof."))
         first.insert(1, nodes.Text(" "))
+    box = r"\nobreak\hfill$\square$"  # at the end of the last line, or on a line of its own
+    last = proof[-1]
+    if isinstance(last, nodes.paragraph):
+        last += nodes.raw(box, box, format="latex")
+    else:
+        proof += nodes.paragraph("", "", nodes.raw(box, box, format="latex"))
     begin, end = r"\begin{dlmathproof}", r"\end{dlmathproof}"
     proof.replace_self([nodes.raw(begin, begin, format="latex"), *proof.children,
                         nodes.raw(end, end, format="latex")])
