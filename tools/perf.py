@@ -19,11 +19,13 @@ from pathlib import Path
 
 import yaml
 from docutils import nodes
+from sphinx import addnodes
 from sphinx.util.docutils import SphinxDirective
 
 
 def _table(header, rows, widths):
-    table = nodes.table()
+    """A table with the given relative column widths (honoured by LaTeX too)."""
+    table = nodes.table(classes=["colwidths-given"])
     group = nodes.tgroup(cols=len(header))
     table += group
     for w in widths:
@@ -130,11 +132,12 @@ class BenchmarkGoals(SphinxDirective):
                                        f"{tally['missed']} missed, "
                                        f"{tally['not measured']} not measured.")
         return [summary, _table(["goal", "machine", "measured", "target", "status"], rows,
-                                [45, 20, 10, 10, 12])]
+                                [44, 18, 12, 12, 14])]
 
 
-def ratio_chart(entry: dict, title: str) -> str:
-    """An inline SVG bar chart of every non-anchor candidate's median ratio (log scale)."""
+def ratio_chart(entry: dict, title: str, fmt: str = "svg") -> str | bytes:
+    """A bar chart of every non-anchor candidate's median ratio: inline SVG text (``fmt="svg"``,
+    for HTML) or the bytes of a PDF (for the LaTeX build)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,10 +155,10 @@ def ratio_chart(entry: dict, title: str) -> str:
     # text as <text> (small, selectable), and ids salted per chart: several share one page
     rc = {"svg.fonttype": "none", "svg.hashsalt": title}
     with matplotlib.rc_context(rc):
-        return _draw(plt, labels, values, errs, title)
+        return _draw(plt, labels, values, errs, title, fmt)
 
 
-def _draw(plt, labels, values, errs, title) -> str:
+def _draw(plt, labels, values, errs, title, fmt) -> str | bytes:
     fig, ax = plt.subplots(figsize=(10, 0.3 * len(labels) + 1.0))
     y = list(range(len(labels)))[::-1]
     colors = ["#2a7ab0" if v <= 1 else "#c0504d" for v in values]
@@ -168,10 +171,12 @@ def _draw(plt, labels, values, errs, title) -> str:
     ax.set_xlabel("time / anchor time (median over rounds, IQR bars; < 1 is faster)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, metadata={"CreationDate": None} if fmt == "pdf" else None)
     plt.close(fig)
-    svg = buf.getvalue()
+    if fmt != "svg":
+        return buf.getvalue()
+    svg = buf.getvalue().decode()
     return svg[svg.index("<svg"):]
 
 
@@ -198,19 +203,42 @@ class BenchmarkResults(SphinxDirective):
                                      f"{lo:.3f}–{hi:.3f}", case["anchor"]])
                 out.append(nodes.paragraph(text=f"{bench} (measured {entry['date']})"))
                 if rows:
-                    svg = ratio_chart(entry, f"{bench}: {_machine_title(data)}")
+                    title = f"{bench}: {_machine_title(data)}"
+                    svg = ratio_chart(entry, title)
                     out.append(nodes.raw("", f'<div class="dlmath-perf-chart">{svg}</div>',
                                          format="html"))
+                    out.append(self._pdf_chart(entry, title, f"{f.stem}-{bench}"))
                 out.append(_table(["case", "candidate", "time ratio", "IQR", "anchor (= 1)"],
-                                  rows, [30, 25, 12, 15, 25]))
-                notes = [(c["name"], c["notes"]) for c in entry["cases"] if c.get("notes")]
+                                  rows, [25, 28, 9, 14, 24]))
+                notes = [[c["name"], key.replace("_", " "), _note_text(value)]
+                         for c in entry["cases"] for key, value in
+                         sorted((c.get("notes") or {}).items())]
                 if notes:
-                    block = "\n".join(f"{name}: {json.dumps(n, sort_keys=True)}"
-                                      for name, n in notes)
-                    lit = nodes.literal_block(block, block)
-                    lit["language"] = "text"
-                    out.append(lit)
+                    out.append(_table(["case", "also measured", "value"], notes, [26, 18, 56]))
         return out
+
+
+    def _pdf_chart(self, entry: dict, title: str, stem: str) -> addnodes.only:
+        """The same chart for the LaTeX build, which drops raw HTML: a PDF image written under
+        ``_build/`` (inside the source folder, where Sphinx looks for images; ignored by git)."""
+        rel = f"_build/perf_charts/{stem}.pdf"
+        path = Path(self.env.srcdir) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(ratio_chart(entry, title, fmt="pdf"))
+        only = addnodes.only(expr="latex")
+        only += nodes.image(uri="/" + rel, alt=title)
+        return only
+
+
+def _note_text(value) -> str:
+    """A note's value for the table: numbers to 3 significant digits, mappings and lists inline."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_note_text(v)}" for k, v in sorted(value.items()))
+    if isinstance(value, list):
+        return ", ".join(_note_text(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "—" if value is None else str(value)
 
 
 def setup(app):
