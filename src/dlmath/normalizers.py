@@ -471,7 +471,7 @@ def _candidates(z: torch.Tensor, tau: torch.Tensor, floor: float):
     if n >= _PACK_MAX:
         vals, idx = torch.topk(z, size, dim=-1, sorted=False)
         return vals, lambda p: torch.zeros_like(z).scatter_(-1, idx, p)
-    column = above.cumsum(dim=-1).sub_(1).masked_fill_(above == 0, size).long()  # exact: n < 2^11
+    column = above.cumsum(dim=-1).sub_(1).masked_fill_(above == 0, size).long()  # n < 2^24: exact
     packed = torch.full((*z.shape[:-1], size + 1), floor, dtype=z.dtype, device=z.device)
     packed.scatter_(-1, column, z)
     return packed[..., :size], lambda p: torch.cat([p, torch.zeros_like(p[..., :1])],
@@ -480,8 +480,8 @@ def _candidates(z: torch.Tensor, tau: torch.Tensor, floor: float):
 
 def _newton_parts(x: torch.Tensor, alpha: float):
     """(p, lambda) by the sort-free solver, validating through the row maxima (cheap): warm
-    start, then :func:`_solve` on the shifted row, or on its top-K candidates (general alpha,
-    long sparse rows, where each ``pow`` pass over the full row would cost more than the top-K)."""
+    start, then :func:`_solve` on the shifted row, or on its candidates only (general alpha,
+    long sparse rows, where each ``pow`` pass over the full row would cost more than packing)."""
     if x.numel() == 0:
         return _entmax_parts(x, alpha, "newton", None)
     if x.dtype in (torch.float16, torch.bfloat16):  # half logits: solve in float32
