@@ -71,11 +71,19 @@ def check_no_nan(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def all_finite(x: torch.Tensor) -> bool:
-    """``torch.isfinite(x).all()``, about 30x cheaper on a CPU in the common case: a finite
-    sum proves every term finite (inf and NaN propagate through it), so only a sum that
-    overflowed, or a tensor that really holds inf or NaN, pays for the elementwise test."""
-    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+def all_finite(tensors: torch.Tensor | Sequence[torch.Tensor]) -> bool:
+    """Whether every entry of a tensor (or of a sequence of tensors) is finite, with one host
+    synchronisation in the common case and about 30x cheaper on a CPU than
+    ``torch.isfinite(x).all()``: a finite sum proves every term finite (inf and NaN propagate
+    through it), so only a sum that overflowed, or a tensor that really holds inf or NaN, pays
+    for the elementwise test."""
+    ts = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
+    if not ts:
+        return True
+    dev = ts[0].device
+    if bool(torch.stack([t.sum().to(dev, torch.float64) for t in ts]).isfinite().all()):
+        return True
+    return bool(torch.stack([torch.isfinite(t).all().to(dev) for t in ts]).all())
 
 
 def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:

@@ -186,16 +186,15 @@ class PowerIteration:
             iters = self.cold_iters
         eta = None
         for i in range(iters):
-            if i < iters - 2:  # only the last two steps are measured: the plain step first
+            if i < iters - 2:  # only the last two steps are measured: plain steps before them
                 y = (A.mT @ (A @ x.unsqueeze(-1))).squeeze(-1)
-                y_norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
-                x = torch.where(y_norm > 0, y / torch.where(y_norm > 0, y_norm, 1), x)
-                continue
-            u, sigma, y = self._step(A, x)
-            eta_prev, eta = eta, torch.linalg.vector_norm(y - sigma.unsqueeze(-1) * x, dim=-1) \
-                / torch.where(sigma > 0, sigma, 1)
+            else:
+                u, sigma, y = self._step(A, x)
+                eta_prev, eta = eta, torch.linalg.vector_norm(
+                    y - sigma.unsqueeze(-1) * x, dim=-1) / torch.where(sigma > 0, sigma, 1)
+                v = x
             y_norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
-            v, x = x, torch.where(y_norm > 0, y / torch.where(y_norm > 0, y_norm, 1), x)
+            x = torch.where(y_norm > 0, y / torch.where(y_norm > 0, y_norm, 1), x)
         if eta_prev is None:
             rate = self.contraction.to(eta.dtype)
         else:

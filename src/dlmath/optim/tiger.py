@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from .._checks import as_float_tensor, check_choice, check_int, check_real
+from .._checks import all_finite, as_float_tensor, check_choice, check_int, check_real
 from ._fused import check_fused, fused_sign_step, use_fused
 from .lion import _apply_lazy, dense_grads, lazy_rows, lion_update, run_closure
 
@@ -144,7 +144,7 @@ class Tiger(torch.optim.Optimizer):
         """One micro-step; ``closure`` (optional) recomputes and returns the loss."""
         loss = run_closure(closure)
         work = [(group, *dense_grads(self, group)) for group in self.param_groups]
-        if self.nan_guard and not _all_finite([g for _, _, grads in work for g in grads]):
+        if self.nan_guard and not all_finite([g for _, _, grads in work for g in grads]):
             for group, params, _ in work:
                 if params:
                     c, s = group["center"], group["shrink"]
@@ -224,18 +224,6 @@ def _tiger_etas(ps, alpha, kind):
         if _is_matrix(p, kind):
             etas[i] = alpha * float(torch.linalg.vector_norm(p)) / math.sqrt(p.numel())
     return etas
-
-
-def _all_finite(grads) -> bool:
-    """Whether every entry is finite. A NaN or inf entry makes its tensor's sum NaN or inf, so
-    finite sums settle it in one fast pass (sums are far faster than max or isfinite
-    reductions on CPU); a non-finite sum (possibly an overflow) is checked exactly."""
-    if not grads:
-        return True
-    dev = grads[0].device
-    if bool(torch.stack([g.sum().to(dev, torch.float64) for g in grads]).isfinite().all()):
-        return True
-    return bool(torch.stack([torch.isfinite(g).all().to(dev) for g in grads]).all())
 
 
 def _check_group(group: dict) -> None:
