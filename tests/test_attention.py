@@ -1,0 +1,272 @@
+"""Tests of dlmath.attention: masks, softmax and linear attention matrices, the causal
+determinant, the Taylor low-rank bound and the rank-one residual."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath import attention as at
+from dlmath.device import generator
+
+F64 = torch.float64
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+def _randn(*shape, seed, std=1.0, dtype=F64):
+    return std * torch.randn(*shape, generator=generator(seed, "cpu"), dtype=dtype)
+
+
+def _reference(q, k, visible, scale):
+    s = scale * q @ k.transpose(-1, -2)
+    return torch.softmax(s.masked_fill(~visible, -math.inf), dim=-1)
+
+
+# -- masks ---------------------------------------------------------------------------------
+
+def test_masks_small_case():
+    assert at.attention_mask("causal", 3).tolist() == [[True, False, False], [True, True, False],
+                                                        [True, True, True]]
+    assert at.attention_mask("anticausal", 3).tolist() == [[True, True, True], [False, True, True],
+                                                            [False, False, True]]
+    assert at.attention_mask("prefix", 4, prefix=2).tolist() == [
+        [True, True, False, False], [True, True, False, False],
+        [True, True, True, False], [True, True, True, True]]
+    assert bool(at.attention_mask("bidirectional", 5).all())
+
+
+@SETTINGS
+@given(st.integers(1, 20), st.data())
+def test_mask_relations(n, data):
+    p = data.draw(st.integers(0, n))
+    causal, anti = at.attention_mask("causal", n), at.attention_mask("anticausal", n)
+    assert torch.equal(anti, causal.T)
+    assert bool((causal | anti).all())
+    assert torch.equal(causal & anti, torch.eye(n, dtype=torch.bool))
+    pre = at.attention_mask("prefix", n, prefix=p)
+    assert bool(pre.diagonal().all())
+    assert bool(pre[:p, :p].all()) and not bool(pre[:p, p:].any())
+    assert torch.equal(pre[p:, p:], causal[p:, p:])
+    assert torch.equal(at.attention_mask("prefix", n, prefix=0), causal)
+    assert torch.equal(at.attention_mask("prefix", n, prefix=n),
+                       at.attention_mask("bidirectional", n))
+
+
+def test_mask_errors():
+    with pytest.raises(ValueError, match="kind"):
+        at.attention_mask("diagonal", 3)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        at.attention_mask("causal", 0)
+    with pytest.raises(TypeError, match="n must be an int"):
+        at.attention_mask("causal", 3.0)
+    with pytest.raises(ValueError, match="prefix must be <= 3"):
+        at.attention_mask("prefix", 3, prefix=4)
+    with pytest.raises(ValueError, match="only used with kind='prefix'"):
+        at.attention_mask("causal", 3, prefix=1)
+
+
+# -- softmax attention -----------------------------------------------------------------------
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 12), st.integers(1, 12), st.integers(1, 6),
+       st.sampled_from([None, "causal", "anticausal", "prefix", "random"]))
+def test_attention_matches_reference(seed, n, m, d, kind):
+    q, k = _randn(2, n, d, seed=seed), _randn(2, m, d, seed=seed + 1)
+    if kind in ("causal", "anticausal"):
+        k = k[:, :n] if m >= n else _randn(2, n, d, seed=seed + 2)
+        m = n
+    if kind == "prefix":
+        k, m = _randn(2, n, d, seed=seed + 2), n
+        mask = at.attention_mask("prefix", n, prefix=n // 2)
+    elif kind == "random":
+        mask = torch.rand(n, m, generator=generator(seed, "cpu")) < 0.6
+        mask[:, 0] = True
+    else:
+        mask = kind
+    A = at.attention_matrix(q, k, mask)
+    visible = (torch.ones(n, m, dtype=torch.bool) if mask is None
+               else at.attention_mask(mask, n) if isinstance(mask, str) else mask)
+    assert torch.allclose(A, _reference(q, k, visible, 1 / math.sqrt(d)), atol=1e-14, rtol=0)
+    assert torch.allclose(A.sum(-1), torch.ones(2, n, dtype=F64), atol=1e-13)
+    assert bool((A[..., ~visible] == 0).all())
+
+
+def test_attention_agrees_with_sdpa():
+    q, k, v = _randn(3, 9, 4, seed=0), _randn(3, 9, 4, seed=1), _randn(3, 9, 5, seed=2)
+    for causal in (False, True):
+        ours = at.attention_matrix(q, k, "causal" if causal else None) @ v
+        ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        assert torch.allclose(ours, ref, atol=1e-12)
+
+
+def test_huge_logits_stay_finite_and_sharp():
+    q = torch.tensor([[1e4], [-1e4], [0.0]], dtype=F64)
+    k = torch.tensor([[1.0], [2.0], [3.0]], dtype=F64)
+    for mask in (None, "causal", "anticausal"):
+        A = at.attention_matrix(q, k, mask, scale=1.0)
+        assert bool(torch.isfinite(A).all())
+        assert torch.allclose(A.sum(-1), torch.ones(3, dtype=F64))
+    A = at.attention_matrix(q, k, scale=1.0)
+    assert torch.equal(A[0], torch.tensor([0.0, 0.0, 1.0], dtype=F64))
+    assert torch.equal(A[1], torch.tensor([1.0, 0.0, 0.0], dtype=F64))
+
+
+def test_ties_give_uniform_rows_and_fully_masked_rows_give_zeros():
+    q, k = torch.zeros(4, 2, dtype=F64), torch.zeros(4, 2, dtype=F64)
+    assert torch.allclose(at.attention_matrix(q, k), torch.full((4, 4), 0.25, dtype=F64))
+    causal = at.attention_matrix(q, k, "causal")
+    assert torch.allclose(causal.sum(-1), torch.ones(4, dtype=F64))
+    assert torch.allclose(torch.diagonal(causal), 1 / torch.arange(1.0, 5.0, dtype=F64))
+    mask = torch.tensor([[True, False], [False, False]])
+    A = at.attention_matrix(torch.ones(2, 1), torch.ones(2, 1), mask)
+    assert torch.equal(A, torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+
+
+def test_dtype_device_and_scale():
+    q, k = _randn(5, 3, seed=0, dtype=torch.float32), _randn(5, 3, seed=1, dtype=torch.float32)
+    A = at.attention_matrix(q, k, "causal")
+    assert A.dtype == torch.float32 and A.device == q.device
+    assert at.attention_matrix(q, k.double()).dtype == F64
+    assert torch.allclose(at.attention_matrix(q, k, scale=0.0), torch.full((5, 5), 0.2))
+    assert torch.allclose(at.attention_matrix(q, k, scale=2.0),
+                          at.attention_matrix(2 * q, k, scale=1.0), atol=1e-6)
+
+
+def test_attention_errors():
+    q = torch.ones(3, 2)
+    with pytest.raises(ValueError, match="q must be finite"):
+        at.attention_matrix(torch.tensor([[math.nan, 0.0]]), q)
+    with pytest.raises(ValueError, match="k must be finite"):
+        at.attention_matrix(q, torch.full((3, 2), math.inf))
+    with pytest.raises(TypeError, match="q must have a floating dtype"):
+        at.attention_matrix(torch.ones(3, 2, dtype=torch.int64), q)
+    with pytest.raises(ValueError, match="same feature size"):
+        at.attention_matrix(q, torch.ones(3, 4))
+    with pytest.raises(ValueError, match="at least 2 dimension"):
+        at.attention_matrix(torch.ones(3), q)
+    with pytest.raises(ValueError, match="as many queries as keys"):
+        at.attention_matrix(q, torch.ones(4, 2), "causal")
+    with pytest.raises(ValueError, match="mask must be one of"):
+        at.attention_matrix(q, q, "prefix")
+    with pytest.raises(TypeError, match="boolean tensor"):
+        at.attention_matrix(q, q, torch.ones(3, 3))
+    with pytest.raises(ValueError, match="mask must end in the shape"):
+        at.attention_matrix(q, q, torch.ones(3, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        at.attention_matrix(q, q, scale="big")
+
+
+# -- the causal determinant and the prefix corollary -------------------------------------------
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 40), st.integers(1, 8), st.floats(0.05, 0.6))
+def test_causal_determinant_is_product_of_positive_diagonal(seed, n, d, std):
+    q, k = _randn(n, d, seed=seed, std=std), _randn(n, d, seed=seed + 1, std=std)
+    rho = float((q @ k.T).abs().max()) / math.sqrt(d)
+    for A in (at.attention_matrix(q, k, "causal"), at.linear_attention_matrix(q, k, "causal")):
+        assert bool((torch.triu(A, 1) == 0).all())
+        sign, logdet = torch.linalg.slogdet(A)
+        diag = torch.diagonal(A)
+        assert float(sign) == 1.0 and bool((diag > 0).all())
+        assert abs(float(logdet - diag.log().sum())) < 1e-9
+    diag = torch.diagonal(at.attention_matrix(q, k, "causal"))
+    i = torch.arange(1, n + 1, dtype=F64)
+    assert bool((diag * i * math.exp(2 * rho) >= 1 - 1e-12).all())
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(2, 30), st.data())
+def test_prefix_rank_is_input_rank_plus_output_length(seed, n, data):
+    p = data.draw(st.integers(1, n))
+    q, k = _randn(n, 4, seed=seed, std=0.5), _randn(n, 4, seed=seed + 1, std=0.5)
+    k[:p] = k[0]                                   # input block of rank one
+    A = at.attention_matrix(q, k, at.attention_mask("prefix", n, prefix=p))
+    assert int(torch.linalg.matrix_rank(A)) == 1 + n - p
+
+
+def test_equal_keys_bidirectional_rank_one_causal_full_rank():
+    n = 20
+    q, k = _randn(n, 3, seed=0), _randn(1, 3, seed=1).expand(n, 3)
+    assert int(torch.linalg.matrix_rank(at.attention_matrix(q, k))) == 1
+    A = at.attention_matrix(q, k, "causal")
+    assert abs(float(torch.linalg.slogdet(A).logabsdet) + math.lgamma(n + 1)) < 1e-10
+
+
+# -- linear attention ------------------------------------------------------------------------
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(10, 40), st.integers(1, 6))
+def test_linear_attention_rank_and_rows(seed, n, d):
+    q, k = _randn(n, d, seed=seed), _randn(n, d, seed=seed + 1)
+    A = at.linear_attention_matrix(q, k)
+    assert int(torch.linalg.matrix_rank(A)) <= d
+    assert torch.allclose(A.sum(-1), torch.ones(n, dtype=F64), atol=1e-13)
+    phi = F.elu(q) + 1, F.elu(k) + 1
+    ref = phi[0] @ phi[1].T
+    assert torch.allclose(A, ref / ref.sum(-1, keepdim=True), atol=1e-14)
+    assert int(torch.linalg.matrix_rank(at.linear_attention_matrix(q, k, "causal"))) == n
+
+
+def test_linear_attention_feature_map_and_errors():
+    q = _randn(6, 2, seed=0)
+    A = at.linear_attention_matrix(q, q, feature=torch.exp)
+    ref = torch.exp(q) @ torch.exp(q).T
+    assert torch.allclose(A, ref / ref.sum(-1, keepdim=True))
+    with pytest.raises(ValueError, match="strictly positive"):
+        at.linear_attention_matrix(q, q, feature=lambda x: x)
+    with pytest.raises(TypeError, match="callable"):
+        at.linear_attention_matrix(q, q, feature="elu")
+
+
+# -- the Taylor low-rank bound ---------------------------------------------------------------
+
+def test_taylor_rank_bound_values():
+    assert at.taylor_rank_bound(1.0, 2, 12) == (91, pytest.approx(math.exp(2) / math.factorial(13)))
+    assert at.taylor_rank_bound(0.0, 5, 3) == (56, 0.0)
+    r, eps = at.taylor_rank_bound(1e3, 3, 2)          # huge rho: capped, never inf
+    assert r == 10 and math.isfinite(eps) and eps > 1e300
+    assert sum(math.comb(m + 6, m) for m in range(5)) == at.taylor_rank_bound(0.5, 7, 4)[0]
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 4), st.integers(30, 120), st.floats(0.2, 1.5))
+def test_taylor_bound_holds(seed, d, n, std):
+    q, k = _randn(n, d, seed=seed, std=std), _randn(n, d, seed=seed + 1, std=std)
+    rho = float((q @ k.T).abs().max())
+    s = torch.linalg.svdvals(at.attention_matrix(q, k, scale=1.0))
+    assert float(s[0]) >= 1 - 1e-12
+    for p in range(12):
+        r, eps = at.taylor_rank_bound(rho, d, p)
+        if r < n:
+            assert float(s[r] / s[0]) <= eps * (1 + 1e-9) + 1e-15
+
+
+def test_taylor_bound_errors():
+    with pytest.raises(ValueError, match="rho must be >= 0"):
+        at.taylor_rank_bound(-1.0, 2, 1)
+    with pytest.raises(ValueError, match="d must be >= 1"):
+        at.taylor_rank_bound(1.0, 0, 1)
+    with pytest.raises(TypeError, match="p must be an int"):
+        at.taylor_rank_bound(1.0, 2, 1.5)
+
+
+# -- the rank-one residual -------------------------------------------------------------------
+
+def test_rank_one_residual():
+    x = _randn(2, 7, 3, seed=0)
+    centred = x - x.mean(-2, keepdim=True)
+    ref = torch.linalg.matrix_norm(centred) / torch.linalg.matrix_norm(x)
+    assert torch.allclose(at.rank_one_residual(x), ref, atol=1e-15)
+    assert at.rank_one_residual(x).shape == (2,)
+    equal_rows = _randn(1, 4, seed=1).expand(6, 4)
+    assert float(at.rank_one_residual(equal_rows)) < 1e-15
+    assert float(at.rank_one_residual(torch.zeros(3, 3))) == 0.0
+    assert torch.allclose(at.rank_one_residual(1e300 * x), at.rank_one_residual(x), atol=1e-14)
+    assert torch.allclose(at.rank_one_residual(1e-300 * x), at.rank_one_residual(x), atol=1e-14)
+    with pytest.raises(ValueError, match="x must be finite"):
+        at.rank_one_residual(torch.full((2, 2), math.nan))
+    with pytest.raises(ValueError, match="at least 2 dimension"):
+        at.rank_one_residual(torch.ones(3))

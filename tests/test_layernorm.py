@@ -1,0 +1,243 @@
+"""Tests of dlmath.layernorm: RMSNorm, its Jacobian, the ISRU identity, DyT, DyISRU, softcap."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath import layernorm as L
+from dlmath.device import generator
+
+F64 = torch.float64
+SETTINGS = settings(max_examples=60, deadline=None)
+
+
+def _randn(seed, *shape, scale=1.0):
+    return scale * torch.randn(*shape, generator=generator(seed, "cpu"), dtype=F64)
+
+
+def _naive_rms(x, eps=0.0):
+    return x / torch.sqrt(x.square().mean(dim=-1, keepdim=True) + eps)
+
+
+# -- RMSNorm -----------------------------------------------------------------------------
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 40), st.floats(-8, 8),
+       st.sampled_from([0.0, 1e-6, 0.5]))
+def test_rms_norm_matches_torch(seed, d, log_scale, eps):
+    x = _randn(seed, 3, d, scale=10.0**log_scale)
+    ref = F.rms_norm(x, (d,), eps=eps) if eps > 0 else _naive_rms(x)
+    assert torch.allclose(L.rms_norm(x, eps=eps), ref, rtol=1e-12, atol=1e-300)
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 40), st.floats(-6, 6))
+def test_rms_norm_is_on_the_sphere_and_bounded(seed, d, log_c):
+    x = _randn(seed, 4, d)
+    y = L.rms_norm(x)
+    assert torch.allclose(y.square().sum(-1), torch.full((4,), float(d), dtype=F64), rtol=1e-12)
+    assert (y.abs() <= math.sqrt(d) * (1 + 1e-15)).all()
+    c = 10.0**log_c
+    assert torch.allclose(L.rms_norm(c * x), y, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(L.rms_norm(-c * x), -y, rtol=1e-12, atol=1e-14)
+
+
+def test_rms_norm_dim_and_dtype_and_device():
+    x = _randn(0, 5, 7)
+    assert torch.allclose(L.rms_norm(x, dim=0), L.rms_norm(x.T).T, rtol=1e-14)
+    x32 = x.float()
+    assert L.rms_norm(x32).dtype == torch.float32
+    assert L.rms_norm(x32).device == x32.device
+
+
+def test_rms_norm_zero_vector_is_zero_for_every_eps():
+    z = torch.zeros(2, 5, dtype=F64)
+    for eps in (0.0, 1e-12, 1.0):
+        assert torch.equal(L.rms_norm(z, eps=eps), z)
+    mixed = torch.stack([torch.zeros(3, dtype=F64), torch.tensor([3.0, 0.0, 4.0], dtype=F64)])
+    out = L.rms_norm(mixed)
+    assert torch.equal(out[0], torch.zeros(3, dtype=F64))
+    assert torch.allclose(out[1], math.sqrt(3) * torch.tensor([0.6, 0.0, 0.8], dtype=F64))
+
+
+@pytest.mark.parametrize("dtype,big,tiny", [(torch.float16, 300.0, 1e-4),
+                                            (torch.float32, 1e30, 1e-35),
+                                            (F64, 1e300, 1e-300)])
+def test_rms_norm_huge_and_tiny_entries(dtype, big, tiny):
+    base = torch.tensor([3.0, 0.0, -4.0], dtype=F64)
+    expected = math.sqrt(3) * torch.tensor([0.6, 0.0, -0.8], dtype=F64)
+    for s in (big, tiny):
+        y = L.rms_norm((base * s).to(dtype))
+        assert y.dtype == dtype and torch.isfinite(y).all()
+        assert torch.allclose(y.double(), expected, rtol=2e-3 if dtype == torch.float16
+                              else 1e-6, atol=0)
+
+
+def test_rms_norm_rejects_bad_input():
+    with pytest.raises(TypeError, match="x must have a floating dtype"):
+        L.rms_norm(torch.arange(3))
+    with pytest.raises(ValueError, match="x must be finite"):
+        L.rms_norm(torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match="x must be finite"):
+        L.rms_norm(torch.tensor([1.0, float("inf")]))
+    with pytest.raises(ValueError, match="dim=2 is out of range"):
+        L.rms_norm(torch.ones(2, 2), dim=2)
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        L.rms_norm(torch.ones(3), eps=-1.0)
+
+
+# -- the Jacobian ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("d", [1, 2, 5, 16])
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+def test_jacobian_matches_autograd_and_finite_differences(d, eps):
+    x = _randn(d, 3, d)
+    J = L.rms_norm_jacobian(x, eps=eps)
+    assert J.shape == (3, d, d)
+    for b in range(3):
+        auto = torch.autograd.functional.jacobian(lambda v: _naive_rms(v, eps), x[b])
+        assert torch.allclose(J[b], auto, atol=1e-13, rtol=0)
+        h, fd = 1e-6, torch.empty(d, d, dtype=F64)
+        for j in range(d):
+            e = torch.zeros(d, dtype=F64)
+            e[j] = h
+            fd[:, j] = (_naive_rms(x[b] + e, eps) - _naive_rms(x[b] - e, eps)) / (2 * h)
+        assert torch.allclose(J[b], fd, atol=1e-8, rtol=0)
+
+
+def test_gradcheck_of_rms_norm_and_the_jacobian_vjp():
+    x = _randn(3, 2, 6).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: L.rms_norm(v), (x,))
+    assert torch.autograd.gradcheck(lambda v: L.rms_norm(v, eps=0.1), (x,))
+    v = _randn(4, 2, 6)
+    (vjp,) = torch.autograd.grad(L.rms_norm(x), x, v)
+    ours = (v.unsqueeze(-2) @ L.rms_norm_jacobian(x.detach())).squeeze(-2)
+    assert torch.allclose(vjp, ours, atol=1e-13, rtol=0)
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(2, 30), st.floats(-5, 5))
+def test_jacobian_is_a_scaled_projector_killing_x(seed, d, log_scale):
+    x = _randn(seed, d, scale=10.0**log_scale)
+    J = L.rms_norm_jacobian(x)
+    rho = x.square().mean().sqrt()
+    P = rho * J
+    assert torch.allclose(J, J.T, rtol=0, atol=1e-14 / rho.item())
+    assert torch.allclose(P @ P, P, atol=1e-13, rtol=0)
+    assert (J @ x).abs().max() <= 1e-13 * (x.abs().max() / rho)
+    assert abs(torch.trace(P).item() - (d - 1)) < 1e-12 * d
+
+
+def test_jacobian_with_an_outlier():
+    x = torch.full((8,), 1e-3, dtype=F64)
+    x[0] = 1e6
+    auto = torch.autograd.functional.jacobian(lambda v: _naive_rms(v), x)
+    J = L.rms_norm_jacobian(x)
+    assert torch.allclose(J, auto, rtol=1e-10, atol=1e-20)
+
+
+def test_jacobian_at_zero():
+    with pytest.raises(ValueError, match="not differentiable at the zero vector"):
+        L.rms_norm_jacobian(torch.zeros(4))
+    with pytest.raises(ValueError, match="not differentiable"):
+        L.rms_norm_jacobian(torch.stack([torch.ones(3), torch.zeros(3)]))
+    J = L.rms_norm_jacobian(torch.zeros(4, dtype=F64), eps=0.25)
+    assert torch.allclose(J, torch.eye(4, dtype=F64) / 0.5)
+
+
+# -- the ISRU identity -------------------------------------------------------------------
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 40), st.sampled_from([0.0, 1e-3, 2.0]))
+def test_rms_norm_is_isru_with_the_other_energy(seed, d, eps):
+    x = _randn(seed, 3, d)
+    x[:, 0] *= 50.0
+    C = L.rms_norm_isru_constants(x, eps=eps)
+    others = torch.stack([x.square().sum(-1) - x[:, i].square() for i in range(d)], -1)
+    assert torch.allclose(C, others + d * eps, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(L.dyisru(x, C, d=d), L.rms_norm(x, eps=eps), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(L.rms_norm_isru_constants(x.T, dim=0, eps=eps), C.T, rtol=1e-14)
+
+
+def test_isru_constants_do_not_cancel_next_to_an_outlier():
+    x = torch.tensor([1e10, 1.0, 2.0, 2.0], dtype=F64)
+    C = L.rms_norm_isru_constants(x)
+    assert C[0].item() == 9.0                       # ||x||^2 - x_0^2 would give 0 here
+    assert torch.equal(L.rms_norm_isru_constants(torch.ones(1, dtype=F64)),
+                       torch.zeros(1, dtype=F64))
+
+
+# -- DyT, DyISRU, softcap ----------------------------------------------------------------
+
+def test_dyt_formula_parameters_and_limits():
+    x = _randn(5, 4, 6)
+    gamma, beta = _randn(6, 6), _randn(7, 6)
+    assert torch.allclose(L.dyt(x, 0.7, gamma=gamma, beta=beta),
+                          gamma * torch.tanh(0.7 * x) + beta, rtol=0, atol=1e-15)
+    inf = torch.tensor([float("inf"), -float("inf"), float("nan")])
+    out = L.dyt(inf, 2.0, gamma=3.0, beta=1.0)
+    assert out[0].item() == 4.0 and out[1].item() == -2.0 and math.isnan(out[2].item())
+
+
+def test_dyt_and_dyisru_parameters_are_learnable():
+    x = _randn(8, 3, 5).requires_grad_()
+    alpha = torch.tensor(0.6, dtype=F64, requires_grad=True)
+    C = torch.tensor(1.5, dtype=F64, requires_grad=True)
+    gamma = _randn(9, 5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v, a, g: L.dyt(v, a, gamma=g), (x, alpha, gamma))
+    assert torch.autograd.gradcheck(lambda v, c, g: L.dyisru(v, c, d=5, gamma=g),
+                                    (x, C, gamma))
+    assert torch.autograd.gradcheck(lambda v: L.softcap(v, 1.3), (x,))
+
+
+@SETTINGS
+@given(st.floats(0, 1e6))
+def test_tanh_dominates_isru(u):
+    # tanh u >= u / sqrt(1 + u^2) <=> sinh u >= u; both at most u; gap at most 0.0737
+    ut = torch.tensor([u], dtype=F64)
+    t, s = L.dyt(ut, 1.0).item(), L.dyisru(ut, 1.0).item()
+    assert s <= t + 1e-16 and t <= u + 1e-16 and t - s <= 0.07371
+
+
+def test_dyisru_edge_cases():
+    x = torch.tensor([float("inf"), -float("inf"), 0.0, float("nan"), 1e30, -1e30])
+    out = L.dyisru(x, 0.0, d=4)
+    assert out[:3].tolist() == [2.0, -2.0, 0.0] and math.isnan(out[3].item())
+    assert out[4:].tolist() == [2.0, -2.0]
+    out = L.dyisru(x, 2.0)
+    assert out[:3].tolist() == [1.0, -1.0, 0.0] and out[4:].tolist() == [1.0, -1.0]
+    y = L.dyisru(_randn(10, 1000, scale=100.0), 0.5, d=64)
+    assert (y.abs() < 8.0).all()
+
+
+def test_softcap_is_a_smooth_clip():
+    t = 2.5
+    x = torch.linspace(-20, 20, 400_001, dtype=F64)
+    gap = (L.softcap(x, t) - x.clamp(-t, t)).abs()
+    assert abs(gap.max().item() - t * (1 - math.tanh(1))) < 1e-9
+    assert abs(x[gap.argmax()].abs().item() - t) < 1e-3
+    assert L.softcap(torch.tensor([float("inf")]), t).item() == t
+
+
+def test_elementwise_maps_reject_bad_input():
+    x = torch.ones(3)
+    with pytest.raises(ValueError, match="C must be >= 0"):
+        L.dyisru(x, -1.0)
+    with pytest.raises(ValueError, match="C must be >= 0 everywhere"):
+        L.dyisru(x, torch.tensor([1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match="C of shape"):
+        L.dyisru(x, torch.ones(4))
+    with pytest.raises(ValueError, match="d must be >= 1"):
+        L.dyisru(x, 1.0, d=0)
+    with pytest.raises(TypeError, match="alpha must be a real number"):
+        L.dyt(x, "1")
+    with pytest.raises(ValueError, match="alpha must be finite"):
+        L.dyt(x, float("nan"))
+    with pytest.raises(ValueError, match="t must be > 0"):
+        L.softcap(x, 0.0)
+    with pytest.raises(TypeError, match="x must have a floating dtype"):
+        L.softcap(torch.arange(3), 1.0)

@@ -1,0 +1,221 @@
+"""Tests of dlmath.positional: RoPE, the gap sum f_b(m), feasibility and the base bounds."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath import positional as P
+from dlmath.device import generator
+
+F64 = torch.float64
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+def _gen(seed):
+    return generator(seed, "cpu")
+
+
+def _rotation_matrix(n, d, base):
+    """Dense block-diagonal R_n, built independently of rope_rotate."""
+    R = torch.zeros(d, d, dtype=F64)
+    for i in range(d // 2):
+        phi = n * base ** (-2 * i / d)
+        c, s = math.cos(phi), math.sin(phi)
+        R[2 * i:2 * i + 2, 2 * i:2 * i + 2] = torch.tensor([[c, -s], [s, c]], dtype=F64)
+    return R
+
+
+def _first_negative_direct(base, d, L):
+    f = P.rope_gap_sum(torch.arange(L, dtype=F64), d, base)
+    neg = (f < 0).nonzero()
+    return int(neg[0]) if len(neg) else L
+
+
+# -- frequencies and rotation ---------------------------------------------------------------
+
+def test_frequencies_values_and_partial():
+    th = P.rope_frequencies(8, 1e4)
+    assert th.dtype == F64 and th.shape == (4,)
+    assert torch.allclose(th, torch.tensor([1.0, 1e-1, 1e-2, 1e-3], dtype=F64), rtol=1e-14)
+    half = P.rope_frequencies(8, 1e4, rotary_dims=4)
+    assert torch.allclose(half, torch.tensor([1.0, 1e-2, 0.0, 0.0], dtype=F64), rtol=1e-14)
+    assert P.rope_frequencies(8, 1e4, rotary_dims=8).equal(th)
+
+
+def test_huge_base_gives_tiny_finite_frequencies():
+    th = P.rope_frequencies(128, 1e300)
+    assert th[0] == 1.0 and 0 < th[-1] < 1e-290 and torch.isfinite(th).all()
+    assert P.rope_gap_sum(0.0, 128, 1e300).item() == 64.0
+    # every pair but the first barely turns: f = cos m + (about) 63
+    assert abs(P.rope_gap_sum(3.0, 128, 1e300).item() - (math.cos(3.0) + 63)) < 1e-6
+
+
+@pytest.mark.parametrize("d", [2, 6, 16])
+def test_rotate_matches_dense_matrix(d):
+    x = torch.randn(5, d, generator=_gen(d), dtype=F64)
+    pos = torch.tensor([0, 1, 7, 1000, 123456])
+    y = P.rope_rotate(x, pos, 500.0)
+    for j in range(5):
+        ref = _rotation_matrix(int(pos[j]), d, 500.0) @ x[j]
+        assert torch.allclose(y[j], ref, atol=1e-9, rtol=0)
+
+
+def test_rotate_broadcasts_keeps_dtype_and_norm():
+    x = torch.randn(3, 1, 8, generator=_gen(1))
+    y = P.rope_rotate(x, torch.arange(4), 1e4)            # (3,1,8) with (4,) -> (3,4,8)
+    assert y.shape == (3, 4, 8) and y.dtype == torch.float32
+    assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1).expand(3, 4), rtol=1e-5)
+    assert torch.equal(P.rope_rotate(x, 0, 1e4), x)
+    assert P.rope_rotate(x, 2.5, 10.0).shape == x.shape     # fractional positions (interpolation)
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 8), st.floats(1.5, 1e6),
+       st.integers(0, 10**5), st.integers(0, 10**5))
+def test_relative_position_identity(seed, half_d, base, m, n):
+    d = 2 * half_d
+    g = _gen(seed)
+    q, k = torch.randn(d, generator=g, dtype=F64), torch.randn(d, generator=g, dtype=F64)
+    lhs = P.rope_rotate(q, m, base) @ P.rope_rotate(k, n, base)
+    rhs = q @ P.rope_rotate(k, n - m, base)
+    assert abs(lhs - rhs) <= 1e-10 * q.norm() * k.norm()
+
+
+# -- the gap sum ------------------------------------------------------------------------------
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 8), st.floats(1.5, 1e6), st.integers(0, 10**5))
+def test_gap_sum_is_the_rotated_self_score(seed, half_d, base, m):
+    """E[q^T R_m q] for unit-variance pairs: (x, y) R (x, y)^T = (x^2 + y^2) cos(phi),
+    so with ones in every coordinate 1^T R_m 1 = 2 f_b(m)."""
+    d = 2 * half_d
+    ones = torch.ones(d, dtype=F64)
+    assert abs(ones @ P.rope_rotate(ones, m, base) - 2 * P.rope_gap_sum(m, d, base)) < 1e-10
+    x = torch.randn(d, generator=_gen(seed), dtype=F64)
+    pair_norms = x[0::2] ** 2 + x[1::2] ** 2
+    th = P.rope_frequencies(d, base)
+    assert abs(x @ P.rope_rotate(x, m, base) - (pair_norms * torch.cos(m * th)).sum()) < 1e-9
+
+
+def test_gap_sum_shapes_and_values():
+    m = torch.arange(6).reshape(2, 3)                     # integer offsets accepted
+    f = P.rope_gap_sum(m, 16, 100.0)
+    assert f.shape == (2, 3) and f.dtype == F64
+    assert f[0, 0].item() == 8.0
+    assert abs(P.rope_gap_sum(5, 16, 100.0).item()
+               - sum(math.cos(5 * 100 ** (-2 * i / 16)) for i in range(8))) < 1e-14
+
+
+@SETTINGS
+@given(st.floats(1.5, 1e8), st.integers(0, 10**6))
+def test_partial_rotation_is_nonnegative(base, m):
+    assert P.rope_gap_sum(m, 128, base, rotary_dims=64).item() >= -1e-9
+
+
+def test_monte_carlo_gap_matches_formula():
+    d, base, mu, sigma, m, n = 8, 50.0, 1.0, 0.8, 3, 200_000
+    g = _gen(5)
+    q = mu + sigma * torch.randn(n, d, generator=g, dtype=F64)
+    k_sim = q + 0.3 * torch.randn(n, d, generator=g, dtype=F64)
+    k_rnd = mu + sigma * torch.randn(n, d, generator=g, dtype=F64)
+    gap = (q * (P.rope_rotate(k_sim, m, base) - P.rope_rotate(k_rnd, m, base))).sum(-1)
+    se = gap.std().item() / math.sqrt(n)
+    f = P.rope_gap_sum(m, d, base).item()
+    assert abs(gap.mean().item() - 2 * sigma**2 * f) < 4 * se
+    assert abs(gap.mean().item() - 2 * (sigma**2 + mu**2) * f) > 10 * se   # mu must drop out
+
+
+# -- first negative offset and feasibility ------------------------------------------------------
+
+def test_first_negative_offset_matches_direct_scan():
+    bases = torch.logspace(1, 5, 60, dtype=F64)
+    fast = P.first_negative_offset(bases, 32, 1000)
+    direct = torch.tensor([_first_negative_direct(float(b), 32, 1000) for b in bases])
+    assert torch.equal(fast, direct)
+    assert (fast == 1000).any() and (fast < 1000).any()
+
+
+@pytest.mark.parametrize("budget", [1 << 10, 1 << 14, 1 << 22])
+def test_first_negative_offset_independent_of_block_size(budget):
+    bases = torch.tensor([[26960.0, 27500.0], [28000.0, 28700.0]], dtype=F64)
+    M = P.first_negative_offset(bases, 128, 4096, budget=budget)
+    assert M.shape == (2, 2) and M.dtype == torch.int64
+    assert M.tolist() == [[4096, 2968], [2635, 4096]]
+
+
+def test_feasibility_is_not_monotone():
+    ok = P.is_feasible_base(torch.tensor([26960.0, 27500.0, 28000.0, 28700.0]), 4096, 128)
+    assert ok.tolist() == [True, False, False, True]
+
+
+def test_partial_lengths_and_small_caps():
+    assert P.first_negative_offset(100.0, 16, 1).item() == 1          # m = 0 is never negative
+    assert P.first_negative_offset(100.0, 16, 17).item() == 16
+    assert P.first_negative_offset(100.0, 16, 16).item() == 16        # capped: feasible for L=16
+    assert bool(P.is_feasible_base(100.0, 10**5, 16, rotary_dims=8))
+
+
+def test_min_feasible_base_is_first_feasible_grid_point():
+    B2 = P.min_feasible_base(1024, 128, levels=2)
+    b = P.min_feasible_base(1024, 128, levels=3)
+    assert bool(P.is_feasible_base(b, 1024, 128)) and float(f"{b:.1e}") == 4.3e3
+    j = round(b / (B2 / 1000))
+    assert abs(b - j * B2 / 1000) < 1e-6 * b          # a point of the level-3 grid of (0, B2]
+    below = torch.arange(1, j, dtype=F64) * (B2 / 1000)
+    assert not P.is_feasible_base(below[below > 1], 1024, 128).any()
+    # one level from an explicit start is a plain upward scan of start * j / steps
+    b1 = P.min_feasible_base(4096, 128, levels=1, steps=1000, start=28700.0)
+    grid = torch.arange(1, 1001, dtype=F64) * 28.7
+    ok = P.is_feasible_base(grid, 4096, 128)
+    assert b1 == float(grid[int(ok.to(torch.int8).argmax())])
+    assert 27000 < b1 < 28700   # spacing 28.7 misses the first feasible window [26952, 26973]
+
+
+def test_min_feasible_base_rejects_infeasible_start():
+    with pytest.raises(ValueError, match="start"):
+        P.min_feasible_base(4096, 128, start=27500.0)
+
+
+# -- asymptotics ---------------------------------------------------------------------------------
+
+def test_cosine_integral_zero_and_asymptotic_bound():
+    from scipy.special import sici
+
+    x0 = P.cosine_integral_zero()
+    assert abs(x0 - 0.616505) < 1e-6 and abs(sici(x0)[1]) < 1e-14
+    for L in (2, 100, 1024):
+        b = P.asymptotic_min_base(L)
+        m = np.arange(1, L, dtype=np.float64)
+        assert (sici(m)[1] - sici(m / b)[1]).min() > -1e-12
+        assert (sici(m)[1] - sici(m / (0.999 * b))[1]).min() < 0
+    assert 1.621 < P.asymptotic_min_base(4096) / 4096 < 1.623
+
+
+# -- input validation ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call, err, text", [
+    (lambda: P.rope_frequencies(7, 1e4), ValueError, "d must be even"),
+    (lambda: P.rope_frequencies(8.0, 1e4), TypeError, "d must be an int"),
+    (lambda: P.rope_frequencies(8, 1.0), ValueError, "base must be > 1"),
+    (lambda: P.rope_frequencies(8, math.inf), ValueError, "base must be finite"),
+    (lambda: P.rope_frequencies(8, 1e4, rotary_dims=3), ValueError, "rotary_dims must be even"),
+    (lambda: P.rope_frequencies(8, 1e4, rotary_dims=10), ValueError, "rotary_dims"),
+    (lambda: P.rope_rotate(torch.ones(3, 5), 1, 1e4), ValueError, "d must be even"),
+    (lambda: P.rope_rotate(torch.ones(3, 4, dtype=torch.int64), 1, 1e4), TypeError, "x must"),
+    (lambda: P.rope_rotate(torch.ones(3, 4), torch.arange(2), 1e4), ValueError, "broadcast"),
+    (lambda: P.rope_rotate(torch.ones(3, 4), math.nan, 1e4), ValueError, "positions"),
+    (lambda: P.rope_rotate(torch.ones(3, 4), torch.tensor(True), 1e4), TypeError, "positions"),
+    (lambda: P.rope_gap_sum(math.inf, 8, 1e4), ValueError, "m must be finite"),
+    (lambda: P.first_negative_offset(0.5, 8, 10), ValueError, "base must be > 1"),
+    (lambda: P.first_negative_offset(torch.tensor([]), 8, 10), ValueError, "empty"),
+    (lambda: P.first_negative_offset(1e4, 8, 0), ValueError, "max_offset"),
+    (lambda: P.min_feasible_base(1024, 128, levels=0), ValueError, "levels"),
+    (lambda: P.asymptotic_min_base(1), ValueError, "L must be >= 2"),
+])
+def test_bad_input_raises_clear_errors(call, err, text):
+    with pytest.raises(err, match=text):
+        call()
