@@ -1,6 +1,7 @@
 """Tests of the shared foundation: input validation and device/size selection."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -26,6 +27,28 @@ def test_as_float_tensor_keeps_tensors_and_converts_array_likes():
 def test_as_float_tensor_errors(value, error, match):
     with pytest.raises(error, match=match):
         _checks.as_float_tensor(value, "x")
+
+
+def test_complex_is_accepted_only_when_asked():
+    z = torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex64)
+    with pytest.raises(TypeError, match="z must have a floating dtype"):
+        _checks.as_float_tensor(z, "z")
+    assert _checks.as_float_tensor(z, "z", complex_ok=True) is z
+    assert _checks.as_float_tensor([1j, 2], "z", complex_ok=True).is_complex()
+    with pytest.raises(TypeError, match="z must have a real or complex floating dtype"):
+        _checks.as_float_tensor(torch.tensor([1, 2]), "z", complex_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "ComplexHalf support is experimental"
+        half = torch.zeros(2, dtype=torch.complex32)
+    with pytest.raises(TypeError, match="complex32"):
+        _checks.as_float_tensor(half, "z", complex_ok=True)
+    # finiteness looks at both parts of a complex number
+    assert _checks.all_finite(z)
+    for bad, what in ((complex(1, math.inf), "inf"), (complex(math.nan, 0), "NaN")):
+        w = torch.tensor([1j, bad], dtype=torch.complex128)
+        assert not _checks.all_finite(w)
+        with pytest.raises(ValueError, match=f"z must be finite, but it contains {what}"):
+            _checks.check_finite(w, "z")
 
 
 def test_check_matrix_and_finite():

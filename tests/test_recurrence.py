@@ -228,7 +228,7 @@ def test_lambda_dtypes_and_errors():
     assert R.lru_lambda(torch.zeros(3), torch.zeros(3)).dtype == C64
     assert R.lru_lambda(torch.zeros(3, dtype=F64), torch.zeros(1)).dtype == C128
     assert R.lru_lambda(torch.tensor([800.0], dtype=F64), torch.zeros(1, dtype=F64)).abs() == 0
-    with pytest.raises(TypeError, match="nu_log must have a real"):
+    with pytest.raises(TypeError, match="nu_log must have a floating dtype"):
         R.lru_lambda(torch.zeros(3, dtype=C64), torch.zeros(3))
     with pytest.raises(TypeError, match="float32 or float64"):
         R.lru_lambda(torch.zeros(3, dtype=torch.float16), torch.zeros(3))

@@ -26,6 +26,8 @@ __all__ = [
     "check_dim",
 ]
 
+_COMPLEX = (torch.complex64, torch.complex128)
+
 
 def as_float_tensor(
     x,
@@ -33,13 +35,15 @@ def as_float_tensor(
     *,
     min_ndim: int = 1,
     allow_empty: bool = False,
+    complex_ok: bool = False,
 ) -> torch.Tensor:
     """Return ``x`` as a floating-point tensor, or raise.
 
     Tensors keep their device and dtype; Python numbers, lists and numpy arrays are
     converted with ``torch.as_tensor`` (numpy float64 stays float64). Integer and boolean
     tensors are refused rather than silently cast, because integer logits or matrices are
-    almost always a mistake in a caller's code.
+    almost always a mistake in a caller's code. ``complex_ok=True`` also accepts complex64
+    and complex128 (never complex32, which few operations support).
     """
     if not isinstance(x, torch.Tensor):
         try:
@@ -51,10 +55,12 @@ def as_float_tensor(
             ) from exc
         if not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool:
             x = x.to(torch.get_default_dtype())
-    if not x.is_floating_point():
-        raise TypeError(
-            f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}"
-        )
+    if complex_ok and x.dtype in _COMPLEX:
+        pass
+    elif not x.is_floating_point():
+        kinds = "a real or complex floating dtype" if complex_ok else "a floating dtype"
+        names = "float16/bfloat16/float32/float64" + ("/complex64/complex128" if complex_ok else "")
+        raise TypeError(f"{name} must have {kinds} ({names}), got {x.dtype}")
     if x.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape "
                          f"{tuple(x.shape)}")
@@ -78,6 +84,7 @@ def all_finite(tensors: torch.Tensor | Sequence[torch.Tensor]) -> bool:
     through it), so only a sum that overflowed, or a tensor that really holds inf or NaN, pays
     for the elementwise test."""
     ts = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
+    ts = [torch.view_as_real(t) if t.is_complex() else t for t in ts]
     if not ts:
         return True
     dev = ts[0].device

@@ -26,36 +26,22 @@ import math
 
 import torch
 
-from ._checks import all_finite, check_choice, check_dim, check_int, check_real
+from ._checks import (
+    all_finite,
+    as_float_tensor,
+    check_choice,
+    check_dim,
+    check_finite,
+    check_int,
+    check_real,
+)
 
 __all__ = ["linear_recurrence", "lru_lambda", "lru_ring_init", "lru_normalization"]
 
-_REAL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_COMPLEX = (torch.complex64, torch.complex128)
-
-
 def _as_tensor(x, name: str, *, complex_ok: bool = True, min_ndim: int = 0) -> torch.Tensor:
-    """``x`` as a real or complex floating tensor (no integer/bool/complex32), finite."""
-    if not isinstance(x, torch.Tensor):
-        try:
-            x = torch.as_tensor(x)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"{name} must be a torch.Tensor or array-like of numbers, "
-                            f"got {type(x).__name__}") from exc
-        if x.dtype not in _REAL + _COMPLEX and x.dtype != torch.bool:
-            x = x.to(torch.get_default_dtype())
-    allowed = _REAL + _COMPLEX if complex_ok else _REAL
-    if x.dtype not in allowed:
-        kinds = "a real or complex floating" if complex_ok else "a real floating"
-        raise TypeError(f"{name} must have {kinds} dtype "
-                        f"({', '.join(str(d).replace('torch.', '') for d in allowed)}), "
-                        f"got {x.dtype}")
-    if x.ndim < min_ndim:
-        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape "
-                         f"{tuple(x.shape)}")
-    if not all_finite(torch.view_as_real(x) if x.is_complex() else x):
-        raise ValueError(f"{name} must be finite, but it contains NaN or inf")
-    return x
+    """``x`` as a finite real or complex floating tensor (no integer/bool/complex32)."""
+    x = as_float_tensor(x, name, min_ndim=min_ndim, allow_empty=True, complex_ok=complex_ok)
+    return check_finite(x, name)
 
 
 def _loop(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -179,7 +165,7 @@ def linear_recurrence(lam, u, dim: int = -2, *, initial=None,
                              f"u without its time axis, {tuple(b.shape[:-1])}") from exc
         b = torch.cat([(b[..., 0] + a[..., 0] * x0).unsqueeze(-1), b[..., 1:]], dim=-1)
     x = _METHODS[method](a, b)
-    if method != "loop" and not all_finite(torch.view_as_real(x) if x.is_complex() else x):
+    if method != "loop" and not all_finite(x):
         x = _loop(a, b)
     return x.movedim(-1, dim)
 
