@@ -174,7 +174,23 @@ def test_causal_determinant_is_product_of_positive_diagonal(seed, n, d, std):
         assert abs(float(logdet - diag.log().sum())) < 1e-9
     diag = torch.diagonal(at.attention_matrix(q, k, "causal"))
     i = torch.arange(1, n + 1, dtype=F64)
-    assert bool((diag * i * math.exp(2 * rho) >= 1 - 1e-12).all())
+    sharp = 1 / (1 + (i - 1) * math.exp(2 * rho))
+    assert bool((diag >= sharp * (1 - 1e-12)).all())
+    assert bool((sharp * i * math.exp(2 * rho) >= 1 - 1e-12).all())
+
+
+@pytest.mark.parametrize("rho", [0.1, 1.0, 5.0])
+def test_causal_diagonal_bound_is_attained(rho):
+    # s_ii = -rho, s_ij = +rho for j < i (K = I, Q = S): a_ii = 1 / (1 + (i-1) e^(2 rho)) exactly
+    n = 30
+    S = rho * (torch.ones(n, n, dtype=F64) - 2 * torch.eye(n, dtype=F64))
+    A = at.attention_matrix(S, torch.eye(n, dtype=F64), "causal", scale=1.0)
+    i = torch.arange(1, n + 1, dtype=F64)
+    assert torch.allclose(torch.diagonal(A), 1 / (1 + (i - 1) * math.exp(2 * rho)), rtol=1e-13,
+                          atol=0)
+    sign, logdet = torch.linalg.slogdet(A)
+    gap = float(logdet) + 2 * rho * (n - 1) + math.lgamma(n + 1)   # log(det / bound)
+    assert float(sign) == 1.0 and 0 <= gap < math.log(n)
 
 
 @SETTINGS
@@ -208,6 +224,25 @@ def test_linear_attention_rank_and_rows(seed, n, d):
     ref = phi[0] @ phi[1].T
     assert torch.allclose(A, ref / ref.sum(-1, keepdim=True), atol=1e-14)
     assert int(torch.linalg.matrix_rank(at.linear_attention_matrix(q, k, "causal"))) == n
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 15), st.integers(1, 5),
+       st.sampled_from(["causal", "anticausal", "prefix", "random"]))
+def test_masked_linear_attention_matches_reference(seed, n, d, kind):
+    q, k = _randn(3, n, d, seed=seed), _randn(3, n, d, seed=seed + 1)
+    if kind == "prefix":
+        mask = at.attention_mask("prefix", n, prefix=n // 2)
+    elif kind == "random":
+        mask = torch.rand(n, n, generator=generator(seed, "cpu")) < 0.5
+        mask[:, -1] = True
+    else:
+        mask = kind
+    visible = at.attention_mask(mask, n) if isinstance(mask, str) else mask
+    w = (F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-1, -2) * visible
+    A = at.linear_attention_matrix(q, k, mask)
+    assert torch.allclose(A, w / w.sum(-1, keepdim=True), atol=1e-14, rtol=0)
+    assert torch.allclose(A.sum(-1), torch.ones(3, n, dtype=F64), atol=1e-13)
 
 
 def test_linear_attention_feature_map_and_errors():
@@ -244,6 +279,50 @@ def test_taylor_bound_holds(seed, d, n, std):
             assert float(s[r] / s[0]) <= eps * (1 + 1e-9) + 1e-15
 
 
+@pytest.mark.parametrize("rho", [1e-4, 0.3, 1.0, 4.0])
+def test_taylor_bound_is_sharp_at_p0(rho):
+    # d = 1, balanced signs: A = 11^T/n + tanh(rho) xy^T/n, so sigma_2/sigma_1 = tanh(rho)
+    n = 40
+    x = torch.tensor([1.0, -1.0] * (n // 2), dtype=F64)[:, None]
+    y = torch.tensor([1.0, 1.0, -1.0, -1.0] * (n // 4), dtype=F64)[:, None]
+    s = torch.linalg.svdvals(at.attention_matrix(rho**0.5 * x, rho**0.5 * y, scale=1.0))
+    r, eps = at.taylor_rank_bound(rho, 1, 0)
+    assert r == 1 and abs(float(s[1] / s[0]) - math.tanh(rho)) < 1e-13
+    assert float(s[1] / s[0]) <= eps
+    if rho < 1e-3:
+        assert float(s[1] / s[0]) / eps > 0.999
+
+
+def test_taylor_bound_survives_gradient_ascent():
+    # maximise sigma_(r+1)/sigma_1 with max |s_ij| pinned at rho; the bound must still hold
+    rho, n, worst = 1.0, 10, {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)          # 10 x 10 matrices: extra threads only add overhead
+    try:
+        _ascend(rho, n, worst)
+    finally:
+        torch.set_num_threads(threads)
+    assert worst[1, 0] > 0.05          # the ascent did find a bad case (0.1 of the bound)
+
+
+def _ascend(rho, n, worst):
+    for d, p in [(1, 0), (2, 1)]:
+        r, eps = at.taylor_rank_bound(rho, d, p)
+        g = generator(d, "cpu")
+        q, k = (torch.randn(n, d, generator=g, dtype=F64).requires_grad_() for _ in "qk")
+        opt = torch.optim.Adam([q, k], lr=0.05)
+        for _ in range(60):
+            S = q @ k.T
+            s = torch.linalg.svdvals(at.attention_matrix(rho * S / S.abs().max(),
+                                                         torch.eye(n, dtype=F64), scale=1.0))
+            ratio = s[r] / s[0]
+            assert float(ratio.detach()) <= eps
+            opt.zero_grad()
+            (-torch.log(ratio)).backward()
+            opt.step()
+        worst[d, p] = float(ratio.detach()) / eps
+
+
 def test_taylor_bound_errors():
     with pytest.raises(ValueError, match="rho must be >= 0"):
         at.taylor_rank_bound(-1.0, 2, 1)
@@ -251,6 +330,16 @@ def test_taylor_bound_errors():
         at.taylor_rank_bound(1.0, 0, 1)
     with pytest.raises(TypeError, match="p must be an int"):
         at.taylor_rank_bound(1.0, 2, 1.5)
+    with pytest.raises(ValueError, match="rho must be finite"):
+        at.taylor_rank_bound(math.inf, 2, 1)
+
+
+def test_empty_inputs_are_rejected():
+    with pytest.raises(ValueError, match="q must not be empty"):
+        at.attention_matrix(torch.zeros(0, 3), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="k must not be empty"):
+        at.linear_attention_matrix(torch.zeros(4, 3), torch.zeros(0, 3))
+    assert float(at.rank_one_residual(torch.randn(1, 4, dtype=F64))) == 0.0   # one token
 
 
 # -- the rank-one residual -------------------------------------------------------------------

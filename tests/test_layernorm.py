@@ -241,3 +241,67 @@ def test_elementwise_maps_reject_bad_input():
         L.softcap(x, 0.0)
     with pytest.raises(TypeError, match="x must have a floating dtype"):
         L.softcap(torch.arange(3), 1.0)
+
+
+# -- review additions: the diagonal ODEs, the dropped part, dtypes ------------------------------
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(2, 40), st.sampled_from([0.0, 0.1]))
+def test_jacobian_diagonal_is_the_isru_slope(seed, d, eps):
+    """dyt-thm-exact: along coordinate i, y_i is the ISRU with C_i, so J_ii must equal
+    d/dx sqrt(d) x / sqrt(x^2 + C) = sqrt(d) C / (x^2 + C)^{3/2} at x = x_i, C = C_i."""
+    x = _randn(seed, d)
+    C = L.rms_norm_isru_constants(x, eps=eps)
+    slope = math.sqrt(d) * C / (x.square() + C) ** 1.5
+    J = L.rms_norm_jacobian(x, eps=eps)
+    assert torch.allclose(torch.diagonal(J), slope, rtol=1e-11, atol=0)
+
+
+@SETTINGS
+@given(st.floats(-30, 30), st.floats(0.1, 10), st.integers(1, 1000))
+def test_dyt_solves_the_frozen_rho_ode(x0, rho, d):
+    """dyt-prop-tanh: y = sqrt(d) tanh(x / (rho sqrt d)) has y' = (1 - y^2/d) / rho."""
+    x = torch.tensor(x0, dtype=F64, requires_grad=True)
+    y = L.dyt(x, 1 / (rho * math.sqrt(d)), gamma=math.sqrt(d))
+    (dy,) = torch.autograd.grad(y, x)
+    assert abs(dy.item() - (1 - y.item() ** 2 / d) / rho) < 1e-12 / rho
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(2, 60), st.floats(-3, 3))
+def test_dropped_offdiagonal_part(seed, d, log_scale):
+    """dyt-prop-offdiag: |D|_F / |J|_F = sqrt((1 - q) / (d - 1)) <= 1/sqrt(d), q = sum y^4 / d^2,
+    and |D|_2 >= (1 - q) |J|_2."""
+    x = _randn(seed, d, scale=10.0**log_scale)
+    J = L.rms_norm_jacobian(x)
+    D = J - torch.diag(torch.diagonal(J))
+    q = (L.rms_norm(x).pow(4).sum() / d**2).item()
+    ratio = (torch.linalg.matrix_norm(D) / torch.linalg.matrix_norm(J)).item()
+    assert abs(ratio - math.sqrt((1 - q) / (d - 1))) < 1e-12
+    assert ratio <= 1 / math.sqrt(d) + 1e-12
+    spec = torch.linalg.matrix_norm(D, ord=2) / torch.linalg.matrix_norm(J, ord=2)
+    assert spec.item() >= (1 - q) - 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_dtypes_are_kept(dtype):
+    x = _randn(11, 3, 8).to(dtype)
+    assert L.rms_norm(x).dtype == dtype
+    assert L.dyt(x, 0.5, gamma=2.0).dtype == dtype
+    assert L.dyisru(x, 1.0, d=8).dtype == dtype
+    assert L.softcap(x, 3.0).dtype == dtype
+    assert L.rms_norm_jacobian(x).shape == (3, 8, 8) and L.rms_norm_jacobian(x).dtype == dtype
+    assert L.rms_norm_isru_constants(x).dtype == torch.promote_types(dtype, torch.float32)
+    ref = L.rms_norm(x.double())
+    assert torch.allclose(L.rms_norm(x).double(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_empty_input_is_refused_by_rms_norm():
+    with pytest.raises(ValueError, match="x must not be empty"):
+        L.rms_norm(torch.ones(2, 0))
+
+
+def test_elementwise_maps_accept_empty_input():
+    e = torch.ones(2, 0, dtype=F64)
+    assert L.dyt(e, 1.0).shape == (2, 0) and L.softcap(e, 1.0).shape == (2, 0)
+    assert L.dyisru(e, 1.0, d=4).shape == (2, 0)

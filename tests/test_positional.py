@@ -219,3 +219,70 @@ def test_cosine_integral_zero_and_asymptotic_bound():
 def test_bad_input_raises_clear_errors(call, err, text):
     with pytest.raises(err, match=text):
         call()
+
+
+# -- review additions: independent formulas, edge cases ------------------------------------------
+
+@SETTINGS
+@given(st.floats(1.5, 1e8), st.integers(0, 10**6), st.sampled_from([8, 16, 64, 128]))
+def test_partial_rotation_equals_the_paired_sum(base, m, d):
+    """rope-eq-partial, written out independently: f = sum_{i<d/4} (1 + cos(m b^{-4i/d}))."""
+    paired = sum(1 + math.cos(m * base ** (-4 * i / d)) for i in range(d // 4))
+    assert abs(P.rope_gap_sum(m, d, base, rotary_dims=d // 2).item() - paired) < 1e-9 * d
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(2.0, 1e6), st.sampled_from([4, 8, 16, 32]), st.integers(1, 600),
+       st.sampled_from([None, 0.5]))
+def test_first_negative_offset_matches_numpy_scan(base, d, L, frac):
+    """Block evaluator against a plain numpy loop over offsets (independent of rope_gap_sum)."""
+    r = d if frac is None else max(2, int(d * frac) // 2 * 2)
+    th = np.array([base ** (-2 * i / r) if i < r // 2 else 0.0 for i in range(d // 2)])
+    f = np.cos(np.arange(L)[:, None] * th).sum(1)
+    neg = np.nonzero(f < 0)[0]
+    expected = int(neg[0]) if len(neg) else L
+    if len(neg) and abs(f[neg[0]]) < 1e-9:        # a rounding tie: either answer is fine
+        return
+    got = P.first_negative_offset(base, d, L, rotary_dims=None if frac is None else r)
+    assert got.dtype == torch.int64 and got.shape == () and got.item() == expected
+
+
+def test_gap_sum_edge_cases_and_dtypes():
+    empty = P.rope_gap_sum(torch.tensor([]), 8, 100.0)
+    assert empty.shape == (0,) and empty.dtype == F64
+    f32 = P.rope_gap_sum(torch.arange(5, dtype=torch.float32), 8, 100.0)
+    assert f32.dtype == F64                           # always float64 (angles reach 1e6 rad)
+    assert P.rope_gap_sum(torch.tensor(-7.0), 8, 100.0) == P.rope_gap_sum(7.0, 8, 100.0)  # even
+    # d = 2: a single pair, f = cos m
+    assert abs(P.rope_gap_sum(2.0, 2, 10.0).item() - math.cos(2.0)) < 1e-15
+    with pytest.raises(ValueError, match="m must be finite"):
+        P.rope_gap_sum(torch.tensor([1.0, math.nan]), 8, 100.0)
+    with pytest.raises(TypeError, match="m must be real"):
+        P.rope_gap_sum(torch.tensor([True]), 8, 100.0)
+
+
+def test_rotate_half_precision_and_bad_input():
+    x = torch.randn(3, 8, generator=_gen(3), dtype=F64)
+    for dt in (torch.float16, torch.bfloat16):
+        y = P.rope_rotate(x.to(dt), torch.tensor([5, 1000, 70000]), 1e4)
+        ref = P.rope_rotate(x, torch.tensor([5, 1000, 70000]), 1e4)
+        assert y.dtype == dt and torch.allclose(y.double(), ref, atol=0.05, rtol=0.02)
+    with pytest.raises(ValueError, match="x must not be empty"):
+        P.rope_rotate(torch.ones(0, 4), 1, 10.0)
+    with pytest.raises(ValueError, match="x must be finite"):
+        P.rope_rotate(torch.tensor([[math.inf, 1.0]]), 1, 10.0)
+
+
+def test_feasibility_edge_cases():
+    # L = 1: only m = 0, where f = d/2 > 0, so every base is feasible
+    assert P.is_feasible_base(torch.tensor([1.0001, 10.0, 1e12]), 1, 8).all()
+    # shape of a batch is kept, and a scalar gives a 0-d answer
+    assert P.is_feasible_base(torch.full((2, 3), 1e6), 100, 8).shape == (2, 3)
+    assert P.first_negative_offset(1e4, 8, 10).shape == ()
+    with pytest.raises(ValueError, match="base must be finite"):
+        P.first_negative_offset(torch.tensor([2.0, math.nan]), 8, 10)
+    with pytest.raises(TypeError, match="base must be real"):
+        P.first_negative_offset(torch.tensor([True]), 8, 10)
+    # the post's search always returns a feasible base, on the grid of its last level
+    b = P.min_feasible_base(256, 16, levels=2)
+    assert bool(P.is_feasible_base(b, 256, 16))

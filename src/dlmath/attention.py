@@ -9,8 +9,8 @@ visibility mask :math:`V\in\{0,1\}^{n\times m}`, the attention matrix is the row
           \qquad S = \tau\, QK^\top,\quad \tau = 1/\sqrt d \text{ by default}.
 
 A causal mask makes :math:`A` lower triangular with a positive diagonal, hence non-singular;
-a bidirectional one leaves it within :math:`\varepsilon` of a matrix of rank
-:math:`\binom{p+d}{d}`, with :math:`\varepsilon` independent of :math:`n`
+a bidirectional one lies within :math:`\varepsilon\,\sigma_1(A)` (spectral norm) of a matrix of
+rank :math:`\binom{p+d}{d}`, with :math:`\varepsilon` independent of :math:`n`
 (:func:`taylor_rank_bound`).
 
 Conventions:
@@ -176,8 +176,10 @@ def taylor_rank_bound(rho: float, d: int, p: int) -> tuple[int, float]:
               \frac{\rho^{p+1}e^{2\rho}}{(p+1)!},\qquad r=\binom{p+d}{d},
 
     whatever the number of tokens :math:`n` (the degree-:math:`p` Taylor polynomial of
-    :math:`e^{s}` has rank :math:`\le r`). ``eps`` is computed in log space (no overflow);
-    ``r`` is an exact integer. ``rho >= 0``, ``d >= 1`` and ``p >= 0``.
+    :math:`e^{s}` has rank :math:`\le r`). For ``p = 0`` the factor :math:`\rho` is sharp as
+    :math:`\rho\to0` (:math:`\sigma_2/\sigma_1=\tanh\rho` is attained with ``d = 1``).
+    ``eps`` is computed in log space (no overflow); ``r`` is an exact integer. ``rho >= 0``,
+    ``d >= 1`` and ``p >= 0``.
     """
     rho = check_real(rho, "rho", nonnegative=True)
     check_int(d, "d", low=1)

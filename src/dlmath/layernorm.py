@@ -27,9 +27,10 @@ Conventions:
   at the zero vector (the map itself is discontinuous there: it has no direction to keep).
   Its Jacobian does not exist there, and :func:`rms_norm_jacobian` raises ``ValueError``.
 * RMSNorm and its Jacobian refuse NaN and infinities (``ValueError``): an infinite vector has
-  no well-defined direction. The elementwise maps act like ``torch.tanh``: NaN propagates,
-  and :math:`\pm\infty` maps to the saturation value (:math:`\pm\gamma + \beta`,
-  :math:`\pm\gamma\sqrt d + \beta`, :math:`\pm t`).
+  no well-defined direction. They also refuse empty input (a vector needs a width).
+  The elementwise maps act like ``torch.tanh``: NaN propagates, :math:`\pm\infty` maps to
+  the saturation value (:math:`\pm\gamma + \beta`, :math:`\pm\gamma\sqrt d + \beta`,
+  :math:`\pm t`), and an empty tensor gives an empty tensor.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def dyt(x, alpha, *, gamma=1.0, beta=0.0) -> torch.Tensor:
     the autograd graph, so they can be learned). The output has the broadcast shape and the
     dtype of ``x``.
     """
-    x = as_float_tensor(x, "x", min_ndim=0)
+    x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
     alpha = _parameter(alpha, "alpha", x)
     gamma = _parameter(gamma, "gamma", x)
     beta = _parameter(beta, "beta", x)
@@ -200,7 +201,7 @@ def dyisru(x, C, *, d: int | None = None, gamma=1.0, beta=0.0) -> torch.Tensor:
     Shapes: ``x`` any floating tensor; ``C`` (``>= 0``), ``gamma``, ``beta`` real numbers or
     tensors broadcastable against ``x``; ``d`` a positive int or ``None``.
     """
-    x = as_float_tensor(x, "x", min_ndim=0)
+    x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
     C = _parameter(C, "C", x, nonnegative=True)
     gamma = _parameter(gamma, "gamma", x)
     beta = _parameter(beta, "beta", x)
@@ -223,6 +224,6 @@ def softcap(x, t) -> torch.Tensor:
     with equality at :math:`|x| = t`. Shapes: ``x`` any floating tensor; ``t > 0`` a real
     number. The output has the shape, device and dtype of ``x``.
     """
-    x = as_float_tensor(x, "x", min_ndim=0)
+    x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
     t = check_real(t, "t", positive=True)
     return t * torch.tanh(x / t)

@@ -100,7 +100,8 @@ def rope_rotate(x, positions, base: float) -> torch.Tensor:
     Shapes: ``x`` is ``(..., d)`` with ``d`` even (the last dimension is the head);
     ``positions`` (a number or a tensor, integer or float) broadcasts against
     ``x.shape[:-1]``; the result has the broadcast shape ``(..., d)`` and ``x``'s dtype and
-    device. The angles are formed in float64 before the cosines are taken.
+    device. The angles are formed in float64 before the cosines are taken. ``x`` must be
+    non-empty and finite (``ValueError`` otherwise); ``positions`` must be finite reals.
     """
     x = as_float_tensor(x, "x")
     check_finite(x, "x")
@@ -281,7 +282,7 @@ def cosine_integral_zero() -> float:
 
 
 def asymptotic_min_base(L: int) -> float:
-    r"""The smallest base that satisfies the :math:`d \to \infty` form of the criterion.
+    r"""The threshold :math:`b_\infty(L)` of the :math:`d \to \infty` form of the criterion.
 
     As :math:`d \to \infty`, :math:`\tfrac{2}{d} f_b(m) \to
     (\operatorname{Ci}(m) - \operatorname{Ci}(m/b)) / \ln b`, so the criterion reads
@@ -292,6 +293,10 @@ def asymptotic_min_base(L: int) -> float:
     such :math:`m` once
 
     .. math:: b \ge b_\infty(L) = \max_{1 \le m < L} \frac{m}{g(m)} \approx \frac{L}{x_0}.
+
+    It is sharp: just below :math:`b_\infty`, the maximising :math:`m` has
+    :math:`m/b \in (g(m), \pi/2]`, where Ci exceeds :math:`\operatorname{Ci}(m)`.
+    Returns a float; ``L`` an int.
 
     :math:`g` is found for all :math:`m` at once by bisection on
     :math:`[0.1, \pi/2]` (60 halvings, float64). Requires ``L >= 2``.
