@@ -68,6 +68,10 @@ def test_split_errors():
         moe.expert_outputs(x, W_A, W_B, 4, activation="relu")
     with pytest.raises(TypeError, match="floating"):
         moe.split_ffn_experts(W_A.long(), W_B, 4)
+    with pytest.raises(TypeError, match="share one dtype"):
+        moe.expert_outputs(x.float(), W_A, W_B, 4)
+    with pytest.raises(TypeError, match="W_gate must have the dtype"):
+        moe.expert_outputs(x, W_A, W_B, 4, W_gate=W_A.float())
 
 
 # -- selection ------------------------------------------------------------------------------
@@ -107,6 +111,20 @@ def test_best_subset_matches_itertools_and_beats_every_subset(seed, n, d):
 
 
 @SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 7), st.integers(1, 5))
+def test_subset_error_is_the_kept_sum_error(seed, n, d):
+    """The complement identity: the library's dropped-sum norm equals the kept-sum error
+    computed directly, for every subset (the value, not only the argmin)."""
+    g = _gen(seed)
+    V = torch.randn(n, d, generator=g, dtype=F64) * 10 ** (2 * torch.rand(n, 1, generator=g,
+                                                                          dtype=F64))
+    for k in range(1, n + 1):
+        for S in itertools.combinations(range(n), k):
+            direct = float((V[list(S)].sum(0) - V.sum(0)).square().sum())
+            assert abs(moe.subset_error(V, torch.tensor(S)) - direct) <= 1e-12 * max(1.0, direct)
+
+
+@SETTINGS
 @given(st.integers(0, 2**31), st.integers(1, 8), st.integers(0, 8))
 def test_orthogonal_vectors_top_k_by_norm_is_optimal(seed, n, extra):
     g = _gen(seed)
@@ -130,6 +148,44 @@ def test_drop_one_is_always_solved_by_norms(seed, n, d):
     assert abs(moe.subset_error(V, moe.topk_by_norm(V, n - 1)) - err) < 1e-12
 
 
+def _mu(V):
+    gram = V @ V.T
+    return (gram - torch.diag(torch.diag(gram))).abs().max().item()
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(2, 8), st.integers(1, 6),
+       st.sampled_from([1e-3, 1e-1, 1.0]))
+def test_near_orthogonal_bound_holds(seed, n, d, eps):
+    """E(top-k) <= E(opt) + 2 m (m - 1) mu, m = n - k, mu = max |<v_i, v_j>| (chapter 26)."""
+    g = _gen(seed)
+    Q = torch.linalg.qr(torch.randn(n + d, n, generator=g, dtype=F64)).Q.T
+    V = (Q + eps * torch.randn(n, n + d, generator=g, dtype=F64)) \
+        * torch.rand(n, 1, generator=g, dtype=F64)
+    mu = _mu(V)
+    for k in range(1, n):
+        m = n - k
+        _, opt = moe.best_subset(V, k)
+        excess = moe.subset_error(V, moe.topk_by_norm(V, k)) - opt
+        assert excess <= 2 * m * (m - 1) * mu + 1e-12
+
+
+@pytest.mark.parametrize("m", [2, 3, 4, 5])
+def test_near_orthogonal_bound_is_sharp(m):
+    """m short vectors with inner products +mu and m longer ones (|v|^2 = 1 + delta) with -mu:
+    the excess is 2 m (m - 1) mu - m delta, so the constant 2 m (m - 1) cannot be lowered."""
+    mu, delta = 0.1, 1e-3
+    ones, eye = torch.ones(m, m, dtype=F64), torch.eye(m, dtype=F64)
+    gram = torch.block_diag((1 - mu) * eye + mu * ones, (1 + delta + mu) * eye - mu * ones)
+    V = torch.linalg.cholesky(gram)
+    assert abs(_mu(V) - mu) < 1e-14
+    best, opt = moe.best_subset(V, m)
+    assert best.tolist() == list(range(m))
+    assert moe.topk_by_norm(V, m).tolist() == list(range(m, 2 * m))
+    excess = moe.subset_error(V, moe.topk_by_norm(V, m)) - opt
+    assert abs(excess - (2 * m * (m - 1) * mu - m * delta)) < 1e-12
+
+
 def test_non_orthogonal_counterexample_keeps_the_shortest_vector():
     V = torch.tensor([[2.0, 0.0], [-1.5, 0.0], [0.0, 1.0]], dtype=F64)
     idx, err = moe.best_subset(V, 1)
@@ -150,6 +206,26 @@ def test_batched_selection_and_broadcast_subset_error():
     all_errs = moe.subset_error(V.unsqueeze(-3), combos)
     assert all_errs.shape == (4, 3, 15)
     assert torch.allclose(all_errs.min(-1).values, err, atol=1e-12, rtol=0)
+
+
+def test_float32_dtype_is_kept_and_matches_float64():
+    g = _gen(6)
+    V = torch.randn(5, 6, 3, generator=g, dtype=F64)
+    V32 = V.float()
+    idx, err = moe.best_subset(V32, 2)
+    assert err.dtype == torch.float32 and idx.dtype == torch.long
+    assert torch.equal(idx, moe.best_subset(V, 2)[0])
+    assert moe.subset_error(V32, idx).dtype == torch.float32
+    assert torch.equal(moe.topk_by_norm(V32, 2), moe.topk_by_norm(V, 2))
+    p = torch.full((5, 6), 1 / 6, dtype=F64)
+    var32 = moe.importance_sampling_variance(V32, p.float())
+    assert var32.dtype == torch.float32 and var32.shape == (5,)
+    assert torch.allclose(var32.double(), moe.importance_sampling_variance(V, p),
+                          rtol=1e-5, atol=0)
+    W_A, W_B, _, x = _ffn(0)
+    v32 = moe.expert_outputs(x.float(), W_A.float(), W_B.float(), 4)
+    assert v32.dtype == torch.float32
+    assert torch.allclose(v32.double(), moe.expert_outputs(x, W_A, W_B, 4), atol=1e-5, rtol=0)
 
 
 def test_best_subset_ties_are_lexicographic_and_the_size_limit_is_enforced():
@@ -199,6 +275,26 @@ def test_unit_direction_gradient():
     g = _gen(2)
     v = torch.randn(3, 4, generator=g, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(moe.unit_direction, (v,))
+    # closed form: d e / d v = (I - e e^T) / |v|
+    u = v[0].detach()
+    e = u / u.norm()
+    J = torch.autograd.functional.jacobian(moe.unit_direction, u)
+    assert torch.allclose(J, (torch.eye(4, dtype=F64) - torch.outer(e, e)) / u.norm(),
+                          atol=1e-14, rtol=0)
+    # at v = 0 the value is 0 and the Jacobian is 0 (not the identity of the rescaling)
+    J0 = torch.autograd.functional.jacobian(moe.unit_direction, torch.zeros(4, dtype=F64))
+    assert torch.equal(J0, torch.zeros(4, 4, dtype=F64))
+
+
+def test_unit_direction_other_dim_and_validation():
+    g = _gen(3)
+    v = torch.randn(4, 3, generator=g, dtype=F64)
+    assert torch.allclose(moe.unit_direction(v, dim=0), (v / v.norm(dim=0)), atol=1e-15, rtol=0)
+    assert torch.allclose(moe.unit_direction(v, dim=0), moe.unit_direction(v.T).T, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="dim=2 is out of range"):
+        moe.unit_direction(v, dim=2)
+    with pytest.raises(TypeError, match="floating"):
+        moe.unit_direction(torch.ones(3, dtype=torch.long))
 
 
 def _experts(seed, n=4):
@@ -274,6 +370,28 @@ def test_geometric_moe_errors():
         moe.geometric_moe(x, torch.ones(6, 4, dtype=F64), experts, 1)
     with pytest.raises(TypeError, match="sequence of callables"):
         moe.geometric_moe(x, torch.ones(7, 4, dtype=F64), experts[0], 1)
+    with pytest.raises(ValueError, match="x must not be empty"):
+        moe.geometric_moe(x[:0], torch.ones(0, 4, dtype=F64), experts, 1)
+    with pytest.raises(ValueError, match="scores must be finite"):
+        moe.geometric_moe(x, torch.full((7, 4), math.inf, dtype=F64), experts, 1)
+    with pytest.raises(ValueError, match="k must be <= 4"):
+        moe.geometric_moe(x, torch.ones(7, 4, dtype=F64), experts, 5)
+
+
+def test_geometric_moe_zero_expert_and_ties():
+    """A selected expert whose output is exactly 0 contributes 0 and passes no gradient; tied
+    scores select the lower index."""
+    x, experts, v = _experts(0)
+    zero = [lambda z: torch.zeros(z.shape[0], 5, dtype=z.dtype)] + experts[1:]
+    scores = torch.tensor([2.0, 1.0, 1.0, 1.0], dtype=F64).expand(7, 4).clone()
+    scores.requires_grad_(True)
+    y, counts = moe.geometric_moe(x, scores, zero, 2)
+    assert counts.tolist() == [7, 7, 0, 0]
+    assert torch.allclose(y, moe.unit_direction(v[:, 1]), atol=1e-14, rtol=0)
+    (gs,) = torch.autograd.grad(y.sum(), scores)
+    assert torch.equal(gs[:, 0], torch.zeros(7, dtype=F64))
+    assert torch.allclose(gs[:, 1], moe.unit_direction(v[:, 1]).sum(-1), atol=1e-14, rtol=0)
+    assert torch.equal(gs[:, 2:], torch.zeros(7, 2, dtype=F64))
 
 
 # -- importance sampling --------------------------------------------------------------------
@@ -304,3 +422,315 @@ def test_importance_sampling_zero_probabilities():
     assert moe.importance_sampling_variance(V, off).item() == math.inf
     with pytest.raises(ValueError, match="sum to 1"):
         moe.importance_sampling_variance(V, torch.tensor([0.5, 0.6], dtype=F64))
+    with pytest.raises(ValueError, match="one probability per vector"):
+        moe.importance_sampling_variance(V, torch.tensor([0.5, 0.25, 0.25], dtype=F64))
+    # with z zero vectors, p ~ |v|^2 beats uniform by z sum|v|^2 (uniform = it only if z = 0)
+    W = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, -2.0], [0.0, 0.0]], dtype=F64)
+    sq = W.square().sum(-1)
+    uniform = moe.importance_sampling_variance(W, torch.full((4,), 0.25, dtype=F64))
+    squares = moe.importance_sampling_variance(W, sq / sq.sum())
+    assert abs(uniform - squares - 2 * sq.sum()) < 1e-12
+    assert abs(uniform - (4 * sq.sum() - W.sum(0).square().sum())) < 1e-12
+
+
+# --- Dynamic expert counts and bias balancing (chapter 27) ---------------------------------
+
+def _scores(seed, T=64, n=8, spread=1.0):
+    g = _gen(seed)
+    return torch.sigmoid(torch.randn(T, n, generator=g, dtype=F64)
+                         + spread * torch.randn(n, generator=g, dtype=F64))
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 8), st.floats(-50, 50))
+def test_route_topk_is_argtop_of_biased_scores_and_shift_invariant(seed, k, c):
+    rho = _scores(seed)
+    b = 0.5 * torch.randn(8, generator=_gen(seed + 1), dtype=F64)
+    mask = moe.route_topk(rho, b, k)
+    assert mask.dtype == torch.bool and mask.shape == rho.shape
+    assert (mask.sum(-1) == k).all()
+    ref = torch.zeros_like(mask).scatter(-1, torch.topk(rho + b, k, dim=-1).indices, True)
+    assert torch.equal(mask, ref)
+    shifted = b + c
+    if torch.equal(torch.argsort(rho + shifted, dim=-1), torch.argsort(rho + b, dim=-1)):
+        assert torch.equal(moe.route_topk(rho, shifted, k), mask)
+
+
+def test_route_topk_ties_inf_and_raising_one_bias():
+    rho = torch.tensor([[0.5, 0.5, 0.5, 0.2]], dtype=F64)
+    assert moe.route_topk(rho, torch.zeros(4, dtype=F64), 2).tolist() == [[True, True, False,
+                                                                            False]]
+    inf_rho = torch.tensor([[math.inf, 0.0, -math.inf]], dtype=F64)
+    assert moe.route_topk(inf_rho, torch.zeros(3, dtype=F64), 1).tolist() == [[True, False,
+                                                                               False]]
+    rho = _scores(3, T=200)
+    b = torch.zeros(8, dtype=F64)
+    prev = moe.load_stats(moe.route_topk(rho, b, 2)).rates  # rates = k F, exact counts / T
+    for _ in range(30):
+        b[5] += 0.05
+        cur = moe.load_stats(moe.route_topk(rho, b, 2)).rates
+        assert cur[5] >= prev[5] and (torch.cat([cur[:5], cur[6:]])
+                                      <= torch.cat([prev[:5], prev[6:]])).all()
+        prev = cur
+    assert prev[5] > 0.8
+
+
+def test_route_threshold_is_strict_and_monotone_in_a_common_shift():
+    rho = torch.tensor([[0.2, 0.5, 0.9]], dtype=F64)
+    b = torch.tensor([-0.5, -0.5, -0.5], dtype=F64)
+    assert moe.route_threshold(rho, b).tolist() == [[False, False, True]]  # 0.5 - 0.5 = 0: out
+    rho = _scores(4)
+    budgets = [moe.load_stats(moe.route_threshold(rho, torch.full((8,), c, dtype=F64))).budget
+               for c in torch.linspace(-1.2, 0.2, 30)]
+    assert all(a <= b for a, b in itertools.pairwise(budgets))
+    assert budgets[0] == 0 and budgets[-1] == 8
+    batched = moe.route_threshold(rho, torch.zeros(3, 1, 8, dtype=F64) - 0.6)
+    assert batched.shape == (3, 64, 8)
+
+
+def test_routing_validation():
+    rho = torch.rand(4, 3, dtype=F64)
+    with pytest.raises(ValueError, match="one entry per expert"):
+        moe.route_topk(rho, torch.zeros(4, dtype=F64), 1)
+    with pytest.raises(ValueError, match="NaN"):
+        moe.route_threshold(torch.tensor([[math.nan, 0.0]]), torch.zeros(2))
+    with pytest.raises(ValueError, match="bias must be finite"):
+        moe.route_threshold(rho, torch.tensor([0.0, math.inf, 0.0]))
+    with pytest.raises(ValueError, match="k must be <= 3"):
+        moe.route_topk(rho, torch.zeros(3, dtype=F64), 4)
+    with pytest.raises(TypeError, match="floating"):
+        moe.route_threshold(torch.ones(2, 3, dtype=torch.long), torch.zeros(3))
+
+
+def test_load_stats_by_hand_and_conventions():
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    st_ = moe.load_stats(mask, dtype=F64)
+    assert torch.allclose(st_.rates, torch.tensor([1, 2 / 3, 1 / 3, 0], dtype=F64), atol=1e-15)
+    assert abs(st_.budget.item() - 2) < 1e-15
+    assert torch.allclose(st_.load, torch.tensor([0.5, 1 / 3, 1 / 6, 0], dtype=F64), atol=1e-15)
+    assert abs(st_.maxvio.item() - 1.0) < 1e-15  # n max F - 1 = 4 * 0.5 - 1
+    empty = moe.load_stats(torch.zeros(5, 4, dtype=torch.bool))
+    assert empty.budget.item() == 0 and torch.allclose(empty.load, torch.full((4,), 0.25))
+    assert empty.maxvio.item() == 0
+    balanced = moe.load_stats(torch.eye(4, dtype=torch.float32))
+    assert balanced.rates.dtype == torch.float32 and abs(balanced.maxvio.item()) < 1e-6
+    batch = moe.load_stats(torch.rand(2, 3, 10, 4, generator=_gen(0)) > 0.5)
+    assert batch.rates.shape == (2, 3, 4) and batch.budget.shape == (2, 3)
+    assert torch.allclose(batch.load.sum(-1), torch.ones(2, 3))
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 8))
+def test_topk_loads_sum_to_one_and_budget_is_k(seed, k):
+    st_ = moe.load_stats(moe.route_topk(_scores(seed), torch.zeros(8, dtype=F64), k), dtype=F64)
+    assert abs(st_.budget.item() - k) < 1e-12 and abs(st_.load.sum().item() - 1) < 1e-12
+    assert st_.maxvio.item() >= -1e-12 and st_.maxvio.item() <= 8 / k - 1 + 1e-12
+
+
+def test_load_stats_validation():
+    with pytest.raises(TypeError, match="boolean or floating"):
+        moe.load_stats(torch.ones(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        moe.load_stats(torch.full((3, 2), 0.5))
+    with pytest.raises(ValueError, match=r"\(\.\.\., T, n\)"):
+        moe.load_stats(torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\(\.\.\., T, n\)"):
+        moe.load_stats(torch.ones(0, 3, dtype=torch.bool))
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 7))
+def test_straight_through_gradient_is_F_minus_Q_and_sgd_descends_it(seed, k):
+    rho = _scores(seed)
+    b = (0.3 * torch.randn(8, generator=_gen(seed + 1), dtype=F64)).requires_grad_(True)
+    F_ = moe.load_stats(moe.route_topk(rho, b.detach(), k), dtype=F64).load
+    Q = torch.full((8,), 1 / 8, dtype=F64)
+    loss = 0.5 * (b + (F_ - b).detach() - Q).square().sum()
+    (grad,) = torch.autograd.grad(loss, b)
+    assert torch.allclose(grad, F_ - Q, atol=1e-15, rtol=0)
+    new = moe.lossfree_update(b.detach(), F_, 0.01, "sgd")
+    assert torch.allclose(new, b.detach() - 0.01 * grad, atol=1e-15, rtol=0)
+
+
+def test_lossfree_update_modes_and_edge_cases():
+    b = torch.zeros(4, dtype=F64)
+    F_ = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=F64)
+    assert torch.equal(moe.lossfree_update(b, F_, 0.5, "sign"),
+                       torch.tensor([-0.5, -0.5, 0.5, 0.5], dtype=F64))
+    z = F_ - 0.25
+    rms_step = moe.lossfree_update(b, F_, 1.0, "rms")
+    assert torch.allclose(-rms_step, z / z.square().mean().sqrt(), atol=1e-15, rtol=0)
+    assert abs(rms_step.square().mean().sqrt().item() - 1) < 1e-15
+    uniform = torch.full((4,), 0.25, dtype=F64)
+    for mode in ("sign", "rms", "sgd"):
+        assert torch.equal(moe.lossfree_update(b, uniform, 1.0, mode), b)
+    half = moe.lossfree_update(b.half(), F_.half(), 1.0, "rms")  # float16 keeps its dtype
+    assert half.dtype == torch.float16 and abs(half.float().square().mean().sqrt() - 1) < 1e-2
+    batched = moe.lossfree_update(torch.zeros(3, 4, dtype=F64), F_, 1.0, "sign")
+    assert batched.shape == (3, 4)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        moe.lossfree_update(b, F_, 1.0, "adam")
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        moe.lossfree_update(b, F_, 0.0)
+    with pytest.raises(ValueError, match="same last dimension"):
+        moe.lossfree_update(torch.zeros(3), F_, 1.0)
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.floats(0.5, 15.0), st.floats(0.0, 3.0))
+def test_dynamic_k_rules_move_the_mean_bias_as_stated(seed, k, lam):
+    g = _gen(seed)
+    rates = torch.rand(5, 16, generator=g, dtype=F64)
+    bias = torch.randn(5, 16, generator=g, dtype=F64)
+    B = rates.sum(-1)
+    s = torch.sign(rates / B.unsqueeze(-1) - 1 / 16)
+    alpha = 0.01
+    expected = {"lossfree": s.mean(-1), "centred": torch.zeros_like(B),
+                "budget": torch.sign(B - k), "cap": torch.sign((B - k).clamp_min(0)),
+                "simplified": s.mean(-1) + lam * torch.sign(B - k)}
+    for rule, u_bar in expected.items():
+        new = moe.dynamic_k_update(bias, rates, k, alpha, rule, lam=lam)
+        assert torch.allclose((bias.mean(-1) - new.mean(-1)) / alpha, u_bar, atol=1e-10, rtol=0)
+        if rule in ("centred", "budget", "cap"):  # the balance part is s - mean(s)
+            centred = (bias - new) / alpha - u_bar.unsqueeze(-1)
+            assert torch.allclose(centred, s - s.mean(-1, keepdim=True), atol=1e-10, rtol=0)
+    # normalised loads: blind to k and to a common scale of the rates
+    a = moe.dynamic_k_update(bias, rates, k, alpha, "lossfree")
+    assert torch.equal(a, moe.dynamic_k_update(bias, rates * 0.25, 1.0, alpha, "lossfree"))
+
+
+def test_dynamic_k_per_k_fixed_point_and_zero_budget():
+    bias = torch.linspace(-1, 0, 8, dtype=F64)
+    rest = torch.full((8,), 0.5, dtype=F64)  # k / n with k = 4
+    assert torch.equal(moe.dynamic_k_update(bias, rest, 4, 0.1, "lossfree", per_k=True), bias)
+    assert (moe.dynamic_k_update(bias, rest / 2, 4, 0.1, "lossfree", per_k=True) > bias).all()
+    assert (moe.dynamic_k_update(bias, rest, 4, 0.1, "lossfree", per_k=False) == bias).all()
+    # no selection at all: no balance signal, only the budget term acts
+    none = torch.zeros(8, dtype=F64)
+    for rule in ("budget", "simplified"):
+        new = moe.dynamic_k_update(bias, none, 4, 0.1, rule)
+        assert torch.allclose(new - bias, torch.full((8,), 0.1, dtype=F64), atol=1e-15)
+    assert torch.equal(moe.dynamic_k_update(bias, none, 4, 0.1, "cap"), bias)
+    over = torch.full((8,), 0.75, dtype=F64)  # balanced, budget 6 > 4: cap lowers every bias
+    assert torch.allclose(moe.dynamic_k_update(bias, over, 4, 0.1, "cap") - bias,
+                          torch.full((8,), -0.1, dtype=F64), atol=1e-15)
+
+
+def test_dynamic_k_validation():
+    b, r = torch.zeros(4), torch.full((4,), 0.5)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        moe.dynamic_k_update(b, r, 2, 0.1, "eq7")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        moe.dynamic_k_update(b, r * 3, 2, 0.1)
+    with pytest.raises(ValueError, match="k must be <= 4"):
+        moe.dynamic_k_update(b, r, 5, 0.1)
+    with pytest.raises(ValueError, match="lam must be >= 0"):
+        moe.dynamic_k_update(b, r, 2, 0.1, "simplified", lam=-1.0)
+    with pytest.raises(TypeError, match="per_k must be a bool"):
+        moe.dynamic_k_update(b, r, 2, 0.1, per_k=1)
+    with pytest.raises(ValueError, match="same last dimension"):
+        moe.dynamic_k_update(torch.zeros(3), r, 2, 0.1)
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.floats(0.1, 7.9))
+def test_threshold_bias_init_selects_round_kT_scores(seed, k):
+    rho = _scores(seed, T=50)
+    b0 = moe.threshold_bias_init(rho, k)
+    count = moe.route_threshold(rho, b0.expand(8)).sum().item()
+    assert count == min(max(round(k * 50), 1), 399)
+
+
+def test_threshold_bias_init_batch_ties_and_validation():
+    rho = torch.rand(3, 40, 6, generator=_gen(1), dtype=F64)
+    b0 = moe.threshold_bias_init(rho, 2)
+    assert b0.shape == (3,)
+    for j in range(3):
+        assert moe.route_threshold(rho[j], b0[j].expand(6)).sum().item() == 80
+    tied = torch.full((4, 2), 0.5, dtype=F64)
+    assert moe.threshold_bias_init(tied, 1).item() == -0.5  # no bias splits a tie: selects 0
+    with pytest.raises(ValueError, match="k must be < n = 6"):
+        moe.threshold_bias_init(rho, 6)
+    with pytest.raises(ValueError, match="k must be > 0"):
+        moe.threshold_bias_init(rho, 0)
+    with pytest.raises(ValueError, match="finite"):
+        moe.threshold_bias_init(torch.tensor([[math.inf, 0.0]]), 1)
+
+
+def test_sigmoid_bias_init_closed_form():
+    assert abs(moe.sigmoid_bias_init(32, 4) - (-0.7596)) < 5e-5
+    assert abs(moe.sigmoid_bias_init(10, 5) + 0.5) < 1e-15  # median: sigma(0) = 1/2
+    values = [moe.sigmoid_bias_init(16, k) for k in (1, 2, 4, 8, 15)]
+    assert all(a < b for a, b in itertools.pairwise(values)) and -1 < values[0] and values[-1] < 0
+    g = _gen(2)
+    z = 0.5 + 2.0 * torch.randn(40000, 16, generator=g, dtype=F64)
+    empirical = moe.threshold_bias_init(torch.sigmoid(z), 3).item()
+    assert abs(empirical - moe.sigmoid_bias_init(16, 3, 0.5, 2.0)) < 3e-3
+    with pytest.raises(ValueError, match="k must be < n = 4"):
+        moe.sigmoid_bias_init(4, 4)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        moe.sigmoid_bias_init(4, 1, std=0.0)
+
+
+def test_balanced_bias_routing_solves_the_assignment_problem():
+    from scipy.optimize import linear_sum_assignment
+
+    reached = 0
+    for seed in range(8):
+        C = torch.rand(12, 12, generator=_gen(seed), dtype=F64)
+        res = moe.balance_by_bias(-C, 1, 1e-3, max_steps=4000)
+        if res.steps is None:  # the fixed-step sign iteration may cycle
+            continue
+        reached += 1
+        assert (res.mask.sum(0) == 1).all() and (res.mask.sum(1) == 1).all()
+        rows, cols = linear_sum_assignment(C.numpy())
+        assert abs((C * res.mask).sum().item() - C.numpy()[rows, cols].sum()) < 1e-12
+        # the argmin-of-cost form with prices -bias gives the same bijection
+        assert torch.equal((C - res.bias).argmin(1), res.mask.long().argmax(1))
+    assert reached >= 5
+
+
+def test_balanced_topk_routing_is_optimal_among_balanced_routings():
+    import numpy as np
+    from scipy.optimize import linprog
+
+    reached = 0
+    for seed in range(4):
+        rho = _scores(seed, T=24, n=6)
+        res = moe.balance_by_bias(rho, 2, 2e-3, max_steps=3000)
+        if res.steps is None:
+            continue
+        reached += 1
+        A = np.zeros((30, 144))
+        for t in range(24):
+            A[t, t * 6:(t + 1) * 6] = 1
+        for i in range(6):
+            A[24 + i, i::6] = 1
+        lp = linprog(-rho.numpy().ravel(), A_eq=A, b_eq=np.r_[np.full(24, 2), np.full(6, 8)],
+                     bounds=(0, 1), method="highs")
+        assert abs((rho * res.mask).sum().item() + lp.fun) < 1e-8
+        assert (res.mask.sum(0) == 8).all()
+    assert reached >= 2
+
+
+def test_the_posts_sign_in_the_cost_form_does_not_balance():
+    C = torch.rand(12, 12, generator=_gen(0), dtype=F64)
+    beta = torch.zeros(12, dtype=F64)
+    for _ in range(2000):
+        load = torch.bincount((C + beta).argmin(1), minlength=12)
+        beta = beta - 1e-3 * torch.sign(load - 1).to(F64)  # over-used column made cheaper
+    assert load.max() >= 3
+
+
+def test_balance_by_bias_edge_cases():
+    rho = torch.eye(4, dtype=F64)  # already balanced at b = 0
+    res = moe.balance_by_bias(rho, 1, 0.1)
+    assert res.steps == 0 and torch.equal(res.mask, rho.bool())
+    one = moe.balance_by_bias(torch.ones(4, 4, dtype=F64), 1, 0.1, max_steps=0)
+    assert one.steps is None and torch.equal(one.bias, torch.zeros(4, dtype=F64))
+    with pytest.raises(ValueError, match="integer"):
+        moe.balance_by_bias(torch.rand(5, 4, dtype=F64), 1, 0.1)
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        moe.balance_by_bias(rho, 1, 0.1, bias=torch.zeros(3, dtype=F64))
+    with pytest.raises(ValueError, match=r"\(T, n\) matrix"):
+        moe.balance_by_bias(torch.rand(2, 4, 4, dtype=F64), 1, 0.1)

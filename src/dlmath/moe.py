@@ -1,6 +1,8 @@
 r"""Mixture of experts as the best sparse approximation of a dense feed-forward layer.
 
-Chapter: *Mixture of experts from a geometric view* (``notebooks/26-moe-geometry.ipynb``).
+Chapters: *Mixture of experts from a geometric view* (``notebooks/26-moe-geometry.ipynb``) and
+*Balancing experts with a bias* (``notebooks/27-moe-dynamic-experts.ipynb``), whose
+functions, at the end of this module, route by biased scores and update the bias.
 
 A feed-forward layer :math:`y = f(xW^{(A)})W^{(B)}` with hidden width :math:`D = nc` is exactly
 the sum of :math:`n` "experts" :math:`v_i = f(xW^{(A)}_i)W^{(B)}_i`, one per block of
@@ -32,10 +34,20 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
-from ._checks import as_float_tensor, check_finite, check_int, check_no_nan, check_probability
+from ._checks import (
+    as_float_tensor,
+    check_choice,
+    check_dim,
+    check_finite,
+    check_int,
+    check_no_nan,
+    check_probability,
+    check_real,
+)
 
 __all__ = [
     "split_ffn_experts",
@@ -48,6 +60,17 @@ __all__ = [
     "unit_direction",
     "geometric_moe",
     "importance_sampling_variance",
+    # bias balancing and dynamic expert counts
+    "route_topk",
+    "route_threshold",
+    "LoadStats",
+    "load_stats",
+    "lossfree_update",
+    "dynamic_k_update",
+    "threshold_bias_init",
+    "sigmoid_bias_init",
+    "BalancedRouting",
+    "balance_by_bias",
 ]
 
 
@@ -66,7 +89,7 @@ def split_ffn_experts(W_A, W_B, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     Shapes: ``W_A`` is ``(d, D)``, ``W_B`` is ``(D, d_out)`` and ``n`` must divide ``D``;
     returns ``(A, B)`` with ``A[i]`` of shape ``(d, c)`` and ``B[i]`` of shape ``(c, d_out)``
-    (views of the inputs, not copies).
+    (views of the inputs when they are contiguous, copies otherwise).
     """
     W_A = as_float_tensor(W_A, "W_A", min_ndim=2)
     W_B = as_float_tensor(W_B, "W_B", min_ndim=2)
@@ -105,6 +128,9 @@ def expert_outputs(x, W_A, W_B, n: int, activation: Callable = torch.relu, W_gat
     if x.shape[-1] != A.shape[1]:
         raise ValueError(f"x must have last dimension d = {A.shape[1]} (the rows of W_A), "
                          f"got {x.shape[-1]}")
+    if x.dtype != W_A.dtype or W_B.dtype != W_A.dtype:
+        raise TypeError(f"x, W_A and W_B must share one dtype, got {x.dtype}, {W_A.dtype} and "
+                        f"{W_B.dtype}")
     if not callable(activation):
         raise TypeError(f"activation must be callable, got {type(activation).__name__}")
     hidden = x @ W_A
@@ -113,6 +139,9 @@ def expert_outputs(x, W_A, W_B, n: int, activation: Callable = torch.relu, W_gat
         if W_gate.shape != W_A.shape:
             raise ValueError(f"W_gate must have the shape {tuple(W_A.shape)} of W_A, got "
                              f"{tuple(W_gate.shape)}")
+        if W_gate.dtype != W_A.dtype:
+            raise TypeError(f"W_gate must have the dtype {W_A.dtype} of W_A, got "
+                            f"{W_gate.dtype}")
         hidden = activation(x @ W_gate) * hidden
     else:
         hidden = activation(hidden)
@@ -225,13 +254,17 @@ def unit_direction(v, dim: int = -1) -> torch.Tensor:
 
     Each vector is first divided by its largest entry, so huge (``1e300``) and tiny
     (``1e-300``) vectors neither overflow nor underflow. Shapes: ``(..., d)`` -> ``(..., d)``.
+    The map is discontinuous at :math:`v = 0`; there its value is 0 and its Jacobian is taken
+    to be 0 as well (the output is held constant), so a zero expert passes no gradient back.
     """
     v = as_float_tensor(v, "v")
     check_finite(v, "v")
+    dim = check_dim(v, dim)
     m = v.abs().amax(dim=dim, keepdim=True)
     w = v / torch.where(m > 0, m, torch.ones_like(m))
     norm = torch.linalg.vector_norm(w, dim=dim, keepdim=True)
-    return w / torch.where(norm > 0, norm, torch.ones_like(norm))
+    e = w / torch.where(norm > 0, norm, torch.ones_like(norm))
+    return torch.where(norm > 0, e, torch.zeros_like(e))
 
 
 def geometric_moe(x, scores, experts: Sequence[Callable], k: int):
@@ -301,8 +334,318 @@ def importance_sampling_variance(V, p) -> torch.Tensor:
     """
     V = _vectors(V)
     p = check_probability(p, "p")
+    if p.shape[-1] != V.shape[-2]:
+        raise ValueError(f"p must have one probability per vector: V has n = {V.shape[-2]} "
+                         f"vectors, p has {p.shape[-1]} entries")
     sq = V.square().sum(dim=-1)
     safe = torch.where(p > 0, p, torch.ones_like(p))
     terms = torch.where(p > 0, sq / safe,
                         torch.where(sq > 0, torch.full_like(sq, math.inf), torch.zeros_like(sq)))
     return (terms.sum(dim=-1) - V.sum(dim=-2).square().sum(dim=-1)).clamp_min(0.0)
+
+
+# --- Dynamic expert counts and bias balancing (chapter 27) ---------------------------------
+#
+# Chapter: *Balancing experts with a bias, and a dynamic number of experts per token*
+# (``notebooks/27-moe-dynamic-experts.ipynb``). A router gives each of T tokens a selection
+# score per expert, ``scores`` of shape (..., T, n) (sigmoid scores in (0, 1) in the chapter),
+# and a bias ``bias`` of shape (n,) that does not depend on the token is added to the scores for
+# the *selection only*. Masks are boolean tensors of the scores' shape.
+
+_DYNAMIC_K_RULES = ("lossfree", "centred", "budget", "cap", "simplified")
+
+
+def _biased_scores(scores, bias) -> torch.Tensor:
+    scores = as_float_tensor(scores, "scores")
+    check_no_nan(scores, "scores")
+    bias = as_float_tensor(bias, "bias")
+    check_finite(bias, "bias")
+    if bias.shape[-1] != scores.shape[-1]:
+        raise ValueError(f"bias must have one entry per expert: scores have n = "
+                         f"{scores.shape[-1]} columns, bias has {bias.shape[-1]}")
+    return scores + bias.to(scores.device)
+
+
+def route_topk(scores, bias, k: int) -> torch.Tensor:
+    r"""Biased top-:math:`k` routing: token :math:`t` selects
+    :math:`\operatorname{argtop}_k(\rho_t + b)`.
+
+    The bias :math:`b` only chooses the experts; the gate that multiplies an expert's output is
+    still the unbiased score. Adding a constant to every :math:`b_i` changes nothing.
+
+    Shapes: ``scores`` ``(..., n)``, ``bias`` ``(n,)`` (or broadcastable); returns a boolean
+    mask of the broadcast shape with exactly ``k`` ``True`` per row. Ties go to the lower index
+    (:func:`topk_indices`); ``inf`` scores are allowed, NaN is refused.
+    """
+    z = _biased_scores(scores, bias)
+    idx = topk_indices(z, k)
+    return torch.zeros(z.shape, dtype=torch.bool, device=z.device).scatter(-1, idx, True)
+
+
+def route_threshold(scores, bias) -> torch.Tensor:
+    r"""Threshold routing: token :math:`t` selects every expert with :math:`\rho_{ti} + b_i > 0`.
+
+    The number of selected experts varies from token to token (it can be 0 or ``n``); no sort
+    is needed. A score exactly at the threshold is not selected. Shapes as in
+    :func:`route_topk`.
+    """
+    return _biased_scores(scores, bias) > 0
+
+
+class LoadStats(NamedTuple):
+    r"""Statistics of a routing mask over its ``T`` tokens (see :func:`load_stats`).
+
+    ``rates`` ``(..., n)``: :math:`\tilde F_i`, the fraction of tokens that select expert ``i``;
+    ``budget`` ``(...)``: :math:`B = \sum_i \tilde F_i`, the mean number of experts per token;
+    ``load`` ``(..., n)``: :math:`F = \tilde F / B`, the load distribution (uniform if B = 0);
+    ``maxvio`` ``(...)``: :math:`n\max_i F_i - 1`, the relative overload of the busiest expert.
+    """
+
+    rates: torch.Tensor
+    budget: torch.Tensor
+    load: torch.Tensor
+    maxvio: torch.Tensor
+
+
+def load_stats(mask, *, dtype: torch.dtype | None = None) -> LoadStats:
+    r"""Rates, budget, load distribution and MaxVio of a routing mask.
+
+    .. math:: \tilde F_i = \frac1T\sum_{t=1}^T \mathbb{1}[i\in S_t], \qquad
+              B = \sum_{i=1}^n \tilde F_i, \qquad F = \frac{\tilde F}{B}, \qquad
+              \operatorname{MaxVio} = n\max_i F_i - 1 .
+
+    For top-:math:`k` routing :math:`B = k` and :math:`F_i` is the mean of
+    :math:`f_{ti} = \mathbb{1}[i\in S_t]/k`. A mask that selects nothing at all (:math:`B = 0`)
+    carries no imbalance: its :math:`F` is uniform and its MaxVio 0.
+
+    Shapes: ``mask`` ``(..., T, n)``, boolean or floating 0/1; results as in
+    :class:`LoadStats`, in ``dtype`` (default: the mask's floating dtype, else torch's default).
+    """
+    if not isinstance(mask, torch.Tensor):
+        mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(f"mask must be a boolean or floating 0/1 tensor, got {mask.dtype}")
+    if mask.ndim < 2 or mask.shape[-2] == 0 or mask.shape[-1] == 0:
+        raise ValueError(f"mask must have shape (..., T, n) with T, n >= 1, got "
+                         f"{tuple(mask.shape)}")
+    if mask.is_floating_point() and not ((mask == 0) | (mask == 1)).all():
+        raise ValueError("mask must hold only 0 and 1")
+    if dtype is None:
+        dtype = mask.dtype if mask.is_floating_point() else torch.get_default_dtype()
+    n = mask.shape[-1]
+    rates = mask.to(dtype).mean(dim=-2)
+    budget = rates.sum(dim=-1)
+    b = budget.unsqueeze(-1)
+    load = torch.where(b > 0, rates / torch.where(b > 0, b, torch.ones_like(b)),
+                       torch.full_like(rates, 1.0 / n))
+    return LoadStats(rates, budget, load, n * load.amax(dim=-1) - 1)
+
+
+def _alpha(alpha) -> float:
+    return check_real(alpha, "alpha", positive=True)
+
+
+def lossfree_update(bias, load, alpha: float, mode: str = "sign") -> torch.Tensor:
+    r"""One step of Loss-Free balancing of biased top-:math:`k` routing.
+
+    With :math:`Q = \mathbf 1/n` and :math:`z = F - Q`,
+
+    .. math:: b \leftarrow b - \alpha\,\phi(z), \qquad
+              \phi(z) = \operatorname{sign}(z) \ (\texttt{"sign"}), \quad
+              \frac{z}{\operatorname{RMS}(z)} \ (\texttt{"rms"}), \quad
+              z \ (\texttt{"sgd"}),
+
+    where :math:`\operatorname{RMS}(z) = \sqrt{\frac1n\sum_i z_i^2}`: an over-loaded expert's
+    bias goes down. ``"sgd"`` is gradient descent on the straight-through loss
+    :math:`\frac12\|F - Q\|^2`; ``"sign"`` and ``"rms"`` both give steps of RMS 1 (``"rms"``
+    gives 0 when :math:`z = 0`; it divides by :math:`\max_i|z_i|` first, so that
+    :math:`z_i^2` cannot underflow in half precision).
+
+    Shapes: ``bias`` ``(..., n)``, ``load`` ``(..., n)`` (broadcast), a load distribution such
+    as :attr:`LoadStats.load`; returns the new bias (a new tensor).
+    """
+    bias = as_float_tensor(bias, "bias")
+    check_finite(bias, "bias")
+    load = as_float_tensor(load, "load")
+    check_finite(load, "load")
+    alpha = _alpha(alpha)
+    check_choice(mode, "mode", ("sign", "rms", "sgd"))
+    n = load.shape[-1]
+    if bias.shape[-1] != n:
+        raise ValueError(f"bias and load must have the same last dimension, got "
+                         f"{bias.shape[-1]} and {n}")
+    z = load.to(bias.device) - 1.0 / n
+    if mode == "sign":
+        step = torch.sign(z)
+    elif mode == "sgd":
+        step = z
+    else:
+        m = z.abs().amax(dim=-1, keepdim=True)
+        w = z / torch.where(m > 0, m, torch.ones_like(m))
+        rms = w.square().mean(dim=-1, keepdim=True).sqrt()
+        step = w / torch.where(rms > 0, rms, torch.ones_like(rms))
+    return bias - alpha * step
+
+
+def dynamic_k_update(bias, rates, k: float, alpha: float, rule: str = "budget", *,
+                     lam: float = 1.0, per_k: bool = False) -> torch.Tensor:
+    r"""One bias step for threshold routing: balance the experts and steer the budget to ``k``.
+
+    With :math:`s = \operatorname{sign}(F - Q)`, :math:`\bar s` its mean over the experts,
+    :math:`B = \sum_i\tilde F_i` and :math:`F = \tilde F/B` (uniform when :math:`B = 0`), or
+    :math:`F = \tilde F/k` with ``per_k=True``, the step is :math:`b \leftarrow b - \alpha\,u`
+    with
+
+    * ``"lossfree"``: :math:`u = s` (Loss-Free as it is);
+    * ``"centred"``: :math:`u = s - \bar s` (balance only; the mean bias stays fixed);
+    * ``"budget"``: :math:`u = s - \bar s + \operatorname{sign}(B - k)` (balance, budget ``k``);
+    * ``"cap"``: :math:`u = s - \bar s + \operatorname{sign}(\max(B - k, 0))` (budget at most
+      ``k``);
+    * ``"simplified"``: :math:`u = s + \lambda\operatorname{sign}(B - k)`, :math:`\lambda\ge0`.
+
+    The sign of :math:`F_i - 1/n` is computed as that of :math:`n\tilde F_i - B` (or
+    :math:`n\tilde F_i - k`), without a division, so an exactly balanced expert gets 0.
+
+    Shapes: ``bias`` ``(..., n)``, ``rates`` ``(..., n)`` (:attr:`LoadStats.rates`);
+    returns the new bias.
+    """
+    bias = as_float_tensor(bias, "bias")
+    check_finite(bias, "bias")
+    rates = as_float_tensor(rates, "rates")
+    check_finite(rates, "rates")
+    if bias.shape[-1] != rates.shape[-1]:
+        raise ValueError(f"bias and rates must have the same last dimension, got "
+                         f"{bias.shape[-1]} and {rates.shape[-1]}")
+    if (rates < 0).any() or (rates > 1).any():
+        raise ValueError("rates are fractions of tokens and must lie in [0, 1]")
+    n = rates.shape[-1]
+    k = check_real(k, "k", positive=True, high=n)
+    alpha = _alpha(alpha)
+    lam = check_real(lam, "lam", nonnegative=True)
+    check_choice(rule, "rule", _DYNAMIC_K_RULES)
+    if not isinstance(per_k, bool):
+        raise TypeError(f"per_k must be a bool, got {type(per_k).__name__}")
+    rates = rates.to(bias.device)
+    budget = rates.sum(dim=-1, keepdim=True)
+    if per_k:
+        s = torch.sign(n * rates - k)
+    else:
+        s = torch.where(budget > 0, torch.sign(n * rates - budget), torch.zeros_like(rates))
+    if rule == "lossfree":
+        step = s
+    elif rule == "simplified":
+        step = s + lam * torch.sign(budget - k)
+    else:
+        step = s - s.mean(dim=-1, keepdim=True)
+        if rule == "budget":
+            step = step + torch.sign(budget - k)
+        elif rule == "cap":
+            step = step + torch.sign((budget - k).clamp_min(0.0))
+    return bias - alpha * step
+
+
+def threshold_bias_init(scores, k: float) -> torch.Tensor:
+    r"""The common bias :math:`b_0` that makes threshold routing select ``k`` experts per token
+    on average over the sample ``scores``.
+
+    The count :math:`N(b) = \#\{(t, i) : \rho_{ti} + b > 0\}` is a non-decreasing step function
+    of :math:`b`, so instead of bisecting on it we read the answer off the sorted scores: with
+    :math:`m = \operatorname{round}(kT)` (clipped to :math:`[1, nT - 1]`) and
+    :math:`\rho_{(1)}\ge\rho_{(2)}\ge\dots` all :math:`nT` scores in decreasing order,
+
+    .. math:: b_0 = -\tfrac12\big(\rho_{(m)} + \rho_{(m+1)}\big),
+
+    for which :math:`N(b_0) = m` exactly unless :math:`\rho_{(m)} = \rho_{(m+1)}` (a tie that
+    no bias can split; then :math:`N(b_0) < m`). Any :math:`b` with :math:`N(b) = m` lies in
+    :math:`[-\rho_{(m)}, -\rho_{(m+1)})`; the midpoint is the most robust choice.
+
+    Shapes: ``scores`` ``(..., T, n)``, finite; ``0 < k < n``; returns ``(...)``.
+    """
+    scores = as_float_tensor(scores, "scores", min_ndim=2)
+    check_finite(scores, "scores")
+    T, n = scores.shape[-2:]
+    k = check_real(k, "k", positive=True)
+    if not k < n:
+        raise ValueError(f"k must be < n = {n}, got {k}")
+    m = min(max(round(k * T), 1), n * T - 1)
+    flat = scores.reshape(*scores.shape[:-2], n * T)
+    top = torch.topk(flat, m + 1, dim=-1).values
+    return -0.5 * (top[..., m - 1] + top[..., m])
+
+
+def sigmoid_bias_init(n: int, k: float, mean: float = 0.0, std: float = 1.0) -> float:
+    r"""Closed-form :math:`b_0` for sigmoid scores :math:`\rho = \sigma(z)`,
+    :math:`z\sim\mathcal N(\mu, s^2)` i.i.d. over tokens and experts.
+
+    .. math:: \mathbb E\,\#\{i : \rho_i + b > 0\}
+              = n\,\Big(1 - \Phi\Big(\frac{\operatorname{logit}(-b) - \mu}{s}\Big)\Big) = k
+              \iff b_0 = -\sigma\big(\mu + s\,\Phi^{-1}(1 - k/n)\big),
+
+    valid for :math:`0 < k < n` (then :math:`-1 < b_0 < 0`). Returns a float.
+    """
+    from scipy.special import expit, ndtri
+
+    check_int(n, "n", low=1)
+    k = check_real(k, "k", positive=True)
+    if not k < n:
+        raise ValueError(f"k must be < n = {n}, got {k}")
+    mean = check_real(mean, "mean")
+    std = check_real(std, "std", positive=True)
+    return -float(expit(mean + std * ndtri(1.0 - k / n)))
+
+
+class BalancedRouting(NamedTuple):
+    r"""Result of :func:`balance_by_bias`.
+
+    ``mask`` ``(T, n)`` boolean: the last routing, :math:`\operatorname{argtop}_k(\rho_t + b)`;
+    ``bias`` ``(n,)``: the bias that produced it; ``steps``: the number of bias updates made
+    before every expert had :math:`Tk/n` tokens, or ``None`` if that never happened.
+    """
+
+    mask: torch.Tensor
+    bias: torch.Tensor
+    steps: int | None
+
+
+def balance_by_bias(scores, k: int, alpha: float, max_steps: int = 10_000,
+                    bias=None) -> BalancedRouting:
+    r"""Adjust a bias by sign steps until top-:math:`k` routing of a fixed batch is balanced.
+
+    Each step routes with :func:`route_topk`, counts the tokens :math:`c_i` of every expert and,
+    unless every :math:`c_i = Tk/n`, sets
+
+    .. math:: b \leftarrow b - \alpha\,\operatorname{sign}\big(c - Tk/n\big) .
+
+    With ``k = 1``, ``T = n`` and ``scores = -C`` this is the bias method for the linear
+    assignment problem with cost ``C``; in the cost form the bias of an over-used column goes
+    *up*. A balanced result is an optimal balanced routing (chapter 27).
+
+    Shapes: ``scores`` ``(T, n)`` with :math:`Tk/n` an integer, ``bias`` ``(n,)`` (default 0).
+    """
+    scores = as_float_tensor(scores, "scores", min_ndim=2)
+    check_finite(scores, "scores")
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be a (T, n) matrix, got shape {tuple(scores.shape)}")
+    T, n = scores.shape
+    check_int(k, "k", low=1, high=n)
+    if (T * k) % n:
+        raise ValueError(f"a balanced routing needs T k / n to be an integer, got T = {T}, "
+                         f"k = {k}, n = {n}")
+    alpha = _alpha(alpha)
+    check_int(max_steps, "max_steps", low=0)
+    cap = T * k // n
+    if bias is None:
+        b = torch.zeros(n, dtype=scores.dtype, device=scores.device)
+    else:
+        b = as_float_tensor(bias, "bias").to(scores)
+        check_finite(b, "bias")
+        if b.shape != (n,):
+            raise ValueError(f"bias must have shape ({n},), got {tuple(b.shape)}")
+    for step in range(max_steps + 1):
+        mask = route_topk(scores, b, k)
+        over = mask.sum(dim=0) - cap
+        if not over.any():
+            return BalancedRouting(mask, b, step)
+        if step < max_steps:
+            b = b - alpha * torch.sign(over).to(scores.dtype)
+    return BalancedRouting(mask, b, None)

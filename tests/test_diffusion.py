@@ -1,0 +1,158 @@
+"""Tests of dlmath.diffusion: Gaussian-mixture posteriors, linear-path velocities, ODE maps."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlmath import diffusion as D
+
+GMM = D.GaussianMixture([0.3, 0.7], [-2.0, 1.5], [0.3, 0.5])
+
+
+def _quad_posterior(x: float, a: float, b: float):
+    """E[data | x_t = x] and E[z | x_t = x] by brute-force quadrature of Bayes' rule."""
+    grid = torch.linspace(-12, 12, 200_001, dtype=torch.float64)
+    prior = GMM.log_prob(grid).exp()
+    like = torch.exp(-0.5 * ((x - a * grid) / b) ** 2)
+    w = prior * like
+    data = (grid * w).sum() / w.sum()
+    return data.item(), ((x - a * data) / b).item()
+
+
+@pytest.mark.parametrize("x,a,b", [(0.3, 0.6, 0.8), (-2.5, 0.9, 0.2), (4.0, 0.1, 1.0)])
+def test_posterior_matches_quadrature(x, a, b):
+    post = GMM.posterior(torch.tensor([x], dtype=torch.float64), a, b)
+    data, noise = _quad_posterior(x, a, b)
+    assert post.data_mean.item() == pytest.approx(data, abs=1e-8)
+    assert post.noise_mean.item() == pytest.approx(noise, abs=1e-8)
+    assert post.responsibilities.sum().item() == pytest.approx(1.0, abs=1e-14)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(-20, 20), st.floats(0.0, 1.0))
+def test_posterior_means_reassemble_the_point(x, t):
+    a, b = D.path_coefficients(t)
+    post = GMM.posterior(torch.tensor([x], dtype=torch.float64), a, b)
+    assert (a * post.data_mean + b * post.noise_mean).item() == pytest.approx(x, abs=1e-9)
+
+
+def test_log_prob_is_a_normalised_density_on_every_path():
+    grid = torch.linspace(-15, 15, 30_001, dtype=torch.float64)
+    for a, b in [(1.0, 0.0), (0.5, 0.5), (0.0, 1.0), (2.0, 0.3)]:
+        mass = torch.trapezoid(GMM.log_prob(grid, a, b).exp(), grid).item()
+        assert mass == pytest.approx(1.0, abs=1e-9)
+    # a = 0: x_t is pure noise, whatever the data
+    assert GMM.log_prob(torch.tensor([0.0], dtype=torch.float64), 0.0, 1.0).item() == pytest.approx(
+        -0.5 * math.log(2 * math.pi), abs=1e-12)
+
+
+def test_velocity_at_the_noise_end_points_to_the_data_mean():
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    mean = GMM.mean().item()
+    # data_at=1: at t=0, x_t is the noise, independent of the data: v* = E[x_1] - x
+    assert torch.allclose(D.linear_path_velocity(GMM, x, 0.0, data_at=1), mean - x, atol=1e-12)
+    # data_at=0: at t=1, x_t is the noise: v* = x - E[x_0]
+    assert torch.allclose(D.linear_path_velocity(GMM, x, 1.0, data_at=0), x - mean, atol=1e-12)
+
+
+def test_the_two_conventions_are_mirror_images():
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    for t in (0.1, 0.5, 0.9):
+        assert torch.allclose(D.linear_path_velocity(GMM, x, t, data_at=1),
+                              -D.linear_path_velocity(GMM, x, 1 - t, data_at=0), atol=1e-12)
+
+
+def test_flow_map_pushes_noise_onto_the_mixture():
+    from scipy.stats import kstest
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(3000, generator=gen, dtype=torch.float64)
+    y = D.flow_map(lambda x, t: D.linear_path_velocity(GMM, x, t), z, 0.0, 1.0)
+
+    def cdf(v):
+        from scipy.stats import norm
+
+        return 0.3 * norm.cdf(v, -2.0, 0.3) + 0.7 * norm.cdf(v, 1.5, 0.5)
+
+    assert kstest(y.numpy(), cdf).pvalue > 0.01
+    # the map is monotone in 1-D (paths of an ODE never cross)
+    order = torch.argsort(z)
+    assert (y[order].diff() > 0).all()
+
+
+def test_flow_map_and_euler_on_a_linear_ode():
+    x = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    y = D.flow_map(lambda x, t: x, x, 0.0, 1.0)
+    assert torch.allclose(y, x * math.e, rtol=1e-9)
+    back = D.flow_map(lambda x, t: x, y, 1.0, 0.0)
+    assert torch.allclose(back, x, rtol=1e-9)
+    n = 1000
+    e = D.euler(lambda x, t: x, x, [i / n for i in range(n + 1)])
+    assert torch.allclose(e, x * (1 + 1 / n) ** n, rtol=1e-12)
+    assert torch.equal(D.flow_map(lambda x, t: x, x, 0.3, 0.3), x)
+
+
+def test_points_keep_dtype_and_shape():
+    x32 = torch.zeros(4, 3, dtype=torch.float32)
+    v = D.linear_path_velocity(GMM, x32, 0.5)
+    assert v.shape == (4, 3) and v.dtype == torch.float32
+    g2 = D.GaussianMixture([1, 1], [[1.0, 0.0], [-1.0, 0.0]], [0.5, 0.5])
+    x = g2.sample(5, torch.Generator().manual_seed(0))
+    assert x.shape == (5, 2)
+    assert g2.posterior(x, 0.5, 0.5).responsibilities.shape == (5, 2)
+    assert GMM.sample(0).shape == (0,)
+
+
+def test_two_dimensional_posterior_factorises_for_axis_aligned_modes():
+    g2 = D.GaussianMixture([1.0], [[1.0, -1.0]], [0.5])
+    x = torch.tensor([[0.2, 0.4]], dtype=torch.float64)
+    g1 = D.GaussianMixture([1.0], [1.0], [0.5])
+    post = g2.posterior(x, 0.7, 0.6)
+    assert post.data_mean[0, 0].item() == pytest.approx(
+        g1.posterior(x[:, 0], 0.7, 0.6).data_mean.item(), abs=1e-14)
+
+
+def test_huge_points_do_not_overflow():
+    post = GMM.posterior(torch.tensor([1e6, -1e6], dtype=torch.float64), 0.5, 0.5)
+    assert torch.isfinite(post.data_mean).all()
+    assert post.responsibilities[0].argmax().item() == 1  # far right: the right mode
+
+
+def test_w1_of_a_shift():
+    x = torch.randn(100, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert D.w1_1d(x, x + 0.25) == pytest.approx(0.25, abs=1e-12)
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(weights=[1.0], means=[0.0], stds=[0.0]), ValueError, "stds"),
+    (dict(weights=[-1.0, 2.0], means=[0.0, 1.0], stds=[1.0, 1.0]), ValueError, "weights"),
+    (dict(weights=[1.0], means=[0.0, 1.0], stds=[1.0]), ValueError, "means"),
+    (dict(weights=[1.0], means=[0.0], stds=[1.0, 2.0]), ValueError, "stds"),
+    (dict(weights=[1.0], means=[float("nan")], stds=[1.0]), ValueError, "means"),
+    (dict(weights=torch.tensor([1]), means=[0.0], stds=[1.0]), TypeError, "weights"),
+])
+def test_mixture_refuses_bad_parameters(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        D.GaussianMixture(**kwargs)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="a and b"):
+        GMM.posterior(torch.zeros(1), 0.0, 0.0)
+    with pytest.raises(ValueError, match="x must be finite"):
+        GMM.posterior(torch.tensor([float("inf")]), 0.5, 0.5)
+    with pytest.raises(ValueError, match="t must be <= 1"):
+        D.linear_path_velocity(GMM, torch.zeros(1), 1.5)
+    with pytest.raises(ValueError, match="data_at"):
+        D.linear_path_velocity(GMM, torch.zeros(1), 0.5, data_at=2)
+    with pytest.raises(TypeError, match="gmm"):
+        D.linear_path_velocity("gmm", torch.zeros(1), 0.5)
+    with pytest.raises(ValueError, match="last dimension 2"):
+        D.GaussianMixture([1.0], [[0.0, 0.0]], [1.0]).posterior(torch.zeros(3), 0.5, 0.5)
+    with pytest.raises(ValueError, match="ts"):
+        D.euler(lambda x, t: x, torch.zeros(1), [0.0])
+    with pytest.raises(ValueError, match="y must be a 1-D"):
+        D.w1_1d(torch.zeros(3), torch.zeros(3, 1))
