@@ -188,6 +188,59 @@ def test_round_trip_with_the_mixture_denoiser():
     assert torch.equal(D.ddcm_generate(den, s, C, idx), x_hat)
 
 
+def _posterior_x1_moments(s, x0: float, xT: float):
+    """Mean and variance of q(x_1 | x_T, x_0) for 1-D data, by Gaussian conditioning."""
+    T = s.T
+    gam = float(s.abar[T] / s.abar[1] * s.bbar[1] ** 2)  # Cov(x_1, x_T | x_0)
+    vT = float(s.bbar[T]) ** 2
+    return (float(s.abar[1]) * x0 + gam * (xT - float(s.abar[T]) * x0) / vT,
+            float(s.bbar[1]) ** 2 - gam**2 / vT)
+
+
+@pytest.mark.parametrize("seed", [13, 21])
+def test_corrected_softmax_encoder_samples_the_posterior_chain(seed):
+    # with rule "is" at temperature 1 and a large codebook every step is (nearly) a draw from
+    # the posterior step, so x_1 ~ q(x_1 | x_T, x_0); this sees the scale b_t / sigma_t of c_t,
+    # which the argmax rule cannot. The post's weights miss by far.
+    s = D.vp_schedule(10)
+    den = D.gaussian_x0_predictor(torch.zeros(1, dtype=F64), torch.ones(1, dtype=F64), s)
+    C = D.make_codebooks(10, 4096, 1, _gen(seed))
+    i0 = int(C[0, :, 0].abs().argmin())
+    x0 = torch.full((1000, 1), 1.2, dtype=F64)
+    m, v = _posterior_x1_moments(s, 1.2, float(C[0, i0, 0]))
+    gain1 = float(s.abar[1] / (s.abar[1] ** 2 + s.bbar[1] ** 2))
+    out = {}
+    for rule in ("is", "post"):
+        _, xh = D.ddcm_encode(den, s, C, x0, rule, 1.0, start=i0, generator=_gen(seed + 1))
+        x1 = xh[:, 0] / gain1
+        out[rule] = (float((x1.mean() - m) / math.sqrt(v / 1000)), float(x1.var() / v))
+    assert abs(out["is"][0]) < 4 and 0.85 < out["is"][1] < 1.25, out
+    assert abs(out["post"][0]) > 20 and out["post"][1] > 1.8, out
+
+
+def test_encoder_spends_every_index_from_T_to_2():
+    # T - 1 indices carry information: columns 2..T vary with the target, column 1 is unused
+    s, lam, den = _gauss_setup(d=8, T=15)
+    x0 = torch.randn(12, 8, generator=_gen(30), dtype=F64) * lam.sqrt()
+    C = D.make_codebooks(s.T, 16, 8, _gen(31))
+    # (not checked for "post" at tau = 0: the nearest codeword is often the shortest one
+    # whatever the target, so some columns are constant; that is the defect of chapter 30)
+    for rule, tau in (("is", 0.0), ("is", 1.0)):
+        idx, _ = D.ddcm_encode(den, s, C, x0, rule, tau, generator=_gen(32))
+        assert (idx[:, 1] == 0).all()
+        assert all(len(set(idx[:, t].tolist())) > 1 for t in range(2, s.T + 1)), (rule, idx)
+
+
+def test_encoder_keeps_float64_and_accepts_float32_targets():
+    s, lam, den = _gauss_setup(d=4, T=10)
+    C = D.make_codebooks(s.T, 4, 4, _gen(33))
+    x0 = (torch.randn(3, 4, generator=_gen(34)) * lam.sqrt().float())
+    idx, xh = D.ddcm_encode(den, s, C, x0)
+    assert xh.dtype == F64 and torch.equal(D.ddcm_generate(den, s, C, idx), xh)
+    idx32 = idx.to(torch.int32)
+    assert torch.equal(D.ddcm_generate(den, s, C, idx32), xh)
+
+
 def test_argmax_encoding_beats_random_indices_and_improves_with_K():
     s, lam, den = _gauss_setup(d=16, T=40)
     x0 = torch.randn(20, 16, generator=_gen(10), dtype=F64) * lam.sqrt()

@@ -309,3 +309,22 @@ def test_interp_table_is_exact_on_affine_tables_and_extrapolates_linearly():
 def test_bad_input_is_named(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_empty_inputs_keep_shape_and_dtype_and_endpoint_variances_are_exact():
+    empty = torch.zeros(0, dtype=torch.float32)
+    for out in (D.consistency_function_1d(TWO, empty, 0.5),
+                D.consistency_function_gaussian(1.0, 0.5, empty, 0.5),
+                D.multistep_consistency_sample(lambda x, t: x, empty, [1.0, 0.5])):
+        assert out.shape == (0,) and out.dtype == torch.float32
+    out = D.interp_table(GRID, GRID, empty)                     # documented: the table's dtype
+    assert out.shape == (0,) and out.dtype == F64
+    x = torch.linspace(-3, 3, 7, dtype=F64)
+    # t = 0: x_t = x_0 is known, u = x_1 - x_0 has variance Var x_1 = 1
+    assert torch.allclose(D.velocity_posterior(TWO, x, 0.0).variance, torch.ones(7, dtype=F64))
+    # t = 1: x_t = x_1 says nothing about x_0, Var(u | x_1) = Var x_0 = 0.2^2 + 1.5^2
+    assert torch.allclose(D.velocity_posterior(TWO, x, 1.0).variance,
+                          torch.full((7,), 0.04 + 2.25, dtype=F64))
+    # far tails of the transport map: f*(x, 1) ~ 1.5 + 0.2 x (the right mode's quantiles)
+    far = D.consistency_function_1d(TWO, torch.tensor([1e3, -1e3], dtype=F64), 1.0)
+    assert torch.allclose(far, torch.tensor([201.5, -201.5], dtype=F64), rtol=1e-3)

@@ -208,3 +208,46 @@ def test_training_is_deterministic_and_beats_one_euler_step():
     one = D.w1_1d(D.shortcut_sample(a, z, 1), data)
     naive = D.w1_1d(D.euler(v_star, z, [0.0, 1.0]), data)
     assert naive > 1.3 and one < 0.8 * naive
+
+
+class _RecordingMLP(D.ShortcutMLP):
+    """A ShortcutMLP that records the inputs and outputs of every forward call."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def forward(self, x, t, k):
+        out = super().forward(x, t, k)
+        self.calls.append((x.detach().clone(), torch.as_tensor(t).detach().clone(),
+                           torch.as_tensor(k).clone(), out.detach().clone()))
+        return out
+
+
+def test_bootstrap_target_is_the_corrected_self_consistency():
+    # all samples bootstrap: calls are (x, t, eps level), (x~, t + eps, eps level), then the
+    # graded pass at the 2 eps level; the loss is the squared error to the average velocity
+    torch.manual_seed(4)
+    net = _RecordingMLP(hidden=16, n_levels=8)
+    loss = D.shortcut_loss(net, GMM, 512, torch.Generator().manual_seed(4), frac_bootstrap=1.0)
+    (x, t, kh, s1), (x2, t2, kh2, s2), (x3, t3, k3, pred) = net.calls
+    eps = 2.0 ** -kh.double()
+    assert torch.equal(kh, kh2) and kh.min() >= 1 and kh.max() <= 7
+    assert set(kh.tolist()) == set(range(1, 8))                  # every half step is drawn
+    assert torch.allclose(t2.double(), t.double() + eps, atol=1e-7)  # t + eps (erratum)
+    assert torch.allclose(x2, x + eps.float() * s1, atol=1e-6)   # x~ = x + eps s(x, t, eps)
+    assert torch.equal(k3, kh - 1) and torch.equal(t3, t) and torch.equal(x3, x)
+    slots = t.double() / (2 * eps)                               # t on the grid of 2 eps
+    assert torch.allclose(slots, slots.round(), atol=1e-6)
+    assert (t.double() + 2 * eps).max() <= 1 + 1e-7 and t.min() >= 0
+    expect = ((pred - 0.5 * (s1 + s2)) ** 2).sum() / 512
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-6)
+
+
+def test_flow_matching_samples_sit_at_the_chosen_anchor():
+    for anchor, row in (("finest", 3), ("zero", 4)):
+        net = _RecordingMLP(hidden=8, n_levels=4, zero_level=anchor == "zero")
+        D.shortcut_loss(net, GMM, 40, torch.Generator().manual_seed(0), frac_bootstrap=0.25,
+                        anchor=anchor)
+        k_all = net.calls[-1][2]
+        assert (k_all[:30] == row).all() and (k_all[30:] < 3).all()

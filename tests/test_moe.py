@@ -734,3 +734,39 @@ def test_balance_by_bias_edge_cases():
         moe.balance_by_bias(rho, 1, 0.1, bias=torch.zeros(3, dtype=F64))
     with pytest.raises(ValueError, match=r"\(T, n\) matrix"):
         moe.balance_by_bias(torch.rand(2, 4, 4, dtype=F64), 1, 0.1)
+
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(1, 5))
+def test_biased_topk_routing_is_optimal_for_its_own_loads(seed, k):
+    # the proof of the chapter's theorem: for ANY bias, argtop_k(rho + b) maximises the total
+    # score among all routings that give every expert the same number of tokens as it does
+    import numpy as np
+    from scipy.optimize import linprog
+
+    T, n = 12, 6
+    rho = _scores(seed, T=T, n=n)
+    mask = moe.route_topk(rho, torch.randn(n, generator=_gen(seed + 7), dtype=F64), k)
+    A = np.zeros((T + n, T * n))
+    for t in range(T):
+        A[t, t * n:(t + 1) * n] = 1
+    for i in range(n):
+        A[T + i, i::n] = 1
+    lp = linprog(-rho.numpy().ravel(), A_eq=A, b_eq=np.r_[np.full(T, k), mask.sum(0).numpy()],
+                 bounds=(0, 1), method="highs")
+    assert lp.status == 0 and abs((rho * mask).sum().item() + lp.fun) < 1e-9
+
+
+def test_dynamic_routing_dtypes_and_infinite_scores():
+    rho = torch.tensor([[math.inf, -math.inf, 0.3]], dtype=torch.float32)
+    b = torch.tensor([-5.0, 5.0, -0.3], dtype=torch.float32)
+    assert moe.route_threshold(rho, b).tolist() == [[True, False, False]]
+    r32 = torch.full((4,), 0.5, dtype=torch.float32)
+    for rule in ("lossfree", "centred", "budget", "cap", "simplified"):
+        assert moe.dynamic_k_update(torch.zeros(4), r32, 2, 0.1, rule).dtype == torch.float32
+    assert moe.lossfree_update(torch.zeros(4), r32 / 2, 0.1).dtype == torch.float32
+    assert moe.load_stats(torch.ones(3, 4, dtype=torch.bool), dtype=F64).rates.dtype == F64
+    # m = round(k T) is clipped to [1, n T - 1]: a tiny k still selects one score
+    rho = torch.rand(10, 4, generator=_gen(5), dtype=F64)
+    b0 = moe.threshold_bias_init(rho, 0.01)
+    assert moe.route_threshold(rho, b0.expand(4)).sum().item() == 1
