@@ -165,8 +165,10 @@ LOCAL: dict[str, tuple[set[str], str]] = {
                                  "x/sqrt(x^2+eps^2), adameps-def-softsign"),
     r"\operatorname{SVC}": ({_NB + "20-spectral-condition"},
                             "singular-value clipping U min(Sigma, 1) V^T, defined where used"),
-    r"\mathcal{F}": ({_NB + "21-hypersphere-steepest-descent"},
-                     "the feasible set of unit directions in hsphere-def-steepest"),
+    r"\mathcal{F}": ({_NB + "21-hypersphere-steepest-descent",
+                      _NB + "32-score-identity-distillation"},
+                     "each defines its own: the feasible set of unit directions in "
+                     "hsphere-def-steepest (21); the Fisher divergence F^+ (32)"),
     r"\operatorname{lo}": ({_NB + "27-moe-dynamic-experts"},
                           "the lower end of the bisection interval, named in its proof"),
     r"\operatorname{hi}": ({_NB + "27-moe-dynamic-experts"},

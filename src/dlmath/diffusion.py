@@ -2,9 +2,11 @@ r"""Exact references for diffusion and flow models: Gaussian-mixture data, poste
 noisy path, the ideal velocity of a linear path, and the flow map of an ODE.
 
 Chapters: *Shortcut models* (``notebooks/28-shortcut-models.ipynb``), *Consistency
-models* (``notebooks/29-consistency-models.ipynb``) and *Discrete codes from DDPM*
-(``notebooks/30-diffusion-codebooks.ipynb``); each chapter's own functions follow the shared
-core below, in that order.
+models* (``notebooks/29-consistency-models.ipynb``), *Discrete codes from DDPM*
+(``notebooks/30-diffusion-codebooks.ipynb``), *Signal-to-noise ratio and upsample guidance*
+(``notebooks/31-upsample-guidance.ipynb``) and *Score identity distillation*
+(``notebooks/32-score-identity-distillation.ipynb``); each chapter's own functions follow the
+shared core below, in that order.
 
 A Gaussian mixture :math:`p(x) = \sum_j w_j\,\mathcal N(x;\mu_j, s_j^2 I)` stays a Gaussian
 mixture on every noisy path :math:`x_t = a\,x_{\text{data}} + b\,z` with
@@ -77,6 +79,25 @@ __all__ = [
     "selection_weights",
     "energy_distance",
     "gaussian_distortion_rate",
+    # signal-to-noise ratio and upsample guidance
+    "snr",
+    "vp_from_abar",
+    "snr_matched",
+    "tau_cosine",
+    "avg_pool_matrix",
+    "nearest_upsample_matrix",
+    "torus_conv_matrix",
+    "torus_covariance",
+    "GaussianEpsPredictor",
+    "ug_eps",
+    "affine_coefficients",
+    "ddpm_eps_moments",
+    # score identity distillation
+    "gauss_hermite",
+    "discrete_generator_eps",
+    "gaussian_generator_eps",
+    "sid_losses",
+    "train_sid",
 ]
 
 
@@ -1175,3 +1196,508 @@ def gaussian_distortion_rate(variances, bits: float) -> float:
     k = int(active[-1]) if active.numel() else 0  # R below rounding: m = 1 and theta = lambda_1
     theta = 2.0 ** float(log_theta[k])
     return (theta * (k + 1) + float(pos[k + 1:].sum())) / d
+
+
+# --- Signal-to-noise ratio and upsample guidance (chapter 31) ---
+
+
+def _ug_real(x, name: str) -> torch.Tensor:
+    """A finite float tensor; Python numbers and lists become float64 (not float32)."""
+    if not isinstance(x, torch.Tensor) and not hasattr(x, "dtype"):
+        if isinstance(x, bool):
+            raise TypeError(f"{name} must be a real number or tensor, got bool")
+        try:
+            x = torch.as_tensor(x, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{name} must be a real number or tensor, got "
+                            f"{type(x).__name__}") from exc
+    x = as_float_tensor(x, name, min_ndim=0)
+    check_finite(x, name)
+    return x
+
+
+def _ug_matrix(M, name: str) -> torch.Tensor:
+    M = as_float_tensor(M, name, min_ndim=2)
+    check_finite(M, name)
+    return M
+
+
+def snr(abar, bbar) -> torch.Tensor:
+    r"""The signal-to-noise ratio :math:`\operatorname{SNR}=\bar\alpha^2/\bar\beta^2` of
+    :math:`x_t=\bar\alpha x_0+\bar\beta\varepsilon` (``abar``, ``bbar`` broadcast; a zero
+    ``bbar`` gives ``inf``, a schedule's ``sched.abar, sched.bbar`` gives shape ``(T+1,)``).
+
+    Chapter: *Signal-to-noise ratio and upsample guidance*.
+    """
+    a, b = _ug_real(abar, "abar"), _ug_real(bbar, "bbar")
+    return a**2 / b**2
+
+
+def vp_from_abar(abar) -> VPSchedule:
+    r"""The :class:`VPSchedule` with given :math:`\bar\alpha_0=1>\bar\alpha_1>\dots>
+    \bar\alpha_T>0` (shape ``(T+1,)``): :math:`\alpha_t=\bar\alpha_t/\bar\alpha_{t-1}`,
+    :math:`\beta_t^2=(\bar\alpha_{t-1}-\bar\alpha_t)(\bar\alpha_{t-1}+\bar\alpha_t)/
+    \bar\alpha_{t-1}^2`, :math:`\bar\beta_t=\sqrt{1-\bar\alpha_t^2}`. Use it e.g. for a cosine
+    schedule clipped below :math:`\pi/2`, :math:`\bar\alpha_t=\cos(0.999\,\frac{\pi t}{2T})`,
+    whose :math:`\alpha_T` stays away from 0 so the :math:`\epsilon`-form sampler's
+    :math:`1/\alpha_t` stays moderate.
+
+    Chapter: *Signal-to-noise ratio and upsample guidance*.
+    """
+    ab = as_float_tensor(abar, "abar").to(torch.float64)
+    check_finite(ab, "abar")
+    if ab.ndim != 1 or ab.numel() < 2 or float(ab[0]) != 1.0:
+        raise ValueError("abar must be 1-D of length T+1 >= 2 with abar[0] == 1")
+    if not (bool((ab[1:] < ab[:-1]).all()) and float(ab[-1]) > 0):
+        raise ValueError("abar must be strictly decreasing and > 0")
+    prev = ab[:-1]
+    alpha = torch.cat([ab[:1], ab[1:] / prev])
+    beta2 = (prev - ab[1:]) * (prev + ab[1:]) / prev**2
+    beta = torch.cat([torch.zeros_like(ab[:1]), beta2.sqrt()])
+    return VPSchedule(alpha, beta, ab, torch.sqrt((1 - ab) * (1 + ab)))
+
+
+def snr_matched(abar, bbar, m) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""The noise level :math:`\tau` whose SNR is ``m`` times that of :math:`t`, and the
+    rescaling :math:`\rho` that makes the pooled input a legitimate noisy input at :math:`\tau`:
+
+    .. math::
+
+        \rho=\sqrt{\bar\alpha_t^2+\bar\beta_t^2/m},\qquad
+        \bar\alpha_\tau=\bar\alpha_t/\rho,\qquad \bar\beta_\tau=\bar\beta_t/(\sqrt m\,\rho),
+
+    so :math:`\bar\alpha_\tau^2+\bar\beta_\tau^2=1` and
+    :math:`\operatorname{SNR}(\tau)=m\operatorname{SNR}(t)`. ``m`` is the number of pixels
+    averaged (:math:`s^2` for 2-D :math:`s\times s` pooling, :math:`s` in 1-D), ``>= 1``.
+    ``abar``, ``bbar`` broadcast (with :math:`\bar\alpha^2+\bar\beta^2=1`); returns
+    ``(abar_tau, bbar_tau, rho)``.
+
+    Chapter: *Signal-to-noise ratio and upsample guidance*.
+    """
+    a, b = _ug_real(abar, "abar"), _ug_real(bbar, "bbar")
+    m = check_real(m, "m", low=1.0)
+    rho = torch.sqrt(a**2 + b**2 / m)
+    return a / rho, b / (math.sqrt(m) * rho), rho
+
+
+def tau_cosine(t, m) -> torch.Tensor:
+    r"""The SNR-matched time of the continuous cosine schedule
+    :math:`\bar\alpha_t=\cos\frac{\pi t}2`, :math:`t\in[0,1]`:
+    :math:`\tan\frac{\pi\tau}2=\tan\frac{\pi t}2/\sqrt m`, i.e.
+    :math:`\tau=\frac2\pi\arctan\!\big(\tan\frac{\pi t}{2}/\sqrt m\big)` (``tau(1) = 1``).
+    ``t`` any shape; ``m >= 1`` pixels pooled.
+
+    Chapter: *Signal-to-noise ratio and upsample guidance*.
+    """
+    t = _ug_real(t, "t")
+    if ((t < 0) | (t > 1)).any():
+        raise ValueError("t must lie in [0, 1]")
+    m = check_real(m, "m", low=1.0)
+    th = 0.5 * math.pi * t
+    # atan2 keeps t = 1 exact (tan(pi/2) is not inf in floating point)
+    return torch.atan2(torch.sin(th), math.sqrt(m) * torch.cos(th)) * (2 / math.pi)
+
+
+def _pool_1d(n: int, s: int, dtype, device) -> torch.Tensor:
+    return torch.kron(torch.eye(n // s, dtype=dtype, device=device),
+                      torch.full((1, s), 1.0 / s, dtype=dtype, device=device))
+
+
+def avg_pool_matrix(n: int, s: int, dim: int = 2, *, dtype=torch.float64,
+                    device=None) -> torch.Tensor:
+    r"""The matrix :math:`\mathcal D` of :math:`s^{\text{dim}}` average pooling of an
+    ``n**dim`` image flattened row-major (``x.reshape(-1)``): shape
+    ``((n//s)**dim, n**dim)``, each row averaging one block of :math:`m=s^{\text{dim}}` pixels.
+    ``n`` must be a multiple of ``s``. :math:`\mathcal D\mathcal D^\top=I/m`.
+
+    Chapter: *Signal-to-noise ratio and upsample guidance*.
+    """
+    n, s = check_int(n, "n", low=1), check_int(s, "s", low=1)
+    dim = check_int(dim, "dim", low=1, high=3)
+    if n % s:
+        raise ValueError(f"n must be a multiple of s, got n={n}, s={s}")
+    P1 = _pool_1d(n, s, dtype, device)
+    out = P1
+    for _ in range(dim - 1):
+        out = torch.kron(out, P1)
+    return out
+
+
+def nearest_upsample_matrix(n: int, s: int, dim: int = 2, *, dtype=torch.float64,
+                            device=None) -> torch.Tensor:
+    r"""The matrix :math:`\mathcal U` of nearest-neighbour upsampling by ``s`` along each of
+    ``dim`` axes, from ``(n//s)**dim`` to ``n**dim`` pixels (row-major), i.e.
+    :math:`\mathcal U=m\,\mathcal D^\top` with :math:`m=s^{\text{dim}}`; shape
+    ``(n**dim, (n//s)**dim)``. :math:`\mathcal D\mathcal U=I` and :math:`\mathcal U\mathcal D`
+    is the orthogonal projector onto block-constant images.
+
+    Chapter: *Signal-to-noise ratio and upsample guidance*.
+    """
+    Dm = avg_pool_matrix(n, s, dim, dtype=dtype, device=device)
+    return Dm.T * float(s**dim)
+
+
+def torus_conv_matrix(kernel) -> torch.Tensor:
+    r"""The circulant matrix of a periodic convolution on an ``n1 x n2`` torus:
+    :math:`C_{ij}=k\big((i-j)\bmod n\big)`, pixels flattened row-major, so that
+    ``C @ x.reshape(-1)`` is :math:`(k\circledast x)`. ``kernel`` of shape ``(n1, n2)``
+    (entry ``[a, b]`` is the weight at offset ``(a, b)``); returns ``(n1*n2, n1*n2)``.
+
+    Chapter: *Signal-to-noise ratio and upsample guidance*.
+    """
+    k = as_float_tensor(kernel, "kernel")
+    check_finite(k, "kernel")
+    if k.ndim != 2:
+        raise ValueError(f"kernel must be 2-D (n1, n2), got shape {tuple(k.shape)}")
+    n1, n2 = k.shape
+    i1 = torch.arange(n1, device=k.device)
+    i2 = torch.arange(n2, device=k.device)
+    d1 = (i1[:, None] - i1[None, :]) % n1  # (n1, n1)
+    d2 = (i2[:, None] - i2[None, :]) % n2
+    C = k[d1[:, None, :, None], d2[None, :, None, :]]  # (n1, n2, n1, n2)
+    return C.reshape(n1 * n2, n1 * n2)
+
+
+def torus_covariance(n: int, spectrum: Callable, *, dtype=torch.float64,
+                     device=None) -> torch.Tensor:
+    r"""The covariance of a stationary Gaussian field on the ``n x n`` torus with power
+    spectrum :math:`S(f)`: :math:`\Sigma=F^*\operatorname{diag}(S)F`, i.e. the circulant matrix
+    (:func:`torus_conv_matrix`) of the autocovariance :math:`c=\operatorname{IFFT}(S)`.
+    ``spectrum(f2)`` maps the squared integer frequency :math:`|f|^2` (tensor ``(n, n)``,
+    frequencies folded to ``-n/2..n/2``) to non-negative powers. Returns ``(n*n, n*n)``,
+    symmetric positive semidefinite, eigenvalues = the spectrum values.
+
+    Chapter: *Signal-to-noise ratio and upsample guidance*.
+    """
+    n = check_int(n, "n", low=1)
+    f = torch.fft.fftfreq(n, d=1.0 / n, dtype=dtype, device=device)
+    f2 = f[:, None] ** 2 + f[None, :] ** 2
+    S = as_float_tensor(spectrum(f2), "spectrum(f2)").to(device=f2.device, dtype=dtype)
+    check_finite(S, "spectrum(f2)")
+    if S.shape != f2.shape or (S < 0).any():
+        raise ValueError("spectrum must return non-negative values of shape (n, n)")
+    return torus_conv_matrix(torch.fft.ifft2(S).real)
+
+
+class GaussianEpsPredictor:
+    r"""The exact (affine) noise predictor of Gaussian data
+    :math:`x_0\sim\mathcal N(\mu,\Sigma)` on :math:`x=\bar\alpha x_0+\bar\beta\varepsilon`:
+
+    .. math::
+
+        \epsilon^*(x)=\mathbb E[\varepsilon\mid x]
+        =\bar\beta\,(\bar\alpha^2\Sigma+\bar\beta^2I)^{-1}(x-\bar\alpha\mu)=Mx+b,
+
+    computed through one cached eigendecomposition :math:`\Sigma=Q\Lambda Q^\top`, so each
+    noise level costs two matrix products. ``mean`` ``(d,)``, ``cov`` ``(d, d)`` symmetric
+    PSD (float64 on ``cov``'s device). Call ``pred(x, abar, bbar)`` with ``x`` ``(..., d)``,
+    or get ``pred.affine(abar, bbar) -> (M, b)``.
+
+    Chapter: *Signal-to-noise ratio and upsample guidance*.
+    """
+
+    def __init__(self, mean, cov):
+        S = _ug_matrix(cov, "cov").to(torch.float64)
+        mu = as_float_tensor(mean, "mean").to(S.device, torch.float64)
+        check_finite(mu, "mean")
+        if S.ndim != 2 or S.shape[0] != S.shape[1] or mu.shape != S.shape[:1]:
+            raise ValueError(f"need mean (d,) and cov (d, d), got {tuple(mu.shape)} and "
+                             f"{tuple(S.shape)}")
+        if not torch.allclose(S, S.T, atol=1e-10 * float(S.abs().max()) + 1e-300):
+            raise ValueError("cov must be symmetric")
+        lam, Q = torch.linalg.eigh(0.5 * (S + S.T))
+        if float(lam.min()) < -1e-10 * max(float(lam.abs().max()), 1e-300):
+            raise ValueError("cov must be positive semidefinite")
+        self.mean, self.lam, self.Q = mu, lam.clamp_min(0), Q
+
+    def affine(self, abar, bbar) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(M, b)`` with ``eps*(x) = x @ M.T + b``; needs ``bbar > 0``."""
+        a = check_real(abar, "abar")
+        b = check_real(bbar, "bbar", positive=True)
+        M = (self.Q * (b / (a * a * self.lam + b * b))) @ self.Q.T
+        return M, -a * (M @ self.mean)
+
+    def __call__(self, x, abar, bbar) -> torch.Tensor:
+        x = as_float_tensor(x, "x")
+        M, b = self.affine(abar, bbar)
+        return (x.to(M) @ M.T + b).to(x.dtype)
+
+
+def ug_eps(x, eps_naive: Callable, eps_low: Callable, pool, up, abar: float, bbar: float,
+           w: float = 0.0) -> torch.Tensor:
+    r"""The upsample-guidance noise prediction at one step,
+
+    .. math::
+
+        \tilde\epsilon=\epsilon_\theta(x_t,t)+(1+w)\,\mathcal U\Big[\tfrac1{\sqrt m}
+        \epsilon_{lo}\big(\mathcal Dx_t/\rho_t,\tau_t\big)-\mathcal D\epsilon_\theta(x_t,t)\Big],
+
+    with :math:`(\bar\alpha_\tau,\bar\beta_\tau,\rho)` from :func:`snr_matched` and
+    :math:`m` = pixels per pooled pixel (``pool.shape[1] // pool.shape[0]``; :math:`s^2` in
+    2-D). ``w = -1`` returns the naive prediction, ``w = 0`` the plain main-plus-detail
+    approximation. ``x`` ``(..., N)``; ``eps_naive(x)`` -> ``(..., N)`` is the model run as is
+    at time :math:`t`; ``eps_low(y, abar_tau, bbar_tau)`` -> ``(..., n)`` the low-resolution
+    model at the matched level; ``pool`` :math:`\mathcal D` ``(n, N)``, ``up``
+    :math:`\mathcal U` ``(N, n)``.
+
+    Chapter: *Signal-to-noise ratio and upsample guidance*.
+    """
+    x = as_float_tensor(x, "x")
+    Dm, Um = _ug_matrix(pool, "pool"), _ug_matrix(up, "up")
+    n, N = Dm.shape
+    if Um.shape != (N, n) or x.shape[-1] != N:
+        raise ValueError(f"need pool (n, N), up (N, n), x (..., N); got {tuple(Dm.shape)}, "
+                         f"{tuple(Um.shape)}, {tuple(x.shape)}")
+    w = check_real(w, "w")
+    m = N / n
+    a_tau, b_tau, rho = (float(v) for v in snr_matched(abar, bbar, m))
+    e = eps_naive(x)
+    main = eps_low((x @ Dm.T) / rho, a_tau, b_tau) / math.sqrt(m)
+    return e + (1 + w) * ((main - e @ Dm.T) @ Um.T)
+
+
+def affine_coefficients(f: Callable, d: int, *, dtype=torch.float64,
+                        device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(M, b)`` of an affine map :math:`f(x)=Mx+b` on :math:`\mathbb R^d` that acts on row
+    batches ``(k, d) -> (k, d_out)``: :math:`b=f(0)`, :math:`M e_i=f(e_i)-b` (one batched call).
+    Returns ``M`` ``(d_out, d)`` and ``b`` ``(d_out,)``. The map is not checked for affinity.
+
+    Chapter: *Signal-to-noise ratio and upsample guidance*.
+    """
+    d = check_int(d, "d", low=1)
+    pts = torch.cat([torch.zeros(1, d, dtype=dtype, device=device),
+                     torch.eye(d, dtype=dtype, device=device)])
+    out = f(pts)
+    return (out[1:] - out[:1]).T, out[0]
+
+
+def ddpm_eps_moments(eps_affine: Callable, sched: VPSchedule, mean, cov, *,
+                     noise_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Exact mean and covariance of the output of the :math:`\epsilon`-form ancestral sampler
+
+    .. math::
+
+        x_{t-1}=\frac1{\alpha_t}\Big(x_t-\frac{\beta_t^2}{\bar\beta_t}\hat\epsilon_t(x_t)\Big)
+        +c\,\sigma_t z,\qquad \sigma_t=\frac{\bar\beta_{t-1}\beta_t}{\bar\beta_t},
+
+    for affine predictors :math:`\hat\epsilon_t(x)=M_tx+b_t` (``eps_affine(t) -> (M, b)``,
+    ``t = T..1``) and a Gaussian start :math:`x_T\sim\mathcal N(\)` ``mean``, ``cov`` ``)``:
+    :math:`m\leftarrow A_tm-\frac{\beta_t^2}{\alpha_t\bar\beta_t}b_t`,
+    :math:`C\leftarrow A_tCA_t^\top+c^2\sigma_t^2I` with
+    :math:`A_t=(I-\frac{\beta_t^2}{\bar\beta_t}M_t)/\alpha_t`; ``c = noise_scale``. Needs
+    :math:`\alpha_t>0` (clip a cosine schedule's end). Returns ``(mean_0, cov_0)``.
+
+    Chapter: *Signal-to-noise ratio and upsample guidance*.
+    """
+    s = _check_schedule(sched)
+    if not float(s.alpha[1:].min()) > 0:
+        raise ValueError("sched.alpha must be > 0 for t >= 1 (clip the schedule's end)")
+    c = check_real(noise_scale, "noise_scale", nonnegative=True)
+    m = as_float_tensor(mean, "mean").to(torch.float64)
+    C = _ug_matrix(cov, "cov").to(m.device, torch.float64)
+    sigma = ddpm_posterior_coefficients(s)[2].tolist()
+    al, be, bb = s.alpha.tolist(), s.beta.tolist(), s.bbar.tolist()
+    eye = torch.eye(m.numel(), dtype=torch.float64, device=m.device)
+    for t in range(s.T, 0, -1):
+        M, b = eps_affine(t)
+        k = be[t] ** 2 / bb[t]
+        A = (eye - k * M) / al[t]
+        m = A @ m - (k / al[t]) * b
+        C = A @ C @ A.T + (c * sigma[t]) ** 2 * eye
+    return m, 0.5 * (C + C.T)
+
+
+# --- Score identity distillation (chapter 32) ---
+
+
+def gauss_hermite(n: int, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Probabilists' Gauss–Hermite rule with weights that sum to 1:
+    :math:`\mathbb E_{z\sim\mathcal N(0,1)}f(z)\approx\sum_{i=1}^n w_if(z_i)`, exact for
+    polynomials of degree :math:`\le 2n-1`. Returns ``(nodes, weights)``, each ``(n,)`` float64.
+
+    Chapter: *Identity-based distillation: SiD, FGM and the choice of lambda*.
+    """
+    from numpy.polynomial.hermite_e import hermegauss
+
+    n = check_int(n, "n", low=1)
+    z, w = hermegauss(n)
+    f64 = dict(dtype=torch.float64, device=device)
+    return torch.as_tensor(z, **f64), torch.as_tensor(w / w.sum(), **f64)
+
+
+def _check_rule(nodes, weights, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    nodes = as_float_tensor(nodes, f"{name}nodes")
+    weights = as_float_tensor(weights, f"{name}weights")
+    if nodes.ndim != 1 or weights.shape != nodes.shape:
+        raise ValueError(f"{name}nodes and {name}weights must be 1-D of equal length, got "
+                         f"{tuple(nodes.shape)} and {tuple(weights.shape)}")
+    check_finite(nodes, f"{name}nodes")
+    check_finite(weights, f"{name}weights")
+    if (weights < 0).any() or abs(float(weights.sum()) - 1.0) > 1e-9:
+        raise ValueError(f"{name}weights must be non-negative and sum to 1")
+    return nodes, weights
+
+
+def discrete_generator_eps(x, atoms, weights, abar: float, bbar: float) -> torch.Tensor:
+    r"""The optimal noise predictor :math:`\epsilon^*(x)=\mathbb E[\varepsilon\mid x_t=x]` for
+    data drawn from the atoms :math:`g_k` with probabilities :math:`w_k` (a generator
+    :math:`g_\theta` evaluated on a quadrature rule for its latent), noised as
+    :math:`x_t=\bar\alpha g+\bar\beta\varepsilon`:
+
+    .. math::
+
+        \epsilon^*(x)=\sum_k r_k(x)\,\frac{x-\bar\alpha g_k}{\bar\beta},\qquad
+        r_k(x)=\operatorname{softmax}_k\Big(\log w_k-\frac{(x-\bar\alpha g_k)^2}
+        {2\bar\beta^2}\Big).
+
+    ``x`` any shape (finite), ``atoms`` and ``weights`` ``(K,)``; returns the shape of ``x``
+    on its device, in the dtype torch promotes ``x``, ``atoms`` and ``weights`` to (float64
+    with the rule of :func:`gauss_hermite`). Far from every atom one responsibility takes all
+    the weight and the result stays finite. Differentiable in ``x`` and ``atoms`` (this is
+    the student denoiser :math:`\epsilon_{\psi^*(\theta)}` as an explicit function of
+    :math:`\theta`).
+
+    Chapter: *Identity-based distillation: SiD, FGM and the choice of lambda*.
+    """
+    x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
+    check_finite(x, "x")
+    atoms, weights = _check_rule(atoms, weights, "")
+    abar = check_real(abar, "abar", nonnegative=True)
+    bbar = check_real(bbar, "bbar", positive=True)
+    resid = x[..., None] - abar * atoms  # (..., K)
+    r = torch.softmax(weights.log() - 0.5 * resid**2 / bbar**2, dim=-1)
+    return (r * resid).sum(-1) / bbar
+
+
+def gaussian_generator_eps(x, mean, std, abar: float, bbar: float) -> torch.Tensor:
+    r"""The optimal noise predictor of the Gaussian generator :math:`g=m+sz`, i.e. of
+    :math:`x_t\sim\mathcal N(\bar\alpha m,\ \bar\alpha^2s^2+\bar\beta^2)`:
+    :math:`\epsilon^*(x)=\bar\beta\,(x-\bar\alpha m)/(\bar\alpha^2s^2+\bar\beta^2)`.
+    Differentiable in ``x``, ``mean`` and ``std`` (finite 0-d tensors or floats; the sign
+    of ``std`` does not matter); returns the shape of ``x``.
+
+    Chapter: *Identity-based distillation: SiD, FGM and the choice of lambda*.
+    """
+    x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
+    abar = check_real(abar, "abar", nonnegative=True)
+    bbar = check_real(bbar, "bbar", positive=True)
+    for v, name in ((mean, "mean"), (std, "std")):
+        if isinstance(v, torch.Tensor):  # keep the tensor (and its graph); only look at it
+            if v.numel() != 1:
+                raise ValueError(f"{name} must be a scalar, got shape {tuple(v.shape)}")
+            check_finite(as_float_tensor(v, name, min_ndim=0), name)
+        else:
+            check_real(v, name)
+    return bbar * (x - abar * mean) / (abar**2 * std**2 + bbar**2)
+
+
+def sid_losses(theta, theta_psi, teacher: GaussianMixture, gen: Callable, zrule, erule,
+               abar: float, bbar: float, student: Callable | None = None) -> dict:
+    r"""The five distillation losses of the chapter at one noise level, by double quadrature
+    over the latent :math:`z` (rule ``zrule``) and the noise :math:`\varepsilon` (``erule``),
+    with :math:`x_t=\bar\alpha g_\theta(z)+\bar\beta\varepsilon`,
+    :math:`\epsilon_\varphi=` the teacher's exact noise predictor and :math:`\epsilon_\psi=`
+    the student's optimal one for the generator with parameters ``theta_psi``:
+
+    .. math::
+
+        \mathcal L_1&=\mathbb E\|\epsilon_\varphi-\epsilon_\psi\|^2,\quad
+        \mathcal L_2=\mathbb E\langle\epsilon_\varphi-\epsilon_\psi,
+        \epsilon_\varphi-\varepsilon\rangle,\quad
+        \mathcal L_3=\mathbb E[\|\epsilon_\varphi\|^2-2\langle\epsilon_\varphi,\varepsilon\rangle
+        +\langle\epsilon_\psi,\varepsilon\rangle],\\
+        \mathcal L_4&=\mathbb E[\|\epsilon_\varphi\|^2-2\langle\epsilon_\varphi,\varepsilon\rangle
+        +2\langle\epsilon_\psi,\varepsilon\rangle-\|\epsilon_\psi\|^2],\\
+        \mathcal L_5&=\mathbb E\|\epsilon_\varphi(\mathrm{sg}[x_t])
+        -\epsilon_\psi(\mathrm{sg}[x_t])\|^2.
+
+    Pass ``theta_psi=theta`` for the student's dependence on :math:`\theta` (total gradients)
+    and ``theta_psi=theta.detach()`` for the stop-gradient versions used in practice.
+
+    ``gen(theta, z)`` maps latent nodes ``(K,)`` to samples ``(K,)``; ``zrule`` and ``erule``
+    are ``(nodes, weights)`` pairs (e.g. from :func:`gauss_hermite`). By default the student
+    is :func:`discrete_generator_eps` of the atoms ``gen(theta_psi, znodes)`` (exact for the
+    discretised generator); ``student(theta_psi, x, abar, bbar)`` replaces it. 1-D data only.
+    Returns a dict of 0-d tensors with keys ``"L1"`` to ``"L5"``.
+
+    Chapter: *Identity-based distillation: SiD, FGM and the choice of lambda*.
+    """
+    if not isinstance(teacher, GaussianMixture) or teacher.dim != 1:
+        raise TypeError("teacher must be a 1-D GaussianMixture")
+    zn, zw = _check_rule(*zrule, "z")
+    en, ew = _check_rule(*erule, "eps")
+    abar = check_real(abar, "abar", nonnegative=True)
+    bbar = check_real(bbar, "bbar", positive=True)
+    g = gen(theta, zn)
+    if not isinstance(g, torch.Tensor) or g.shape != zn.shape:
+        raise ValueError(f"gen(theta, z) must return a tensor of the nodes' shape "
+                         f"{tuple(zn.shape)}, got {getattr(g, 'shape', type(g).__name__)}")
+    if student is None:
+        atoms = gen(theta_psi, zn)
+
+        def student(_, y, a, b):
+            return discrete_generator_eps(y, atoms, zw, a, b)
+
+    eps = en[None, :]
+    xt = abar * g[:, None] + bbar * eps  # (K, J)
+    w = zw[:, None] * ew[None, :]
+    phi = teacher.posterior(xt, abar, bbar).noise_mean
+    psi = student(theta_psi, xt, abar, bbar)
+    xs = xt.detach()
+    phi_s = phi.detach()  # the teacher has no parameters: phi(sg[x]) = sg[phi(x)]
+    psi_s = student(theta_psi, xs, abar, bbar)
+
+    def E(v):
+        return (w * v).sum()
+
+    return {
+        "L1": E((phi - psi) ** 2),
+        "L2": E((phi - psi) * (phi - eps)),
+        "L3": E(phi**2 - 2 * phi * eps + psi * eps),
+        "L4": E(phi**2 - 2 * phi * eps + 2 * psi * eps - psi**2),
+        "L5": E((phi_s - psi_s) ** 2),
+    }
+
+
+def train_sid(lam, theta0, teacher: GaussianMixture, gen: Callable, zrule, erule,
+              levels: Sequence[tuple[float, float]], *, steps: int = 300, lr: float = 0.05,
+              student: Callable | None = None) -> torch.Tensor:
+    r"""Adam on the generator's parameters, averaging over the noise levels ``levels``
+    (pairs :math:`(\bar\alpha,\bar\beta)`), with the student denoiser always exactly optimal
+    for the current parameters (the idealised alternating scheme):
+
+    * ``lam`` a number: the SiD objective :math:`\mathcal L_2^{(sg)}-\lambda\mathcal L_1^{(sg)}`
+      (stop-gradient on the student); ``lam=0.5`` is FGM;
+    * ``lam=None``: the total gradient of :math:`\mathcal L_1` (through the student's
+      dependence on :math:`\theta`), i.e. descent on the Fisher divergence itself.
+
+    Returns the trajectory, shape ``(steps + 1, *theta0.shape)`` (float64); the run stops
+    early, padding with NaN, if the parameters become non-finite.
+
+    Chapter: *Identity-based distillation: SiD, FGM and the choice of lambda*.
+    """
+    if lam is not None:
+        lam = check_real(lam, "lam")
+    steps = check_int(steps, "steps", low=0)
+    lr = check_real(lr, "lr", positive=True)
+    if len(levels) == 0:
+        raise ValueError("levels must hold at least one (abar, bbar) pair")
+    theta = as_float_tensor(theta0, "theta0").detach().to(torch.float64).clone()
+    theta.requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=lr)
+    traj = torch.full((steps + 1, *theta.shape), float("nan"), dtype=torch.float64,
+                      device=theta.device)
+    traj[0] = theta.detach()
+    for s in range(steps):
+        opt.zero_grad()
+        loss = 0.0
+        for a, b in levels:
+            tp = theta if lam is None else theta.detach()
+            L = sid_losses(theta, tp, teacher, gen, zrule, erule, a, b, student)
+            loss = loss + (L["L1"] if lam is None else L["L2"] - lam * L["L1"])
+        (loss / len(levels)).backward()
+        opt.step()
+        if not torch.isfinite(theta).all():
+            break
+        traj[s + 1] = theta.detach()
+    return traj
