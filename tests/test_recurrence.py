@@ -255,6 +255,22 @@ def test_ring_init_distribution():
     assert ks_bad > 5 / math.sqrt(n)                      # a uniform radius is rejected
 
 
+def test_ring_init_radius_and_angle_independent():
+    """Uniform on the sector needs F(r) and theta / max_phase independent, which the marginal
+    KS tests above cannot see (drawing both from one uniform passes them)."""
+    import numpy as np
+    from scipy import stats
+
+    r_min, r_max, phase, n = 0.4, 0.95, 2.0, 40_000
+    nu_log, theta_log = R.lru_ring_init(n, r_min, r_max, phase, generator=_gen(16), dtype=F64)
+    r = R.lru_lambda(nu_log, theta_log).abs().numpy()
+    p_r = (r**2 - r_min**2) / (r_max**2 - r_min**2)
+    p_th = theta_log.exp().numpy() / phase
+    assert abs(np.corrcoef(p_r, p_th)[0, 1]) < 4 / math.sqrt(n)
+    counts = np.histogram2d(p_r, p_th, bins=4, range=[[0, 1], [0, 1]])[0].ravel()
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
 def test_ring_init_seeding_dtype_and_errors():
     a = R.lru_ring_init(8, generator=_gen(7))
     b = R.lru_ring_init(8, generator=_gen(7))
@@ -315,3 +331,32 @@ def test_normalised_white_noise_has_unit_variance():
     x = R.linear_recurrence(lam, gamma * u)
     late = x[:, -1].abs().pow(2).mean(0)
     assert ((late - 1).abs() < 0.1).all()
+
+
+def test_lambda_derivative_and_gradcheck():
+    """dr/dnu_log = r log r (the chapter's hand-derived derivative), and autograd through the
+    complex result is consistent."""
+    nu_log = torch.linspace(-5, 2, 15, dtype=F64, requires_grad=True)
+    theta_log = torch.linspace(-3, 1.5, 15, dtype=F64, requires_grad=True)
+    r = R.lru_lambda(nu_log, theta_log).abs()
+    (dr,) = torch.autograd.grad(r.sum(), nu_log)
+    r = r.detach()
+    assert torch.allclose(dr, r * torch.log(r), rtol=1e-12, atol=0)
+    assert torch.autograd.gradcheck(R.lru_lambda, (nu_log, theta_log))
+    # broadcasting of the two parameters
+    assert R.lru_lambda(torch.zeros(3, 1, dtype=F64), torch.zeros(4, dtype=F64)).shape == (3, 4)
+
+
+def test_nonfinite_and_empty_inputs_elsewhere():
+    u = torch.randn(10, 3)
+    with pytest.raises(ValueError, match="initial must be finite"):
+        R.linear_recurrence(torch.ones(3), u, initial=torch.tensor([0.0, math.inf, 0.0]))
+    with pytest.raises(ValueError, match="lam must be finite"):
+        R.lru_normalization(torch.tensor([0.5, math.nan]))
+    empty = R.lru_normalization(torch.empty(0, dtype=C128))
+    assert empty.shape == (0,) and empty.dtype == F64
+    # float64 keeps full relative precision even at 1 - r ~ 1e-12 (d = 1 - r is exact)
+    lam = torch.tensor([1 - 1e-12], dtype=F64)
+    d = 1 - lam.item()
+    ref = math.sqrt(d * (2 - d))
+    assert abs(R.lru_normalization(lam).item() / ref - 1) < 1e-13

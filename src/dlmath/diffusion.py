@@ -1481,7 +1481,8 @@ def ddpm_eps_moments(eps_affine: Callable, sched: VPSchedule, mean, cov, *,
         +c\,\sigma_t z,\qquad \sigma_t=\frac{\bar\beta_{t-1}\beta_t}{\bar\beta_t},
 
     for affine predictors :math:`\hat\epsilon_t(x)=M_tx+b_t` (``eps_affine(t) -> (M, b)``,
-    ``t = T..1``) and a Gaussian start :math:`x_T\sim\mathcal N(\)` ``mean``, ``cov`` ``)``:
+    ``t = T..1``) and a Gaussian start :math:`x_T\sim\mathcal N(\mu_T,\Sigma_T)`, with
+    :math:`\mu_T` = ``mean`` and :math:`\Sigma_T` = ``cov``:
     :math:`m\leftarrow A_tm-\frac{\beta_t^2}{\alpha_t\bar\beta_t}b_t`,
     :math:`C\leftarrow A_tCA_t^\top+c^2\sigma_t^2I` with
     :math:`A_t=(I-\frac{\beta_t^2}{\bar\beta_t}M_t)/\alpha_t`; ``c = noise_scale``. Needs

@@ -215,8 +215,7 @@ def lru_ring_init(n: int, r_min: float = 0.9, r_max: float = 0.999,
               \nu^{\log} = \log(-\log r),\quad \theta^{\log} = \log\theta .
 
     Feed the result to :func:`lru_lambda`. Requires ``0 <= r_min <= r_max < 1``, ``r_max > 0``
-    and
-    ``max_phase > 0``; the draws are made on ``generator``'s device in float64 (float32 on MPS)
+    and ``max_phase > 0``; the draws are made on ``generator``'s device in float64 (float32 on MPS)
     and returned as ``dtype`` (float32 or float64), shape ``(n,)``.
     """
     check_int(n, "n", low=1)
