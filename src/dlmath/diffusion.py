@@ -40,7 +40,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import as_float_tensor, check_choice, check_finite, check_int, check_real
+from ._checks import (
+    as_float_tensor,
+    check_choice,
+    check_finite,
+    check_int,
+    check_matrix,
+    check_real,
+)
 
 __all__ = [
     "GaussianMixture",
@@ -658,8 +665,6 @@ def consistency_fixed_point(gmm: GaussianMixture, n: int, grid, *, target: str =
 
     Chapter: *Consistency models, step by step*.
     """
-    from numpy.polynomial.hermite_e import hermegauss
-
     if not isinstance(gmm, GaussianMixture):
         raise TypeError(f"gmm must be a GaussianMixture, got {type(gmm).__name__}")
     if not gmm.scalar:
@@ -669,8 +674,7 @@ def consistency_fixed_point(gmm: GaussianMixture, n: int, grid, *, target: str =
     nodes = check_int(nodes, "nodes", low=1)
     grid = _check_grid(grid)
     g = grid.to(gmm.means.device, torch.float64)
-    xi, w = (torch.as_tensor(a, dtype=torch.float64, device=g.device) for a in hermegauss(nodes))
-    w = w / w.sum()
+    xi, w = gauss_hermite(nodes, device=g.device)
     dt = 1.0 / n
     tables = [g]
     for k in range(1, n + 1):
@@ -734,13 +738,10 @@ def consistency_function_1d(gmm: GaussianMixture, x, t: float, *,
 
     logw = w.log()
 
-    def lse(v):  # logsumexp over the (short) component axis; torch.logsumexp is slow here
-        top = v.max(-1, keepdim=True).values
-        return top[..., 0] + (v - top).exp().sum(-1).log()
-
     def log_tail(z, sgn, a, b):  # log F (sgn = +1) or log(1 - F) (sgn = -1), both tails exact
         sd = torch.sqrt(a * a * gmm.stds**2 + b * b)
-        return lse(logw + torch.special.log_ndtr(sgn[..., None] * (z[..., None] - a * mu) / sd))
+        z = sgn[..., None] * (z[..., None] - a * mu) / sd
+        return torch.logsumexp(logw + torch.special.log_ndtr(z), dim=-1)
 
     # left of the median match the CDFs, right of it the survival functions
     sgn = torch.where(log_tail(y, torch.ones_like(y), a, b) <= math.log(0.5), 1.0, -1.0)
@@ -1216,12 +1217,6 @@ def _ug_real(x, name: str) -> torch.Tensor:
     return x
 
 
-def _ug_matrix(M, name: str) -> torch.Tensor:
-    M = as_float_tensor(M, name, min_ndim=2)
-    check_finite(M, name)
-    return M
-
-
 def snr(abar, bbar) -> torch.Tensor:
     r"""The signal-to-noise ratio :math:`\operatorname{SNR}=\bar\alpha^2/\bar\beta^2` of
     :math:`x_t=\bar\alpha x_0+\bar\beta\varepsilon` (``abar``, ``bbar`` broadcast; a zero
@@ -1397,7 +1392,7 @@ class GaussianEpsPredictor:
     """
 
     def __init__(self, mean, cov):
-        S = _ug_matrix(cov, "cov").to(torch.float64)
+        S = check_matrix(cov, "cov").to(torch.float64)
         mu = as_float_tensor(mean, "mean").to(S.device, torch.float64)
         check_finite(mu, "mean")
         if S.ndim != 2 or S.shape[0] != S.shape[1] or mu.shape != S.shape[:1]:
@@ -1443,7 +1438,7 @@ def ug_eps(x, eps_naive: Callable, eps_low: Callable, pool, up, abar: float, bba
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
     x = as_float_tensor(x, "x")
-    Dm, Um = _ug_matrix(pool, "pool"), _ug_matrix(up, "up")
+    Dm, Um = check_matrix(pool, "pool"), check_matrix(up, "up")
     n, N = Dm.shape
     if Um.shape != (N, n) or x.shape[-1] != N:
         raise ValueError(f"need pool (n, N), up (N, n), x (..., N); got {tuple(Dm.shape)}, "
@@ -1495,7 +1490,7 @@ def ddpm_eps_moments(eps_affine: Callable, sched: VPSchedule, mean, cov, *,
         raise ValueError("sched.alpha must be > 0 for t >= 1 (clip the schedule's end)")
     c = check_real(noise_scale, "noise_scale", nonnegative=True)
     m = as_float_tensor(mean, "mean").to(torch.float64)
-    C = _ug_matrix(cov, "cov").to(m.device, torch.float64)
+    C = check_matrix(cov, "cov").to(m.device, torch.float64)
     sigma = ddpm_posterior_coefficients(s)[2].tolist()
     al, be, bb = s.alpha.tolist(), s.beta.tolist(), s.bbar.tolist()
     eye = torch.eye(m.numel(), dtype=torch.float64, device=m.device)
