@@ -65,11 +65,15 @@ lint: $(VENV)/.stamp-test
 stripout-check: $(VENV)/.stamp-test
 	$(BIN)/nbstripout --verify notebooks/*.ipynb
 
+# Two pytest workers already use both cores: give each one torch thread, or the two kernels
+# contend for four (benchmarks/bench_notebooks.py: 0.64-0.71x the wall time of the default).
+NBVAL = OMP_NUM_THREADS=1 $(PY) -m pytest --nbval-lax --nbval-current-env -n 2 --dist loadfile -q
+
 pytest: $(VENV)/.stamp-test
-	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -n 2 --dist loadfile -q
+	$(NBVAL) tests notebooks
 
 execute: $(VENV)/.stamp-test
-	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env -n 2 --dist loadfile -q
+	$(NBVAL) notebooks
 
 book-strict: $(VENV)/.stamp-book
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/.jupyter_cache

@@ -44,6 +44,7 @@ class Case:
     rounds: int = 15
     min_time: float = 0.05  # seconds per measurement; calls are repeated to reach it
     notes: dict = field(default_factory=dict)
+    warmup: bool = True  # False: one call per measurement, no warm-up (for minute-long calls)
 
     def __post_init__(self):
         if self.anchor not in self.candidates:
@@ -79,7 +80,8 @@ def _calibrate(fn, min_time: float, device: str | None) -> int:
 def run_case(case: Case, device: str | None = None) -> dict:
     """Time the candidates of ``case`` in interleaved, rotated rounds; return ratios."""
     names = list(case.candidates)
-    numbers = {n: _calibrate(case.candidates[n], case.min_time, device) for n in names}
+    numbers = {n: _calibrate(case.candidates[n], case.min_time, device) if case.warmup else 1
+               for n in names}
     walls: dict[str, list[float]] = {n: [] for n in names}
     cpus: dict[str, list[float]] = {n: [] for n in names}
     for r in range(case.rounds):
