@@ -189,6 +189,16 @@ LOCAL: dict[str, tuple[set[str], str]] = {
                           "the identity map, f_0 = id"),
     r"\operatorname{med}": ({_NB + "29-consistency-models"},
                            "the median, used once in the transport-map argument"),
+    r"\operatorname{convolutions}": ({_NB + "34-conv1d-spectra"},
+                                    "summation range of the receptive-field formula spec-eq-rf"),
+    r"\operatorname{pools}": ({_NB + "34-conv1d-spectra"},
+                             "summation range of the receptive-field formula spec-eq-rf"),
+    r"\operatorname{acc}": ({_NB + "35-finetuning-classifier"},
+                           "accuracy on the validation, test or pooled set, named where used"),
+    r"\operatorname{main}": ({_NB + "35-finetuning-classifier"},
+                            "superscript naming the post's main (GLU) head"),
+    r"\operatorname{aux}": ({_NB + "35-finetuning-classifier"},
+                           "superscript naming the post's auxiliary head on the backbone features"),
 }
 
 # One object, one notation: forms the book does not use, and what to write instead.

@@ -1,0 +1,263 @@
+r"""Linear feature fields, shift operators and block extrapolation (the QB-Heat predictor).
+
+Chapter: *The heat equation as a pretext task* (``notebooks/33-heat-equation-pretext.ipynb``).
+
+A feature map is a grid of vectors :math:`z(x,y)\in\mathbb{R}^d`. QB-Heat assumes that
+neighbouring features differ by one shared linear map per axis,
+
+.. math:: z(x+1,y) = M_x\,z(x,y), \qquad z(x,y+1) = M_y\,z(x,y),
+
+which is the one-step form of the first-order system :math:`\partial_x z = Az`,
+:math:`\partial_y z = Bz` (exactly :math:`M_x=e^{A}`, :math:`M_y=e^{B}`; Euler's step gives
+:math:`I+A`, :math:`I+B`). The system has a solution for every start only if :math:`AB=BA`,
+and then every solution also solves :math:`z_{xx}+Sz_{yy}=0` with :math:`S=-A^2B^{-2}`.
+
+Conventions for every function here:
+
+* A field has shape ``(..., H, W, d)``: the grid axis ``x`` is ``dim=-3`` (rows, ``H``
+  positions), the grid axis ``y`` is ``dim=-2`` (columns, ``W`` positions), and the feature
+  vector is ``dim=-1``. Leading dimensions are a batch (images).
+* Matrices are ``(d, d)`` (or batches ``(..., d, d)`` where stated); results keep the
+  inputs' device and promoted dtype.
+* NaN or an infinity raises ``ValueError``; integer tensors raise ``TypeError``; an empty
+  tensor (e.g. a batch of zero images) raises ``ValueError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import (
+    as_float_tensor,
+    check_choice,
+    check_finite,
+    check_int,
+    check_matrix,
+    check_real,
+)
+
+__all__ = [
+    "commuting_pair",
+    "anisotropy_matrix",
+    "linear_field",
+    "fit_shift_operator",
+    "extrapolate_block",
+    "block_mask",
+    "random_patch_mask",
+]
+
+
+def _square(M, name: str) -> torch.Tensor:
+    M = check_matrix(M, name)
+    if M.shape[-1] != M.shape[-2]:
+        raise ValueError(f"{name} must be square, got shape {tuple(M.shape)}")
+    return M
+
+
+def _same_device(*tensors: torch.Tensor) -> torch.dtype:
+    devs = {t.device for t in tensors}
+    if len(devs) > 1:
+        raise ValueError(f"inputs must be on the same device, got {sorted(map(str, devs))}")
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def commuting_pair(d: int, *, scale: float = 0.1, coeffs=(0.0, 0.5, 1.0), generator=None,
+                   dtype: torch.dtype = torch.float64, device=None):
+    r"""A random matrix :math:`A` of spectral radius ``scale`` and :math:`B=p(A)`.
+
+    .. math:: A = \text{scale}\cdot G/\rho(G),\quad G_{ij}\sim\mathcal N(0,1),\qquad
+              B = \sum_k c_k A^k,
+
+    with :math:`c_k` = ``coeffs[k]``. A polynomial in :math:`A` commutes with :math:`A`, so
+    :math:`AB=BA` up to rounding. Returns ``(A, B)``, each ``(d, d)``. ``generator`` fixes the
+    draw (its device is used when ``device`` is None); ``dtype`` must be a floating dtype
+    (``TypeError`` otherwise). ``d = 1`` gives :math:`A=\pm\text{scale}`.
+    """
+    check_int(d, "d", low=1)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
+    scale = check_real(scale, "scale", nonnegative=True)
+    coeffs = [check_real(c, f"coeffs[{k}]") for k, c in enumerate(coeffs)]
+    if not coeffs:
+        raise ValueError("coeffs must hold at least one coefficient")
+    if device is None:
+        device = generator.device if generator is not None else "cpu"
+    G = torch.randn(d, d, generator=generator, dtype=dtype, device=device)
+    rho = torch.linalg.eigvals(G).abs().max().to(dtype)
+    A = scale * G / rho
+    B = torch.zeros_like(A)
+    P = torch.eye(d, dtype=dtype, device=A.device)
+    for c in coeffs:
+        B = B + c * P
+        P = P @ A
+    return A, B
+
+
+def anisotropy_matrix(A, B) -> torch.Tensor:
+    r"""The matrix :math:`S` for which solutions of :math:`z_x=Az,\ z_y=Bz` solve
+    :math:`z_{xx}+Sz_{yy}=0`:
+
+    .. math:: S = -A^2\,(B^2)^{-1}.
+
+    Shapes: ``A`` and ``B`` are ``(..., d, d)`` (broadcast); the result too. Computed by a
+    solve, not an explicit inverse. Raises ``ValueError`` when :math:`B^2` is singular to
+    working precision (smallest singular value below ``d * eps`` times the largest), since
+    then no such :math:`S` exists in general.
+    """
+    A, B = _square(A, "A"), _square(B, "B")
+    dtype = _same_device(A, B)
+    A, B = A.to(dtype), B.to(dtype)
+    if A.shape[-1] != B.shape[-1]:
+        raise ValueError(f"A and B must have the same size, got {A.shape[-1]} and {B.shape[-1]}")
+    B2 = B @ B
+    sv = torch.linalg.svdvals(B2)
+    tol = B2.shape[-1] * torch.finfo(dtype).eps
+    if bool((sv[..., -1] <= tol * sv[..., 0]).any()):
+        raise ValueError("B @ B is singular to working precision, so S = -A^2 B^-2 does not "
+                         "exist; B must be invertible")
+    return -torch.linalg.solve(B2, A @ A, left=False)
+
+
+def linear_field(A, B, z0, H: int, W: int, *, dx: float = 1.0, dy: float = 1.0) -> torch.Tensor:
+    r"""The field :math:`z(x,y)=e^{xA}e^{yB}z_0` on the grid :math:`x=i\,\Delta x`,
+    :math:`y=j\,\Delta y`, :math:`0\le i<H`, :math:`0\le j<W`.
+
+    ``z0`` is ``(..., d)`` (one start per image); ``A``, ``B`` are ``(d, d)``. Returns
+    ``(..., H, W, d)`` with ``out[..., i, j, :]`` :math:`=e^{i\Delta x A}e^{j\Delta y B}z_0`,
+    through ``torch.linalg.matrix_exp``. When :math:`AB=BA` this solves :math:`z_x=Az`,
+    :math:`z_y=Bz` exactly; otherwise only :math:`z_x=Az` holds (the order of the two
+    exponentials is the one written).
+    """
+    A, B = _square(A, "A"), _square(B, "B")
+    z0 = as_float_tensor(z0, "z0")
+    check_finite(z0, "z0")
+    if A.ndim != 2 or B.ndim != 2:
+        raise ValueError("A and B must be single (d, d) matrices")
+    d = A.shape[-1]
+    if B.shape[-1] != d or z0.shape[-1] != d:
+        raise ValueError(f"A, B and z0 must share the size d, got {d}, {B.shape[-1]} and "
+                         f"{z0.shape[-1]}")
+    check_int(H, "H", low=1)
+    check_int(W, "W", low=1)
+    dx, dy = check_real(dx, "dx"), check_real(dy, "dy")
+    dtype = _same_device(A, B, z0)
+    A, B, z0 = A.to(dtype), B.to(dtype), z0.to(dtype)
+    xs = dx * torch.arange(H, dtype=dtype, device=A.device)
+    ys = dy * torch.arange(W, dtype=dtype, device=A.device)
+    Ex = torch.linalg.matrix_exp(xs[:, None, None] * A)      # (H, d, d)
+    Ey = torch.linalg.matrix_exp(ys[:, None, None] * B)      # (W, d, d)
+    return torch.einsum("iab,jbc,...c->...ija", Ex, Ey, z0)
+
+
+def _field(Z, name: str) -> torch.Tensor:
+    Z = as_float_tensor(Z, name, min_ndim=3)
+    check_finite(Z, name)
+    return Z
+
+
+def fit_shift_operator(Z, axis: str, *, ridge: float = 0.0) -> torch.Tensor:
+    r"""The shared linear map between neighbouring features, by least squares.
+
+    .. math:: \hat M = \arg\min_M \sum_{\text{images}}\sum_{p}\|z(p+e)-Mz(p)\|^2
+              + \lambda\|M\|_F^2,
+
+    where :math:`e` is one step along ``axis`` (``"x"``: ``dim=-3``, ``"y"``: ``dim=-2``) and
+    the sum runs over every image and every pair of neighbours inside ``Z``
+    (shape ``(..., H, W, d)``). Returns ``(d, d)``. Computed as
+    :math:`\hat M^\top = X^{+}Y` with the pseudo-inverse of the stacked sources (augmented by
+    :math:`\sqrt\lambda I` when ``ridge`` :math:`=\lambda>0`), so a rank-deficient problem
+    returns the minimum-norm solution instead of failing. With :math:`X` the ``(n, d)`` stacked
+    sources and :math:`Y` their right/lower neighbours, ``ridge > 0`` gives
+    :math:`\hat M^\top=(X^\top X+\lambda I)^{-1}X^\top Y`. Raises ``ValueError`` if ``Z`` has
+    fewer than two positions along ``axis`` or is empty.
+    """
+    Z = _field(Z, "Z")
+    check_choice(axis, "axis", ("x", "y"))
+    ridge = check_real(ridge, "ridge", nonnegative=True)
+    dim = -3 if axis == "x" else -2
+    n = Z.shape[dim]
+    if n < 2:
+        raise ValueError(f"Z needs at least two positions along axis {axis!r}, got {n}")
+    d = Z.shape[-1]
+    X = Z.narrow(dim, 0, n - 1).reshape(-1, d)
+    Y = Z.narrow(dim, 1, n - 1).reshape(-1, d)
+    if ridge > 0:
+        eye = torch.eye(d, dtype=Z.dtype, device=Z.device)
+        X = torch.cat([X, ridge ** 0.5 * eye])
+        Y = torch.cat([Y, torch.zeros_like(eye)])
+    return (torch.linalg.pinv(X) @ Y).mT
+
+
+def extrapolate_block(Zv, Mx, My, H: int, W: int, *, order: str = "yx") -> torch.Tensor:
+    r"""Extend a visible top-left block to the full grid by the one-sided recursions
+    :math:`z(x+1,y)=M_xz(x,y)` and :math:`z(x,y+1)=M_yz(x,y)`.
+
+    ``Zv`` is ``(..., h, w, d)``, the features of rows :math:`0\le i<h` and columns
+    :math:`0\le j<w`; the result is ``(..., H, W, d)`` and holds ``Zv`` unchanged in that block.
+    ``order="yx"`` first extends each visible row to the right with :math:`M_y`, then every
+    column downwards with :math:`M_x`, so the bottom-right quarter is
+    :math:`M_x^{\,i-h+1}M_y^{\,j-w+1}z(h-1,w-1)`; ``order="xy"`` goes down first, giving
+    :math:`M_y^{\,j-w+1}M_x^{\,i-h+1}z(h-1,w-1)` there. The two agree on the other masked
+    parts, and everywhere when :math:`M_xM_y=M_yM_x`. Information only flows away from the
+    block: masked positions between visible ones cannot be filled this way.
+    """
+    Zv = _field(Zv, "Zv")
+    Mx, My = _square(Mx, "Mx"), _square(My, "My")
+    check_choice(order, "order", ("yx", "xy"))
+    h, w, d = Zv.shape[-3:]
+    check_int(H, "H", low=h)
+    check_int(W, "W", low=w)
+    if Mx.shape != (d, d) or My.shape != (d, d):
+        raise ValueError(f"Mx and My must be ({d}, {d}), got {tuple(Mx.shape)} and "
+                         f"{tuple(My.shape)}")
+    dtype = _same_device(Zv, Mx, My)
+    Zv, Mx, My = Zv.to(dtype), Mx.to(dtype), My.to(dtype)
+
+    def grow(Z, M, n, dim):
+        parts = [Z]
+        last = Z.narrow(dim, Z.shape[dim] - 1, 1)
+        for _ in range(n):
+            last = last @ M.mT
+            parts.append(last)
+        return torch.cat(parts, dim)
+
+    if order == "yx":
+        return grow(grow(Zv, My, W - w, -2), Mx, H - h, -3)
+    return grow(grow(Zv, Mx, H - h, -3), My, W - w, -2)
+
+
+def block_mask(H: int, W: int, h: int, w: int, *, top: int = 0, left: int = 0,
+               device=None) -> torch.Tensor:
+    r"""Boolean ``(H, W)`` mask, ``True`` on the visible ``h x w`` block whose top-left corner
+    is ``(top, left)`` (QB-Heat keeps one quarter: ``h = H // 2``, ``w = W // 2``)."""
+    check_int(H, "H", low=1)
+    check_int(W, "W", low=1)
+    check_int(h, "h", low=1, high=H)
+    check_int(w, "w", low=1, high=W)
+    check_int(top, "top", low=0, high=H - h)
+    check_int(left, "left", low=0, high=W - w)
+    m = torch.zeros(H, W, dtype=torch.bool, device=device)
+    m[top:top + h, left:left + w] = True
+    return m
+
+
+def random_patch_mask(H: int, W: int, mask_ratio: float, *, generator=None,
+                      device=None) -> torch.Tensor:
+    r"""Boolean ``(H, W)`` mask of an MAE-style random masking: exactly
+    :math:`\operatorname{round}(\text{mask\_ratio}\cdot HW)` positions, drawn uniformly without
+    replacement, are masked (``False``); the rest are visible (``True``). The rounding is
+    Python's ``round``, halves to even (``H*W*mask_ratio = 2.5`` masks 2 positions)."""
+    check_int(H, "H", low=1)
+    check_int(W, "W", low=1)
+    mask_ratio = check_real(mask_ratio, "mask_ratio", low=0.0, high=1.0)
+    if device is None:
+        device = generator.device if generator is not None else "cpu"
+    n = H * W
+    n_masked = round(mask_ratio * n)
+    perm = torch.randperm(n, generator=generator, device=device)
+    m = torch.ones(n, dtype=torch.bool, device=device)
+    m[perm[:n_masked]] = False
+    return m.reshape(H, W)
