@@ -164,6 +164,8 @@ def test_bad_input_messages():
         K.fixed_fraction_sampler(torch.tensor([0, 0]), 4, [0.5, 0.5])
     with pytest.raises(TypeError, match="batch must be an int"):
         K.fixed_fraction_sampler(torch.tensor([0, 1]), 4.0, [0.5, 0.5])
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        K.fixed_fraction_sampler(torch.tensor([0, 1]), 4, [0.5, 0.5], generator=0)
 
 
 def test_sampler_exact_composition_of_the_post():

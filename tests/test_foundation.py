@@ -128,3 +128,13 @@ def test_compute_dtype():
     assert device.compute_dtype("cpu") == torch.float64
     assert device.compute_dtype("cpu", fast=True) == torch.float32
     assert device.compute_dtype("cuda", fast=True) == torch.bfloat16
+
+
+def test_check_generator():
+    g = torch.Generator()
+    assert _checks.check_generator(g) is g
+    assert _checks.check_generator(g, "cpu") is g
+    with pytest.raises(TypeError, match="generator must be a torch.Generator, got int"):
+        _checks.check_generator(0)
+    with pytest.raises(ValueError, match="generator is on cpu, labels on meta"):
+        _checks.check_generator(g, torch.device("meta"), of="labels")

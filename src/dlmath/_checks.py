@@ -173,6 +173,15 @@ def check_choice(value, name: str, choices: Sequence):
     return value
 
 
+def check_generator(generator, device=None, *, of: str = "the tensors") -> torch.Generator:
+    """A ``torch.Generator``; given ``device``, one on that device's type (``of``: whose device)."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if device is not None and generator.device.type != torch.device(device).type:
+        raise ValueError(f"generator is on {generator.device}, {of} on {device}")
+    return generator
+
+
 def check_dim(x: torch.Tensor, dim: int, name: str = "dim") -> int:
     """A valid dimension index of ``x``; returns it normalised to be non-negative."""
     check_int(dim, name)

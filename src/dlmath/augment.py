@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_float_tensor, check_choice, check_int, check_real
+from ._checks import as_float_tensor, check_choice, check_generator, check_int, check_real
 
 __all__ = ["quarter_masks", "quarter_mask", "splice_mask", "same_class_splice",
            "random_splice", "random_flip", "SPLICE_MODES"]
@@ -53,14 +53,6 @@ def _square(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def _generator(generator, device) -> torch.Generator:
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if generator.device.type != torch.device(device).type:
-        raise ValueError(f"generator is on {generator.device}, the images on {device}")
-    return generator
-
-
 def _per_image(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape a (N,) tensor to broadcast against x of shape (N, ..., S, S)."""
     return v.reshape(v.shape + (1,) * (x.ndim - 1))
@@ -87,7 +79,7 @@ def quarter_mask(x, p: float = 0.5, *, generator: torch.Generator):
     """
     x = _images(x)
     p = check_real(p, "p", low=0.0, high=1.0)
-    g = _generator(generator, x.device)
+    g = check_generator(generator, x.device, of="the images")
     r = torch.rand(x.shape[0], generator=g, device=x.device, dtype=torch.float64)
     q = torch.floor((1.0 - r) / (p / 4)) if p > 0 else torch.full_like(r, 4.0)
     q = torch.where(q < 4, q, torch.full_like(q, -1.0)).long()
@@ -150,7 +142,7 @@ def random_splice(x1, x2, *, generator: torch.Generator):
     S, n = x1.shape[-1], x1.shape[0]
     if S < 4:
         raise ValueError(f"random_splice needs images of side >= 4, got {S}")
-    g = _generator(generator, x1.device)
+    g = check_generator(generator, x1.device, of="the images")
     r = torch.rand(n, generator=g, device=x1.device, dtype=torch.float64)
     idx = torch.randint(S // 4, (3 * S) // 4, (n,), generator=g, device=x1.device)
     mode = torch.where(r > 0.75, 0, torch.where(r > 0.5, 1, torch.where(r > 0.25, 2, 3)))
@@ -171,6 +163,6 @@ def random_flip(x, p: float = 0.5, *, generator: torch.Generator):
     ``(N, ..., S, S)``."""
     x = _images(x)
     p = check_real(p, "p", low=0.0, high=1.0)
-    g = _generator(generator, x.device)
+    g = check_generator(generator, x.device, of="the images")
     flip = torch.rand(x.shape[0], generator=g, device=x.device, dtype=torch.float64) < p
     return torch.where(_per_image(flip, x), x.flip(-1), x), flip

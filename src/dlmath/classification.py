@@ -36,7 +36,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import as_float_tensor, check_finite, check_int, check_real
+from ._checks import as_float_tensor, check_finite, check_generator, check_int, check_real
 
 __all__ = ["macro_f1", "soft_macro_f1", "soft_f1_loss", "fixed_fraction_sampler"]
 
@@ -186,6 +186,8 @@ def fixed_fraction_sampler(labels, batch: int, fracs: Sequence[float],
     lab = _labels(labels, "labels", f.numel())
     if lab.ndim != 1:
         raise ValueError(f"labels must be one-dimensional, got shape {tuple(lab.shape)}")
+    if generator is not None:
+        check_generator(generator)
     dev = generator.device if generator is not None else torch.device("cpu")
     lab_g = lab.to(dev)
     counts = _class_counts(batch, f)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_float_tensor, check_finite, check_int, check_real
+from ._checks import as_float_tensor, check_finite, check_generator, check_int, check_real
 
 __all__ = [
     "glu",
@@ -239,10 +239,7 @@ def paired_class_sampler(labels, batch_size: int, *, generator: torch.Generator,
     check_int(n_batches, "n_batches", low=1)
     if batch_size % 2:
         raise ValueError(f"batch_size must be even (pairs of images), got {batch_size}")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if generator.device.type != labels.device.type:
-        raise ValueError(f"generator is on {generator.device}, labels on {labels.device}")
+    check_generator(generator, labels.device, of="labels")
     k = batch_size // 2
     classes, counts = torch.unique(labels, return_counts=True)
     if classes.numel() < k:

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._checks import as_float_tensor, check_choice, check_finite, check_real
+from ._checks import as_float_tensor, check_choice, check_finite, check_generator, check_real
 
 __all__ = ["ACTIVATIONS", "random_mlp", "mlp_forward", "PenaltyTerms", "penalty_terms"]
 
@@ -56,8 +56,7 @@ def random_mlp(widths: Sequence[int], *, generator: torch.Generator, scale: floa
     ``s = scale`` (``1`` is LeCun's scale, ``sqrt(2)`` Kaiming's), ``s_b = bias_scale``.
     Tensors are created on ``generator.device``. Returns ``(Ws, bs)``.
     """
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    check_generator(generator)
     if (isinstance(widths, (str, torch.Tensor)) or not isinstance(widths, Sequence)
             or len(widths) < 2):
         raise ValueError(f"widths must be a sequence of at least two ints, got {widths!r}")

@@ -32,6 +32,7 @@ from ._checks import (
     check_choice,
     check_dim,
     check_finite,
+    check_generator,
     check_int,
     check_real,
 )
@@ -226,8 +227,7 @@ def lru_ring_init(n: int, r_min: float = 0.9, r_max: float = 0.999,
     if r_max == 0:
         raise ValueError("need r_max > 0 (lambda = 0 has no finite nu_log)")
     max_phase = check_real(max_phase, "max_phase", positive=True)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    check_generator(generator)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     dev = generator.device
