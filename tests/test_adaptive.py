@@ -344,3 +344,110 @@ def test_ema_from_the_first_value_against_a_loop():
         ad.ema(x, beta, init="first")
     with pytest.raises(ValueError, match="init must be one of"):
         ad.ema(x, beta, init="last")
+
+
+# -- coverage of the remaining branches -----------------------------------------------------
+
+def test_s_curves_closed_forms_slope_and_limits():
+    k = 2 / math.sqrt(math.pi)
+    xs = [-1e300, -3.0, -0.4, 0.0, 1e-3, 0.7, 2.5, 1e300]
+    x = torch.tensor(xs, dtype=F64)
+    sq = ad.s_curve_sqrt(x, k)
+    ref = [k * v / math.sqrt(1.0 + (k * v) ** 2) if abs(v) < 1e150 else math.copysign(1.0, v)
+           for v in xs]
+    torch.testing.assert_close(sq, torch.tensor(ref, dtype=F64), rtol=1e-15, atol=1e-15)
+    clip = ad.s_curve_clip(x, k)
+    assert clip.tolist() == [max(-1.0, min(1.0, k * v)) for v in xs]
+    for fn in (ad.s_curve_sqrt, ad.s_curve_clip):          # slope k at 0, odd, range [-1, 1]
+        z = torch.zeros((), dtype=F64, requires_grad=True)
+        (slope,) = torch.autograd.grad(fn(z, 3.0), z)
+        assert slope.item() == pytest.approx(3.0, rel=1e-15)
+        assert torch.equal(fn(-x, k), -fn(x, k)) and fn(x, k).abs().max() <= 1
+    dense = torch.linspace(-5, 5, 2001, dtype=F64)          # the erf approximation of the chapter
+    assert (ad.s_curve_sqrt(dense, k) - torch.erf(dense)).abs().max() < 0.11
+    assert ad.s_curve_sqrt(1.5, 2.0).dtype == torch.get_default_dtype()  # numbers are accepted
+    for fn in (ad.s_curve_sqrt, ad.s_curve_clip):
+        with pytest.raises(ValueError, match="k must be > 0"):
+            fn(x, 0.0)
+
+
+def test_softsign_moments_approx_formula_and_error():
+    a = torch.tensor([-2.0, 0.0, 1.0, 3.0], dtype=F64)
+    b = torch.tensor([0.5, 2.0, 1.0, 0.0], dtype=F64)
+    m1, m2 = ad.softsign_moments_approx(a, b)
+    for i in range(4):
+        q = a[i].item() ** 2 + b[i].item() ** 2 + math.pi / 2
+        assert m1[i].item() == pytest.approx(a[i].item() / math.sqrt(q), rel=1e-15)
+        assert m2[i].item() == pytest.approx(1 - b[i].item() ** 2 / q, rel=1e-15)
+    # at b = 0 the mean is the sqrt S-curve of erf: E sign(a + z) = erf(a/sqrt 2)
+    grid = torch.linspace(-6, 6, 121, dtype=F64)
+    zero = torch.zeros_like(grid)
+    torch.testing.assert_close(ad.softsign_moments_approx(grid, zero)[0],
+                               ad.s_curve_sqrt(grid / math.sqrt(2), 2 / math.sqrt(math.pi)),
+                               rtol=1e-14, atol=1e-15)
+    for bb in (0.0, 0.3, 1.0, 3.0):                        # within 0.11 of the exact mean
+        approx = ad.softsign_moments_approx(grid, torch.full_like(grid, bb))[0]
+        exact = ad.softsign_moments(grid, torch.full_like(grid, bb))[0]
+        assert (approx - exact).abs().max() < 0.11
+    with pytest.raises(ValueError, match="b must be >= 0"):
+        ad.softsign_moments_approx(a, -b - 1)
+
+
+def test_noisy_quadratic_adam_matches_a_transcription_of_adam():
+    h = torch.tensor([0.5, 2.0])
+    c = torch.tensor([1.0, 0.25])
+    lr, b1, b2, eps, chains, burn_in, steps = 0.05, 0.8, 0.9, 1e-8, 7, 2, 3
+    out = ad.noisy_quadratic(h, c, lr=lr, steps=steps, burn_in=burn_in, chains=chains,
+                             method="adam", betas=(b1, b2), eps=eps,
+                             generator=generator(4, "cpu"))
+    gen = generator(4, "cpu")                   # the same noise, Adam written out in float64
+    hd, sd = h.double(), c.double().sqrt()
+    delta = m = v = torch.zeros(chains, 2, dtype=F64)
+    d2 = g2 = 0
+    for t in range(1, burn_in + steps + 1):
+        g = hd * delta + sd * torch.randn(chains, 2, generator=gen).double()
+        if t > burn_in:
+            d2, g2 = d2 + (delta ** 2).mean(0), g2 + (g ** 2).mean(0)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        delta = delta - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+    torch.testing.assert_close(out["var_delta"].double(), d2 / steps, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(out["mean_sq_grad"].double(), g2 / steps, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(out["v_hat"].double(), (v / (1 - b2 ** 5)).mean(0),
+                               rtol=1e-4, atol=1e-7)
+    assert "v_hat" not in ad.noisy_quadratic(h, c, lr=lr, steps=1, burn_in=0, chains=1)
+
+
+def test_noisy_quadratic_bad_input():
+    with pytest.raises(ValueError, match="h and c must be vectors of the same length"):
+        ad.noisy_quadratic(torch.ones(3), torch.ones(2), lr=0.1, steps=1, burn_in=0, chains=1)
+    with pytest.raises(ValueError, match="h and c must be vectors"):
+        ad.noisy_quadratic(torch.ones(2, 2), torch.ones(2, 2), lr=0.1, steps=1, burn_in=0,
+                           chains=1)
+    with pytest.raises(ValueError, match="h must be > 0"):
+        ad.noisy_quadratic(torch.tensor([0.0, 1.0]), torch.ones(2), lr=0.1, steps=1, burn_in=0,
+                           chains=1)
+    with pytest.raises(ValueError, match="c must be >= 0"):
+        ad.noisy_quadratic(torch.ones(2), torch.tensor([1.0, -1.0]), lr=0.1, steps=1, burn_in=0,
+                           chains=1)
+
+
+def test_more_bad_input_names_the_argument():
+    with pytest.raises(TypeError, match="betas must be a pair"):
+        ad.adam_run(lambda th: th, torch.ones(2), lr=0.1, steps=1, betas=0.9)
+    with pytest.raises(ValueError, match="jac must not be empty"):  # caught before the row check
+        ad.gauss_newton(torch.ones(4, 0, 3))
+    with pytest.raises(TypeError, match="sigma must be a number or a tensor, got str"):
+        ad.noise_units(torch.tensor([0.2]), "two", 16.0, 0.5)
+    g, H = torch.ones(3, dtype=F64), torch.eye(3, dtype=F64)
+    with pytest.raises(ValueError, match="mean_u, second_u and g must have the same length"):
+        ad.eta_opt(torch.ones(2, dtype=F64), torch.ones(3, dtype=F64), g, H)
+    with pytest.raises(ValueError, match="batch must be > 0"):
+        ad.eta_opt_sgd(g, H, torch.ones(3, dtype=F64), 0.0)
+    with pytest.raises(ValueError, match="noise_var must be .n,. or .n, n. matching g"):
+        ad.eta_opt_sgd(g, H, torch.ones(2, dtype=F64), 4.0)
+    with pytest.raises(ValueError, match="batch must be > 0"):
+        ad.beta_from_batch(torch.tensor([1.0, 0.0]), 1.0)
+    for beta in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"beta must be in \(0, 1\]"):
+            ad.batch_from_beta(beta, 1.0)
+    assert ad.batch_from_beta(1.0, 2.0).item() == math.inf   # the documented limit

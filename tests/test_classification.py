@@ -298,3 +298,30 @@ def test_soft_macro_f1_eps_enters_each_class_denominator_once():
     # with eps > 0 a class with D_c = 0 gives T_c / eps = 0, not NaN
     q = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=F64)
     assert K.soft_macro_f1(torch.tensor([0, 0]), q, eps).item() == pytest.approx(2 / 4.5, abs=1e-15)
+
+
+def test_labels_given_as_python_lists():
+    # y = [0, 0, 1, 2], yhat = [0, 1, 1, 2]: per-class F1 = 2/3, 2/3, 1, so the macro mean is 7/9
+    f1 = K.macro_f1([0, 0, 1, 2], [0, 1, 1, 2], 3)
+    assert f1.item() == pytest.approx(7 / 9, rel=1e-15)
+    probs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert K.soft_macro_f1([0, 0, 1, 2], probs).item() == pytest.approx(7 / 9, rel=1e-6)
+    idx = K.fixed_fraction_sampler([0, 1, 0, 1], 2, [0.5, 0.5], generator=generator(0, "cpu"))
+    assert sorted([0, 1, 0, 1][i] for i in idx.tolist()) == [0, 1]
+
+
+def test_more_bad_input_messages():
+    with pytest.raises(ValueError, match=r"y must be a non-empty tensor of shape \(\.\.\., N\)"):
+        K.macro_f1(torch.tensor(1), torch.tensor([1]), 2)
+    with pytest.raises(ValueError, match="yhat must be a non-empty tensor"):
+        K.macro_f1([0], [], 2)
+    with pytest.raises(ValueError, match=r"y and yhat must have broadcastable shapes, got \(3,\) "
+                                         r"and \(2,\)"):
+        K.macro_f1([0, 1, 0], [0, 1], 2)
+    probs = torch.tensor([[0.3, 0.7], [0.6, 0.4]])
+    with pytest.raises(ValueError, match=r"one-hot y must have the shape of probs \(2, 2\)"):
+        K.soft_macro_f1(torch.ones(2, 3), probs)
+    with pytest.raises(ValueError, match="one-hot y must be non-negative"):
+        K.soft_macro_f1(torch.tensor([[1.0, 0.0], [-1.0, 2.0]]), probs)
+    with pytest.raises(ValueError, match=r"labels must be one-dimensional, got shape \(2, 2\)"):
+        K.fixed_fraction_sampler(torch.tensor([[0, 1], [1, 0]]), 2, [0.5, 0.5])

@@ -226,3 +226,14 @@ def test_decrease_clipped_lr(ug, lr, T):
     assert 0 < eta <= lr
     if ug <= T:
         assert eta == lr
+
+
+def test_a_single_tensor_counts_as_a_list_of_one_and_eta_must_be_at_most_1d():
+    g = torch.tensor([[3.0, 0.0], [0.0, -4.0]])
+    assert cl.global_grad_norm(g).item() == pytest.approx(5.0, rel=1e-7)   # sqrt(9 + 16)
+    assert cl.global_grad_norm(g, norm_type=math.inf).item() == 4.0
+    assert cl.global_grad_norm(g).item() == cl.global_grad_norm([g]).item()
+    p = torch.ones(2, requires_grad=True)
+    with pytest.raises(ValueError, match=r"eta must be a number or a 1-D tensor, got shape "
+                                         r"\(2, 2\)"):
+        cl.first_order_change(lambda: p.square().sum(), [p], [torch.ones(2)], torch.ones(2, 2))

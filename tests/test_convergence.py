@@ -442,3 +442,17 @@ def test_gaussian_abs_risk_minimum_and_monte_carlo():
     x = torch.randn(400_000, d, generator=g, dtype=F64)
     mc = ((theta - x).abs().sum(-1) / math.sqrt(d)).mean().item()
     assert abs(mc - C.gaussian_abs_risk(theta).item()) < 5e-3
+
+
+def test_sgd_run_bad_callables_and_unbroadcastable_schedules():
+    batches = abs_problem(0, 5, 2)
+    etas = C.lr_schedule("constant", 5)
+    th = torch.zeros(2, 2, dtype=F64)
+    with pytest.raises(TypeError, match="grad_fn must be callable"):
+        C.sgd_run(abs_loss, th, etas, batches, grad_fn=1.0)
+    with pytest.raises(TypeError, match="project must be callable"):
+        C.sgd_run(abs_loss, th, etas, batches, project="ball")
+    # one schedule per chain, but 3 schedules for 2 chains: (3,) and (2,) do not broadcast
+    with pytest.raises(ValueError, match=r"etas of shape \(3, 5\) must be \(T,\) or \(\.\.\., T\) "
+                                         r"broadcasting to theta1's leading shape \(2,\)"):
+        C.sgd_run(abs_loss, th, etas.expand(3, 5), batches)

@@ -183,3 +183,17 @@ def test_empirical_receptive_field_sums_absolute_values_over_input_channels():
         mix.weight.copy_(torch.tensor([[[1.0, 2.0, 3.0], [-1.0, -2.0, -3.0]]], dtype=F64))
     width, fp = V.empirical_receptive_field(mix, 9, in_channels=2, position=4)
     assert width == 3 and fp[3:6].tolist() == [2.0, 4.0, 6.0]  # cross-correlation
+
+
+def test_more_validation_messages():
+    with pytest.raises(TypeError, match="dilations must be a sequence of ints, got int"):
+        V.SplitSumBlock(1, 4, dilations=2)
+    with pytest.raises(TypeError, match="dilations must be a sequence of ints, got str"):
+        V.receptive_field(3, "12", [1])
+    with pytest.raises(ValueError, match="dilations must not be empty"):
+        V.SplitSumBlock(1, 4, dilations=())
+    conv = torch.nn.Conv1d(1, 1, 3)
+    with pytest.raises(TypeError, match="inputs must be a floating torch.Tensor"):
+        V.empirical_receptive_field(conv, 8, inputs=torch.ones(1, 1, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="inputs must be a floating torch.Tensor"):
+        V.empirical_receptive_field(conv, 8, inputs=[[[1.0] * 8]])

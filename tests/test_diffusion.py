@@ -156,3 +156,48 @@ def test_bad_arguments_are_named():
         D.euler(lambda x, t: x, torch.zeros(1), [0.0])
     with pytest.raises(ValueError, match="y must be a 1-D"):
         D.w1_1d(torch.zeros(3), torch.zeros(3, 1))
+
+
+# -- input validation and failure reporting across the chapters ------------------------------
+
+def test_gaussian_mixture_repr_and_bad_weights():
+    assert repr(GMM) == "GaussianMixture(m=2, dim=1)"
+    assert repr(D.GaussianMixture([1.0], [[0.0, 1.0, 2.0]], [1.0])) == "GaussianMixture(m=1, dim=3)"
+    with pytest.raises(ValueError, match=r"weights must be 1-D, got shape \(1, 2\)"):
+        D.GaussianMixture([[0.5, 0.5]], [0.0, 1.0], [1.0, 1.0])
+
+
+def test_flow_map_reports_a_failed_solve():
+    # dx/dt = x^2 from x = 1 blows up at t = 1: the solver cannot reach t = 2
+    with pytest.raises(RuntimeError, match="flow_map: the ODE solver failed"):
+        D.flow_map(lambda x, t: x * x, torch.ones(1, dtype=torch.float64), 0.0, 2.0)
+
+
+def test_functions_of_a_mixture_refuse_other_objects():
+    with pytest.raises(TypeError, match="gmm must be a GaussianMixture, got dict"):
+        D.shortcut_loss(D.ShortcutMLP(hidden=8, n_levels=2), {}, 4)
+    with pytest.raises(TypeError, match="gmm must be a GaussianMixture, got list"):
+        D.train_shortcut([0.5, 0.5], steps=0)
+    with pytest.raises(TypeError, match="gmm must be a GaussianMixture, got str"):
+        D.consistency_fixed_point("gmm", 2, torch.linspace(-1, 1, 5))
+    with pytest.raises(TypeError, match="gmm must be a GaussianMixture, got NoneType"):
+        D.consistency_function_1d(None, torch.zeros(3), 0.5)
+    g2 = D.GaussianMixture([1.0], [[1.0, -1.0]], [0.5])
+    with pytest.raises(ValueError, match="consistency_function_1d needs a 1-D mixture, got dim 2"):
+        D.consistency_function_1d(g2, torch.zeros(3), 0.5)
+
+
+def test_more_shape_and_type_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"variances must be 1-D, got shape \(2, 2\)"):
+        D.gaussian_distortion_rate(torch.ones(2, 2), 1.0)
+    with pytest.raises(TypeError, match="abar must be a real number or tensor, got bool"):
+        D.snr(True, 0.5)
+    with pytest.raises(TypeError, match="bbar must be a real number or tensor, got str"):
+        D.snr(0.5, "half")
+    for bad in (torch.tensor([0.9, 0.5]), torch.tensor([1.0]), torch.ones(2, 2)):
+        with pytest.raises(ValueError, match=r"abar must be 1-D of length T\+1 >= 2 with "
+                                             r"abar\[0\] == 1"):
+            D.vp_from_abar(bad)
+    with pytest.raises(ValueError, match=r"need mean \(d,\) and cov \(d, d\), got \(3,\) and "
+                                         r"\(2, 2\)"):
+        D.GaussianEpsPredictor(torch.zeros(3), torch.eye(2))

@@ -251,3 +251,18 @@ def test_flow_matching_samples_sit_at_the_chosen_anchor():
                         anchor=anchor)
         k_all = net.calls[-1][2]
         assert (k_all[:30] == row).all() and (k_all[30:] < 3).all()
+
+
+def test_single_level_net_trains_on_flow_matching_only():
+    # n_levels = 1: there is no half step to bootstrap from (K = 0), so every sample regresses
+    # on x1 - x0, whatever frac_bootstrap says
+    torch.manual_seed(0)
+    net = D.ShortcutMLP(hidden=8, n_levels=1)
+    loss = D.shortcut_loss(net, GMM, 16, torch.Generator().manual_seed(3), frac_bootstrap=0.5)
+    g = torch.Generator().manual_seed(3)               # the same draws, the loss written out
+    x1 = GMM.sample(16, g).float()
+    x0 = torch.randn(x1.shape, generator=g)
+    t = torch.rand(16, generator=g)
+    ref = ((net((1 - t) * x0 + t * x1, t, torch.zeros(16, dtype=torch.long)) - (x1 - x0)) ** 2
+           ).sum() / 16
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=0)

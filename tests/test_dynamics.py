@@ -184,3 +184,13 @@ def test_bad_input():
                                torch.tensor([0.0, 0.0, 0.3, -0.2], dtype=F64))
     with pytest.raises(ValueError, match="finite"):
         dy.split(torch.tensor([math.nan, 0.0]))
+
+
+def test_integrate_reports_a_failed_solve_and_jacobian_wants_one_state():
+    # y' = y^2 from y = 1 blows up at t = 1: the solver cannot reach T = 2
+    with pytest.raises(RuntimeError, match="solve_ivp failed"):
+        dy.integrate(lambda y: y * y, torch.ones(1, dtype=F64), 2.0)
+    field = dy.dirac_gan_field("vanilla")
+    with pytest.raises(ValueError, match=r"y must be a single state of shape \(n,\), got "
+                                         r"\(2, 4\)"):
+        dy.jacobian(field, torch.ones(2, 4, dtype=F64))

@@ -138,3 +138,14 @@ def test_check_generator():
         _checks.check_generator(0)
     with pytest.raises(ValueError, match="generator is on cpu, labels on meta"):
         _checks.check_generator(g, torch.device("meta"), of="labels")
+
+
+def test_describe_names_device_preset_and_torch(monkeypatch):
+    monkeypatch.delenv("DLMATH_SIZE", raising=False)
+    assert device.describe("cpu") == f"device: cpu (CPU), preset: small, torch {torch.__version__}"
+    monkeypatch.setenv("DLMATH_SIZE", "large")
+    described = device.describe(torch.device("cpu"))
+    assert described.endswith(f"preset: large, torch {torch.__version__}")
+    monkeypatch.delenv("DLMATH_SIZE")
+    monkeypatch.setenv("DLMATH_DEVICE", "cpu")
+    assert device.describe() == device.describe("cpu")

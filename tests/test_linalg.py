@@ -531,3 +531,14 @@ def test_effective_rank_cholesky_test_routes_slices(monkeypatch, n, tested):
     assert calls == [(torch.float32, 1 if tested else 2), (torch.float64, 1)]
     want = linalg.effective_rank(torch.stack([good, bad]).double(), "entropy", exact=True)
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=0)
+
+
+def test_effective_rank_of_a_vector_names_singular_values_in_both_paths():
+    for exact in (False, True):
+        with pytest.raises(ValueError, match=r"M must be a matrix \(\.\.\., n, m\), got shape "
+                                             r"\(3,\); .*singular_values=True"):
+            linalg.effective_rank(torch.ones(3), exact=exact)
+    M = torch.eye(3)
+    for kind in ("entropy", "stable", "threshold"):
+        with pytest.raises(ValueError, match=f"alpha is only used by kind='renyi', not '{kind}'"):
+            linalg.effective_rank(M, kind, alpha=2.0, eps=0.1 if kind == "threshold" else None)

@@ -387,3 +387,98 @@ def test_fused_auto_stays_on_foreach_off_the_cpu(monkeypatch):
     assert _fused.use_fused(opt, [torch.empty(big)])
     assert not _fused.use_fused(opt, [torch.empty(big, device="meta")])
     assert _fused.use_fused(SimpleNamespace(fused=True), [torch.empty(big, device="meta")])
+
+
+# -- the remaining branches ---------------------------------------------------------------
+
+def test_lazy_rows_of_a_vector_is_one_row():
+    from dlmath.optim.lion import lazy_rows
+
+    assert lazy_rows(torch.zeros(4)).ndim == 0 and not lazy_rows(torch.zeros(4))
+    assert lazy_rows(torch.tensor([0.0, 0.0, -1e-30]))
+    assert lazy_rows(torch.tensor(2.0)) and not lazy_rows(torch.tensor(0.0))
+    assert lazy_rows(torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])).tolist() == [
+        False, True, False]
+
+
+def test_lazy_option_of_a_group_must_be_a_bool():
+    p = torch.zeros(3, requires_grad=True)
+    with pytest.raises(TypeError, match="lazy must be a bool, got str"):
+        Lion([{"params": [p], "lazy": "yes"}])
+
+
+def test_step_without_gradients_changes_nothing():
+    (p,) = _params([(3, 2)], torch.float32)
+    before = p.detach().clone()
+    opt = Lion([p], lr=0.1, weight_decay=0.5)
+    opt.step()
+    assert torch.equal(p.detach(), before) and not opt.state
+
+
+def test_dir_of_the_optim_package_lists_its_exports():
+    import dlmath.optim as optim
+
+    assert dir(optim) == optim.__all__
+    assert {"Lion", "Tiger", "Muon", "SignSGD", "clip_grad_norm_"} <= set(dir(optim))
+    assert all(hasattr(optim, name) for name in dir(optim))
+
+
+def test_the_uncompiled_kernel_is_the_lion_step():
+    # the kernel body itself (what torch.compile traces), run eagerly: its prims.fma rounds
+    # twice in eager mode, so it matches the float64 Lion step to float32 rounding, not bitwise
+    import torch._inductor.inductor_prims  # noqa: F401  (registers torch.ops.prims.fma)
+
+    from dlmath.optim import _fused
+
+    g = torch.Generator().manual_seed(5)
+    ps = [torch.randn(7, 5, generator=g), torch.randn(4, generator=g), torch.randn((), generator=g)]
+    gs = [torch.randn(p.shape, generator=g) for p in ps]
+    ms = [torch.randn(p.shape, generator=g) for p in ps]
+    lr, b1, b2, wd = 0.03, 0.8, 0.95, 0.1
+    refs = [lion_update(p.double(), m.double(), gr.double(), lr=lr, betas=(b1, b2),
+                        weight_decay=wd) for p, m, gr in zip(ps, ms, gs, strict=True)]
+    coef = torch.tensor([b1, 1 - b1, b2, 1 - b2, 1 - lr * wd, -lr], dtype=torch.float64)
+    _fused._sign_kernel(ps, gs, ms, coef)
+    for p, m, (p_ref, m_ref) in zip(ps, ms, refs, strict=True):
+        torch.testing.assert_close(p.double(), p_ref, atol=1e-6, rtol=0)
+        torch.testing.assert_close(m.double(), m_ref, atol=1e-6, rtol=0)
+    # per-tensor coefficients, shape (n, 6): the second tensor takes a zero learning rate
+    per = torch.stack([coef, torch.tensor([b1, 1 - b1, b2, 1 - b2, 1.0, 0.0],
+                                          dtype=torch.float64), coef])
+    before = ps[1].clone()
+    _fused._sign_kernel(ps, gs, ms, per)
+    assert torch.equal(ps[1], before)
+
+
+def test_why_the_fused_path_is_unavailable(monkeypatch):
+    import importlib.util
+
+    from dlmath.optim import _fused
+
+    why = _fused._unavailable.__wrapped__  # past the lru_cache
+    monkeypatch.setattr(_fused.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    assert why("cpu") == "no C++ compiler found (Inductor needs one on CPU)"
+    monkeypatch.setattr(_fused.shutil, "which", lambda name: "/usr/bin/" + name)
+    assert why("cpu") is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert why("cuda") == "triton is not installed"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert why("cuda") is None
+    assert why("mps") == "device type 'mps' is not supported by the fused path"
+    monkeypatch.delattr(torch, "compile")
+    assert why("cpu") == "this torch has no torch.compile"
+
+
+def test_a_group_on_several_devices_takes_the_foreach_path(monkeypatch):
+    import types
+
+    from dlmath.optim import _fused
+
+    monkeypatch.setattr(_fused, "_unavailable", lambda device_type: None)
+    opt = types.SimpleNamespace(fused=True)
+    params = [torch.zeros(2), torch.zeros(2, device="meta")]
+    with pytest.warns(RuntimeWarning, match="the parameters of a group span several devices"):
+        assert _fused.use_fused(opt, params) is False
+    assert opt._fused_off == "the parameters of a group span several devices"
+    assert _fused.use_fused(types.SimpleNamespace(fused=True), params[:1]) is True

@@ -229,3 +229,9 @@ def test_bad_input_gives_clear_errors(call, error, match):
 def test_accepts_array_likes():
     assert lse.logsumexp([0.0, 0.0]).item() == pytest.approx(math.log(2))
     assert lse.logsumexp(np.zeros(2)).dtype == torch.float64
+
+
+def test_kl_divergence_needs_equal_lengths():
+    with pytest.raises(ValueError, match="p and q must have the same length along dim=-1, got 2 "
+                                         "and 3"):
+        lse.kl_divergence(torch.tensor([0.5, 0.5]), torch.ones(3) / 3)

@@ -370,3 +370,23 @@ def test_lp_sphere_bad_input():
         mf.lp_sphere_direction(torch.ones(3), torch.tensor([1.0, math.inf, 0.0]), 3.0)
     with pytest.raises(TypeError, match="p must be a real number"):
         mf.lp_sphere_direction(torch.ones(3), torch.ones(3), "4")
+
+
+def test_riemannian_sgd_constant_lr_rotates_by_arctan_eta():
+    # L(w) = -w_0 on the circle: each normalize step turns w by arctan(eta) towards e_0
+    theta0, eta, steps = 2.5, 0.1, 10
+    w0 = torch.tensor([math.cos(theta0), math.sin(theta0)], dtype=F64)
+    c = torch.tensor([-1.0, 0.0], dtype=F64)
+    path = mf.riemannian_sgd_sphere(lambda w: c.expand_as(w), 3.0 * w0, steps, eta)
+    angles = theta0 - torch.arange(steps + 1, dtype=F64) * math.atan(eta)
+    ref = torch.stack([angles.cos(), angles.sin()], dim=-1)
+    torch.testing.assert_close(path, ref, rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        mf.riemannian_sgd_sphere(lambda w: c, w0, 3, -0.1)
+
+
+def test_p_is_refused_for_matrix_norms():
+    for norm in ("fro", "spectral"):
+        with pytest.raises(ValueError, match=f"p is only used with norm='lp', got p=3.0 with "
+                                             f"norm='{norm}'"):
+            mf.steepest_direction(torch.ones(2, 2), norm, p=3.0)

@@ -770,3 +770,24 @@ def test_dynamic_routing_dtypes_and_infinite_scores():
     rho = torch.rand(10, 4, generator=_gen(5), dtype=F64)
     b0 = moe.threshold_bias_init(rho, 0.01)
     assert moe.route_threshold(rho, b0.expand(4)).sum().item() == 1
+
+
+def test_load_stats_of_a_nested_list_by_hand():
+    # token 1 picks expert 0, token 2 picks both: rates (1, 1/2), B = 3/2, F = (2/3, 1/3)
+    st_ = moe.load_stats([[1.0, 0.0], [1.0, 1.0]], dtype=F64)
+    assert st_.rates.tolist() == [1.0, 0.5] and st_.budget.item() == 1.5
+    torch.testing.assert_close(st_.load, torch.tensor([2 / 3, 1 / 3], dtype=F64))
+    assert st_.maxvio.item() == pytest.approx(1 / 3, rel=1e-15)
+    assert moe.load_stats([[True, False], [True, True]]).budget.item() == 1.5
+
+
+def test_more_shape_errors_name_the_arguments():
+    with pytest.raises(ValueError, match=r"W_A and W_B must be matrices, got shapes \(2, 4, 6\) "
+                                         r"and \(6, 3\)"):
+        moe.split_ffn_experts(torch.ones(2, 4, 6), torch.ones(6, 3), 2)
+    with pytest.raises(ValueError, match=r"idx must have at least one dimension \(the subset\)"):
+        moe.subset_error(torch.ones(4, 3), 2)
+    experts = [torch.nn.Identity()] * 3
+    with pytest.raises(ValueError, match=r"x and scores must be \(T, d\) and \(T, n\), got "
+                                         r"\(2, 2, 4\) and \(2, 2, 3\)"):
+        moe.geometric_moe(torch.ones(2, 2, 4), torch.ones(2, 2, 3), experts, 1)

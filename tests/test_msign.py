@@ -469,3 +469,15 @@ def test_gram_path_equals_plain_path(shape, coefficients):
     torch.testing.assert_close(msign(G, coefficients=coefficients),
                                msign(G, coefficients=coefficients, gram=True), rtol=0, atol=0)
     assert torch.equal(msign(torch.zeros(4, 12), gram=True), torch.zeros(4, 12))
+
+
+@pytest.mark.parametrize("gram", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 8), (3, 1, 2, 8, 5)])
+def test_msign_with_several_batch_dimensions_acts_slice_by_slice(shape, gram):
+    M = torch.randn(shape, generator=gen(12), dtype=F64)
+    X = msign(M, coefficients="polar_express", gram=gram)
+    assert X.shape == M.shape
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    S = S / S.norm(dim=-1, keepdim=True)        # each slice normalised by its own Frobenius norm
+    expected = (U * newton_schulz_map(S, "polar_express", 5).unsqueeze(-2)) @ Vh
+    torch.testing.assert_close(X, expected, atol=1e-11, rtol=0)

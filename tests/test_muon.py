@@ -250,3 +250,31 @@ def test_bf16_newton_schulz_matches_torch_optim_muon():
     da, db = ours.detach() - W, theirs.detach() - W
     assert ((da - db).norm() / db.norm()).item() < 2e-3
     assert ours.dtype == torch.float32
+
+
+def test_step_with_a_closure_returns_the_loss_and_takes_the_same_step():
+    W = torch.randn(6, 9, generator=gen(7))
+    X = torch.randn(9, 4, generator=gen(8))
+    p = W.clone().requires_grad_()
+    q = W.clone().requires_grad_()
+    kw = dict(lr=0.1, momentum=0.0, weight_decay=0.0, adjust_lr=None)
+    opt = Muon([p], **kw)
+
+    def closure():
+        opt.zero_grad()
+        loss = (p @ X).square().sum()
+        loss.backward()           # needs grad mode although step() runs under no_grad
+        return loss
+
+    with torch.no_grad():
+        loss = opt.step(closure)
+    assert loss.item() == pytest.approx((W @ X).square().sum().item(), rel=1e-6)
+    q.grad = 2 * (W @ X) @ X.T    # the gradient of sum((W X)^2), by hand
+    Muon([q], **kw).step()
+    torch.testing.assert_close(p.detach(), q.detach(), atol=1e-6, rtol=0)
+
+
+def test_integer_parameters_are_refused():
+    with pytest.raises(TypeError, match="Muon needs floating parameters; parameter 1 has "
+                                        "dtype torch.int64"):
+        Muon([torch.zeros(2, 2), torch.zeros(2, 3, dtype=torch.long)])

@@ -245,6 +245,9 @@ def test_matrix_norms_and_rms_values():
     (lambda: mup.train([torch.ones(2, 3), torch.ones(3, 1)], torch.ones(1, 2),
                        torch.ones(1, 1), [0.1, 0.1], steps=1, optimizer="muon"),
      ValueError, "optimizer"),
+    (lambda: mup.train([torch.ones(2, 3), torch.ones(3, 1)], torch.ones(1, 2),
+                       torch.ones(1, 1), [0.1], steps=1), ValueError,
+     r"lrs must hold one learning rate per weight \(2\), got 1"),
 ])
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):

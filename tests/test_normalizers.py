@@ -596,3 +596,36 @@ def test_integer_powers_by_products():
     u = torch.rand(7, 9, generator=torch.Generator().manual_seed(49), dtype=F64)
     for e in (2, 3, 4, 5, 6, 7, 8, 2.5, 0.25, 9):
         torch.testing.assert_close(N._ipow(u, e, torch.empty_like(u)), u**e, atol=0, rtol=1e-15)
+
+
+# -- the remaining branches: n_iter, the Shannon limit, list targets --------------------------
+
+def test_bisect_threshold_and_loss_with_n_iter_against_the_sparsemax_closed_form():
+    # sparsemax of (1, 0.5, -1): tau = (1 + 0.5 - 1)/2 = 1/4, p = (3/4, 1/4, 0); the loss at
+    # target 1 is (p - e_1).x + (1 - |p|^2)/2 = 3/8 + 3/16 = 9/16
+    x = torch.tensor([1.0, 0.5, -1.0], dtype=F64)
+    assert N.entmax_bisect_threshold(x, 2.0, n_iter=60).item() == pytest.approx(0.25, abs=1e-15)
+    assert abs(N.entmax_bisect_threshold(x, 2.0, n_iter=5).item() - 0.25) <= 2.0**-5
+    assert N.entmax_loss(x, torch.tensor(1), 2.0, n_iter=60).item() == pytest.approx(
+        9 / 16, abs=1e-14)
+    for fn in (lambda n: N.entmax_bisect_threshold(x, 2.0, n_iter=n),
+               lambda n: N.entmax_loss(x, torch.tensor(1), 2.0, n_iter=n)):
+        with pytest.raises(ValueError, match="n_iter must be >= 1"):
+            fn(0)
+
+
+def test_tsallis_entropy_at_alpha_one_is_shannon():
+    p = torch.tensor([[0.5, 0.25, 0.25, 0.0], [1.0, 0.0, 0.0, 0.0]], dtype=F64)
+    h = N.tsallis_entropy(p, 1.0)
+    assert h[0].item() == pytest.approx(1.5 * math.log(2), rel=1e-15) and h[1].item() == 0.0
+    near = N.tsallis_entropy(p, 1.0 + 1e-7)                    # the alpha -> 1 limit
+    torch.testing.assert_close(near, h, rtol=0, atol=1e-6)
+
+
+def test_loss_takes_targets_as_python_lists():
+    x = torch.tensor([[2.0, 0.0, -1.0], [0.3, 0.2, 0.1]], dtype=F64)
+    ce = N.entmax_loss(x, [0, 2], alpha=1.0)                    # alpha = 1: lse(x) - x_t
+    ref = torch.logsumexp(x, dim=-1) - torch.tensor([2.0, 0.1], dtype=F64)
+    torch.testing.assert_close(ce, ref, rtol=1e-14, atol=1e-15)
+    with pytest.raises(TypeError, match="target must hold integer class indices"):
+        N.entmax_loss(x, [0.0, 2.0])

@@ -167,3 +167,16 @@ def test_bad_input():
         P.random_mlp([3, 0], generator=_gen(0))
     with pytest.raises(ValueError, match="scale must be >= 0"):
         P.random_mlp([3, 2], generator=_gen(0), scale=-1.0)
+
+
+def test_more_bad_input_names_the_argument():
+    for widths in ([3], "32", torch.tensor([3, 2]), 3):
+        with pytest.raises(ValueError, match="widths must be a sequence of at least two ints"):
+            P.random_mlp(widths, generator=_gen(0))
+    Ws, bs = P.random_mlp([3, 4, 2], generator=_gen(0))
+    x = torch.ones(3, dtype=Ws[0].dtype)
+    for bad in (Ws[0], [], None):
+        with pytest.raises(TypeError, match="Ws must be a non-empty sequence of weight matrices"):
+            P.penalty_terms(x, bad, bs, "tanh", lambda h: h.sum())
+    with pytest.raises(TypeError, match="f must be a callable mapping the network output"):
+        P.penalty_terms(x, Ws, bs, "tanh", 1.0)

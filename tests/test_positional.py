@@ -286,3 +286,16 @@ def test_feasibility_edge_cases():
     # the post's search always returns a feasible base, on the grid of its last level
     b = P.min_feasible_base(256, 16, levels=2)
     assert bool(P.is_feasible_base(b, 256, 16))
+
+
+def test_min_feasible_base_skips_grid_chunks_below_one():
+    # L = 1: every base is feasible (only offset 0), so each level lands on the first grid
+    # point above 1, j B/n with j = floor(n/B) + 1; with steps = 70 the second level has
+    # n = 4900 points and its first chunk of 4096 lies entirely below 1
+    assert bool(P.is_feasible_base(torch.tensor([1.001, 1.3, 7.0], dtype=F64), 1, 4).all())
+    B = 1.1
+    for level in (1, 2):
+        n = 70**level
+        B = (math.floor(n / B) + 1) * (B / n)
+    assert P.min_feasible_base(1, 4, levels=2, steps=70, start=1.1) == pytest.approx(B, rel=1e-15)
+    assert 1 < B < 1 + 1.1 / 4900

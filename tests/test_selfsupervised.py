@@ -370,3 +370,8 @@ def test_random_patch_mask_rounds_half_to_even_and_extremes():
     assert int((~Q.random_patch_mask(1, 7, 0.5, generator=_gen(0))).sum()) == 4     # 3.5 -> 4
     assert Q.random_patch_mask(3, 3, 0.0, generator=_gen(0)).all()
     assert not Q.random_patch_mask(3, 3, 1.0, generator=_gen(0)).any()
+
+
+def test_commuting_pair_needs_a_coefficient():
+    with pytest.raises(ValueError, match="coeffs must hold at least one coefficient"):
+        Q.commuting_pair(3, coeffs=(), generator=_gen(0))

@@ -211,3 +211,22 @@ def test_bad_input():
         S.simpson_blocks(x, x, torch.zeros(2, dtype=torch.int64))
     with pytest.raises(TypeError, match="tensors"):
         S.concat_blocks([])
+
+
+def test_block_stats_by_hand_with_sizes_as_a_tensor():
+    # blocks (3, 4 | 1, 2, 2) and (4, 3 | 0, 0, 1): norms (5, 3) and (5, 1), cosines 24/25, 2/3
+    x = torch.tensor([3.0, 4.0, 1.0, 2.0, 2.0], dtype=torch.float64)
+    y = torch.tensor([4.0, 3.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    for sizes in ([2, 3], torch.tensor([2, 3])):
+        a, b, c = S.block_stats(x, y, sizes)
+        assert a.tolist() == [5.0, 3.0] and b.tolist() == [5.0, 1.0]
+        torch.testing.assert_close(c, torch.tensor([24 / 25, 2 / 3], dtype=torch.float64),
+                                   rtol=1e-15, atol=0)
+
+
+def test_more_bad_input_names_the_argument():
+    with pytest.raises(ValueError, match=r"a, b, c must have broadcastable shapes, got \(2,\), "
+                                         r"\(3,\), \(2,\)"):
+        S.global_from_blocks(torch.ones(2), torch.ones(3), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"x and y must be 1-D, got shape \(2, 3\)"):
+        S.simpson_blocks(torch.ones(2, 3), torch.ones(2, 3), torch.zeros(3, dtype=torch.long))

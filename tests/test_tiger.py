@@ -355,3 +355,9 @@ def test_all_finite_is_exact_when_a_sum_overflows():
     assert not all_finite([big, torch.tensor([1.0, float("nan")])])
     assert not all_finite([torch.tensor([float("inf"), -float("inf")])])
     assert all_finite([]) and all_finite([torch.empty(0)])
+
+
+def test_lazy_option_of_a_group_must_be_a_bool():
+    p = torch.zeros(3, requires_grad=True)
+    with pytest.raises(TypeError, match="lazy must be a bool, got int"):
+        Tiger([{"params": [p], "lazy": 1}])

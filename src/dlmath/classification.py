@@ -44,11 +44,11 @@ __all__ = ["macro_f1", "soft_macro_f1", "soft_f1_loss", "fixed_fraction_sampler"
 def _labels(y, name: str, num_classes: int) -> torch.Tensor:
     if not isinstance(y, torch.Tensor):
         y = torch.as_tensor(y)
-    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
-        raise TypeError(f"{name} must be an integer tensor of class indices, got {y.dtype}")
-    if y.ndim < 1 or y.numel() == 0:
+    if y.ndim < 1 or y.numel() == 0:  # first: an empty list becomes a float32 tensor
         raise ValueError(f"{name} must be a non-empty tensor of shape (..., N), got "
                          f"{tuple(y.shape)}")
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise TypeError(f"{name} must be an integer tensor of class indices, got {y.dtype}")
     if (y < 0).any() or (y >= num_classes).any():
         raise ValueError(f"{name} must hold class indices in [0, {num_classes})")
     return y
