@@ -77,6 +77,28 @@ def headings(nb) -> list[str]:
     return [line.strip() for line in markdown(nb).splitlines() if line.startswith("## ")]
 
 
+# A line that may stand right above a `$$` display: a fence, a directive option, or a label.
+BLOCK_START = re.compile(r"^(?::{3,}|`{3,}|:[\w-]+:)")
+
+
+def math_in_paragraphs(text: str) -> list[str]:
+    """The `$$` displays that open right under a line of text. MyST then reads them as part of
+    the paragraph, pairs their dollars as inline math and garbles the rest of it; a blank line
+    above the `$$` makes a math block."""
+    bad, in_math, in_code, prev = [], False, False, ""
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("```") and not in_math:
+            in_code = not in_code
+        elif not in_code:
+            if s.startswith("$$") and not in_math and prev and not BLOCK_START.match(prev):
+                bad.append(prev[-50:])
+            if s.count("$$") % 2:
+                in_math = not in_math
+        prev = s
+    return bad
+
+
 # -- structural rules, one function each, reused by the self-test below -------------------
 
 def problems(nb, name: str, toc: list[str]) -> list[str]:
@@ -129,6 +151,10 @@ def problems(nb, name: str, toc: list[str]) -> list[str]:
     if shorthands:
         out.append(f"uses the book's TeX shorthands {shorthands}, which JupyterLab and Colab do "
                    f"not know: run tools/expand_macros.py on the notebook")
+    for cell in (c for c in cells if c.cell_type == "markdown"):
+        for where in math_in_paragraphs(cell.source):
+            out.append(f"a $$ display opens inside a paragraph, under '...{where}': put a "
+                       f"blank line above it")
     if "{exercise}" not in md or "{solution}" not in md:
         out.append("no exercise with a solution")
     if "{bibliography}" not in md:
@@ -212,6 +238,8 @@ def test_model_notebook_passes():
     (lambda nb: nb.cells[5].update(source="## Experiment\n## Exercises\n"), "exercise"),
     (lambda nb: nb.cells.pop(6), "References"),
     (lambda nb: nb.cells[2].update(source=nb.cells[2].source + " $\\lse(x)$"), "shorthands"),
+    (lambda nb: nb.cells[0].update(source=nb.cells[0].source + "\n$$\nx\n$$"), "paragraph"),
+    (lambda nb: nb.cells[0].update(source=nb.cells[0].source + "\n$$x$$ (e)"), "paragraph"),
 ])
 def test_structure_rules_catch_each_missing_element(breakage, expected):
     nb = _model()
@@ -238,3 +266,17 @@ def test_expand_macros_rewrites_shorthands_into_standard_tex():
 def test_book_pages_use_standard_tex():
     for page in sorted((ROOT / "book").glob("*.md")):
         assert not uses_shorthands(page.read_text()), f"{page.name}: run tools/expand_macros.py"
+
+
+def test_book_pages_open_displays_outside_paragraphs():
+    for page in sorted((ROOT / "book").rglob("*.md")):
+        assert not math_in_paragraphs(page.read_text()), f"{page.name}: blank line above $$"
+
+
+def test_the_display_rule_reads_blocks_fences_and_directives():
+    fine = ["Text.\n\n$$\nx\n$$\nafter $y$.",            # a block; text may follow it
+            ":::{prf:lemma} L\n:label: l\n$$\nx\n$$\n:::",  # right under a directive's options
+            "```python\ns = 'a'\n$$\n```",                   # inside code
+            "$$\na\n\nb\n$$ (eq)\n\n$$x$$"]                  # a blank line inside a display
+    assert all(math_in_paragraphs(text) == [] for text in fine)
+    assert math_in_paragraphs("A\n$$\nx\n$$\n\nB\n$$y$$ (e)") == ["A", "B"]

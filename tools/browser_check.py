@@ -11,7 +11,10 @@ when
 * an internal link points to a missing page or a missing anchor,
 * the page logged a JavaScript error or a resource failed to load,
 * a chapter page lacks a Binder or Colab launch button opening its own notebook,
-* a figure's text stand-in (``<Figure size ...>``) is shown instead of, or beside, the figure.
+* a figure's text stand-in (``<Figure size ...>``) is shown instead of, or beside, the figure,
+* the reader's text shows markup that should have been rendered: a TeX dollar or a MyST role
+  such as ``{eq}`` outside math and code (a ``$$`` display opened inside a paragraph once
+  garbled whole paragraphs this way, with no error anywhere).
 
 To see what only the running page knows (image sizes, console errors), the check opens a
 temporary copy of each page with a small probe script injected at the top of ``<head>``; the probe
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,6 +56,17 @@ CHROMIUM_FLAGS = [
     "--disable-extensions", "--allow-file-access-from-files", "--virtual-time-budget=20000",
     "--run-all-compositor-stages-before-draw",
 ]
+
+
+# Markup that a reader must never see in the text: a TeX dollar, or a MyST role left unparsed.
+STRAY_MARKUP = re.compile(r"\$|\{(?:eq|cite(?::[pt])?|numref|prf:ref|ref|doc|term|math)\}`")
+NOT_TEXT = ["pre", "code", "script", "style", "svg", "textarea", "mjx-container"]
+
+
+def stray_markup(main) -> list[str]:
+    """The text snippets of ``main`` (a BeautifulSoup node) that show unrendered markup."""
+    return [text.strip()[:80] for text in main.find_all(string=STRAY_MARKUP)
+            if text.find_parent(NOT_TEXT) is None and text.find_parent(class_="math") is None]
 
 
 def find_chromium() -> str:
@@ -164,6 +179,7 @@ def check_page(chromium: str, root: Path, page: Path, id_cache) -> list[str]:
                 problems.append(f"no {service} launch button")
             problems += [f"{service} launch button opens {href}, not {notebook}"
                          for href in links if not href.endswith(notebook)]
+    problems += [f"unrendered markup in the text: {snippet!r}" for snippet in stray_markup(main)]
     leaked = [pre for pre in main.find_all("pre") if "<Figure size" in pre.get_text()]
     problems += ["a figure's text stand-in (<Figure size ...>) is shown" for _ in leaked[:1]]
     for img in main.find_all("img"):
