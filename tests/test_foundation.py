@@ -95,6 +95,12 @@ def test_check_real_int_choice_probability():
         _checks.check_choice("x", "kind", ["a", "b"])
     with pytest.raises(ValueError, match="p must sum to 1"):
         _checks.check_probability(torch.tensor([0.2, 0.2]))
+    # half precision: the tolerance is capped at 1e-2 (1e3 eps n alone would be about 2 here)
+    for dtype in (torch.float16, torch.bfloat16):
+        with pytest.raises(ValueError, match=r"p must sum to 1 along dim=-1; off by 0\.(2|199)"):
+            _checks.check_probability(torch.tensor([0.5, 0.3], dtype=dtype))
+        _checks.check_probability(torch.tensor([0.5, 0.5], dtype=dtype))
+        _checks.check_probability(torch.full((1000,), 1e-3, dtype=dtype))  # rounded entries
 
 
 def test_device_defaults_and_overrides(monkeypatch):
