@@ -353,3 +353,80 @@ def test_ensemble_row_ties_and_label_range():
     assert (F.ensemble_weight_search(p, p, torch.tensor([1]))[2] == 0).all()
     with pytest.raises(ValueError, match="labels must be < C = 2"):
         F.ensemble_weight_search(p, p, torch.tensor([2]))
+
+
+# -- pseudo-labels -------------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 12), st.floats(0.01, 30.0))
+def test_pseudo_labels_select_confident_rows_and_nest(seed, C, scale):
+    g = generator(seed, "cpu")
+    p = torch.softmax(scale * torch.randn(50, C, generator=g, dtype=torch.float64), -1)
+    top, arg = p.max(-1).values, p.argmax(-1)
+    previous = None
+    for tau in torch.linspace(1.0, 0.0, 21).tolist():          # falling thresholds
+        idx, lab = F.pseudo_labels(p, tau)
+        assert idx.dtype == lab.dtype == torch.long
+        assert torch.equal(idx, torch.nonzero(top >= tau).flatten())        # increasing order
+        assert torch.equal(lab, arg[idx])
+        if previous is not None:
+            assert set(previous.tolist()) <= set(idx.tolist())              # nested
+        previous = idx
+    assert len(F.pseudo_labels(p, 1.0 / C)[0]) == 50                        # max p >= 1/C
+
+
+def test_pseudo_labels_ties_edges_and_min_entropy():
+    p = torch.tensor([[0.4, 0.4, 0.2], [0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]],
+                     dtype=torch.float64)
+    idx, lab = F.pseudo_labels(p, 0.4)              # inclusive threshold, first of tied maxima
+    assert idx.tolist() == [0, 1, 2] and lab.tolist() == [0, 2, 0]
+    idx, lab = F.pseudo_labels(p, 0.0)
+    assert idx.tolist() == [0, 1, 2, 3] and lab.tolist() == [0, 2, 0, 0]
+    idx, lab = F.pseudo_labels(p[:2], 0.9)          # nothing selected: empty, not an error
+    assert idx.shape == lab.shape == (0,) and idx.dtype == torch.long
+    # training on the pseudo-label with cross-entropy is the min-entropy -log max p
+    z = torch.randn(30, 7, generator=generator(1, "cpu"), dtype=torch.float64)
+    _, lab = F.pseudo_labels(z.softmax(-1), 0.0)
+    ce = torch.nn.functional.cross_entropy(z, lab, reduction="none")
+    assert torch.allclose(ce, -z.softmax(-1).max(-1).values.log(), atol=1e-12, rtol=0)
+
+
+def test_pseudo_labels_errors_and_device():
+    p = torch.full((4, 5), 0.2)
+    with pytest.raises(ValueError, match="threshold must be <= 1"):
+        F.pseudo_labels(p, 1.5)
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        F.pseudo_labels(p, -0.1)
+    with pytest.raises(ValueError, match="threshold must be finite"):
+        F.pseudo_labels(p, float("nan"))
+    with pytest.raises(TypeError, match="threshold must be a real number"):
+        F.pseudo_labels(p, "0.5")
+    with pytest.raises(ValueError, match="probs must sum to 1"):
+        F.pseudo_labels(p * 2, 0.5)
+    with pytest.raises(ValueError, match="probs must be non-negative"):
+        F.pseudo_labels(torch.tensor([[1.5, -0.5]]), 0.5)
+    with pytest.raises(ValueError, match="probs must have shape"):
+        F.pseudo_labels(torch.full((2, 2, 2), 0.5), 0.5)
+    with pytest.raises(TypeError, match="floating dtype"):
+        F.pseudo_labels(torch.ones(2, 1, dtype=torch.long), 0.5)
+    with pytest.raises(ValueError, match="finite"):
+        F.pseudo_labels(torch.tensor([[float("nan"), 1.0]]), 0.5)
+    # 1/C selects every row only up to rounding: 0.2 in float16 is 0.19995
+    assert len(F.pseudo_labels(p.to(torch.float16).float(), 0.2)[0]) == 0
+    idx, lab = F.pseudo_labels(p.to(torch.float16).float(), 0.0)
+    assert idx.device == p.device and len(idx) == 4 and lab.tolist() == [0] * 4
+
+
+def test_pseudo_labels_compare_exactly_in_any_dtype():
+    # tau is not rounded to the dtype of probs: float32 0.7 is 0.69999998..., below 0.7
+    p = torch.tensor([[0.7, 0.3], [0.3, 0.7]])
+    assert len(F.pseudo_labels(p, 0.7)[0]) == 0
+    assert F.pseudo_labels(torch.tensor([[0.7, 0.3], [0.3, 0.7]], dtype=torch.float64),
+                           0.7)[0].tolist() == [0, 1]
+    p16 = torch.full((3, 5), 0.2, dtype=torch.float16)        # 0.19995 in float16
+    assert len(F.pseudo_labels(p16, 0.2)[0]) == 0
+    assert len(F.pseudo_labels(p16, float(p16[0, 0]))[0]) == 3
+    # threshold 1 keeps exactly the one-hot rows
+    q = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]], dtype=torch.float64)
+    idx, lab = F.pseudo_labels(q, 1.0)
+    assert idx.tolist() == [0, 2] and lab.tolist() == [0, 1]

@@ -18,16 +18,31 @@ code, where ``S/2`` is integer division:
   :math:`idx/S`, ``idx`` uniform in :math:`[\lfloor S/4\rfloor, \lfloor 3S/4\rfloor)`), or the
   lower triangle with its diagonal, or that triangle turned by 90°, a fraction
   :math:`(S+1)/(2S)`.
+
+The two geometric augmentations, :func:`random_rotate` (an angle uniform in
+:math:`\pm10^\circ`) and :func:`random_zoom` (a factor :math:`r\sim U[0.8, 1.2]`; enlarged images
+are cropped back to size, shrunk ones are pasted onto another image of the batch), interpolate,
+so they need floating images and raise ``TypeError`` for integer or boolean ones (convert with
+``x.float()``; rounding back is the caller's choice). They use ``torch.nn.functional``'s
+``grid_sample`` and ``interpolate`` with ``align_corners=False``: pixels are squares filling
+:math:`[-1, 1]^2`, so a resize maps the image's outer edges onto each other and a rotation by a
+multiple of 90° maps pixel centres onto pixel centres.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from ._checks import as_float_tensor, check_choice, check_generator, check_int, check_real
 
 __all__ = ["quarter_masks", "quarter_mask", "splice_mask", "same_class_splice",
-           "random_splice", "random_flip", "SPLICE_MODES"]
+           "random_splice", "random_flip", "rotate", "random_rotate", "random_zoom",
+           "SPLICE_MODES", "INTERPOLATIONS"]
+
+#: The interpolation modes of :func:`rotate` and :func:`random_zoom` (the post used nearest).
+INTERPOLATIONS = ("bilinear", "nearest")
 
 #: The four splice modes, in the order of the post's thresholds on one uniform draw.
 SPLICE_MODES = ("rows", "cols", "diag", "antidiag")
@@ -166,3 +181,167 @@ def random_flip(x, p: float = 0.5, *, generator: torch.Generator):
     g = check_generator(generator, x.device, of="the images")
     flip = torch.rand(x.shape[0], generator=g, device=x.device, dtype=torch.float64) < p
     return torch.where(_per_image(flip, x), x.flip(-1), x), flip
+
+
+# -- geometric augmentations: these interpolate, so they need floating images ----------------
+
+def _float_images(x) -> torch.Tensor:
+    if isinstance(x, torch.Tensor) and not x.is_floating_point():
+        raise TypeError(f"x must have a floating dtype for rotation and zoom, which interpolate; "
+                        f"got {x.dtype} (convert with x.float() and round back if needed)")
+    return _images(x)
+
+
+def _work_dtype(x: torch.Tensor) -> torch.dtype:
+    """float16/bfloat16 images are resampled in float32 (the grid of a half-precision
+    ``affine_grid`` is coarse, and some CPU kernels lack it) and rounded back once."""
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _as_nchw(x: torch.Tensor) -> torch.Tensor:
+    """(N, ..., S, S) -> (N, C, S, S), C the product of the middle dimensions (1 if none)."""
+    return x.reshape(x.shape[0], -1, x.shape[-2], x.shape[-1])
+
+
+def rotate(x, degrees, *, mode: str = "bilinear") -> torch.Tensor:
+    r"""Rotate each image about its centre by ``degrees``, counter-clockwise as displayed
+    (row 0 on top), so that ``rotate(x, 90)`` is ``torch.rot90(x, 1, dims=(-2, -1))``.
+
+    Output pixel :math:`u` (normalised coordinates in :math:`[-1,1]^2`, first coordinate the
+    column, second the row) reads the input at :math:`R_\theta u` with
+    :math:`R_\theta=\begin{pmatrix}\cos\theta&-\sin\theta\\ \sin\theta&\cos\theta\end{pmatrix}`,
+    interpolated by ``grid_sample`` (``mode`` ``"bilinear"`` or ``"nearest"``,
+    ``align_corners=False``); points that fall outside the image read 0. A multiple of 90°
+    maps pixel centres onto pixel centres, so it equals ``torch.rot90`` up to the rounding of
+    the sampling grid (relative error about :math:`S` times the dtype's epsilon: ``3e-5`` in
+    float32 at :math:`S=299`), and exactly with ``mode="nearest"``.
+
+    Shapes: ``x`` ``(N, ..., S, S)`` floating (integer and boolean images raise ``TypeError``);
+    ``degrees`` a number or an ``(N,)`` tensor. The result has the shape, dtype and device of
+    ``x``; float16 and bfloat16 images are resampled in float32 and rounded back once.
+    """
+    x = _float_images(x)
+    check_choice(mode, "mode", INTERPOLATIONS)
+    n = x.shape[0]
+    if isinstance(degrees, torch.Tensor):
+        deg = degrees.to(device=x.device, dtype=torch.float64)
+        if deg.ndim == 0:
+            deg = deg.expand(n)
+        if deg.shape != (n,):
+            raise ValueError(f"degrees must be a number or have shape ({n},), got "
+                             f"{tuple(degrees.shape)}")
+        if not torch.isfinite(deg).all():
+            raise ValueError("degrees must be finite")
+    else:
+        deg = torch.full((n,), check_real(degrees, "degrees"), dtype=torch.float64,
+                         device=x.device)
+    t = torch.deg2rad(deg)
+    cos, sin, zero = torch.cos(t), torch.sin(t), torch.zeros_like(t)
+    work = _work_dtype(x)
+    theta = torch.stack([torch.stack([cos, -sin, zero], -1),
+                         torch.stack([sin, cos, zero], -1)], -2).to(work)      # (N, 2, 3)
+    x4 = _as_nchw(x).to(work)
+    grid = torch.nn.functional.affine_grid(theta, list(x4.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(x4, grid, mode=mode, padding_mode="zeros",
+                                          align_corners=False)
+    return out.to(x.dtype).reshape(x.shape)
+
+
+def random_rotate(x, max_degrees: float = 10.0, *, generator: torch.Generator,
+                  mode: str = "bilinear"):
+    r"""Rotate each image by an angle uniform in ``[-max_degrees, max_degrees]`` (the post:
+    :math:`\pm10^\circ`), with :func:`rotate`.
+
+    Returns ``(rotated, degrees)`` with ``degrees`` the ``(N,)`` float64 angles drawn,
+    :math:`(2u-1)\,\text{max\_degrees}` for one uniform :math:`u` per image. Shapes: ``x``
+    ``(N, ..., S, S)`` floating.
+    """
+    x = _float_images(x)
+    max_degrees = check_real(max_degrees, "max_degrees", nonnegative=True)
+    g = check_generator(generator, x.device, of="the images")
+    u = torch.rand(x.shape[0], generator=g, device=x.device, dtype=torch.float64)
+    deg = (2 * u - 1) * max_degrees
+    return rotate(x, deg, mode=mode), deg
+
+
+def _window(img: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+    """out[i, c, a, b] = img[i, c, rows[i, a], cols[i, b]] where both lie in [0, T), else 0;
+    also returns where they do, (n, S, S). img (n, C, T, T); rows, cols (n, S) long."""
+    n, c, T = img.shape[0], img.shape[1], img.shape[-1]
+    S = rows.shape[1]
+    r, k = rows.clamp(0, T - 1), cols.clamp(0, T - 1)
+    out = img.gather(2, r[:, None, :, None].expand(n, c, S, T))
+    out = out.gather(3, k[:, None, None, :].expand(n, c, S, S))
+    inside = ((rows >= 0) & (rows < T))[:, :, None] & ((cols >= 0) & (cols < T))[:, None, :]
+    return out, inside
+
+
+def _resize(x4: torch.Tensor, T: int, mode: str) -> torch.Tensor:
+    """Resize (n, C, S, S) to (n, C, T, T) with pixel-centre sampling. torch's "nearest" reads
+    source pixel floor(dst S/T), half a pixel off (8 -> 10 gives 0,0,1,..); "nearest-exact"
+    reads floor((dst + 1/2) S/T), the centre rule of PIL (scipy.misc.imresize, the post)."""
+    if mode == "bilinear":
+        return torch.nn.functional.interpolate(x4, size=(T, T), mode="bilinear",
+                                               align_corners=False)
+    return torch.nn.functional.interpolate(x4, size=(T, T), mode="nearest-exact")
+
+
+def random_zoom(x, low: float = 0.8, high: float = 1.2, *, generator: torch.Generator,
+                mode: str = "bilinear"):
+    r"""The post's random zoom: resize each image by a factor :math:`r\sim U[\text{low},
+    \text{high}]` and bring it back to :math:`S\times S`.
+
+    The resized side is :math:`T=\lfloor rS\rfloor` (``int(img_size * r)`` in the post), so the
+    factor applied is :math:`T/S`. The image is resized to :math:`T\times T` with
+    ``torch.nn.functional.interpolate`` (``mode="bilinear"`` with ``align_corners=False``, or
+    ``mode="nearest"``, done by torch's ``"nearest-exact"``: output pixel :math:`m` reads input
+    pixel :math:`\lfloor (m+\tfrac12)S/T\rfloor`, the pixel under its centre); then, with an
+    offset :math:`(t, l)` uniform on :math:`\{0,\dots,|T-S|\}^2`,
+
+    * :math:`T\ge S`: the output is the crop ``resized[..., t:t+S, l:l+S]``;
+    * :math:`T<S`: the output is a background image with ``[..., t:t+T, l:l+T]`` replaced by the
+      resized image. The background is *another* image of the batch, uniform among the other
+      :math:`N-1` (the post took a random training image, of any class), so a shrunk image
+      shows a share :math:`1-T^2/S^2` of a foreign picture.
+
+    A factor with :math:`T=S` (e.g. :math:`r=1`) returns the image unchanged. Returns
+    ``(zoomed, info)``; ``info`` holds ``(N,)`` tensors ``"factor"`` (float64, the :math:`r`
+    drawn), ``"size"`` (:math:`T`), ``"top"``, ``"left"`` (the offsets) and ``"background"``
+    (the index of the background image, ``-1`` where :math:`T\ge S`). Shapes: ``x``
+    ``(N, ..., S, S)`` floating (integer images raise ``TypeError``); ``0 < low <= high`` with
+    :math:`\lfloor \text{low}\cdot S\rfloor\ge1`, and ``N >= 2`` when ``low < 1``.
+    """
+    x = _float_images(x)
+    check_choice(mode, "mode", INTERPOLATIONS)
+    low = check_real(low, "low", positive=True)
+    high = check_real(high, "high", low=low)
+    n, S = x.shape[0], x.shape[-1]
+    if math.floor(low * S) < 1:
+        raise ValueError(f"low * S must be >= 1 (a zoomed image needs a pixel), got "
+                         f"{low} * {S}")
+    if low < 1 and n < 2:
+        raise ValueError("random_zoom with low < 1 needs at least 2 images: a shrunk image is "
+                         "pasted onto another one")
+    g = check_generator(generator, x.device, of="the images")
+    r = low + (high - low) * torch.rand(n, generator=g, device=x.device, dtype=torch.float64)
+    size = torch.floor(r * S).long()
+    span = (size - S).abs() + 1
+    top = (torch.rand(n, generator=g, device=x.device, dtype=torch.float64) * span).long()
+    left = (torch.rand(n, generator=g, device=x.device, dtype=torch.float64) * span).long()
+    top, left = torch.minimum(top, span - 1), torch.minimum(left, span - 1)
+    shift = torch.randint(1, max(n, 2), (n,), generator=g, device=x.device)
+    other = (torch.arange(n, device=x.device) + shift) % n
+    background = torch.where(size < S, other, torch.full_like(other, -1))
+    x4 = _as_nchw(x)
+    out = torch.empty_like(x4)
+    line = torch.arange(S, device=x.device)
+    for T in torch.unique(size).tolist():
+        sel = torch.nonzero(size == T).flatten()
+        resized = _resize(x4[sel].to(_work_dtype(x)), T, mode).to(x.dtype)
+        if T >= S:                                                  # crop the enlarged image
+            out[sel], _ = _window(resized, top[sel, None] + line, left[sel, None] + line)
+        else:                                                       # paste onto a background
+            block, inside = _window(resized, line - top[sel, None], line - left[sel, None])
+            out[sel] = torch.where(inside[:, None], block, x4[background[sel]])
+    info = {"factor": r, "size": size, "top": top, "left": left, "background": background}
+    return out.reshape(x.shape), info

@@ -13,7 +13,8 @@ each :math:`h_n` towards a learnable centre of its class with the *center loss*
 
 (a sum of squares, no factor :math:`\tfrac12`, averaged over the batch). Batches hold
 :math:`B/2` distinct classes with two images each, and the two heads' probabilities are mixed
-with a weight chosen on validation data.
+with a weight chosen on validation data. Finally, the confident predictions of the trained
+model on unlabelled images become hard pseudo-labels (:func:`pseudo_labels`).
 
 Conventions: features are ``(N, d)`` floating tensors and labels ``(N,)`` integer tensors on the
 same device; results keep the features' device and dtype. Randomness only through an explicit
@@ -24,7 +25,14 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_float_tensor, check_finite, check_generator, check_int, check_real
+from ._checks import (
+    as_float_tensor,
+    check_finite,
+    check_generator,
+    check_int,
+    check_probability,
+    check_real,
+)
 
 __all__ = [
     "glu",
@@ -37,6 +45,7 @@ __all__ = [
     "class_inclusion_probabilities",
     "ensemble_weight_search",
     "within_between_ratio",
+    "pseudo_labels",
 ]
 
 
@@ -376,3 +385,35 @@ def within_between_ratio(features, labels) -> float:
     if float(between) == 0.0:
         return float("nan") if float(within) == 0.0 else float("inf")
     return float(within / between)
+
+
+# -- pseudo-labelling ------------------------------------------------------------------------
+
+def pseudo_labels(probs, threshold: float):
+    r"""Hard pseudo-labels of the confident rows of a model's predicted probabilities.
+
+    Row :math:`n` is selected when its largest probability reaches the threshold,
+    :math:`\max_c p_{nc}\ge\tau` (inclusive), and its pseudo-label is
+    :math:`\hat y_n=\arg\max_c p_{nc}`, the first class among tied maxima (``torch.argmax``).
+    These are the hard pseudo-labels of Lee (2013), who used every unlabelled point
+    (:math:`\tau=0`); training on :math:`(x_n,\hat y_n)` with cross-entropy minimises
+    :math:`-\log\max_c p_{nc}`, the min-entropy of the prediction. The comparison is made
+    exactly, in float64, so it does not depend on the dtype of ``probs`` (a float32 ``0.7`` is
+    :math:`0.69999998\ldots` and is not selected at :math:`\tau=0.7`). Lowering :math:`\tau`
+    can only add rows. :math:`\tau=0` selects every row (the post's choice: all test images),
+    and so does :math:`\tau\le 1/C` up to the rounding of ``probs`` (every row's largest
+    probability is at least :math:`1/C`). A :math:`\tau` above every row's maximum selects
+    none and returns empty tensors.
+
+    Shapes: ``probs`` ``(N, C)``, rows non-negative and summing to 1 (``ValueError``
+    otherwise); ``threshold`` a real number in :math:`[0, 1]`. Returns ``(index, label)``, two
+    ``(M,)`` long tensors on the device of ``probs``: the selected rows in increasing order and
+    their pseudo-labels.
+    """
+    p = check_probability(probs, "probs")
+    if p.ndim != 2:
+        raise ValueError(f"probs must have shape (N, C), got {tuple(p.shape)}")
+    tau = check_real(threshold, "threshold", low=0.0, high=1.0)
+    top, label = p.amax(dim=-1), p.argmax(dim=-1)       # argmax: the first maximum
+    index = torch.nonzero(top.double() >= tau).flatten()  # exact: tau is not rounded to p's dtype
+    return index, label[index]
