@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 BOOK_FLAGS := -W -n --keep-going
 
-.PHONY: book pdf test lab execute page bench clean lint stripout-check pytest book-strict browser-check lab-check help
+.PHONY: book pdf test lab execute page bench clean lint stripout-check pytest book-strict determinism browser-check lab-check help
 
 help:
 	@echo "make book     build the HTML book (prints the path of index.html)"
@@ -17,6 +17,7 @@ help:
 	@echo "make page NB=notebooks/NN-slug.ipynb   build one chapter alone (fast)"
 	@echo "make pdf      build the PDF of the book with XeLaTeX (needs TeX: tools/install_tex.sh)"
 	@echo "make execute  run every notebook once (nbval), no book build"
+	@echo "make determinism  rerun every chapter and compare with the last build's outputs"
 	@echo "make bench    run the benchmarks (not part of CI)"
 	@echo "make clean    remove build outputs (keeps .venv)"
 
@@ -41,21 +42,25 @@ _build/.src-hash: FORCE
 
 FORCE:
 
+# The book's chapters run with one torch (and BLAS) thread: the digits they print depend on how
+# many threads share a reduction, and `make determinism` reruns them the same way.
+ONE_THREAD := OMP_NUM_THREADS=1
+
 book: $(VENV)/.stamp-book _build/.src-hash
-	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
+	$(ONE_THREAD) $(BIN)/jupyter-book build . $(BOOK_FLAGS)
 	@echo
 	@echo "The book is at: $(CURDIR)/_build/html/index.html"
 
 # PDF: Sphinx's LaTeX builder + latexmk/XeLaTeX, same execution cache as `make book`, its own
 # doctrees. Fails with the Debian packages to install when TeX is missing (see tools/install_tex.sh).
 pdf: $(VENV)/.stamp-book _build/.src-hash
-	$(PY) tools/build_pdf.py
+	$(ONE_THREAD) $(PY) tools/build_pdf.py
 
 page: $(VENV)/.stamp-book
 	@test -n "$(NB)" || (echo "usage: make page NB=notebooks/NN-slug.ipynb" && exit 2)
 	@mkdir -p _build/pages
 	$(PY) tools/page_toc.py $(NB) _build/pages/$(notdir $(basename $(NB))).toc.yml
-	$(BIN)/jupyter-book build . --toc _build/pages/$(notdir $(basename $(NB))).toc.yml \
+	$(ONE_THREAD) $(BIN)/jupyter-book build . --toc _build/pages/$(notdir $(basename $(NB))).toc.yml \
 	  --path-output _build/pages/$(notdir $(basename $(NB))) --keep-going
 	@echo "Page: $(CURDIR)/_build/pages/$(notdir $(basename $(NB)))/_build/html/$(basename $(NB)).html"
 
@@ -67,7 +72,7 @@ stripout-check: $(VENV)/.stamp-test
 
 # Two pytest workers already use both cores: give each one torch thread, or the two kernels
 # contend for four (benchmarks/bench_notebooks.py: 0.64-0.71x the wall time of the default).
-NBVAL = OMP_NUM_THREADS=1 $(PY) -m pytest --nbval-lax --nbval-current-env -n 2 --dist loadfile -q
+NBVAL = $(ONE_THREAD) $(PY) -m pytest --nbval-lax --nbval-current-env -n 2 --dist loadfile -q
 
 pytest: $(VENV)/.stamp-test
 	$(NBVAL) tests notebooks
@@ -78,8 +83,12 @@ execute: $(VENV)/.stamp-test
 book-strict: $(VENV)/.stamp-book
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/.jupyter_cache
 	@mkdir -p _build && $(SRC_HASH) > _build/.src-hash  # the fresh cache matches src/: keep it for pdf
-	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
+	$(ONE_THREAD) $(BIN)/jupyter-book build . $(BOOK_FLAGS)
 	$(PY) tools/exec_budget.py _build/.jupyter_cache
+
+# Every chapter again, two at a time: its printed outputs must equal the last build's exactly.
+determinism: $(VENV)/.stamp-book
+	$(ONE_THREAD) $(PY) tools/determinism.py _build/.jupyter_cache --jobs 2
 
 browser-check: $(VENV)/.stamp-test
 	$(PY) tools/browser_check.py _build/html --screenshots _build/screenshots
@@ -88,7 +97,7 @@ lab-check: $(VENV)/.stamp-test
 	$(PY) tools/lab_check.py notebooks/01-logsumexp-inequalities.ipynb \
 	  --screenshot _build/screenshots/lab-01-logsumexp-inequalities.png
 
-test: lint stripout-check pytest book-strict pdf browser-check lab-check
+test: lint stripout-check pytest book-strict determinism pdf browser-check lab-check
 	@echo "make test: all checks passed"
 
 lab: $(VENV)/.stamp-lab
