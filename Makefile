@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 BOOK_FLAGS := -W -n --keep-going
 
-.PHONY: book pdf test lab execute page bench clean lint stripout-check pytest book-strict determinism browser-check lab-check help
+.PHONY: book pdf test lab execute page bench clean lint stripout-check pytest book-strict rerun browser-check lab-check help
 
 help:
 	@echo "make book     build the HTML book (prints the path of index.html)"
@@ -17,7 +17,7 @@ help:
 	@echo "make page NB=notebooks/NN-slug.ipynb   build one chapter alone (fast)"
 	@echo "make pdf      build the PDF of the book with XeLaTeX (needs TeX: tools/install_tex.sh)"
 	@echo "make execute  run every notebook once (nbval), no book build"
-	@echo "make determinism  rerun every chapter and compare with the last build's outputs"
+	@echo "make rerun    run the built chapters again (nbval): same asserts, same outputs"
 	@echo "make bench    run the benchmarks (not part of CI)"
 	@echo "make clean    remove build outputs (keeps .venv)"
 
@@ -43,7 +43,7 @@ _build/.src-hash: FORCE
 FORCE:
 
 # The book's chapters run with one torch (and BLAS) thread: the digits they print depend on how
-# many threads share a reduction, and `make determinism` reruns them the same way.
+# many threads share a reduction, and `make rerun` runs them again the same way.
 ONE_THREAD := OMP_NUM_THREADS=1
 
 book: $(VENV)/.stamp-book _build/.src-hash
@@ -72,13 +72,15 @@ stripout-check: $(VENV)/.stamp-test
 
 # Two pytest workers already use both cores: give each one torch thread, or the two kernels
 # contend for four (benchmarks/bench_notebooks.py: 0.64-0.71x the wall time of the default).
-NBVAL = $(ONE_THREAD) $(PY) -m pytest --nbval-lax --nbval-current-env -n 2 --dist loadfile -q
+PYTEST = $(ONE_THREAD) $(PY) -m pytest -n 2 -q
+NBVAL  = --nbval-current-env --dist loadfile
 
 pytest: $(VENV)/.stamp-test
-	$(NBVAL) tests notebooks
+	$(PYTEST) tests
 
+# Every chapter from its source, asserts checked, outputs not compared (no book build needed).
 execute: $(VENV)/.stamp-test
-	$(NBVAL) notebooks
+	$(PYTEST) --nbval-lax $(NBVAL) notebooks
 
 book-strict: $(VENV)/.stamp-book
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/.jupyter_cache
@@ -86,9 +88,12 @@ book-strict: $(VENV)/.stamp-book
 	$(ONE_THREAD) $(BIN)/jupyter-book build . $(BOOK_FLAGS)
 	$(PY) tools/exec_budget.py _build/.jupyter_cache
 
-# Every chapter again, two at a time: its printed outputs must equal the last build's exactly.
-determinism: $(VENV)/.stamp-book
-	$(ONE_THREAD) $(PY) tools/determinism.py _build/.jupyter_cache --jobs 2
+# nbval, strict, on the chapters the build executed: every cell runs again in a fresh kernel,
+# every assert must hold, and every printed text and value must equal the build's exactly.
+rerun: $(VENV)/.stamp-test $(VENV)/.stamp-book
+	rm -rf _build/executed
+	$(PY) tools/export_executed.py _build/.jupyter_cache _build/executed
+	$(PYTEST) --nbval $(NBVAL) _build/executed
 
 browser-check: $(VENV)/.stamp-test
 	$(PY) tools/browser_check.py _build/html --screenshots _build/screenshots
@@ -97,7 +102,7 @@ lab-check: $(VENV)/.stamp-test
 	$(PY) tools/lab_check.py notebooks/01-logsumexp-inequalities.ipynb \
 	  --screenshot _build/screenshots/lab-01-logsumexp-inequalities.png
 
-test: lint stripout-check pytest book-strict determinism pdf browser-check lab-check
+test: lint stripout-check pytest book-strict rerun pdf browser-check lab-check
 	@echo "make test: all checks passed"
 
 lab: $(VENV)/.stamp-lab
