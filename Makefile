@@ -89,11 +89,15 @@ book-strict: $(VENV)/.stamp-book
 	$(PY) tools/exec_budget.py _build/.jupyter_cache
 
 # nbval, strict, on the chapters the build executed: every cell runs again in a fresh kernel,
-# every assert must hold, and every printed text and value must equal the build's exactly.
+# every assert must hold, and every printed text and value must equal the build's exactly. On a
+# GPU only the asserts are checked: some CUDA kernels (atomic adds) do not repeat bit for bit.
 rerun: $(VENV)/.stamp-test $(VENV)/.stamp-book
 	rm -rf _build/executed
 	$(PY) tools/export_executed.py _build/.jupyter_cache _build/executed
-	$(PYTEST) --nbval $(NBVAL) _build/executed
+	@mode=$$($(PY) -c "from dlmath import device; print(device.default_device().type)"); \
+	if [ "$$mode" = cpu ]; then flag=--nbval; else flag=--nbval-lax; \
+	  echo "rerun: chapters ran on $$mode; checking asserts only, not outputs"; fi; \
+	echo "$(PYTEST) $$flag $(NBVAL) _build/executed"; $(PYTEST) $$flag $(NBVAL) _build/executed
 
 browser-check: $(VENV)/.stamp-test
 	$(PY) tools/browser_check.py _build/html --screenshots _build/screenshots
