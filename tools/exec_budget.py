@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from export_executed import newest_records
 from jupyter_cache import get_cache
 
 
@@ -23,20 +24,18 @@ def main(argv: list[str]) -> int:
     if not path.exists():
         sys.exit(f"exec budget: no execution cache at {path} (build the book first)")
     budget = float(os.environ.get("DLMATH_CHAPTER_BUDGET_S", "30"))
-    newest: dict[str, tuple] = {}
-    for record in get_cache(str(path)).list_cache_records():
+    newest = {}
+    for uri, record in newest_records(get_cache(str(path))).items():
         seconds = (record.data or {}).get("execution_seconds")
-        if seconds is None:
-            continue
-        if record.uri not in newest or record.created > newest[record.uri][0]:
-            newest[record.uri] = (record.created, seconds)
+        if seconds is not None:
+            newest[uri] = seconds
     over = []
-    for uri, (_, seconds) in sorted(newest.items()):
+    for uri, seconds in sorted(newest.items()):
         flag = "OVER BUDGET" if seconds > budget else "ok"
         print(f"{seconds:7.1f} s  {Path(uri).name}  {flag}")
         if seconds > budget:
             over.append(Path(uri).name)
-    total = sum(s for _, s in newest.values())
+    total = sum(newest.values())
     print(f"exec budget: {len(newest)} chapters, {total:.0f} s in all, budget {budget:.0f} s "
           f"each; {len(over)} over")
     return 1 if over else 0

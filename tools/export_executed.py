@@ -18,15 +18,20 @@ import nbformat
 from jupyter_cache import get_cache
 
 
-def export(cache_path: Path, out: Path) -> list[Path]:
-    """The newest cached run of every notebook, written to ``out`` under its own name."""
+def newest_records(cache) -> dict:
+    """The newest cache record of every notebook, by its path (uri)."""
     newest = {}
-    for record in get_cache(str(cache_path)).list_cache_records():
+    for record in cache.list_cache_records():
         if record.uri not in newest or record.created > newest[record.uri].created:
             newest[record.uri] = record
-    out.mkdir(parents=True, exist_ok=True)
+    return newest
+
+
+def export(cache_path: Path, out: Path) -> list[Path]:
+    """The newest cached run of every notebook, written to ``out`` under its own name."""
     cache, written = get_cache(str(cache_path)), []
-    for uri, record in sorted(newest.items()):
+    out.mkdir(parents=True, exist_ok=True)
+    for uri, record in sorted(newest_records(cache).items()):
         target = out / Path(uri).name
         nbformat.write(cache.get_cache_bundle(record.pk).nb, target)
         written.append(target)
