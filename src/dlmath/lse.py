@@ -33,8 +33,9 @@ __all__ = [
     "lse_lower_bound",
 ]
 
-#: Below this distance of t from 1 the Rényi entropy is evaluated in its Shannon limit (0/0).
-RENYI_SHANNON_BAND = 1e-6
+#: Within this distance of t from 1, :func:`renyi_entropy` sums :math:`p_i(p_i^{t-1}-1)` with
+#: ``expm1`` instead of :math:`p_i^t`, whose sum is :math:`1-O(|t-1|)` and cancels.
+RENYI_NEAR_ONE = 0.5
 
 
 def _prepare(x, name: str, dim: int) -> torch.Tensor:
@@ -110,9 +111,13 @@ def renyi_entropy(p, t: float, dim: int = -1) -> torch.Tensor:
 
     .. math:: H_t(p) = \frac{1}{1-t}\log\sum_i p_i^t
 
-    with its limits: :math:`H_1 = H` (Shannon; used whenever :math:`|t-1|<10^{-6}`, where the
-    ratio is 0/0), :math:`H_0 = \log|\{i : p_i>0\}|` and :math:`H_\infty = -\log\max_i p_i`.
-    :math:`H_t` is non-increasing in :math:`t`.
+    with its limits: :math:`H_1 = H` (Shannon), :math:`H_0 = \log|\{i : p_i>0\}|` and
+    :math:`H_\infty = -\log\max_i p_i`. :math:`H_t` is non-increasing in :math:`t`. Near
+    :math:`t=1` the sum :math:`\sum_i p_i^t = 1 - (t-1)H + \dots` cancels, so there the
+    numerator is computed as
+    :math:`\operatorname{log1p}\big(\sum_i p_i\,\operatorname{expm1}((t-1)\log p_i)\big)`,
+    accurate to a few ulps in any dtype (the plain formula loses :math:`\epsilon/|t-1|`: 0.08
+    nats in float32 at :math:`t = 1+2\cdot10^{-6}`).
     """
     p = check_probability(p, "p", dim=dim)
     t = check_real(t, "t", nonnegative=True, finite=False)
@@ -120,8 +125,12 @@ def renyi_entropy(p, t: float, dim: int = -1) -> torch.Tensor:
         return -torch.log(p.amax(dim=dim))
     if t == 0:
         return torch.log((p > 0).sum(dim=dim).to(p.dtype))
-    if abs(t - 1.0) < RENYI_SHANNON_BAND:
+    if t == 1.0:
         return -torch.special.xlogy(p, p).sum(dim=dim)
+    if abs(t - 1.0) <= RENYI_NEAR_ONE:  # p_i^(t-1) <= p_i^(-1/2): expm1 cannot overflow
+        log_p = torch.log(torch.where(p > 0, p, 1.0))  # p_i = 0 contributes 0 (and no NaN grad)
+        excess = p * torch.expm1((t - 1.0) * log_p)
+        return torch.log1p(excess.sum(dim=dim)) / (1.0 - t)
     return torch.log(torch.pow(p, t).sum(dim=dim)) / (1.0 - t)
 
 
