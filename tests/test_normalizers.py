@@ -629,3 +629,99 @@ def test_loss_takes_targets_as_python_lists():
     torch.testing.assert_close(ce, ref, rtol=1e-14, atol=1e-15)
     with pytest.raises(TypeError, match="target must hold integer class indices"):
         N.entmax_loss(x, [0.0, 2.0])
+
+
+# -- second reading (r05): edge cases that returned NaN or an unclear error ------------------
+
+
+@pytest.mark.parametrize("dtype, alphas", [
+    (torch.float32, (1.0001, 1.001, 1.01, 1.03, 1.045, 1.06)),
+    (F64, (1.0001, 1.001, 1.005, 1.008, 1.02)),
+    (torch.float16, (1.001, 1.02)),
+])
+def test_newton_alpha_near_one_never_nan(dtype, alphas):
+    """As alpha -> 1 the sort-free solver's powers u^(1/beta), u <= 1/beta, overflow (they gave
+    NaN for alpha = 1.01 in float32 and 1.001 in float64); entmax falls back to bisection there.
+    Just above the switch the Newton path itself must stay finite, on short and long rows."""
+    for n in (7, 2048, 5000):
+        x = randn(4, n, seed=50, scale=3.0)
+        x[0, ::3] = -math.inf
+        for alpha in alphas:
+            p = N.entmax(x.to(dtype), alpha)
+            assert p.dtype == dtype and not torch.isnan(p).any(), (alpha, n)
+            ref = N.entmax_bisect(x, alpha, n_iter=200)
+            # float32: p = [beta z - lam]^(1/beta) amplifies rounding by 1/beta near alpha = 1
+            tol = {F64: 1e-12, torch.float32: 1e-6 / (alpha - 1) ** 0.5, torch.float16: 2e-2}[dtype]
+            assert (p.double() - ref).abs().max().item() <= tol, (alpha, n)
+    assert N._newton_overflows(1.01, torch.float32, 7)
+    assert not N._newton_overflows(1.1, torch.float32, 7)
+    assert N._newton_overflows(1.001, F64, 7) and not N._newton_overflows(1.01, F64, 7)
+
+
+def test_taylor_softmax_half_precision_and_large_orders():
+    x = torch.tensor([100.0, 0.0, -3.0])
+    for dtype in (torch.float16, torch.bfloat16):  # 1/20! underflows in half: it gave NaN
+        p = N.taylor_softmax(x.to(dtype), 20)
+        assert p.dtype == dtype and not torch.isnan(p).any()
+        torch.testing.assert_close(p.float(), N.taylor_softmax(x, 20).to(dtype).float())
+    ref = N.taylor_softmax(x.double(), 30)
+    torch.testing.assert_close(N.taylor_softmax(x, 30).double(), ref, atol=1e-6, rtol=0)
+    assert N.taylor_softmax(x.double(), 170).sum().item() == pytest.approx(1.0)
+    for k, dtype in ((34, torch.float32), (172, F64)):  # was OverflowError or NaN
+        with pytest.raises(ValueError, match=f"k = {k} is too large"):
+            N.taylor_softmax(x.to(dtype), k)
+
+
+def test_stop_gradient_loss_takes_any_one_argument_map():
+    x, t = randn(50, 4, seed=51), torch.arange(50) % 4
+    g = _grad(lambda z: N.stop_gradient_loss(z, t, lambda v: torch.softmax(v, -1)), x)
+    torch.testing.assert_close(g, torch.softmax(x, -1) - torch.nn.functional.one_hot(t, 4),
+                               atol=1e-15, rtol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-40, 40), min_size=1, max_size=8),
+       st.sampled_from([1.25, 1.5, 2.0, 3.0]), st.integers(0, 7))
+def test_entmax_threshold_bracket_and_fenchel_young_sign(values, alpha, target):
+    """lambda in [m - 1, m - n^-beta] (m = beta max x; both ends attained: a lone top logit,
+    equal logits), G(lambda) = 1, and the Fenchel-Young loss is >= 0 with equality iff
+    p = e_t. Logits on a 1/4 grid: ties and thresholds landing on a logit are common."""
+    x = torch.tensor(values, dtype=F64) / 4
+    n, beta = len(values), alpha - 1
+    m = beta * x.max().item()
+    lam = N.entmax_bisect_threshold(x, alpha, n_iter=200).item()
+    assert m - 1 - 1e-12 <= lam <= m - n ** -beta + 1e-12
+    assert ((beta * x - lam).clamp_min(0) ** (1 / beta)).sum().item() == pytest.approx(1, abs=1e-9)
+    if (x == x.max()).all():
+        assert lam == pytest.approx(m - n ** -beta, abs=1e-12)
+    t = torch.tensor(target % n)
+    loss = N.entmax_loss(x, t, alpha).item()
+    p = N.entmax_bisect(x, alpha, n_iter=200)
+    assert loss >= -1e-12
+    if p[t] == 1:
+        assert abs(loss) < 1e-12
+    else:
+        assert loss > 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-30, 30), min_size=2, max_size=8), st.integers(0, 7),
+       st.floats(0.0, 1.0), st.floats(0.05, 2.0))
+def test_softmax_and_am_softmax_identities(values, target, margin, tau):
+    """Chapter identities as properties: (1/2)|J|_1 = 1 - |p|^2 for softmax's Jacobian, the
+    bound |grad(-p_t)| <= sqrt(2) p_t (1 - p_t), and the AM-Softmax sandwich
+    log(1 + e^((m - gap)/tau)) <= L <= log(1 + (n - 1) e^((m - gap)/tau))."""
+    x = torch.tensor(values, dtype=F64)
+    n, t = len(values), torch.tensor(target % len(values))
+    p, J = torch.softmax(x, -1), N.softmax_jacobian(x)
+    assert abs(0.5 * J.abs().sum().item() - (1 - (p * p).sum().item())) < 1e-12
+    g = _grad(lambda z: -torch.softmax(z, -1)[t], x)
+    assert g.norm().item() <= math.sqrt(2) * p[t].item() * (1 - p[t].item()) + 1e-15
+    centers = torch.eye(n, dtype=F64)  # cos(z, e_i) = z_i / |z|
+    z = x if x.norm() > 0 else torch.ones(n, dtype=F64)
+    cos = z / z.norm()
+    gap = (cos[t] - torch.cat([cos[:t], cos[t + 1:]]).max()).item()
+    loss = N.am_softmax_loss(z, centers, t, margin=margin, tau=tau).item()
+    a = (margin - gap) / tau
+    low, high = math.log1p(math.exp(a)), math.log1p((n - 1) * math.exp(a))
+    assert low - 1e-12 * (1 + low) <= loss <= high + 1e-12 * (1 + high)

@@ -163,22 +163,38 @@ def taylor_softmax(x, k: int = 2, dim: int = -1) -> torch.Tensor:
     The weights are :func:`dlmath.series.exp_taylor`, evaluated here as
     :math:`f_k(x_i)/s^k` with :math:`s = \max(1, \max_j|x_j|)` so it never overflows.
     Infinite logits of either sign are certain (both :math:`f_k(\pm\infty) = +\infty`).
+    float16/bfloat16 logits are computed in float32; ``k`` must keep :math:`1/k!` a normal
+    number of that dtype (``k <= 32`` in float32, ``k <= 170`` in float64), or the weights
+    could all underflow to 0.
     """
     x = _logits(x, dim)
     k = check_int(k, "k", low=2)
     if k % 2:
         raise ValueError(f"k must be even (odd-order Taylor polynomials of exp take negative "
                          f"values), got {k}")
+    if x.dtype in (torch.float16, torch.bfloat16):  # half logits: compute in float32
+        return taylor_softmax(x.float(), k, -1).to(x.dtype).movedim(-1, dim)
+    if math.lgamma(k + 1) > -math.log(torch.finfo(x.dtype).tiny):
+        raise ValueError(f"k = {k} is too large for {x.dtype}: 1/k! underflows; use k <= "
+                         f"{_max_taylor_order(x.dtype)} or a wider dtype")
     inf = torch.isinf(x)
     xf = torch.where(inf, torch.zeros_like(x), x)
     s = xf.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
     y = xf / s
     w = torch.zeros_like(x)
     for m in range(k, -1, -1):  # sum_m y^m s^(m-k) / m!  (= f_k(x) / s^k), by Horner in y
-        w = w * y + s ** (m - k) / math.factorial(m)
+        w = w * y + s ** (m - k) * math.exp(-math.lgamma(m + 1))
     p = w / w.sum(dim=-1, keepdim=True)
     p = torch.where(inf.any(dim=-1, keepdim=True), _uniform_on(inf, x.dtype), p)
     return p.movedim(-1, dim)
+
+
+def _max_taylor_order(dtype: torch.dtype) -> int:
+    """The largest even k with 1/k! a normal number of ``dtype``."""
+    k = 2
+    while math.lgamma(k + 3) <= -math.log(torch.finfo(dtype).tiny):
+        k += 2
+    return k
 
 
 # ----------------------------------------------------------------------------- top-k softmax
@@ -552,6 +568,19 @@ def _entmax_parts(x: torch.Tensor, alpha: float, method: str, n_iter: int | None
     return p, lam.squeeze(-1)
 
 
+def _newton_overflows(alpha: float, dtype: torch.dtype, n: int) -> bool:
+    r"""Whether the general-alpha Newton solver could overflow for ``n`` logits of ``dtype``.
+
+    It works in units of ``z = x - max``, where the entries above its lower bound
+    :math:`-1/\beta` reach up to :math:`u = 1/\beta`, and it sums ``n`` powers
+    :math:`u^{1/\beta}`: as :math:`\alpha\to1` these overflow (``inf / inf = nan``), from about
+    :math:`\alpha < 1.04` in float32 and :math:`\alpha < 1.007` in float64. Bisection works in
+    units of :math:`\beta z`, where :math:`u \le 1`, and is used there instead."""
+    work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    inv = 1.0 / (alpha - 1.0)
+    return inv * math.log2(inv) + math.log2(max(n, 1)) + 2 >= math.log2(torch.finfo(work).max)
+
+
 def _method(method: str, exact_only: bool = False) -> str:
     check_choice(method, "method", ENTMAX_METHODS if not exact_only else ("newton", "sort"))
     return method
@@ -653,7 +682,10 @@ def entmax(x, alpha: float = 1.5, dim: int = -1, method: str = "newton") -> torc
     :math:`\alpha \in \{1.5, 2\}` the iteration ends with the closed-form root on the support,
     verified (exact). Other :math:`\alpha` stop when the Newton step is below rounding and
     renormalise; on long rows they are solved on the top-K logits, K the most that any row has
-    above the lower bound (the others are exact zeros).
+    above the lower bound (the others are exact zeros). For :math:`\alpha` so close to 1 that
+    the powers :math:`[z - \tau]_+^{1/(\alpha-1)}` could overflow the dtype (about
+    :math:`\alpha < 1.04` in float32/float16/bfloat16, :math:`\alpha < 1.007` in float64),
+    ``"newton"`` falls back to bisection, which works in units where they stay below 1.
     ``"sort"``: exact, :math:`\alpha \in \{1.5, 2\}` only. ``"bisect"``: any :math:`\alpha > 1`
     (same as :func:`entmax_bisect`). Backward: :math:`s = p^{2-\alpha}` on the support.
     """
@@ -665,6 +697,9 @@ def entmax(x, alpha: float = 1.5, dim: int = -1, method: str = "newton") -> torc
     if method == "newton" and alpha > 2:
         raise ValueError(f"method='newton' needs alpha <= 2 (g must be convex), got {alpha}; "
                          "use method='bisect'")
+    if (method == "newton" and alpha not in (1.5, 2.0)
+            and _newton_overflows(alpha, x.dtype, x.shape[-1])):
+        method = "bisect"  # u^(1/beta) would overflow: nan instead of a distribution
     return _Entmax.apply(x, alpha, method, None).movedim(-1, dim)
 
 
@@ -845,10 +880,11 @@ def stop_gradient_loss(x, target, normalizer: Callable = sparsemax, dim: int = -
     Its gradient is exactly :math:`p - e_t` for any map :math:`p`, which is the point; its
     value carries no meaning (it can be negative). (The post's
     :math:`(p - e_t)^\top\operatorname{sg}(x)` has gradient :math:`J_p^\top x` instead.)
-    ``x`` must be finite.
+    ``x`` must be finite. ``normalizer`` is called as ``normalizer(x)`` on the logits with the
+    classes on the last dimension (every map of this module, or any callable of one tensor).
     """
     x = _logits(x, dim)
     check_finite(x, "x")
     t = _target(target, x)
-    p = normalizer(x, dim=-1).detach()
+    p = normalizer(x).detach()
     return ((p - _onehot(t, x)) * x).sum(dim=-1)
