@@ -325,6 +325,10 @@ def test_linf_direction_against_linprog():
     assert torch.equal(phi, expected)
     assert np.array_equal(x, phi.numpy())
     assert torch.equal(mf.lp_sphere_direction(w, g, math.inf), phi)
+    # the frozen coordinate is +0.0 even where w_k < 0 (no "-0.0" in printed output)
+    frozen = mf.linf_sphere_direction(torch.tensor([0.1, -2.0, 0.5], dtype=F64),
+                                      torch.tensor([1.0, 1.0, -1.0], dtype=F64))
+    assert frozen.tolist() == [1.0, 0.0, -1.0] and not bool(torch.signbit(frozen[1]))
 
 
 @pytest.mark.parametrize("signs", [(1, 1), (1, -1, 1), (-1, 1, 1, -1)])
@@ -390,3 +394,36 @@ def test_p_is_refused_for_matrix_norms():
         with pytest.raises(ValueError, match=f"p is only used with norm='lp', got p=3.0 with "
                                              f"norm='{norm}'"):
             mf.steepest_direction(torch.ones(2, 2), norm, p=3.0)
+
+
+def test_sphere_functions_keep_dtype_and_broadcast():
+    w = unit(randn(3, 5, seed=110)).float()
+    g = randn(5, seed=111).float()
+    outs = [mf.sphere_project(w, g), mf.sphere_direction(w, g),
+            mf.sphere_exact_direction(w, g, 0.5), mf.sphere_step(w, g, 0.1),
+            mf.sphere_step(w, g, 0.1, retraction="exact"), mf.linf_sphere_direction(w, g)]
+    for out in outs:
+        assert out.dtype == torch.float32 and out.shape == (3, 5)
+    for i in range(3):
+        assert torch.allclose(outs[3][i], mf.sphere_step(w[i], g, 0.1), atol=1e-6)
+        assert abs(float(outs[3][i].double().norm()) - 1) < 1e-6
+
+
+def test_sphere_direction_is_scale_free():
+    # the direction depends only on the direction of g: tiny and huge gradients included
+    w, g = unit(randn(6, seed=112)), randn(6, seed=113)
+    phi = mf.sphere_direction(w, g)
+    for scale in (1e-160, 1e-300, 1e150):
+        assert torch.allclose(mf.sphere_direction(w, scale * g), phi, rtol=0, atol=1e-14)
+        assert torch.allclose(mf.sphere_step(w, scale * g, 0.3), mf.sphere_step(w, g, 0.3),
+                              rtol=0, atol=1e-14)
+
+
+def test_exact_direction_at_a_critical_point():
+    w = unit(randn(4, seed=114))
+    for g in (torch.zeros(4, dtype=F64), 3.0 * w):
+        assert torch.allclose(mf.sphere_exact_direction(w, g, 0.5), 0.25 * w, atol=1e-15)
+        assert torch.allclose(mf.sphere_step(w, g, 0.5, retraction="exact"), w, atol=1e-15)
+    # eta = 2: the exact step is the antipode, whatever the tangent direction
+    g = randn(4, seed=115)
+    assert torch.allclose(mf.sphere_step(w, g, 2.0, retraction="exact"), -w, atol=1e-15)

@@ -259,3 +259,113 @@ def test_device_and_dtype_are_kept():
     for out in (mup.svc(W), mup.spectral_normalize(W), mup.spectral_update(W, 6, 4),
                 mup.update_direction(W, "muon", rank=2), mup.rms(W), mup.singular_values(W)):
         assert out.dtype == torch.float32 and out.device == W.device
+
+
+def test_table_variances_are_shared_by_every_row():
+    # the theorem's initial variances 1/d_in, 1/d, 1/d^2 hold for every optimizer of the table
+    for opt in mup.OPTIMIZERS:
+        assert [mup.mup_exponents(opt, k)[0] for k in mup.LAYER_KINDS] == [0.0, -1.0, -2.0]
+        assert mup.mup_multipliers(opt, "in", 32, d_in=8)[0] == 1 / 8
+        assert mup.mup_multipliers(opt, "hidden", 32)[0] == 1 / 32
+        assert mup.mup_multipliers(opt, "out", 32)[0] == 32.0 ** -2
+
+
+@pytest.mark.parametrize("param", ["mup", "sp", "spectral"])
+def test_init_mlp_variances(param):
+    d, d_in, d_out = 512, 8, 4
+    ws = mup.init_mlp(d, d_in, d_out, 1, param=param, generator=_gen(7), dtype=F64)
+    expected = {"mup": [1 / d_in, 1 / d, 1 / d**2], "sp": [1 / d_in, 1 / d, 1 / d],
+                "spectral": [mup.spectral_init_std(*s) ** 2
+                             for s in [(d_in, d), (d, d), (d, d_out)]]}[param]
+    for w, var in zip(ws, expected, strict=True):
+        assert float(w.var()) == pytest.approx(var, rel=0.1)
+
+
+def test_gradients_follow_the_backprop_formulas():
+    # the chapter's eq. mup-eq-grads: G_out = Y_K^T delta, dL/dY_K = delta W_out^T,
+    # G_k = Y_{k-1}^T (dL/dY_k * phi'), G_in = X^T dL/dY_0, with delta = (Z - T) / b
+    W, X, T = _problem(24, 6)
+    step = mup.one_step(W, X, T, "sgd", [0.0] * len(W))
+    Y = step["features"]
+    delta = (Y[-1] - T) / BATCH
+    assert torch.allclose(step["grads"][-1], Y[-2].T @ delta, rtol=1e-12, atol=1e-15)
+    back = delta @ W[-1].T
+    for k in range(N_HIDDEN, 0, -1):
+        M = back * (Y[k] > 0)
+        assert torch.allclose(step["grads"][k], Y[k - 1].T @ M, rtol=1e-12, atol=1e-15)
+        back = M @ W[k].T
+    assert torch.allclose(step["grads"][0], X.T @ back, rtol=1e-12, atol=1e-15)
+
+
+def test_one_step_updates_and_loss_change():
+    W, X, T = _problem(32, 4)
+    lrs = [0.3, 0.2, 0.1, 0.05]
+    step = mup.one_step(W, X, T, "muon_adam", lrs)
+    for i, (G, dW, lr) in enumerate(zip(step["grads"], step["updates"], lrs, strict=True)):
+        direction = polar(G) if 0 < i < len(W) - 1 else torch.sign(G)   # Adam at both ends
+        assert torch.allclose(dW, -lr * direction, atol=1e-12)
+    new = [w + dw for w, dw in zip(W, step["updates"], strict=True)]
+    before, after = mup.mlp_features(W, X), mup.mlp_features(new, X)
+    exact = float(mup.mse_loss(after[-1], T) - mup.mse_loss(before[-1], T))
+    assert step["delta_loss"] == pytest.approx(exact, rel=1e-12)
+    for df, a, b in zip(step["delta_features"], before, after, strict=True):
+        assert torch.allclose(df, b - a, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype, value", [(torch.float16, 300.0), (torch.float32, 1e20),
+                                          (torch.float32, 1e-30), (F64, 1e200)])
+def test_rms_neither_overflows_nor_underflows(dtype, value):
+    x = torch.tensor([value, -value, 0.0, 0.0], dtype=dtype)
+    out = mup.rms(x)
+    assert out.dtype == dtype
+    assert float(out) == pytest.approx(value / math.sqrt(2), rel=1e-3)
+    assert float(mup.rms(x.view(2, 2), dim=-1)[0]) == pytest.approx(value, rel=1e-3)
+
+
+def test_rms_edge_values():
+    assert float(mup.rms(torch.tensor([math.inf, 1.0]))) == math.inf
+    assert math.isnan(float(mup.rms(torch.tensor([math.nan, 1.0]))))
+    assert float(mup.rms(torch.tensor(-2.0))) == 2.0
+    x = torch.randn(3, 4, 5, generator=_gen(8), dtype=F64)
+    assert torch.allclose(mup.rms(x, dim=(-2, -1)), x.pow(2).mean((-2, -1)).sqrt(), rtol=1e-14)
+    assert mup.rms(x, dim=1).shape == (3, 5)
+
+
+def test_mse_loss_value_and_bad_input():
+    Z = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=F64)
+    T = torch.zeros(2, 2, dtype=F64)
+    assert float(mup.mse_loss(Z, T)) == pytest.approx((1 + 4 + 9 + 16) / 4)   # 1/(2b) sum
+    with pytest.raises(TypeError, match="Z"):
+        mup.mse_loss(torch.ones(2, 2, dtype=torch.int64), T)
+    with pytest.raises(ValueError, match="T"):
+        mup.mse_loss(Z, torch.ones(2))
+
+
+def test_train_signsgd_matches_a_hand_written_step():
+    W, X, T = _problem(16, 3)
+    lrs = [0.01, 0.002, 0.002, 0.001]
+    losses = mup.train(W, X, T, lrs, steps=1, optimizer="adam")
+    grads = mup.one_step(W, X, T, "sgd", [0.0] * len(W))["grads"]
+    new = [w - lr * torch.sign(G) for w, G, lr in zip(W, grads, lrs, strict=True)]
+    expected = float(mup.mse_loss(mup.mlp_features(new, X)[-1], T))
+    assert float(losses[0]) == pytest.approx(float(mup.mse_loss(mup.mlp_features(W, X)[-1], T)))
+    assert float(losses[1]) == pytest.approx(expected, rel=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 12), m=st.integers(2, 12), r=st.integers(1, 4),
+       seed=st.integers(0, 10_000))
+def test_loss_change_identities_and_norm_order(n, m, r, seed):
+    # <G, U(G)> for the three optimizer models is ||G||_F^2, ||G||_1, ||G||_* (chapter 19), and
+    # ||G||_2 <= ||G||_F <= ||G||_* <= sqrt(rank) ||G||_F
+    g = _gen(seed)
+    G = torch.randn(n, r, generator=g, dtype=F64) @ torch.randn(r, m, generator=g, dtype=F64)
+    norms = mup.matrix_norms(G)
+    for opt, key in NORM_OF.items():
+        inner = float((G * mup.update_direction(G, opt)).sum())
+        assert inner == pytest.approx(norms[key], rel=1e-10)
+    rank = min(n, m, r)
+    tol = 1 + 1e-12
+    assert norms["spectral"] <= norms["fro"] * tol and norms["fro"] <= norms["nuclear"] * tol
+    assert norms["nuclear"] <= math.sqrt(rank) * norms["fro"] * tol
+    assert norms["rms"] == pytest.approx(norms["fro"] / math.sqrt(n * m), rel=1e-12)

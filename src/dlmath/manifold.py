@@ -278,7 +278,7 @@ def linf_sphere_direction(w, g) -> torch.Tensor:
         w.shape[-1], device=w.device).expand_as(order))
     k = tied.sum(-1, keepdim=True)
     psi = torch.where(rank < k // 2, 1.0, torch.where(rank >= k - k // 2, -1.0, 0.0)).to(w.dtype)
-    return torch.where(tied, s * psi, torch.sign(g))
+    return torch.where(tied, s * psi + 0.0, torch.sign(g))  # + 0.0: no -0.0 for s = -1
 
 
 def lp_sphere_direction(w, g, p, *, rtol: float | None = None, return_lambda: bool = False,

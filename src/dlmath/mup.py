@@ -218,11 +218,18 @@ def spectral_update(U, d_in: int, d_out: int, eta: float = 1.0, mode: str = "sn"
 
 def rms(x, dim: int | tuple[int, ...] | None = None) -> torch.Tensor:
     r""":math:`\operatorname{RMS}(x) = \sqrt{\frac1N\sum_i x_i^2}` over ``dim`` (``None``: all
-    entries, so for a matrix :math:`\|W\|_F/\sqrt{d_{in}d_{out}}`). Device and dtype kept."""
+    entries, so for a matrix :math:`\|W\|_F/\sqrt{d_{in}d_{out}}`). Device and dtype kept.
+
+    Computed as :math:`m\sqrt{\frac1N\sum_i(x_i/m)^2}` with :math:`m = \max_i|x_i|`, so the
+    squares neither overflow (float16 entries above 256, float32 above :math:`10^{19}`) nor
+    underflow (float32 entries below :math:`10^{-19}`); zeros give 0, an infinite entry inf, a
+    NaN NaN."""
     x = as_float_tensor(x, "x", min_ndim=0)
     if dim is None:
-        return x.pow(2).mean().sqrt()
-    return x.pow(2).mean(dim=dim).sqrt()
+        x, dim = x.reshape(-1), 0
+    top = x.abs().amax(dim=dim, keepdim=True)
+    scale = torch.where((top > 0) & torch.isfinite(top), top, torch.ones_like(top))
+    return ((x / scale).pow(2).mean(dim=dim, keepdim=True).sqrt() * scale).squeeze(dim)
 
 
 def _range_basis(W: torch.Tensor, rank: int, generator) -> torch.Tensor:
@@ -251,11 +258,11 @@ def singular_values(W, rank: int | None = None, generator: torch.Generator | Non
 
     ``rank=None``: ``torch.linalg.svdvals``. ``rank=k``: for a matrix known to have rank at most
     :math:`k` (a gradient over a batch of :math:`b \le k` rows), the randomized range finder
-    :math:`Q = \operatorname{orth}(W\Omega)`, :math:`\Omega \in \mathbb R^{m	imes k}` Gaussian,
-    then :math:`\operatorname{svdvals}(Q^	op W)`, padded with zeros: exact (with probability 1)
+    :math:`Q = \operatorname{orth}(W\Omega)`, :math:`\Omega \in \mathbb R^{m\times k}` Gaussian,
+    then :math:`\operatorname{svdvals}(Q^\top W)`, padded with zeros: exact (with probability 1)
     when :math:`\operatorname{rank}W \le k`, at cost :math:`O(nmk)` instead of
     :math:`O(nm\min(n,m))`. If the rank is larger, the result underestimates (it is the
-    spectrum of the projection :math:`QQ^	op W`). ``generator`` draws :math:`\Omega` (default:
+    spectrum of the projection :math:`QQ^\top W`). ``generator`` draws :math:`\Omega` (default:
     a fresh generator seeded with 0, so results are deterministic).
     """
     W = check_matrix(W, "W")
@@ -339,6 +346,8 @@ def mse_loss(Z, T) -> torch.Tensor:
     r""":math:`\mathcal L = \frac{1}{2b}\sum_{i=1}^b \|Z_i - T_i\|^2`, the mean over the batch
     (rows) of half the squared error. ``Z`` is ``(..., b, d_out)``, ``T`` broadcasts to it; the
     result has shape ``(...)`` (a scalar for a single model, one loss per model for a stack)."""
+    Z = as_float_tensor(Z, "Z", min_ndim=2)
+    T = as_float_tensor(T, "T", min_ndim=2)
     if Z.shape[-2:] != T.shape[-2:]:
         raise ValueError(f"Z and T must end in the same (b, d_out), got {tuple(Z.shape)} and "
                          f"{tuple(T.shape)}")
