@@ -451,3 +451,79 @@ def test_more_bad_input_names_the_argument():
         with pytest.raises(ValueError, match=r"beta must be in \(0, 1\]"):
             ad.batch_from_beta(beta, 1.0)
     assert ad.batch_from_beta(1.0, 2.0).item() == math.inf   # the documented limit
+
+
+# -- added by the second reading (review r1315) -------------------------------------------
+
+@SETTINGS
+@given(st.floats(0.0, 0.999), st.integers(1, 300))
+def test_ema_weights_give_the_variance_formula_of_the_chapter(beta, t):
+    # the bias-corrected EMA at step t is sum_k w_k x_k; feeding unit impulses reads off w_k,
+    # and sum_k w_k^2 is the factor (1-b)/(1+b) (1-b^(2t))/(1-b^t)^2 of adahess-eq-emavar
+    w = ad.ema(torch.eye(t, dtype=F64), beta)[-1]
+    assert w.sum().item() == pytest.approx(1.0, rel=1e-12)
+    factor = (1 - beta) / (1 + beta) * (1 - beta ** (2 * t)) / (1 - beta ** t) ** 2
+    assert (w * w).sum().item() == pytest.approx(factor, rel=1e-9)
+
+
+def test_softsign_moments_tiny_b_branch_is_the_first_order_expansion():
+    # below SOFTSIGN_TINY the library switches to (erf(a/sqrt 2), 1 - pi b phi(a)); the dip
+    # 1 - E[u^2] must be pi b phi(a) to first order, as the quadrature reference says, and
+    # continue the sinh branch across the switch
+    a = torch.tensor([-2.0, -0.3, 0.0, 0.7, 3.0], dtype=F64)
+    phi_a = torch.exp(-a * a / 2) / math.sqrt(2 * math.pi)
+    for b in (1e-10, 3e-9, 0.99 * ad.SOFTSIGN_TINY):
+        m1, m2 = ad.softsign_moments(a, torch.full_like(a, b))
+        # (1 - m2) carries a rounding error of ~1e-16, i.e. 1e-16 / b after the division
+        torch.testing.assert_close((1 - m2) / b, math.pi * phi_a, rtol=1e-6, atol=3e-16 / b)
+        torch.testing.assert_close(m1, torch.erf(a / math.sqrt(2)), rtol=0, atol=1e-14)
+    _, q2 = ad.softsign_moments(a, torch.full_like(a, 3e-9), method="quad")
+    torch.testing.assert_close((1 - q2) / 3e-9, math.pi * phi_a, rtol=1e-5, atol=1e-7)
+    below = ad.softsign_moments(a, torch.full_like(a, 0.999 * ad.SOFTSIGN_TINY))[1]
+    above = ad.softsign_moments(a, torch.full_like(a, 1.001 * ad.SOFTSIGN_TINY))[1]
+    torch.testing.assert_close((1 - below) / 0.999, (1 - above) / 1.001, rtol=1e-4, atol=0)
+
+
+def test_moments_keep_float32_and_its_accuracy():
+    a = torch.tensor([-1.0, 0.2, 2.5])
+    b = torch.tensor([0.05, 1.0, 4.0])
+    for fn in (ad.clip_moments, ad.softsign_moments, ad.softsign_moments_approx):
+        m32 = fn(a, b)
+        m64 = fn(a.double(), b.double())
+        for x, y in zip(m32, m64, strict=True):
+            assert x.dtype == torch.float32
+            torch.testing.assert_close(x.double(), y, rtol=0, atol=1e-5)
+
+
+def test_adam_moments_with_lr_zero_and_float32():
+    # lr = 0: theta stays, and m, v are the EMAs of the fed gradients (the chapter reads them so)
+    g_seq = torch.randn(20, 3, generator=generator(2, "cpu"))
+    it = iter(g_seq)
+    out = ad.adam_run(lambda th: next(it), torch.ones(3), lr=0.0, steps=20, betas=(0.8, 0.9))
+    assert out["theta"].dtype == torch.float32 and torch.equal(out["theta"], torch.ones(3))
+    torch.testing.assert_close(out["v_hat"], ad.ema(g_seq ** 2, 0.9)[-1])
+    torch.testing.assert_close(out["m"] / (1 - 0.8 ** 20), ad.ema(g_seq, 0.8)[-1])
+
+
+def test_noisy_quadratic_refuses_a_diverging_sgd_and_bad_betas():
+    h, c = torch.tensor([0.5, 10.0]), torch.ones(2)
+    with pytest.raises(ValueError, match=r"lr \* h must be < 2"):
+        ad.noisy_quadratic(h, c, lr=0.2, steps=1, burn_in=0, chains=1)
+    # Adam is scale-free and has no such limit
+    out = ad.noisy_quadratic(h, c, lr=0.2, steps=5, burn_in=0, chains=2, method="adam",
+                             generator=generator(0, "cpu"))
+    assert torch.isfinite(out["var_delta"]).all()
+    with pytest.raises(TypeError, match="betas must be a pair"):
+        ad.noisy_quadratic(h, c, lr=0.01, steps=1, burn_in=0, chains=1, betas=0.9)
+
+
+def test_surge_functions_below_and_at_the_threshold():
+    # D < C <= 2D: the post's C > D holds, yet there is no surge (adameps erratum)
+    C = torch.tensor([1.2, 1.5, 2.0, 2.0 + 1e-9, 3.0], dtype=F64)
+    D = torch.ones(5, dtype=F64)
+    over = ad.surge_overshoot(C, D)
+    peak = ad.surge_peak_beta(C, D)
+    assert over[:3].tolist() == [1.0, 1.0, 1.0] and peak[:3].tolist() == [1.0, 1.0, 1.0]
+    assert over[3].item() == pytest.approx(1.0, abs=1e-12) and peak[3].item() < 1
+    assert over[4].item() == pytest.approx(3 / (2 * math.sqrt(2)), rel=1e-15)
+    assert peak[4].item() == pytest.approx(math.sqrt(0.5), rel=1e-15)

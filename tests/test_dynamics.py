@@ -194,3 +194,35 @@ def test_integrate_reports_a_failed_solve_and_jacobian_wants_one_state():
     with pytest.raises(ValueError, match=r"y must be a single state of shape \(n,\), got "
                                          r"\(2, 4\)"):
         dy.jacobian(field, torch.ones(2, 4, dtype=F64))
+
+
+# -- added by the second reading (review r1315) -------------------------------------------
+
+def test_wedge_value_sign_and_lagrange_identity():
+    y = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64)        # phi = (0.1, 0.2), theta = (0.3, 0.4)
+    W = dy.wedge(y)
+    # A = theta_1 phi_2 - theta_2 phi_1
+    assert W[0, 1].item() == pytest.approx(0.3 * 0.2 - 0.4 * 0.1, abs=1e-16)
+    torch.testing.assert_close(W, -W.T)
+    Y = random_state(4, 3, batch=(10,))
+    phi, theta = dy.split(Y)
+    lagrange = (theta * theta).sum(-1) * (phi * phi).sum(-1) - (theta * phi).sum(-1) ** 2
+    torch.testing.assert_close((dy.wedge(Y) ** 2).sum((-1, -2)) / 2, lagrange)
+
+
+def test_one_centred_penalty_rotation_is_an_exact_solution():
+    # on |theta| = |phi| = c, theta . phi = 0 the WGAN-GP field is the rotation (phi, theta)' =
+    # (-theta, phi), whatever lam and wd = 0
+    for c in (0.25, 1.0, 3.0):
+        y = torch.tensor([c, 0.0, 0.0, c], dtype=F64)
+        f = dy.dirac_gan_field("wgan-gp", lam=0.7, c=c)(y)
+        torch.testing.assert_close(f, torch.tensor([0.0, -c, c, 0.0], dtype=F64), rtol=0,
+                                   atol=1e-15)
+
+
+def test_gda_zero_steps_and_dtype():
+    y0 = torch.tensor([0.3, -0.1], dtype=torch.float32)
+    out = dy.gda(dy.dirac_gan_field("vanilla"), y0, 0.1, 0)
+    assert out.shape == (1, 2) and torch.equal(out[0], y0)
+    out = dy.gda(dy.dirac_gan_field("non-saturating"), y0, 0.1, 7, scheme="alternating", every=3)
+    assert out.shape == (3, 2) and out.dtype == torch.float32

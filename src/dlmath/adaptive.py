@@ -155,7 +155,9 @@ def adam_run(grad_fn: Callable[[torch.Tensor], torch.Tensor], theta0, *, lr: flo
     Returns a dict with the final ``theta``, ``m``, ``v`` (raw EMAs, as torch stores them as
     ``exp_avg`` and ``exp_avg_sq``), ``v_hat`` (bias-corrected) and, with ``record=True``,
     ``"trajectory"`` of shape ``(steps + 1, *theta0.shape)`` starting with ``theta0``.
-    A gradient containing NaN raises ``ValueError`` naming the step.
+    A gradient containing NaN raises ``ValueError`` naming the step. With ``eps=0`` a
+    coordinate whose gradients have all been 0 gets :math:`0/0` = NaN, as in
+    ``torch.optim.Adam``; ``lr=0`` leaves ``theta`` unchanged (useful to read off the moments).
     """
     theta = as_float_tensor(theta0, "theta0").clone()
     check_finite(theta, "theta0")
@@ -218,8 +220,10 @@ def gauss_newton(jac) -> torch.Tensor:
               {\partial\theta}\in\mathbb R^{k\times d}
 
     ``jac`` has shape ``(..., n, k, d)`` (torch's ``jacobian`` convention, outputs before
-    parameters) or ``(..., n, d)`` for a scalar output; the result is ``(..., d, d)``. The blog
-    writes :math:`\mathcal J = \nabla_\theta f` as a :math:`d\times k` matrix, so its
+    parameters) or ``(n, d)`` for a scalar output; the result is ``(..., d, d)``. A 2-D input
+    is always read as ``(n, d)`` and a 3-D or larger one as ``(..., n, k, d)``, so batched
+    scalar-output Jacobians need an explicit ``k = 1`` axis. Empty input raises ``ValueError``.
+    The blog writes :math:`\mathcal J = \nabla_\theta f` as a :math:`d\times k` matrix, so its
     :math:`\mathcal J\mathcal J^\top` is our :math:`J^\top J`.
     """
     jac = as_float_tensor(jac, "jac", min_ndim=2)
@@ -281,7 +285,9 @@ def noisy_quadratic(h, c, *, lr: float, steps: int, burn_in: int, chains: int,
 
     Each step draws one ``(chains, d)`` block of noise from ``generator`` (on its device), so
     results are reproducible. Shapes: ``h`` and ``c`` are ``(d,)``; results are ``(d,)`` in
-    ``dtype``.
+    ``dtype``. ``method="sgd"`` needs ``lr * h < 2`` (otherwise SGD diverges and the moments
+    would be ``inf``/``nan``): a larger step raises ``ValueError``. ``betas`` (Adam only) is a
+    pair in ``[0, 1)``.
     """
     h = as_float_tensor(h, "h").to(dtype)
     c = as_float_tensor(c, "c").to(h)
@@ -297,6 +303,11 @@ def noisy_quadratic(h, c, *, lr: float, steps: int, burn_in: int, chains: int,
     burn_in = check_int(burn_in, "burn_in", low=0)
     chains = check_int(chains, "chains", low=1)
     check_choice(method, "method", ("sgd", "adam"))
+    if method == "sgd" and float((lr * h).max()) >= 2:
+        raise ValueError(f"lr * h must be < 2 for SGD to have a stationary law (it diverges "
+                         f"otherwise); max lr*h = {float((lr * h).max()):.3g}")
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     beta1 = _check_beta(betas[0], "betas[0]")
     beta2 = _check_beta(betas[1], "betas[1]")
     eps = check_real(eps, "eps", nonnegative=True)
@@ -500,7 +511,8 @@ def softsign_moments(a, b, *, method: str = "sinh") -> tuple[torch.Tensor, torch
     integrated by the trapezoid rule over the window :math:`|a+z|\le 12` (where the Gaussian
     tail is below :math:`10^{-32}`, so the rule converges geometrically). For
     :math:`b<10^{-8}` the expansion :math:`(\operatorname{erf}(a/\sqrt2),\ 1-\pi b\varphi(a))`
-    is used (error :math:`O(b^2)`); ``b = 0`` gives the sign function's moments exactly.
+    is used (error :math:`O(b^2\log(1/b))` for the mean and :math:`O(b^2)` for the second
+    moment, below :math:`10^{-14}` there); ``b = 0`` gives the sign function's moments exactly.
     ``method="quad"`` is the slow reference: ``scipy.integrate.quad`` in :math:`x=a+z` with a
     break point at 0, one call per element (float64 numpy under the hood).
 
