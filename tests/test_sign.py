@@ -99,3 +99,34 @@ def test_signsgd_bad_arguments_and_sparse():
     emb(torch.tensor([0])).sum().backward()
     with pytest.raises(TypeError, match="sparse"):
         SignSGD(emb.parameters()).step()
+
+
+def test_signsgd_validates_added_param_groups():
+    opt = SignSGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    for bad, text in ((dict(lr=-1.0), "lr"), (dict(momentum=1.5), "momentum"),
+                      (dict(weight_decay=-0.1), "weight_decay")):
+        with pytest.raises(ValueError, match=text):
+            opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], **bad})
+
+
+def test_closed_form_edge_cases_dtype_and_negative_steps():
+    theta0 = torch.tensor([0.5, -2.0], dtype=torch.float32)
+    out = sign_decay_closed_form(theta0, torch.tensor([1.0, 0.0]), lr=1.0, weight_decay=1.0,
+                                 t=torch.tensor([0, 3]))
+    # t = 0 is theta0 itself (0^0 = 1 at eta * lam = 1); eta * lam = 1 jumps to the fixed point
+    assert out.dtype == torch.float32 and torch.equal(out, torch.tensor([0.5, 0.0]))
+    with pytest.raises(ValueError, match="t must be >= 0"):
+        sign_decay_closed_form(theta0, 1.0, lr=0.1, weight_decay=0.1, t=-1)
+    # a huge t is the fixed point, with no overflow or nan
+    far = sign_decay_closed_form(theta0, 1.0, lr=0.5, weight_decay=0.1, t=1e9)
+    assert torch.equal(far, torch.full((2,), -10.0))
+
+
+def test_momentum_decay_sticks_at_a_subnormal():
+    # chapter 18, outlier-prop-underflow: fl(beta m) never reaches 0 with gradual underflow;
+    # for float32's 0.965 it stops at 14 * 2^-149 (k* = 14, no tie); beta = 3/4 ties at k = 2
+    for beta, k_end in ((0.965, 14), (0.75, 2), (0.9, 4)):
+        m = torch.tensor(1e-40, dtype=torch.float32)
+        for _ in range(5_000):
+            m = m * beta
+        assert m.item() == k_end * 2.0**-149 and torch.sign(m) == 1

@@ -361,3 +361,52 @@ def test_lazy_option_of_a_group_must_be_a_bool():
     p = torch.zeros(3, requires_grad=True)
     with pytest.raises(TypeError, match="lazy must be a bool, got int"):
         Tiger([{"params": [p], "lazy": 1}])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_matrix_lr_is_finite_and_matches_tiger_lr(dtype):
+    # a float16 matrix whose norm (90,000) exceeds float16's 65504: the learning rate must not
+    # overflow to inf (review r1618: the norm was taken in float16 and the step became inf)
+    w = torch.nn.Parameter(torch.full((300, 300), 300.0, dtype=dtype))
+    w0 = w.detach().clone()
+    opt = Tiger([w], lr=1e-3, weight_decay=0.01, fused=False)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    assert torch.isfinite(w).all() and w.dtype == dtype
+    eta = tiger_lr(1e-3, w0)  # float64 reference: 0.3
+    expected = (w0.double() * (1 - eta * 0.01) - eta).to(dtype)
+    assert torch.equal(w.detach(), expected)
+    # a random half matrix: the learning rate agrees with the float64 one to float32 rounding
+    v = torch.nn.Parameter((0.02 * torch.randn(64, 32, generator=torch.Generator().manual_seed(9)))
+                           .to(dtype))
+    from dlmath.optim.tiger import _tiger_etas
+
+    etas = _tiger_etas([v.detach()], 1e-3, "auto")
+    assert etas[0] == pytest.approx(tiger_lr(1e-3, v), rel=1e-6)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_empty_parameters_are_allowed(lazy):
+    # review r1618: an empty matrix made the RMS learning rate divide by zero
+    e, b = torch.nn.Parameter(torch.zeros(0, 5)), torch.nn.Parameter(torch.zeros(0))
+    w = torch.nn.Parameter(torch.ones(2, 2))
+    opt = Tiger([e, b, w], lr=1e-2, weight_decay=0.1, lazy=lazy, fused=False)
+    e.grad, b.grad, w.grad = torch.zeros(0, 5), torch.zeros(0), torch.ones(2, 2)
+    opt.step()
+    assert e.shape == (0, 5) and b.shape == (0,)
+    assert torch.allclose(w.detach(), torch.full((2, 2), (1 - 1e-3) - 1e-2))
+
+
+def test_box_holds_with_the_varying_matrix_learning_rate():
+    # chapter 18, outlier-cor-box: |theta| <= max(|theta_0|, 1/lambda) for any eta_t with
+    # eta_t * lambda <= 1, here Tiger's eta_t = alpha * RMS(theta_{t-1}), sparse gradients
+    gen = torch.Generator().manual_seed(11)
+    table = torch.nn.Parameter(0.02 * torch.randn(32, 4, generator=gen, dtype=torch.float64))
+    opt = Tiger([table], lr=0.3, weight_decay=2.0, kind="matrix", nan_guard=False)
+    bound = max(table.detach().abs().max().item(), 0.5)
+    for _ in range(300):
+        present = torch.rand(32, 1, generator=gen, dtype=torch.float64) < 0.05
+        table.grad = present * torch.randn(32, 4, generator=gen, dtype=torch.float64)
+        opt.step()
+        assert table.detach().abs().max() <= bound * (1 + 1e-15)
+    assert table.detach().abs().max() > 0.45  # the wall 1/lambda = 0.5 is reached

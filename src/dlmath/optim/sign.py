@@ -50,6 +50,13 @@ class SignSGD(torch.optim.Optimizer):
         self.fused = check_fused(fused)
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        check_real(group["lr"], "lr", nonnegative=True)
+        check_real(group["momentum"], "momentum", low=0.0, high=1.0)
+        check_real(group["weight_decay"], "weight_decay", nonnegative=True)
+
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
         """Perform one update; ``closure`` (optional) recomputes and returns the loss."""
@@ -110,8 +117,10 @@ def sign_decay_closed_form(theta0, s, *, lr: float, weight_decay: float, t) -> t
     .. math:: \theta_t = \theta^* + (1-\eta\lambda)^t(\theta_0-\theta^*),
               \qquad \theta^* = -s/\lambda .
 
-    ``theta0``, ``s`` and ``t`` broadcast (``t`` may be a tensor of step counts); needs
-    :math:`0 < \eta\lambda \le 1` (then it is a contraction towards :math:`\theta^*`).
+    ``theta0``, ``s`` and ``t`` broadcast (``t`` may be a tensor of step counts, all
+    :math:`\ge 0`; non-integer ``t`` interpolates); needs :math:`0 < \eta\lambda \le 1` (then
+    it is a contraction towards :math:`\theta^*`). Returns a tensor of the broadcast shape, in
+    ``theta0``'s dtype and on its device.
     """
     theta0 = as_float_tensor(theta0, "theta0", min_ndim=0)
     lr = check_real(lr, "lr", positive=True)
@@ -121,4 +130,6 @@ def sign_decay_closed_form(theta0, s, *, lr: float, weight_decay: float, t) -> t
     star = sign_decay_fixed_point(torch.as_tensor(s, dtype=theta0.dtype,
                                                   device=theta0.device), weight_decay)
     t = torch.as_tensor(t, dtype=theta0.dtype, device=theta0.device)
+    if not bool((t >= 0).all()):
+        raise ValueError("t must be >= 0 (a number of steps)")
     return star + (1.0 - lr * weight_decay) ** t * (theta0 - star)

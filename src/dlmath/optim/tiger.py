@@ -116,7 +116,8 @@ class Tiger(torch.optim.Optimizer):
             groups take the ``foreach`` path. On a micro-step that does not fire (accumulation)
             the compiled kernel rewrites each parameter unchanged.
 
-    State per parameter: ``exp_avg`` (:math:`m`) and ``step`` (micro-steps taken). A parameter
+    State per parameter: ``exp_avg`` (:math:`m`) and ``step`` (micro-steps taken). An empty
+    parameter (a dimension of size 0) is allowed and stays empty. A parameter
     whose ``grad`` is ``None`` is skipped and its counter does not advance, so its accumulation
     cycle resumes where it stopped; give it a zero gradient instead to count the micro-step.
     Sparse gradients raise ``TypeError``.
@@ -222,8 +223,14 @@ def _tiger_etas(ps, alpha, kind):
     etas = [0.5 * alpha] * len(ps)
     for i, p in enumerate(ps):
         if _is_matrix(p, kind):
-            etas[i] = alpha * float(torch.linalg.vector_norm(p)) / math.sqrt(p.numel())
+            # a float16/bfloat16 norm is accumulated and returned in float32: in float16 it
+            # would overflow to inf (and the step to inf/nan) once it passes 65504
+            norm = torch.linalg.vector_norm(p, dtype=torch.float32 if p.dtype in _HALF else None)
+            etas[i] = alpha * float(norm) / math.sqrt(p.numel() or 1)  # an empty one: eta = 0
     return etas
+
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _check_group(group: dict) -> None:
