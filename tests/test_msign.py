@@ -481,3 +481,108 @@ def test_msign_with_several_batch_dimensions_acts_slice_by_slice(shape, gram):
     S = S / S.norm(dim=-1, keepdim=True)        # each slice normalised by its own Frobenius norm
     expected = (U * newton_schulz_map(S, "polar_express", 5).unsqueeze(-2)) @ Vh
     torch.testing.assert_close(X, expected, atol=1e-11, rtol=0)
+
+
+# ---------------------------------------------------------------- added by the second reader
+
+def _max_error(coef, lo, hi, k=20_001):
+    x = torch.linspace(lo, hi, k, dtype=F64)
+    a, b, c = coef
+    return (a * x + b * x**3 + c * x**5 - 1).abs().max().item()
+
+
+def test_optimal_quintic_error_is_monotone_and_continuous_up_to_the_taylor_limit():
+    """The monotonicity fact of the greedy proof, and no jump where the Taylor limit takes over."""
+    rhos = [1e-9, 1e-6, 1e-3, 0.01, 0.1, 0.3, 0.6, 0.9, 0.99, 0.999, 0.9999, 1 - 4e-6, 1 - 6e-6]
+    errs = []
+    for rho in rhos:
+        coef = optimal_quintic(rho, 1.0)
+        E = _max_error(coef, rho, 1.0)
+        # equioscillation: the error at the left end is -E (p(rho) = 1 - E)
+        assert abs(coef[0] * rho + coef[1] * rho**3 + coef[2] * rho**5 - (1 - E)) < 1e-9
+        errs.append(E)
+        if 0.9 <= rho <= 0.9999:  # near 1 the optimum beats the Taylor map (~32x as rho -> 1)
+            assert E < _max_error(TAYLOR[0], rho, 1.0) / 10, rho
+    assert all(e2 <= e1 + 1e-15 for e1, e2 in zip(errs, errs[1:], strict=False)), errs
+    # both sides of the switch at 1 - 5e-6 are the Taylor map to ~1e-5
+    for rho in (1 - 4e-6, 1 - 6e-6):
+        for got, want in zip(optimal_quintic(rho), TAYLOR[0], strict=True):
+            assert abs(got - want) < 1e-4
+
+
+def test_polar_express_without_cushion_is_the_greedy_of_the_theorem():
+    """cushion=0: each step is the plain best quintic, the recentring factor is 1, the next
+    interval is [1 - E_t, 1 + E_t], and the composition's worst error on [l, 1] is E_T."""
+    lower, steps = 0.05, 4
+    coeffs = polar_express_coefficients(steps, lower, cushion=0.0)
+    lo, hi = lower, 1.0
+    for coef in coeffs:
+        best = optimal_quintic(lo, hi)
+        for got, want in zip(coef, best, strict=True):
+            assert abs(got - want) <= 1e-9 * max(1.0, abs(want))
+        E = _max_error(coef, lo, hi)
+        lo, hi = 1 - E, 1 + E
+    x = torch.linspace(lower, 1.0, 100_001, dtype=F64)
+    total = (newton_schulz_map(x, coeffs, steps) - 1).abs().max().item()
+    assert abs(total - E) < 1e-9
+    # the cushioned default only differs in the first steps, where lower < cushion
+    assert polar_express_coefficients(2, 0.05) == coeffs[:2]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_float16_input_is_computed_wider_and_returned_as_float16(exact):
+    M = torch.randn(12, 7, generator=gen(60))
+    X = polar(M.half()) if exact else msign(M.half(), 8, "polar_express")
+    assert X.dtype == torch.float16 and X.shape == M.shape
+    # float32 work, then one rounding to float16 (11-bit mantissa): ~1e-3
+    assert rel(X.double(), polar(M.half().double())) < 2e-3
+
+
+def test_square_non_symmetric_iteration_uses_x_xt_x_not_x_cubed():
+    """On a square, non-symmetric matrix X (X^T X) and X^3 differ: the result must be the
+    scalar map on the singular values (the comment thread of kexue.fm/archives/10592)."""
+    M = torch.randn(20, 20, generator=gen(61), dtype=F64)
+    U, S, Vh = torch.linalg.svd(M)
+    for coefficients in ("jordan", "polar_express"):
+        expected = (U * newton_schulz_map(S / S.norm(), coefficients, 5)) @ Vh
+        torch.testing.assert_close(msign(M, 5, coefficients), expected, atol=1e-12, rtol=0)
+    X = M / M.norm()
+    a, b, c = JORDAN[0]
+    cubed = a * X + b * X @ X @ X + c * X @ X @ X @ X @ X
+    assert rel(msign(M, 1, "jordan"), cubed) > 0.1
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 10), m=st.integers(1, 10), rank=st.integers(1, 10),
+       seed=st.integers(0, 10_000), log_scale=st.floats(-30, 30))
+def test_polar_is_the_partial_isometry_attaining_the_nuclear_norm(n, m, rank, seed, log_scale):
+    """For any shape, rank and scale: Q = polar(M) has Q Q^T Q = Q, rank(Q) = rank(M),
+    Q Q^T M = M, and <M, Q> = ||M||_* (the maximiser of the spectral-norm dual problem)."""
+    r = min(rank, n, m)
+    g = gen(seed)
+    M = (torch.randn(n, r, generator=g, dtype=F64) @ torch.randn(r, m, generator=g, dtype=F64)
+         * 10.0**log_scale)
+    Q = polar(M)
+    s = torch.linalg.svdvals(M)
+    torch.testing.assert_close(Q @ Q.T @ Q, Q, atol=1e-10, rtol=0)
+    assert abs(Q.norm().item() ** 2 - r) < 1e-8
+    scale = s[0]
+    torch.testing.assert_close(Q @ Q.T @ M / scale, M / scale, atol=1e-10, rtol=0)
+    assert abs(((M * Q).sum() - s.sum()) / scale).item() < 1e-10
+
+
+def test_small_helpers_keep_dtype_and_honour_k():
+    # newton_schulz_map keeps float32 / float64 and the shape, scalars included
+    for dtype in (torch.float32, F64):
+        x = torch.tensor([[0.1, 0.5], [0.9, 1.0]], dtype=dtype)
+        y = newton_schulz_map(x, "taylor", 3)
+        assert y.dtype == dtype and y.shape == x.shape
+    assert newton_schulz_map(torch.tensor(0.5, dtype=F64), "jordan", 1).ndim == 0
+    # k quantiles of the MP law: k values, ascending, unit Euclidean norm, inside the MP support
+    s = marchenko_pastur_singular_values(300, 100, k=7)
+    assert s.shape == (7,) and torch.all(s[1:] > s[:-1]) and abs(s.norm().item() - 1) < 1e-12
+    q = 100 / 300
+    ratio = s[-1] / s[0]  # bounded by the support's edge ratio (1 + sqrt q) / (1 - sqrt q)
+    assert ratio < (1 + math.sqrt(q)) / (1 - math.sqrt(q))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        marchenko_pastur_singular_values(3, 3, k=0)

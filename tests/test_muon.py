@@ -122,6 +122,10 @@ def test_lr_ratio():
         Q = polar(torch.randn(*shape, generator=gen(4), dtype=torch.float64))
         rms = Q.norm() / math.sqrt(Q.numel())
         assert abs(lr_ratio("match_rms_adamw", shape) * rms.item() - 0.2) < 1e-12
+    assert lr_ratio("original", torch.Size([512, 128])) == 2.0
+    for bad in ((5,), (0, 3), (2.0, 3), (True, 3)):
+        with pytest.raises(ValueError, match="shape must end in two positive int sizes"):
+            lr_ratio(None, bad)
 
 
 def test_momentum_zero_is_plain_msign_step():
@@ -278,3 +282,23 @@ def test_integer_parameters_are_refused():
     with pytest.raises(TypeError, match="Muon needs floating parameters; parameter 1 has "
                                         "dtype torch.int64"):
         Muon([torch.zeros(2, 2), torch.zeros(2, 3, dtype=torch.long)])
+
+
+def test_group_overriding_ns_steps_runs_the_schedules_own_later_steps():
+    # a per-step schedule resolved for 5 steps must not repeat its 5th triple when a group
+    # asks for 8 steps: the group gets exactly msign(G, 8, "polar_express")
+    G = torch.randn(10, 16, generator=gen(50), dtype=torch.float64)
+    W = torch.randn(10, 16, generator=gen(51), dtype=torch.float64)
+    p = W.clone().requires_grad_()
+    opt = Muon([{"params": [p], "ns_steps": 8}], lr=0.1, momentum=0.0, nesterov=False,
+               weight_decay=0.0, adjust_lr=None, coefficients="polar_express")
+    assert opt.defaults["ns_steps"] == 5 and len(opt.defaults["coefficients"]) == 8
+    p.grad = G.clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), W - 0.1 * msign(G, 8, "polar_express"),
+                               atol=1e-14, rtol=0)
+    # and 8 Polar Express steps are msign to rounding here, unlike 5 steps with a repeated 5th
+    torch.testing.assert_close(p.detach(), W - 0.1 * polar(G), atol=1e-12, rtol=0)
+    # a schedule given as a list keeps all its triples too
+    seq = [(3.0, -3.2, 1.2), (2.0, -1.5, 0.5), (1.875, -1.25, 0.375)]
+    assert Muon([p], coefficients=seq, ns_steps=2).defaults["coefficients"] == tuple(seq)

@@ -140,8 +140,11 @@ def polar_express_coefficients(steps: int = PE_STEPS, lower: float = PE_LOWER,
     ends are equal, and move to :math:`\ell_{t+1} = p_t(\ell_t)`, :math:`u_{t+1} = 2 - \ell_{t+1}`.
 
     Returns the raw coefficients, *before* the safety factor (:func:`with_safety`), which is
-    how the paper and the post print them. Greedy choice is optimal for the composition (the
-    chapter's theorem); as the interval shrinks the steps tend to :math:`(15/8, -10/8, 3/8)`.
+    how the paper and the post print them. With ``cushion=0`` the recentring factor is 1 and
+    this is the pure greedy schedule, which is optimal for the composition on
+    :math:`[\ell, 1]` (chapter 08's theorem); a positive cushion gives up a little of that
+    optimality in the first steps so that no singular value is sent close to 0. As the
+    interval shrinks the steps tend to :math:`(15/8, -10/8, 3/8)`.
     """
     steps = check_int(steps, "steps", low=1)
     lower = check_real(lower, "lower", positive=True, high=1.0)
@@ -209,19 +212,22 @@ def ns_schedule(coefficients="jordan", steps: int = 5) -> tuple[Triple, ...]:
     its first 7 steps.
     """
     steps = check_int(steps, "steps", low=1)
+    sched = _schedule_table(coefficients)
+    return tuple(sched[min(t, len(sched) - 1)] for t in range(steps))
+
+
+def _schedule_table(coefficients) -> tuple[Triple, ...]:
+    """The whole table behind a schedule name or a sequence of triples (before repetition)."""
     if isinstance(coefficients, str):
         table = {"jordan": JORDAN, "taylor": TAYLOR, "you_jiacheng": YOU_JIACHENG,
                  "su_6step": SU_6STEP}
         if coefficients == "polar_express":
-            sched = _polar_express_published()
-        elif coefficients in table:
-            sched = table[coefficients]
-        else:
-            raise ValueError(f"coefficients must be one of {list(SCHEDULES)} or a sequence of "
-                             f"(a, b, c) triples, got {coefficients!r}")
-    else:
-        sched = _as_triples(coefficients)
-    return tuple(sched[min(t, len(sched) - 1)] for t in range(steps))
+            return _polar_express_published()
+        if coefficients in table:
+            return table[coefficients]
+        raise ValueError(f"coefficients must be one of {list(SCHEDULES)} or a sequence of "
+                         f"(a, b, c) triples, got {coefficients!r}")
+    return _as_triples(coefficients)
 
 
 def newton_schulz_map(x, coefficients="jordan", steps: int = 5) -> torch.Tensor:

@@ -35,7 +35,7 @@ import math
 import torch
 
 from .._checks import check_choice, check_int, check_real
-from ..msign import msign, ns_schedule
+from ..msign import _schedule_table, msign, ns_schedule
 
 __all__ = ["Muon", "lr_ratio"]
 
@@ -46,9 +46,15 @@ def lr_ratio(adjust_lr: str | None, shape) -> float:
     r"""Learning-rate factor :math:`s(n, m)` for a parameter of shape ``(n, m)``.
 
     ``None`` -> 1; ``"original"`` -> :math:`\sqrt{\max(1, n/m)}`; ``"match_rms_adamw"`` ->
-    :math:`0.2\sqrt{\max(n, m)}` (the Moonlight rule derived in chapter 09).
+    :math:`0.2\sqrt{\max(n, m)}` (the Moonlight rule derived in chapter 09). ``shape`` is a
+    ``torch.Size`` or a tuple of ints whose last two entries are :math:`(n, m)`; anything else
+    raises ``ValueError``.
     """
     check_choice(adjust_lr, "adjust_lr", ADJUST_LR)
+    shape = tuple(shape)
+    if len(shape) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
+                             for d in shape[-2:]):
+        raise ValueError(f"shape must end in two positive int sizes (n, m), got {shape!r}")
     n, m = shape[-2], shape[-1]
     if adjust_lr == "original":
         return math.sqrt(max(1.0, n / m))
@@ -70,7 +76,10 @@ class Muon(torch.optim.Optimizer):
         momentum: :math:`\beta \in [0, 1)` (default ``0.95``).
         nesterov: use :math:`(1-\beta) G_t + \beta B_t` (default ``True``).
         coefficients, ns_steps: Newton–Schulz schedule, as in :func:`dlmath.msign.msign`
-            (default Jordan's quintic, 5 steps, as ``torch.optim.Muon``).
+            (default Jordan's quintic, 5 steps, as ``torch.optim.Muon``). The group default
+            ``"coefficients"`` holds the resolved table of triples, at least ``ns_steps`` long,
+            so a parameter group may override ``ns_steps`` alone (for a per-step schedule such
+            as ``"polar_express"`` it then runs that schedule's own later steps).
         adjust_lr: ``None``, ``"original"`` (default, like ``torch.optim.Muon`` whose ``None``
             means ``"original"``) or ``"match_rms_adamw"``.
         spectral_decay: :math:`\mu \ge 0`, the coefficient of spectral weight decay (0: off).
@@ -102,7 +111,10 @@ class Muon(torch.optim.Optimizer):
             weight_decay=check_real(weight_decay, "weight_decay", nonnegative=True),
             momentum=check_real(momentum, "momentum", low=0.0, high=1.0),
             nesterov=bool(nesterov),
-            coefficients=ns_schedule(coefficients, check_int(ns_steps, "ns_steps", low=1)),
+            # the whole table, at least ns_steps long: a parameter group that changes only
+            # ns_steps then gets the same steps as msign(..., steps=ns_steps, coefficients)
+            coefficients=ns_schedule(coefficients, max(check_int(ns_steps, "ns_steps", low=1),
+                                                       len(_schedule_table(coefficients)))),
             ns_steps=ns_steps,
             adjust_lr=check_choice(adjust_lr, "adjust_lr", ADJUST_LR),
             spectral_decay=check_real(spectral_decay, "spectral_decay", nonnegative=True),
