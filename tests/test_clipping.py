@@ -228,6 +228,25 @@ def test_decrease_clipped_lr(ug, lr, T):
         assert eta == lr
 
 
+def test_decrease_clipped_lr_sgd_factor_edge_cases_and_dtype():
+    """For SGD (u.g = |g|^2) the rate is eta min(1, T/|g|^2), so the step eta_t |g| falls like
+    eta T/|g|; +inf gives 0, -inf leaves eta, NaN raises; shape, dtype and device are kept."""
+    g2 = torch.tensor([0.0, 0.25, 0.5, 4.0, 100.0], dtype=F64)
+    eta = cl.decrease_clipped_lr(0.1, g2, 0.5)
+    torch.testing.assert_close(eta, 0.1 * torch.clamp(0.5 / g2, max=1.0), rtol=1e-15, atol=0)
+    torch.testing.assert_close(eta[-1] * g2[-1].sqrt(), torch.tensor(0.1 * 0.5 / 10, dtype=F64),
+                               rtol=1e-15, atol=0)
+    edge = cl.decrease_clipped_lr(0.1, torch.tensor([math.inf, -math.inf]), 0.5)
+    assert edge.tolist() == [0.0, pytest.approx(0.1)]
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        out = cl.decrease_clipped_lr(0.1, torch.ones(2, 3, dtype=dtype), 0.5)
+        assert out.dtype == dtype and out.shape == (2, 3)
+    with pytest.raises(ValueError, match="predicted_decrease contains NaN"):
+        cl.decrease_clipped_lr(0.1, torch.tensor([math.nan]), 0.5)
+    with pytest.raises(ValueError, match="threshold"):
+        cl.decrease_clipped_lr(0.1, torch.ones(1), 0.0)
+
+
 def test_a_single_tensor_counts_as_a_list_of_one_and_eta_must_be_at_most_1d():
     g = torch.tensor([[3.0, 0.0], [0.0, -4.0]])
     assert cl.global_grad_norm(g).item() == pytest.approx(5.0, rel=1e-7)   # sqrt(9 + 16)

@@ -111,6 +111,29 @@ def test_projection_edge_cases():
         assert y.dtype == torch.float32 and y.shape == (4, 3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
+def test_ball_projection_of_huge_and_tiny_offsets(dtype):
+    """The squares of 1e30 overflow float32 (and 1e4 overflows float16): the projection must
+    still land on the sphere, in the right direction; offsets whose squares underflow must
+    still be projected onto a smaller sphere or the centre; inside points are returned as is."""
+    big = 1e30 if dtype in (torch.float32, F64, torch.bfloat16) else 1e4
+    v = torch.tensor([[big, big], [big, -2 * big], [3.0, 4.0]], dtype=dtype)
+    p = C.project_ball(v, 1.0)
+    ref = C.project_ball(v.double() / big, 1.0) if big > 1 else None
+    assert p.dtype == dtype and torch.isfinite(p).all()
+    torch.testing.assert_close(p[:2].double(), ref[:2], rtol=1e-2 if dtype in (
+        torch.float16, torch.bfloat16) else 1e-6, atol=0)
+    torch.testing.assert_close(p[2].double(), torch.tensor([0.6, 0.8], dtype=F64),
+                               rtol=1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-6,
+                               atol=0)
+    tiny = torch.tensor([1e-30, -1e-30], dtype=F64 if dtype == F64 else torch.float32)
+    assert torch.equal(C.project_ball(tiny, 0.0), torch.zeros_like(tiny))
+    half = C.project_ball(tiny, 1e-30)
+    torch.testing.assert_close(half, tiny / math.sqrt(2), rtol=1e-6, atol=0)
+    inside = torch.tensor([0.1, -0.2], dtype=dtype)
+    assert torch.equal(C.project_ball(inside, 1.0, center=torch.tensor([0.3, 0.0])), inside)
+
+
 def test_projection_bad_input():
     with pytest.raises(ValueError, match="v must be finite"):
         C.project_ball(torch.tensor([math.inf, 0.0]))
@@ -341,21 +364,62 @@ def test_pathwise_identity_and_weighted_sum_bound(seed, T, d):
 
 
 @SETTINGS
-@given(T=st.integers(1, 30), alpha=st.floats(0.01, 3.0), theta1=st.floats(-5, 5))
-def test_bounds_are_attained_by_a_linear_loss(T, alpha, theta1):
-    """L(x, theta) = theta (g = 1 always): comparing with phi = theta_{T+1} turns every
-    inequality of the pathwise bound into an equality, so the constants cannot be smaller."""
+@given(T=st.integers(1, 30), alpha=st.floats(0.01, 3.0), theta1=st.floats(-5, 5),
+       G=st.sampled_from([1.0, 0.3, 2.5]))
+def test_bounds_are_attained_by_a_linear_loss(T, alpha, theta1, G):
+    """L(x, theta) = G theta (|g| = G always): comparing with phi = theta_{T+1} turns every
+    inequality of the pathwise bound into an equality, so the constants cannot be smaller.
+    G != 1 tells G from G^2."""
     etas = C.lr_schedule("inv_sqrt", T, alpha)
-    thetas = theta1 - torch.cat([torch.zeros(1, dtype=F64), torch.cumsum(etas, 0)])
+    thetas = theta1 - G * torch.cat([torch.zeros(1, dtype=F64), torch.cumsum(etas, 0)])
     phi = thetas[-1]
-    lhs = (etas * (thetas[:-1] - phi)).sum()
+    lhs = (etas * G * (thetas[:-1] - phi)).sum()
     dist0 = abs(theta1 - phi.item())
-    assert torch.allclose(lhs, C.weighted_average_bound(dist0, 1.0, etas) * etas.sum(),
+    assert torch.allclose(lhs, C.weighted_average_bound(dist0, G, etas) * etas.sum(),
                           rtol=1e-12)
     const = C.lr_schedule("constant", T, alpha)
-    thetas = theta1 - alpha * torch.arange(T + 1, dtype=F64)
-    gap = (thetas[:-1] - thetas[-1]).mean()
-    assert torch.allclose(gap, C.unbounded_average_bound(alpha * T, 1.0, const), rtol=1e-12)
+    thetas = theta1 - G * alpha * torch.arange(T + 1, dtype=F64)
+    gap = G * (thetas[:-1] - thetas[-1]).mean()
+    assert torch.allclose(gap, C.unbounded_average_bound(G * alpha * T, G, const), rtol=1e-12)
+
+
+@pytest.mark.parametrize("G", [0.4, 1.0, 3.0])
+@pytest.mark.parametrize("T", [1, 2, 9, 250])
+def test_average_loss_bound_is_attained_by_a_walk_across_the_interval(G, T):
+    """Theta = [-1, 1] (D = 2), l_t(theta) = G theta, theta_1 = 1, u = -1, eta = 2/(G T): the
+    iterate walks to u without touching the boundary, and regret = bound = G (1 + 1/T) for
+    the theorem and for the bound for any schedule."""
+    etas = C.lr_schedule("constant", T, 2 / (G * T))
+    batches = torch.zeros(T, 1, dtype=F64)
+    tr = C.sgd_run(lambda th, x: G * th.sum(-1), torch.ones(1, dtype=F64), etas, batches,
+                   project=lambda z: z.clamp(-1.0, 1.0))
+    reg = C.regret(tr.losses, torch.full((T,), -G, dtype=F64)).item()
+    assert math.isclose(reg, G * (1 + 1 / T), rel_tol=1e-12)
+    assert math.isclose(C.average_loss_bound(2.0, G, etas).item(), reg, rel_tol=1e-12)
+    assert math.isclose(C.average_loss_bound_any(2.0, G, etas).item(), reg, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize(("D", "G"), [(4.0, 1.0), (3.0, 2.5), (0.5, 0.2)])
+def test_average_loss_bound_closed_forms_for_any_constants(D, G):
+    """Tuned constant rate: DG/sqrt(T) exactly; alpha/sqrt(t) with alpha* = D/(sqrt2 G): the
+    theorem's right side with the exact sum, below sqrt2 DG/sqrt(T); unbounded and weighted
+    forms against their formulas with G != 1 (which a G written for G^2 would fail)."""
+    for T in (1, 5, 400):
+        tuned = C.lr_schedule("constant", T, D / (G * math.sqrt(T)))
+        assert math.isclose(C.average_loss_bound(D, G, tuned).item(), D * G / math.sqrt(T),
+                            rel_tol=1e-13)
+        a = D / (math.sqrt(2) * G)
+        etas = C.lr_schedule("inv_sqrt", T, a)
+        S = C.power_sums(T, 0.5)[-1].item()
+        exact = D**2 / (2 * a * math.sqrt(T)) + G**2 * a * S / (2 * T)
+        assert math.isclose(C.average_loss_bound(D, G, etas).item(), exact, rel_tol=1e-13)
+        assert exact <= math.sqrt(2) * D * G / math.sqrt(T) * (1 + 1e-14)
+        H = C.harmonic(T).item()
+        assert math.isclose(C.unbounded_average_bound(D, G, etas).item(),
+                            D**2 / (2 * a * math.sqrt(T)) + G**2 * a * H / (2 * math.sqrt(T)),
+                            rel_tol=1e-12)
+        assert math.isclose(C.weighted_average_bound(D, G, etas).item(),
+                            (D**2 + G**2 * a**2 * H) / (2 * a * S), rel_tol=1e-12)
 
 
 @SETTINGS

@@ -60,16 +60,21 @@ def project_ball(v, radius: float = 1.0, center=None) -> torch.Tensor:
     .. math:: \Pi(v) = c + (v-c)\,\min\Big(1, \frac{r}{\|v-c\|_2}\Big)
 
     ``v``: ``(..., d)``; ``center`` (default 0) broadcasts against ``v``; ``radius >= 0``
-    (``radius = 0`` projects everything onto the centre). Returns ``(..., d)``.
+    (``radius = 0`` projects everything onto the centre). Returns ``(..., d)``. The offset
+    :math:`v-c` is divided by its largest entry before its norm is taken, so huge offsets
+    (whose squares overflow) and tiny ones (whose squares underflow) are projected correctly.
     """
     v = _points(v)
     r = check_real(radius, "radius", nonnegative=True)
     c = torch.zeros((), dtype=v.dtype, device=v.device) if center is None else \
         check_finite(as_float_tensor(center, "center", min_ndim=0), "center").to(v)
     w = v - c
-    norm = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
-    scale = torch.where(norm > r, r / norm.clamp_min(torch.finfo(v.dtype).tiny), 1.0)
-    return c + w * scale
+    top = w.abs().amax(dim=-1, keepdim=True)
+    unit = w / torch.where(top > 0, top, torch.ones_like(top))   # entries in [-1, 1]
+    nu = torch.linalg.vector_norm(unit, dim=-1, keepdim=True)    # in [1, sqrt(d)], or 0
+    outside = top * nu > r                                      # ||w|| > r (inf > r is right)
+    on_sphere = unit * (r / nu.clamp_min(1.0))                   # nu >= 1 wherever outside
+    return torch.where(outside, c + on_sphere, v)                # inside: v itself
 
 
 def project_box(v, lo, hi) -> torch.Tensor:

@@ -200,7 +200,9 @@ def decrease_clipped_lr(lr: float, predicted_decrease, threshold: float) -> torc
 
     ``predicted_decrease`` is :math:`u\cdot g` (a tensor, any shape); the result has its
     shape, dtype and device. For SGD (:math:`u=g`) the factor is
-    :math:`\mathcal T/\|g\|^2`, not the :math:`\tau/\|g\|` of norm clipping.
+    :math:`\mathcal T/\|g\|^2`, not the :math:`\tau/\|g\|` of norm clipping. Edge cases:
+    :math:`u\cdot g = +\infty` gives the rate 0 (the limit of the formula),
+    :math:`u\cdot g = -\infty` the rate :math:`\eta`; NaN raises ``ValueError``.
     """
     ug = as_float_tensor(predicted_decrease, "predicted_decrease", min_ndim=0)
     check_no_nan(ug, "predicted_decrease")
