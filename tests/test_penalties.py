@@ -180,3 +180,102 @@ def test_more_bad_input_names_the_argument():
             P.penalty_terms(x, bad, bs, "tanh", lambda h: h.sum())
     with pytest.raises(TypeError, match="f must be a callable mapping the network output"):
         P.penalty_terms(x, Ws, bs, "tanh", 1.0)
+
+
+def _reference_sides(x, Ws, bs, acts, f, ord):
+    """Both sides of the inequality from autograd and torch.linalg alone (no 0/0 handling)."""
+    xr = x.clone().requires_grad_(True)
+    Wr = [W.clone().requires_grad_(True) for W in Ws]
+    br = [b.clone().requires_grad_(True) for b in bs]
+
+    def layers(u, upto):
+        h = u
+        for W, b, a in list(zip(Wr, br, acts, strict=True))[:upto]:
+            h = P.ACTIVATIONS[a](W.detach() @ h + b.detach())
+        return h
+
+    hs = [xr]
+    for W, b, a in zip(Wr, br, acts, strict=True):
+        hs.append(P.ACTIVATIONS[a](W @ hs[-1] + b))
+    grads = torch.autograd.grad(f(hs[-1]), [xr, *Wr, *br])
+    depth = len(Ws)
+    gx = grads[0]
+    rhs = sum(g.pow(2).sum() for g in grads[1:])
+    lhs = 0.0
+    for t in range(depth):
+        J = torch.autograd.functional.jacobian(lambda u, t=t: layers(u, t), x)
+        den = torch.linalg.matrix_norm(Ws[t], ord) ** 2 * torch.linalg.matrix_norm(J, ord) ** 2
+        lhs = lhs + gx.pow(2).sum() * (1 + hs[t].detach().pow(2).sum()) / den
+    return lhs, rhs
+
+
+@SETTINGS
+@given(networks(), st.sampled_from(["spectral", "fro"]))
+def test_both_sides_match_an_independent_computation(net, norm):
+    x, Ws, bs, acts, f = net
+    acts = ["tanh" if a == "relu" else a for a in acts]  # no dead layers: no 0/0 terms
+    T = P.penalty_terms(x, Ws, bs, acts, f, norm=norm)
+    lhs, rhs = _reference_sides(x, Ws, bs, acts, f, 2 if norm == "spectral" else "fro")
+    assert torch.isclose(T.rhs, rhs, rtol=1e-12, atol=1e-300)
+    if torch.isfinite(lhs):
+        assert torch.isclose(T.lhs, lhs, rtol=1e-10, atol=1e-300)
+
+
+def test_random_mlp_uses_fan_in_variance():
+    Ws, bs = P.random_mlp([400, 100, 50], generator=_gen(3), scale=2.0, bias_scale=0.3)
+    for W in Ws:
+        n = W.shape[1]
+        assert abs(W.var().item() * n / 4.0 - 1) < 0.05  # N(0, s^2 / fan_in)
+    assert abs(torch.cat(bs).std().item() / 0.3 - 1) < 0.15
+    with pytest.raises(TypeError, match="dtype must be a floating"):
+        P.random_mlp([3, 2], generator=_gen(0), dtype=torch.int64)
+
+
+def test_terms_survive_extreme_weight_scales():
+    # a 2-layer linear net: scaling both weights by s leaves the layer-2 bias term unchanged
+    # (s^4 / (s^2 s^2)); with squares formed first it underflowed to 0/0 := 0 at s = 1e-100
+    g = _gen(4)
+    Ws, bs = P.random_mlp([5, 6, 4], generator=g)
+    bs = [torch.zeros_like(b) for b in bs]
+    x = torch.randn(5, generator=g, dtype=F64)
+    u = torch.randn(4, generator=g, dtype=F64)
+    ref = P.penalty_terms(x, Ws, bs, "identity", lambda h: h @ u)
+    for s in (1e-100, 1e-150, 1e100):
+        T = P.penalty_terms(x, [s * W for W in Ws], bs, "identity", lambda h: h @ u)
+        assert torch.isclose(T.bias_terms[1], ref.bias_terms[1], rtol=1e-12, atol=0)
+        assert torch.isclose(T.bias_grad_sq[1], ref.bias_grad_sq[1], rtol=1e-12, atol=0)
+        assert T.ratio <= 1 + 1e-12
+
+
+def test_dtypes_are_promoted_and_kept():
+    g = _gen(5)
+    Ws, bs = P.random_mlp([3, 4, 2], generator=g)
+    x = torch.randn(3, generator=g, dtype=F64)
+
+    def f(h):
+        return torch.sin(h).sum()
+
+    ref = P.penalty_terms(x, Ws, bs, "tanh", f)
+    mixed = P.penalty_terms(x.float(), Ws, bs, "tanh", f)  # float32 input, float64 weights
+    assert mixed.lhs.dtype == F64
+    assert torch.isclose(mixed.lhs, ref.lhs, rtol=1e-6) and torch.isclose(mixed.rhs, ref.rhs,
+                                                                           rtol=1e-6)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        T = P.penalty_terms(x.to(dtype), [W.to(dtype) for W in Ws], [b.to(dtype) for b in bs],
+                            "tanh", f)
+        assert T.lhs.dtype == T.weight_norms.dtype == dtype
+        tol = 30 * torch.finfo(dtype).eps
+        assert abs(T.lhs.double() / ref.lhs - 1) < tol and abs(T.rhs.double() / ref.rhs - 1) < tol
+    hs, _ = P.mlp_forward(x.float(), Ws, bs, "tanh")
+    assert hs[-1].dtype == F64
+
+
+def test_f_without_gradient_and_nonfinite_f():
+    Ws, bs = P.random_mlp([3, 4, 2], generator=_gen(6))
+    x = torch.ones(3, dtype=F64)
+    T = P.penalty_terms(x, Ws, bs, "tanh", lambda h: torch.tensor(2.0, dtype=F64))
+    assert T.input_grad_sq.item() == 0.0 and T.rhs.item() == 0.0 and T.ratio.item() == 0.0
+    with pytest.raises(ValueError, match="f must be finite"):
+        P.penalty_terms(x, Ws, bs, "tanh", lambda h: h.sum() * float("nan"))
+    with pytest.raises(ValueError, match="gradients of f must be finite"):
+        P.penalty_terms(x, Ws, bs, "tanh", lambda h: (0 * h.sum()).sqrt())

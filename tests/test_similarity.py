@@ -230,3 +230,94 @@ def test_more_bad_input_names_the_argument():
         S.global_from_blocks(torch.ones(2), torch.ones(3), torch.zeros(2))
     with pytest.raises(ValueError, match=r"x and y must be 1-D, got shape \(2, 3\)"):
         S.simpson_blocks(torch.ones(2, 3), torch.ones(2, 3), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("n", [2, 3, 6, 7, 9, 11])
+def test_pearson_of_any_constant_is_exactly_zero(dtype, n):
+    # 0.1 and 0.3 are not binary fractions: centring by the plain mean left ~1e-17 residues,
+    # whose cosine with y was ~1e-16 instead of the documented 0
+    y = torch.arange(n, dtype=dtype) ** 2
+    for value in (0.1, 0.3, -7.7, 1e300 if dtype == F64 else 1e30):
+        assert S.pearson(torch.full((n,), value, dtype=dtype), y).item() == 0.0
+        assert S.pearson(y, torch.full((n,), value, dtype=dtype)).item() == 0.0
+
+
+def test_pearson_and_simpson_near_the_largest_float():
+    # the plain mean of entries ~1e308 overflows to inf; pearson used to return 0.0 silently
+    x = torch.tensor([1.0, 1.5, -1.0, 0.25], dtype=F64)
+    y = torch.tensor([1.0, 2.0, 0.0, 3.0], dtype=F64)
+    ref = np.corrcoef(x.numpy(), y.numpy())[0, 1]
+    for scale in (1e308, 1e-300):  # (subnormal scales would round x itself)
+        assert abs(S.pearson(x * scale, y).item() - ref) < 1e-12
+        assert abs(S.pearson(x * scale, y * (scale / 4)).item() - ref) < 1e-12
+    groups = torch.tensor([0, 0, 1, 1])
+    a, b, c = S.simpson_blocks(x, y, groups)
+    a_big, b_big, c_big = S.simpson_blocks(x * 1e308, y, groups)
+    torch.testing.assert_close(c_big, c, rtol=0, atol=1e-14)
+    torch.testing.assert_close(b_big, b, rtol=1e-14, atol=0)
+    torch.testing.assert_close(a_big / 1e308, a, rtol=1e-14, atol=0)
+    assert abs(S.global_from_blocks(a_big, b_big, c_big).item() - ref) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_low_precision_keeps_dtype_and_is_accurate(dtype):
+    g = _gen(11)
+    x, y = torch.randn(4, 9, generator=g, dtype=F64), torch.randn(4, 9, generator=g, dtype=F64)
+    ref = S.cosine(x, y)
+    ours = S.cosine(x.to(dtype), y.to(dtype))
+    assert ours.dtype == dtype
+    # only the rounding of the inputs and of the result: a few units of the dtype's eps
+    assert (ours.double() - ref).abs().max() < 20 * torch.finfo(dtype).eps
+    a, b, c = S.block_stats(x.to(dtype), y.to(dtype), [4, 5])
+    assert a.dtype == b.dtype == c.dtype == dtype
+    assert (S.global_from_blocks(a, b, c).double() - ref).abs().max() < 40 * torch.finfo(dtype).eps
+
+
+def test_float16_block_norm_overflows_to_inf_but_cosine_does_not():
+    x = torch.tensor([60000.0, 60000.0], dtype=torch.float16)
+    y = torch.tensor([1.0, 2.0], dtype=torch.float16)
+    a, b, c = S.block_stats(x, y, [2])
+    assert torch.isinf(a).all() and torch.isfinite(b).all()
+    assert abs(c.item() - 3 / math.sqrt(10)) < 1e-3 and abs(S.cosine(x, y).item() - c.item()) == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hull_bounds_are_sharp_for_two_or_more_blocks(seed):
+    g = _gen(seed)
+    c = 2 * torch.rand(4, generator=g, dtype=F64) - 1
+    eps = 1e-7
+    lo, hi = S.hull_bounds(c)
+    for j in range(4):  # both profiles concentrated on block j: the global cosine -> c_j
+        prof = torch.full((4,), eps, dtype=F64)
+        prof[j] = 1.0
+        assert abs(S.global_from_blocks(prof, prof, c) - c[j]) < 1e-12
+    # profiles concentrated on two different blocks: the global cosine -> 0
+    a, b = torch.full((4,), eps, dtype=F64), torch.full((4,), eps, dtype=F64)
+    a[0], b[1] = 1.0, 1.0
+    assert abs(S.global_from_blocks(a, b, c)) < 10 * eps
+    assert lo == min(0.0, c.min().item()) and hi == max(0.0, c.max().item())
+    neg = -torch.tensor([0.5, 0.25, 0.75], dtype=F64)  # all negative: the upper end is 0
+    assert [v.item() for v in S.hull_bounds(neg)] == [-0.75, 0.0]
+    assert [v.item() for v in S.hull_bounds(-neg)] == [0.0, 0.75]
+    # one block: the global cosine is c_1 itself, not anything in the hull
+    x, y = torch.randn(5, generator=g, dtype=F64), torch.randn(5, generator=g, dtype=F64)
+    _, _, c1 = S.block_stats(x, y, [5])
+    assert torch.equal(c1[0], S.cosine(x, y))
+
+
+def test_concat_blocks_rejects_mixed_devices():
+    with pytest.raises(ValueError, match="tensors must be on one device"):
+        S.concat_blocks([torch.ones(2), torch.ones(2, device="meta")])
+
+
+@SETTINGS
+@given(blocks(), st.floats(-300, 300))
+def test_block_quantities_scale_as_they_should(data, log_s):
+    x, y, sizes = data
+    s = 10.0 ** log_s
+    a, b, c = S.block_stats(x, y, sizes)
+    a2, b2, c2 = S.block_stats(s * x, y, sizes)
+    assert torch.allclose(c2, c, atol=1e-13, rtol=0)  # cosines are scale invariant
+    assert torch.allclose(a2, s * a, rtol=1e-13, atol=0) and torch.equal(b2, b)
+    assert abs(S.cosine(s * x, -y) + S.cosine(x, y)) < 1e-13

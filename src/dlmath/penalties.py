@@ -18,7 +18,8 @@ with spectral (or, weaker, Frobenius) norms of :math:`W^{(t)}` and :math:`J_t`. 
 
 Conventions: ``Ws[t]`` has shape ``(n_{t+1}, n_t)`` (torch's ``nn.Linear`` layout), ``bs[t]``
 shape ``(n_{t+1},)``; activations are named (:data:`ACTIVATIONS`). Gradients are stored with
-the shape of the parameter, so :math:`\nabla_W f = \delta h^\top`.
+the shape of the parameter, so :math:`\nabla_W f = \delta h^\top`. ``x``, ``Ws`` and ``bs``
+are cast to their common (promoted) floating dtype, which the results keep.
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ def random_mlp(widths: Sequence[int], *, generator: torch.Generator, scale: floa
 
     ``widths = [n_1, ..., n_{l+1}]`` (input width first, at least two entries, each >= 1);
     ``s = scale`` (``1`` is LeCun's scale, ``sqrt(2)`` Kaiming's), ``s_b = bias_scale``.
-    Tensors are created on ``generator.device``. Returns ``(Ws, bs)``.
+    Tensors are created on ``generator.device`` with the floating ``dtype``. Returns
+    ``(Ws, bs)``.
     """
     check_generator(generator)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch dtype, got {dtype!r}")
     if (isinstance(widths, (str, torch.Tensor)) or not isinstance(widths, Sequence)
             or len(widths) < 2):
         raise ValueError(f"widths must be a sequence of at least two ints, got {widths!r}")
@@ -86,9 +90,12 @@ def _check_net(x, Ws, bs, acts, residual: bool):
     for a in acts:
         check_choice(a, "acts", list(ACTIVATIONS))
     width = x.shape[-1]
+    Ws, bs = list(Ws), list(bs)
+    dtype = x.dtype
     for t, (W, b) in enumerate(zip(Ws, bs, strict=True)):
-        W = as_float_tensor(W, f"Ws[{t}]", min_ndim=2)
-        b = as_float_tensor(b, f"bs[{t}]")
+        W = Ws[t] = as_float_tensor(W, f"Ws[{t}]", min_ndim=2)
+        b = bs[t] = as_float_tensor(b, f"bs[{t}]")
+        dtype = torch.promote_types(dtype, torch.promote_types(W.dtype, b.dtype))
         check_finite(W, f"Ws[{t}]")
         check_finite(b, f"bs[{t}]")
         if W.ndim != 2 or W.shape[1] != width:
@@ -99,7 +106,7 @@ def _check_net(x, Ws, bs, acts, residual: bool):
             raise ValueError(f"a residual network needs square weights; Ws[{t}] has shape "
                              f"{tuple(W.shape)}")
         width = W.shape[0]
-    return x, list(acts)
+    return x.to(dtype), [W.to(dtype) for W in Ws], [b.to(dtype) for b in bs], list(acts)
 
 
 def _forward(x, Ws, bs, acts, residual):
@@ -124,7 +131,7 @@ def mlp_forward(x, Ws, bs, acts, *, residual: bool = False
     layer. Returns ``(hs, zs)``: ``hs = [h^(1) = x, ..., h^(l+1)]`` and
     ``zs = [z^(2), ..., z^(l+1)]``, each of shape ``(..., n_t)``.
     """
-    x, acts = _check_net(x, Ws, bs, acts, residual)
+    x, Ws, bs, acts = _check_net(x, Ws, bs, acts, residual)
     return _forward(x, Ws, bs, acts, residual)
 
 
@@ -158,11 +165,21 @@ class PenaltyTerms(NamedTuple):
                            torch.where(lhs > 0, torch.inf, 0.0).to(lhs.dtype))
 
 
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """num / den with 0/0 := 0 and (positive)/0 := inf."""
-    safe = torch.where(den > 0, den, torch.ones_like(den))
-    return torch.where(den > 0, num / safe,
-                       torch.where(num > 0, torch.full_like(num, torch.inf), torch.zeros_like(num)))
+def _upcast(M: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 in float32 (linalg norms do not take them), other dtypes unchanged."""
+    return M.float() if M.dtype in (torch.float16, torch.bfloat16) else M
+
+
+def _norm(M: torch.Tensor, ord) -> torch.Tensor:
+    """Vector (``ord=None``) or matrix norm, scaled by the largest entry first so that squares
+    of tiny or huge entries neither underflow nor overflow; returned in ``M``'s dtype."""
+    M32 = _upcast(M)
+    m = M32.abs().amax()
+    if m == 0:
+        return torch.zeros((), dtype=M.dtype, device=M.device)
+    U = M32 / m
+    n = torch.linalg.vector_norm(U) if ord is None else torch.linalg.matrix_norm(U, ord)
+    return (m * n).to(M.dtype)
 
 
 def penalty_terms(x, Ws, bs, acts, f: Callable[[torch.Tensor], torch.Tensor], *,
@@ -180,10 +197,14 @@ def penalty_terms(x, Ws, bs, acts, f: Callable[[torch.Tensor], torch.Tensor], *,
     (all ReLUs of an earlier layer dead, or a zero weight) the chapter proves
     :math:`\nabla_x f = 0`, and the term is defined as 0; a zero denominator under a
     non-zero numerator (possible only outside the theorem, e.g. ``residual=True``) gives
-    ``inf``. ``x`` is one input of shape ``(n_1,)``; ``f`` maps ``h^(l+1)`` to a 0-d tensor.
-    Float64 is advised: near-tight cases are within ``1e-3`` of equality.
+    ``inf``. The terms are computed as squared ratios of norms, one factor divided at a time,
+    so weights of scale ``1e-100`` give the right (order-one) terms instead of 0/0.
+    ``x`` is one input of shape ``(n_1,)``; ``f`` maps ``h^(l+1)`` to a 0-d (or one-element)
+    tensor; an ``f`` that ignores its argument has all gradients 0, and a non-finite value or
+    gradient of ``f`` raises ``ValueError``. Float64 is advised: near-tight cases are within
+    ``1e-3`` of equality.
     """
-    x, acts = _check_net(x, Ws, bs, acts, residual)
+    x, Ws, bs, acts = _check_net(x, Ws, bs, acts, residual)
     if x.ndim != 1:
         raise ValueError(f"x must be a single input of shape (n_1,), got {tuple(x.shape)}")
     if not callable(f):
@@ -196,9 +217,16 @@ def penalty_terms(x, Ws, bs, acts, f: Callable[[torch.Tensor], torch.Tensor], *,
     out = f(hs[-1])
     if not isinstance(out, torch.Tensor) or out.numel() != 1:
         raise ValueError("f must return a scalar tensor")
-    grads = torch.autograd.grad(out.reshape(()), [x, *Ws, *bs], allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g
-             for g, p in zip(grads, [x, *Ws, *bs], strict=True)]
+    if not torch.isfinite(out).all():
+        raise ValueError(f"f must be finite at the network output, got {out.item()}")
+    params = [x, *Ws, *bs]
+    if out.requires_grad:
+        grads = torch.autograd.grad(out.reshape(()), params, allow_unused=True)
+    else:  # f ignores its argument: every gradient is 0
+        grads = [None] * len(params)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+    if not all(torch.isfinite(g).all() for g in grads):
+        raise ValueError("the gradients of f must be finite at this input")
     depth = len(Ws)
     gx, gW, gb = grads[0], grads[1:1 + depth], grads[1 + depth:]
 
@@ -206,18 +234,25 @@ def penalty_terms(x, Ws, bs, acts, f: Callable[[torch.Tensor], torch.Tensor], *,
     jac = torch.func.jacrev(lambda u: tuple(_forward(u, Wd, bd, acts, residual)[0][:-1]))
     Js = jac(x.detach())
     mat = 2 if norm == "spectral" else "fro"
-    W_norm = torch.stack([torch.linalg.matrix_norm(W, mat) for W in Wd])
-    J_norm = torch.stack([torch.linalg.matrix_norm(J, mat) for J in Js])
-    h_sq = torch.stack([h.detach().pow(2).sum() for h in hs[:-1]])
-    gx_sq = gx.pow(2).sum()
-    den = W_norm.pow(2) * J_norm.pow(2)
+    W_norm = torch.stack([_norm(W, mat) for W in Wd])
+    J_norm = torch.stack([_norm(J, mat) for J in Js])
+    h_norm = torch.stack([_norm(h.detach(), None) for h in hs[:-1]])
+    gx_norm = _norm(gx, None)
+    # term_t = (||grad_x f|| / ||W_t|| / ||J_t||)^2 (times ||h_t||^2), 0/0 := 0, (>0)/0 := inf
+    zero = (W_norm == 0) | (J_norm == 0)
+    one = torch.ones_like(W_norm)
+    q = gx_norm / torch.where(zero, one, W_norm) / torch.where(zero, one, J_norm)
+    inf, nil = torch.full_like(q, torch.inf), torch.zeros_like(q)
+    bias_terms = torch.where(zero, torch.where(gx_norm > 0, inf, nil), q.square())
+    weight_terms = torch.where(zero, torch.where((gx_norm > 0) & (h_norm > 0), inf, nil),
+                               (q * h_norm).square())
     return PenaltyTerms(
-        input_grad_sq=gx_sq,
-        weight_grad_sq=torch.stack([g.pow(2).sum() for g in gW]),
-        bias_grad_sq=torch.stack([g.pow(2).sum() for g in gb]),
-        weight_terms=_ratio(gx_sq * h_sq, den),
-        bias_terms=_ratio(gx_sq.expand_as(den), den),
+        input_grad_sq=gx_norm.square(),
+        weight_grad_sq=torch.stack([_norm(g, None).square() for g in gW]),
+        bias_grad_sq=torch.stack([_norm(g, None).square() for g in gb]),
+        weight_terms=weight_terms,
+        bias_terms=bias_terms,
         weight_norms=W_norm,
         jacobian_norms=J_norm,
-        act_norms=h_sq.sqrt(),
+        act_norms=h_norm,
     )

@@ -23,6 +23,8 @@ Conventions for every function here:
   0 (no block has both parts non-zero) the weighted mean is defined as 0, as is the global
   cosine.
 * Cosines are clamped to ``[-1, 1]`` (rounding can otherwise give ``1 + 1e-16``).
+* Norms are returned in the input dtype and can exceed its range: a float16 block of norm
+  above 65504 comes back as ``inf`` (its cosine is still computed without overflow).
 * NaN or an infinity raises ``ValueError`` (an infinite vector has no direction);
   integer tensors raise ``TypeError``; empty vectors raise ``ValueError``.
 """
@@ -114,13 +116,15 @@ def pearson(x, y, dim: int = -1) -> torch.Tensor:
 
     .. math:: r(x, y) = \cos\big(x - \bar x\,\mathbf 1,\ y - \bar y\,\mathbf 1\big)
 
-    Shapes as :func:`cosine`. A constant ``x`` or ``y`` gives ``r = 0`` (the zero-vector
-    convention; ``numpy.corrcoef`` returns NaN there).
+    Shapes as :func:`cosine`. A constant ``x`` or ``y`` gives exactly ``r = 0`` (the
+    zero-vector convention; ``numpy.corrcoef`` returns NaN there). Each vector is divided by
+    its largest entry before it is centred (``r`` is scale invariant), so the mean of entries
+    near the largest float cannot overflow and a constant vector centres to exactly 0.
     """
     x, y = _pair(x, y, dim)
-    xw, yw = _work(x), _work(y)
-    xc = xw - xw.mean(dim=dim, keepdim=True)
-    yc = yw - yw.mean(dim=dim, keepdim=True)
+    xs, ys = _unit_scale(_work(x), dim), _unit_scale(_work(y), dim)
+    xc = xs - xs.mean(dim=dim, keepdim=True)
+    yc = ys - ys.mean(dim=dim, keepdim=True)
     return _cosine(xc, yc, dim).to(x.dtype)
 
 
@@ -210,8 +214,10 @@ def hull_bounds(c, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
 
     .. math:: \min\big(0, \min_k c_k\big) \le \cos(x, y) \le \max\big(0, \max_k c_k\big)
 
-    Returns ``(lower, upper)`` of shape ``(...)`` for ``c`` of shape ``(..., K)``. Both are
-    sharp: norm profiles can push the global cosine anywhere between them.
+    Returns ``(lower, upper)`` of shape ``(...)`` for ``c`` of shape ``(..., K)``. For
+    ``K >= 2`` both ends are sharp: norm profiles concentrated on the block of the smallest
+    (largest) local cosine, or on two different blocks for the end ``0``, bring the global
+    cosine arbitrarily close to them. For ``K = 1`` the global cosine is ``c_1`` itself.
     """
     c = _vector(c, "c")
     check_dim(c, dim)
@@ -223,12 +229,16 @@ def concat_blocks(tensors) -> tuple[torch.Tensor, list[int]]:
     """Flatten and concatenate a sequence of tensors (e.g. a model's per-tensor gradients).
 
     Returns ``(flat, sizes)`` ready for :func:`block_stats`. Every tensor must be a
-    non-empty floating tensor; they are cast to their common dtype.
+    non-empty floating tensor, all on one device; they are cast to their common dtype.
     """
     if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence) or not tensors:
         raise TypeError("tensors must be a non-empty sequence of tensors")
     flats = [as_float_tensor(t, f"tensors[{i}]", min_ndim=0).reshape(-1)
              for i, t in enumerate(tensors)]
+    for i, f in enumerate(flats[1:], start=1):
+        if f.device != flats[0].device:
+            raise ValueError(f"tensors must be on one device, got {flats[0].device} for "
+                             f"tensors[0] and {f.device} for tensors[{i}]")
     dtype = flats[0].dtype
     for f in flats[1:]:
         dtype = torch.promote_types(dtype, f.dtype)
@@ -248,7 +258,9 @@ def simpson_blocks(x, y, groups) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
     Returns ``(a, b, c)`` of shape ``(G + 1,)``: groups in increasing label order, then the
     between-group block. ``x``, ``y`` are 1-D of length ``N``; ``groups`` is a 1-D integer
-    tensor of length ``N``.
+    tensor of length ``N``. The centring is done on ``x`` and ``y`` divided by their largest
+    entries (the norms are scaled back at the end), so entries near the largest float do not
+    overflow the means.
     """
     x, y = _pair(x, y, -1)
     if x.ndim != 1:
@@ -260,7 +272,8 @@ def simpson_blocks(x, y, groups) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         raise ValueError(f"groups must have the shape {tuple(x.shape)} of x, "
                          f"got {tuple(groups.shape)}")
     labels, index, counts = torch.unique(groups, return_inverse=True, return_counts=True)
-    xw, yw = _work(x), _work(y)
+    mx, my = _work(x).abs().amax(), _work(y).abs().amax()
+    xw, yw = _unit_scale(_work(x), -1), _unit_scale(_work(y), -1)
     means_x = torch.zeros(len(labels), dtype=xw.dtype, device=x.device).index_add_(0, index, xw)
     means_y = torch.zeros(len(labels), dtype=yw.dtype, device=x.device).index_add_(0, index, yw)
     means_x, means_y = means_x / counts, means_y / counts
@@ -270,4 +283,4 @@ def simpson_blocks(x, y, groups) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     sizes = counts.tolist() + [x.shape[0]]
     a, b, c = block_stats(torch.cat([within_x, between_x]), torch.cat([within_y, between_y]),
                           sizes)
-    return a.to(x.dtype), b.to(x.dtype), c.to(x.dtype)
+    return (a * mx).to(x.dtype), (b * my).to(x.dtype), c.to(x.dtype)
