@@ -100,6 +100,42 @@ def test_power_iteration_zero_matrix_and_null_start():
     assert sigma.item() == 0 and torch.equal(v, torch.tensor([0.0, 1.0]))
 
 
+@pytest.mark.parametrize("dtype, scales", [
+    (torch.float32, [1e-30, 1e-12, 1e10, 1e15, 1e25]),  # 1e10: the plain steps overflowed to 0
+    (F64, [1e-200, 1e-160, 1e100, 1e160, 1e200]),
+])
+def test_power_iteration_far_from_unit_scale(dtype, scales):
+    # a step squares the scale twice (||W^T W x||): out of range it used to return 0, NaN or
+    # the unmoved start vector; such slices are now redone on W / max|W|
+    W = planted([3.0, 1.0, 0.5], 7, 5, seed=22)
+    want = linalg.power_iteration(W, 30)
+    batch = torch.stack([W.to(dtype) * c for c in scales] + [torch.zeros(7, 5, dtype=dtype)])
+    sigma, u, v = linalg.power_iteration(batch, 30)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for i, c in enumerate(scales):
+        assert abs(sigma[i].item() / (c * want[0].item()) - 1) < tol, (c, sigma[i].item())
+        torch.testing.assert_close(torch.outer(u[i], v[i]).double(),
+                                   torch.outer(want[1], want[2]), rtol=0, atol=10 * tol)
+    assert sigma[-1] == 0 and (u[-1] == 0).all()
+    # unbatched, and through spectral_norm(method="power")
+    assert abs(linalg.spectral_norm(W.to(dtype) * scales[-1], "power", iters=30).item()
+               / (scales[-1] * want[0].item()) - 1) < tol
+
+
+@pytest.mark.parametrize("dtype, scale", [(torch.float32, 1e10), (torch.float32, 1e25),
+                                          (F64, 1e-200), (F64, 1e200)])
+def test_power_iteration_class_far_from_unit_scale(dtype, scale):
+    # float32 sigma_1 = 3e10 used to return sigma = 0 (and keep v = 0 for every later call)
+    W = planted([3.0, 1.0, 0.5], 7, 5, seed=23).to(dtype) * scale
+    tracker = linalg.PowerIteration(generator=gen(0))
+    exact = torch.linalg.svdvals(W.double())[0].item()
+    for _ in range(3):
+        sigma, u, v = tracker(W)
+        assert abs(sigma.item() / exact - 1) < 1e-5
+        assert abs(torch.linalg.vector_norm(v).item() - 1) < 1e-5
+    assert tracker.fallbacks >= 1  # the cold start over/underflowed and was redone exactly
+
+
 def test_power_iteration_half_precision_keeps_dtype():
     W = planted([4.0, 1.0, 0.5], 6, 5, seed=4).to(torch.bfloat16)
     sigma, u, v = linalg.power_iteration(W, 30)
@@ -184,6 +220,16 @@ def test_spectral_norm_grad_square_identity_and_zero():
                                / 2)
 
 
+def test_spectral_norm_grad_tie_at_rounding_level():
+    # a gap of 1e-15 relative is SVD rounding: the default rtol (10 max(n, m) eps) counts it as
+    # a tie; rtol = 0 does not
+    W = torch.diag(torch.tensor([1.0, 1.0 - 1e-15, 0.5], dtype=F64))
+    torch.testing.assert_close(linalg.spectral_norm_grad(W),
+                               torch.diag(torch.tensor([0.5, 0.5, 0.0], dtype=F64)))
+    torch.testing.assert_close(linalg.spectral_norm_grad(W, rtol=0.0),
+                               torch.diag(torch.tensor([1.0, 0.0, 0.0], dtype=F64)))
+
+
 def test_nuclear_norm_matches_torch():
     W = torch.randn(2, 5, 7, generator=gen(9), dtype=F64)
     torch.testing.assert_close(linalg.nuclear_norm(W), torch.linalg.matrix_norm(W, "nuc"))
@@ -255,6 +301,48 @@ def test_schatten_and_threshold_absolute():
                                  singular_values=True).item() != \
         linalg.effective_rank(10 * s, "threshold", eps=0.9, relative=False,
                               singular_values=True).item()
+
+
+def test_threshold_is_strict_and_energy_takes_the_first_rank_reaching_the_share():
+    # threshold counts sigma_i / sigma_1 > eps strictly; energy takes the least k with
+    # (sum_{i<=k} s_i^2 / sum s_i^2)^(1/2) >= 1 - eps, equality included
+    s = torch.tensor([2.0, 1.0, 0.5], dtype=F64)
+    er = lambda kind, **kw: linalg.effective_rank(s, kind, singular_values=True, **kw).item()  # noqa: E731
+    assert er("threshold", eps=0.5) == 1 and er("threshold", eps=0.25) == 2
+    assert er("threshold", eps=1.0, relative=False) == 1
+    assert er("threshold", eps=0.0) == 3
+    # the one kind that can be 0 for a non-zero matrix (documented)
+    assert er("threshold", eps=1.0) == 0 and er("threshold", eps=2.0, relative=False) == 0
+    s2 = torch.tensor([math.sqrt(3.0), 1.0], dtype=F64)  # shares 3/4 and 1: sqrt(3/4)
+    eps = 1 - math.sqrt(0.75)
+    assert linalg.effective_rank(s2, "energy", eps=eps * (1 + 1e-9), singular_values=True) == 1
+    assert linalg.effective_rank(s2, "energy", eps=eps * (1 - 1e-9), singular_values=True) == 2
+    assert er("energy", eps=0.0) == 3
+    # equality reached exactly: four equal values hold sqrt(1/4) = 1/2 in the first
+    flat = torch.ones(4, dtype=F64)
+    assert linalg.effective_rank(flat, "energy", eps=0.5, singular_values=True) == 1
+
+
+KINDS_ALL = [("rank", {}), ("threshold", dict(eps=0.3)), ("energy", dict(eps=0.05))] + CASES[2:] \
+    + [("schatten", dict(k=3.0))]
+
+
+@pytest.mark.parametrize("dtype, scales", [(torch.float32, [1e-30, 1e-20, 1e20, 1e30]),
+                                           (F64, [1e-250, 1e-160, 1e160, 1e250])])
+@pytest.mark.parametrize("shape", [(9, 6), (12, 4)])
+def test_effective_rank_far_from_unit_scale(dtype, scales, shape):
+    # every kind but the absolute threshold is scale-free; the squares in the Gram matrix and in
+    # the nuclear/Frobenius ratio used to over- or underflow (a non-zero float64 matrix at 1e-170
+    # had effective rank 0, at 1e160 eigvalsh raised)
+    M = random_spectrum_matrix(24, *shape, min(shape), 2.0).to(dtype)
+    for kind, kw in KINDS_ALL:
+        want = linalg.effective_rank(M, kind, **kw)
+        for c in scales:
+            for got in (linalg.effective_rank(M * c, kind, **kw),
+                        linalg.effective_rank(torch.linalg.svdvals(M.double() * c).to(dtype), kind,
+                                              singular_values=True, **kw)):
+                assert torch.isfinite(got) and abs(got.item() / want.item() - 1) < 1e-4, \
+                    (kind, c, got.item(), want.item())
 
 
 def test_renyi_family_contains_the_other_definitions():
@@ -457,6 +545,21 @@ def test_power_iteration_class_detects_a_small_gap():
     sigma = batch(torch.stack([good, W, good]))
     assert batch.fallbacks == 1
     assert rel(sigma[0], torch.linalg.svdvals(torch.stack([good, W, good]))[:, 0]) <= 1e-6
+
+
+def test_power_iteration_class_warm_call_keeps_the_gap_estimate():
+    # a warm call runs one step, so it cannot measure the contraction; it must reuse the stored
+    # rho^2 (here the exact 0.998 of the fallback). With rho^2 = 0 assumed instead, the bound
+    # eta^2 / 2 would accept a sigma far outside tol after the matrix moved
+    W = planted([1.0, 0.999, 0.5, 0.2], 40, 30, seed=16)
+    tracker = linalg.PowerIteration(generator=gen(0))
+    tracker(W)
+    assert tracker.fallbacks == 1 and abs(tracker.contraction.item() - 0.999**2) < 1e-12
+    g = gen(25)
+    for _ in range(5):
+        W = W + 3e-4 * torch.randn(W.shape, dtype=F64, generator=g)
+        sigma = tracker(W)[0]
+        assert rel(sigma, torch.linalg.svdvals(W)[0]) <= tracker.tol
 
 
 def test_power_iteration_class_edge_cases_and_arguments():

@@ -60,6 +60,19 @@ def test_batched_float32_parameter_in_place():
     torch.testing.assert_close(after[:, 1:], before[:, 1:], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1e-15, 1e12])
+def test_float32_far_from_unit_scale(scale):
+    # the power iteration squares the scale twice: at 3e12 in float32 it used to return v = 0,
+    # and the decay silently did nothing
+    W = (planted([3.0, 1.0, 0.5], 8, 6, seed=4) * scale).float()
+    before = torch.linalg.svdvals(W.double())
+    v = spectral_decay_(W, 0.1, 2.0, iters=40)
+    after = torch.linalg.svdvals(W.double())
+    assert abs(torch.linalg.vector_norm(v).item() - 1) < 1e-6
+    torch.testing.assert_close(after / scale, torch.cat([0.8 * before[:1], before[1:]]) / scale,
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_zero_decay_and_zero_matrix_are_fixed_points():
     W = planted([1.0, 0.5], 3, 3, seed=3)
     W0 = W.clone()

@@ -15,7 +15,11 @@ Edge cases, all tested:
 * the zero matrix has spectral norm 0, gradient 0 (the minimum-norm subgradient), nuclear norm
   0 and effective rank 0 for every definition (normalised entropy 0);
 * a repeated top singular value makes the spectral norm non-differentiable;
-  :func:`spectral_norm_grad` then returns the minimum-norm subgradient (see there).
+  :func:`spectral_norm_grad` then returns the minimum-norm subgradient (see there);
+* matrices far from unit scale (a float32 :math:`\sigma_1` of 1e10 or 1e-12, a float64 one of
+  1e200 or 1e-200) give the same relative results: the power iterations and the Gram path of
+  :func:`effective_rank` detect where squaring the scale over- or underflowed and redo those
+  slices (rescaled, or on an exact path).
 """
 
 from __future__ import annotations
@@ -83,6 +87,11 @@ def power_iteration(W, iters: int = 10, v0=None, generator: torch.Generator | No
     Returns:
         ``(sigma, u, v)`` with shapes ``(...)``, ``(..., n)``, ``(..., m)``. Where
         :math:`W x_T = 0` (e.g. the zero matrix) ``sigma`` is 0 and ``u`` is 0.
+
+    A step forms :math:`\|W^\top W x\|`, the fourth power of the scale of ``W``: a slice
+    whose ``sigma`` comes out non-finite or below about :math:`(\max(n,m)\,\mathrm{tiny}/
+    \epsilon)^{1/4}` (1e-7 in float32) is rerun on :math:`W/\max|W_{ij}|` and ``sigma``
+    scaled back, so the result does not depend on the scale of ``W``.
     """
     W = check_matrix(W, "W")
     iters = check_int(iters, "iters", low=0)
@@ -104,7 +113,27 @@ def power_iteration(W, iters: int = 10, v0=None, generator: torch.Generator | No
     x_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     if (x_norm == 0).any():
         raise ValueError("v0 must be non-zero")
-    x = x / x_norm
+    start = x / x_norm
+    sigma, u, x = _power_steps(A, start, iters)
+    # Out of range: a step forms W^T W x and its norm, i.e. squares the scale twice, so in
+    # float32 a sigma_1 above ~4e9 overflows (x becomes 0 or NaN) and one below ~1e-8 underflows
+    # (x stops moving). Such slices (sigma below _power_floor, or not finite) are redone on
+    # W / max|W| and the result scaled back; the zero matrix keeps sigma = 0.
+    redo = ~(sigma >= _power_floor(A, plain=iters > 0)) | ~torch.isfinite(sigma)
+    if redo.any():
+        amax = A.abs().amax(dim=(-2, -1))
+        redo = redo & (amax > 0)
+        if redo.any():
+            scale = amax[redo]
+            s2, u2, x2 = _power_steps(A[redo] / scale[..., None, None], start.expand(
+                *A.shape[:-2], m)[redo], iters)
+            sigma, u, x = sigma.clone(), u.clone(), x.expand(*A.shape[:-2], m).clone()
+            sigma[redo], u[redo], x[redo] = s2 * scale, u2, x2
+    return sigma.to(W.dtype), u.to(W.dtype), x.to(W.dtype)
+
+
+def _power_steps(A, x, iters: int):
+    """``iters`` plain steps x <- A^T A x / |A^T A x| from the unit vector(s) x; (sigma, u, x)."""
     for _ in range(iters):
         y = (A.mT @ (A @ x.unsqueeze(-1))).squeeze(-1)
         y_norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
@@ -113,7 +142,20 @@ def power_iteration(W, iters: int = 10, v0=None, generator: torch.Generator | No
     Wx = (A @ x.unsqueeze(-1)).squeeze(-1)
     sigma = torch.linalg.vector_norm(Wx, dim=-1)
     u = Wx / torch.where(sigma > 0, sigma, 1).unsqueeze(-1)
-    return sigma.to(W.dtype), u.to(W.dtype), x.to(W.dtype)
+    return sigma, u, x
+
+
+def _power_floor(A: torch.Tensor, plain: bool = True) -> float:
+    r"""Smallest :math:`\sigma_1` at which a power step on ``A`` keeps full precision.
+
+    A plain step :math:`W^\top W x` and its norm reach the fourth power of the scale, a
+    split step (:math:`u = Wx/\|Wx\|`, then :math:`W^\top u`) only the square; the squares of
+    the dominant entries must stay normal numbers: :math:`(\mathrm{size}\cdot\mathrm{tiny}/
+    \epsilon)^{1/4}` (about 1e-7 in float32) or its square root.
+    """
+    info = torch.finfo(A.dtype)
+    floor = max(A.shape[-2:]) * info.tiny / info.eps
+    return floor ** 0.25 if plain else floor ** 0.5
 
 
 class PowerIteration:
@@ -150,7 +192,8 @@ class PowerIteration:
         cold_iters: steps (``>= 2``) when there is no warm vector (first call, new shape).
         warm_iters: steps per call once warm.
         tol: bound on the relative error of :math:`\sigma`; ``0`` always takes the exact path,
-            ``inf`` never does.
+            ``inf`` only where the steps over- or underflowed (a non-finite :math:`\sigma`,
+            or one below the floor of :func:`power_iteration`, on a non-zero slice).
         generator: draws the Gaussian cold start (``None``: the default generator of torch).
 
     Call with ``W`` of shape ``(..., n, m)``; returns ``(sigma, u, v)`` of shapes ``(...)``,
@@ -201,7 +244,13 @@ class PowerIteration:
             rate = torch.where(eta_prev > 0, eta / torch.where(eta_prev > 0, eta_prev, 1), 0)
         rate = rate.clamp(0, 1)
         bound = torch.where(eta == 0, 0, eta.square() / (2 * (1 - rate)))
-        bad = ~(bound <= self.tol) | ~torch.isfinite(sigma)  # NaN included
+        # NaN included; a sigma below the floor means that the steps over- or underflowed
+        # (a float32 sigma_1 above ~4e9 turns the plain steps' x into 0): exact path, except
+        # for a zero slice, whose sigma = 0 is right
+        bad = ~((bound <= self.tol) & (sigma >= _power_floor(A, plain=iters > 2))
+                & (sigma <= torch.finfo(sigma.dtype).max))
+        if bad.any():
+            bad = bad & (A != 0).flatten(-2).any(-1)
         if bad.any():
             check_finite(W, "W")
             U, S, Vh = torch.linalg.svd(A[bad], full_matrices=False)
@@ -357,8 +406,9 @@ def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
     Singular values :math:`\le \mathrm{rtol}\cdot\sigma_1` are rounding noise of the SVD and
     every kind treats them as exact zeros, which contribute nothing (:math:`0\log 0 = 0`); this
     matters for Rényi orders below 1, where noise of size :math:`10^{-16}` would otherwise add
-    :math:`10^{-8}`. Every kind but ``"normalized_entropy"`` lies in ``[1, rank]`` for a
-    non-zero matrix and is 0 for the zero matrix.
+    :math:`10^{-8}`. Every kind but ``"normalized_entropy"`` and ``"threshold"`` lies in
+    ``[1, rank]`` for a non-zero matrix and is 0 for the zero matrix; ``"threshold"`` lies in
+    ``[0, rank]`` (0 when ``eps >= 1``, relative, or ``eps >= sigma_1``, absolute).
     The result has shape ``(...)`` and ``M``'s dtype (counts are returned as floats).
 
     **Paths.** ``exact=True`` takes the singular values from ``torch.linalg.svdvals`` in
@@ -377,7 +427,10 @@ def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
     eigenvalue within rounding of zero, as for a square Gaussian matrix) skips the float32
     eigenvalues, which could not be certified, and starts in float64; the test runs only where
     the shorter side is more than 2/3 of the longer, since a Gaussian of aspect 1.5 or more
-    already clears it.
+    already clears it. A slice whose Gram matrix overflowed or whose :math:`\lambda_1` is below
+    :math:`\mathrm{tiny}/\epsilon` (a float64 :math:`\sigma_1` beyond about
+    :math:`10^{\pm 154}`, where the squares over- or underflow) is likewise unsure and goes on
+    to the next tier; the ratios themselves are computed from :math:`\sigma_i/\sigma_1`.
     """
     check_choice(kind, "kind", EFFECTIVE_RANK_KINDS)
     if singular_values or exact:
@@ -443,14 +496,22 @@ def _gram_rank(gram: torch.Tensor, args: tuple) -> tuple[torch.Tensor, torch.Ten
     value at both ends of its interval, and a slice is unsure when these disagree by more
     than ``_GRAM_RTOL`` relatively.
     """
-    lam = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0)
-    tau = args[0] * torch.finfo(gram.dtype).eps * lam[..., :1]
+    info = torch.finfo(gram.dtype)
+    # a Gram matrix that overflowed (sigma_1 above ~1e154 in float64) would make eigvalsh
+    # raise: such slices are diagonalised as zeros and reported unsure
+    finite = torch.isfinite(gram).flatten(-2).all(-1)
+    lam = torch.linalg.eigvalsh(torch.where(finite[..., None, None], gram, 0)).flip(-1)
+    lam = lam.clamp_min(0)
+    tau = args[0] * info.eps * lam[..., :1]
     # the value (noise -> 0) and both ends of the intervals, in one batched evaluation
     value, low, high = _rank_from_values(torch.stack([torch.where(lam > tau, lam, 0),
                                                       (lam - tau).clamp_min(0), lam + tau])
                                          .sqrt(), *args)
     spread = torch.maximum((low - value).abs(), (high - value).abs())
-    return value, ~(spread <= _GRAM_RTOL * value.abs())
+    # lambda_1 < tiny/eps: the products in the Gram matrix may have underflowed by more than
+    # tau (a non-zero matrix with sigma_1 below ~1e-154 in float64 would come out as zero)
+    return value, ~(spread <= _GRAM_RTOL * value.abs()) | ~finite | ~(lam[..., 0] >= info.tiny
+                                                                        / info.eps)
 
 
 #: Relative disagreement above which the Gram path of :func:`effective_rank` defers.
@@ -495,6 +556,7 @@ def _rank_from_values(s, size, kind, eps, relative, k, gamma, alpha, rtol,
         ref = safe_top if relative else 1.0
         value = (s / ref > eps).sum(dim=-1).to(s.dtype)
     elif kind == "energy":
+        s = s / safe_top  # scale-free, and the squares neither overflow nor underflow
         cum = torch.cumsum(s * s, dim=-1)
         total = cum[..., -1:]
         frac = torch.sqrt(cum / torch.where(total > 0, total, 1))
@@ -503,6 +565,7 @@ def _rank_from_values(s, size, kind, eps, relative, k, gamma, alpha, rtol,
         power = {"intrinsic": 1.0, "stable": 2.0, "schatten": k}[kind]
         value = (s / safe_top).pow(power).sum(dim=-1)
     elif kind == "nuc_fro":
+        s = s / safe_top
         fro2 = (s * s).sum(dim=-1)
         value = s.sum(dim=-1) ** 2 / torch.where(fro2 > 0, fro2, 1)
     else:
