@@ -160,6 +160,47 @@ def test_renyi_near_one_does_not_cancel(dtype):
     assert torch.isfinite(q.grad).all()
 
 
+@pytest.mark.parametrize("t", [1.1, 1.3, 1.5])
+def test_renyi_high_entropy_float32_keeps_the_plain_sum(t):
+    # With sum p^t = 1 + s far below 1 (t > 1, high entropy), log1p(s) has the error
+    # eps*|s|/(1+s): in float32 at n = 1e6 and t = 1.5 the expm1 route alone was 1.3e-5 off
+    # (relative), the plain log(sum p^t) 4e-9. Reference: float64 of the same float32 p.
+    p = torch.rand(1_000_000, generator=torch.Generator().manual_seed(0)) + 0.01
+    p /= p.sum()
+    p64 = p.to(F64) / p.to(F64).sum()
+    want = float(torch.log((p64**t).sum()) / (1 - t))
+    assert float(lse.renyi_entropy(p, t)) == pytest.approx(want, rel=2e-7)
+    # a batch mixing a low-entropy row (expm1 route) with a high-entropy one (plain route)
+    rows = torch.stack([torch.tensor([0.9, 0.1] + [0.0] * 999_998), p])
+    got = lse.renyi_entropy(rows, t)
+    assert float(got[1]) == pytest.approx(want, rel=2e-7)
+    assert float(got[0]) == pytest.approx(math.log(0.9**t + 0.1**t) / (1 - t), rel=1e-6)
+
+
+def test_entropies_of_a_point_mass_are_plus_zero():
+    onehot = torch.tensor([[0.0, 1.0, 0.0]], dtype=F64)
+    for t in [0.0, 0.3, 0.7, 1.0, 1.3, 2.0, 5.0, math.inf]:
+        value = float(lse.renyi_entropy(onehot, t))
+        assert value == 0.0 and math.copysign(1.0, value) == 1.0, t
+    assert math.copysign(1.0, float(lse.shannon_entropy(onehot))) == 1.0
+
+
+@pytest.mark.parametrize("tau", [0.01, 0.5, 1.0, 3.0, 100.0])
+def test_sandwich_bounds_are_the_max_and_max_plus_tau_log_n(tau):
+    # the bounds themselves, and where each is attained (a bound that is merely valid, e.g.
+    # max - tau or max + log n for tau < 1, would pass test_sandwich_with_temperature)
+    x = torch.tensor([[0.3, -1.2, 2.5, 0.0], [1.0, 1.0, 1.0, 1.0]], dtype=F64)
+    lower, upper = lse.lse_bounds(x, tau=tau)
+    assert lower.tolist() == [2.5, 1.0]
+    assert upper.tolist() == pytest.approx([2.5 + tau * math.log(4), 1.0 + tau * math.log(4)],
+                                           rel=1e-15)
+    assert float(lse.logsumexp(x[1], tau=tau)) == pytest.approx(float(upper[1]), abs=1e-14 * (
+        1 + tau))                                          # all equal: the upper bound
+    single = torch.tensor([-0.7], dtype=F64)               # n = 1: the lower bound
+    assert lse.lse_bounds(single, tau=tau)[0] == -0.7      # (tau * (x / tau) may round)
+    assert float(lse.logsumexp(single, tau=tau)) == pytest.approx(-0.7, abs=2e-16)
+
+
 def test_kl_divergence():
     p = torch.tensor([0.5, 0.5, 0.0], dtype=F64)
     q = torch.tensor([0.25, 0.25, 0.5], dtype=F64)

@@ -104,6 +104,59 @@ def test_the_inequality_fails_for_negative_p_and_even_j():
         assert S.exp_taylor(-torch.log1p(-p), j) < S.geometric_partial_sum(p, j)
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.floats(-30, 30), st.integers(0, 40))
+def test_exp_taylor_against_exact_sum(x, j):
+    # Horner's rule within a few ulps of the exact truncated sum, measured against the
+    # condition number sum |x|^i / i!; an extra or a missing term is far outside this
+    import mpmath
+
+    with mpmath.workdps(50):
+        xm = mpmath.mpf(x)
+        exact = float(sum(xm**i / mpmath.factorial(i) for i in range(j + 1)))
+        scale = float(sum(abs(xm) ** i / mpmath.factorial(i) for i in range(j + 1)))
+    got = S.exp_taylor(torch.tensor(x, dtype=F64), j).item()
+    assert abs(got - exact) <= 4 * (j + 1) * 2.2e-16 * scale
+
+
+def test_gap_is_the_coefficient_tail():
+    # f_j(x(p)) - sum_{i<=j} p^i = sum_{k>j} a_k p^k, in 50-digit arithmetic
+    import mpmath
+
+    with mpmath.workdps(50):
+        for j in (1, 2, 4):
+            a = S.trunc_exp_log_coeffs(j, 400)
+            for p in (mpmath.mpf("0.2"), mpmath.mpf("0.6")):
+                x = -mpmath.log(1 - p)
+                gap = sum(x**i / mpmath.factorial(i) for i in range(j + 1)) - \
+                    sum(p**i for i in range(j + 1))
+                tail = sum(mpmath.mpf(c.numerator) / c.denominator * p**k
+                           for k, c in enumerate(a) if k > j)
+                assert abs(gap / tail - 1) < mpmath.mpf(10) ** -30
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
+def test_dtype_is_kept_and_the_derivative_is_the_previous_order(dtype):
+    x = torch.tensor([-1.5, 0.0, 0.5, 2.0], dtype=dtype)
+    assert S.exp_taylor(x, 4).dtype == dtype
+    assert S.geometric_partial_sum(x / 4, 3).dtype == dtype
+    x64 = torch.tensor([-1.5, 0.0, 0.5, 2.0], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: S.exp_taylor(z, 6), (x64,))
+    (grad,) = torch.autograd.grad(S.exp_taylor(x64, 6).sum(), x64)
+    torch.testing.assert_close(grad, S.exp_taylor(x64.detach(), 5))
+
+
+def test_geometric_partial_sum_edge_values():
+    p = torch.tensor([-1.0, 1.0, math.inf, -math.inf, 0.0], dtype=F64)
+    for j in range(5):
+        got = S.geometric_partial_sum(p, j).tolist()
+        assert got[0] == (1.0 if j % 2 == 0 else 0.0)      # 1 - 1 + 1 - ...
+        assert got[1] == j + 1
+        assert got[2] == (math.inf if j > 0 else 1.0)
+        assert got[3] == ((math.inf if j % 2 == 0 else -math.inf) if j > 0 else 1.0)
+        assert got[4] == 1.0
+
+
 def test_bad_input():
     with pytest.raises(TypeError, match="floating"):
         S.exp_taylor(torch.tensor([1, 2]), 2)
@@ -118,3 +171,7 @@ def test_bad_input():
     with pytest.raises(TypeError, match="Symbol"):
         S.series_coeffs(sp.Integer(1), 1, 3)
     assert S.exp_taylor(torch.zeros(0), 3).shape == (0,)
+    with pytest.raises(ValueError, match="order must be >= 0"):
+        S.trunc_exp_log_coeffs(2, -1)
+    with pytest.raises(ValueError, match="m must be >= 0"):
+        S.stirling1(3, -1)
