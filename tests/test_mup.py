@@ -24,6 +24,12 @@ def _gen(seed):
     return generator(seed, "cpu")
 
 
+def _low_rank(n, m, r, seed):
+    """A Gaussian n x m matrix of rank r (with probability 1), float64."""
+    g = _gen(seed)
+    return torch.randn(n, r, generator=g, dtype=F64) @ torch.randn(r, m, generator=g, dtype=F64)
+
+
 def _problem(d, seed, param="mup"):
     g = _gen(seed)
     X = torch.randn(BATCH, D_IN, generator=g, dtype=F64)
@@ -161,8 +167,7 @@ def test_svc_tends_to_msign(n, m, seed, cap):
 @given(n=st.integers(4, 40), m=st.integers(4, 40), r=st.integers(1, 3),
        seed=st.integers(0, 10_000))
 def test_low_rank_paths_are_exact(n, m, r, seed):
-    g = _gen(seed)
-    G = torch.randn(n, r, generator=g, dtype=F64) @ torch.randn(r, m, generator=g, dtype=F64)
+    G = _low_rank(n, m, r, seed)
     exact = torch.linalg.svdvals(G)
     assert torch.allclose(mup.singular_values(G, rank=3), exact, atol=1e-10 * float(exact[0]))
     assert torch.allclose(mup.update_direction(G, "muon", rank=3), polar(G), atol=1e-9)
@@ -358,8 +363,7 @@ def test_train_signsgd_matches_a_hand_written_step():
 def test_loss_change_identities_and_norm_order(n, m, r, seed):
     # <G, U(G)> for the three optimizer models is ||G||_F^2, ||G||_1, ||G||_* (chapter 19), and
     # ||G||_2 <= ||G||_F <= ||G||_* <= sqrt(rank) ||G||_F
-    g = _gen(seed)
-    G = torch.randn(n, r, generator=g, dtype=F64) @ torch.randn(r, m, generator=g, dtype=F64)
+    G = _low_rank(n, m, r, seed)
     norms = mup.matrix_norms(G)
     for opt, key in NORM_OF.items():
         inner = float((G * mup.update_direction(G, opt)).sum())

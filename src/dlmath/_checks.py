@@ -24,9 +24,25 @@ __all__ = [
     "check_int",
     "check_choice",
     "check_dim",
+    "HALF_DTYPES",
+    "upcast_half",
+    "work_dtype",
 ]
 
 _COMPLEX = (torch.complex64, torch.complex128)
+
+#: Dtypes whose sums and squares overflow early (float16) or that some linalg routines refuse.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype to compute in: float32 for float16/bfloat16, otherwise ``dtype`` itself."""
+    return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+def upcast_half(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in :func:`work_dtype` (float32 if it is float16/bfloat16, else ``x`` itself)."""
+    return x.to(work_dtype(x.dtype))
 
 
 def as_float_tensor(

@@ -39,7 +39,7 @@ import math
 
 import torch
 
-from ._checks import as_float_tensor, check_dim, check_finite, check_int, check_real
+from ._checks import as_float_tensor, check_dim, check_finite, check_int, check_real, upcast_half
 
 __all__ = [
     "rms_norm",
@@ -55,11 +55,6 @@ def _vectors(x, dim: int) -> tuple[torch.Tensor, int]:
     x = as_float_tensor(x, "x")
     check_finite(x, "x")
     return x, check_dim(x, dim)
-
-
-def _work(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in float32 at least (float64 stays float64)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _eps(eps) -> float:
@@ -97,7 +92,7 @@ def rms_norm(x, dim: int = -1, *, eps: float = 0.0) -> torch.Tensor:
     """
     x, dim = _vectors(x, dim)
     eps = _eps(eps)
-    w = _work(x)
+    w = upcast_half(x)
     m = w.abs().amax(dim=dim, keepdim=True)
     safe = torch.where(m > 0, m, torch.ones_like(m))
     u = w / safe                                   # entries in [-1, 1]: no overflow below
@@ -128,7 +123,7 @@ def rms_norm_jacobian(x, *, eps: float = 0.0) -> torch.Tensor:
         raise ValueError("rms_norm is not differentiable at the zero vector when eps == 0 "
                          "(x contains a zero vector along its last dimension)")
     d = x.shape[-1]
-    w = _work(x)
+    w = upcast_half(x)
     y = rms_norm(w, -1, eps=eps)
     m = w.abs().amax(dim=-1, keepdim=True)
     safe = torch.where(m > 0, m, torch.ones_like(m))
@@ -156,7 +151,7 @@ def rms_norm_isru_constants(x, dim: int = -1, *, eps: float = 0.0) -> torch.Tens
     x, dim = _vectors(x, dim)
     eps = _eps(eps)
     d = x.shape[dim]
-    sq = _work(x).square()
+    sq = upcast_half(x).square()
     before = torch.cat([torch.zeros_like(sq.narrow(dim, 0, 1)),
                         torch.cumsum(sq, dim=dim).narrow(dim, 0, d - 1)], dim=dim)
     after = torch.flip(torch.cumsum(torch.flip(sq, [dim]), dim=dim), [dim])

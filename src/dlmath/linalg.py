@@ -35,6 +35,8 @@ from ._checks import (
     check_int,
     check_matrix,
     check_real,
+    upcast_half,
+    work_dtype,
 )
 from .lse import renyi_entropy
 from .msign import msign, polar  # re-exported: the msign chapter's functions live in msign.py
@@ -56,14 +58,6 @@ EFFECTIVE_RANK_KINDS = (
     "rank", "threshold", "energy", "intrinsic", "stable", "schatten", "nuc_fro",
     "entropy", "renyi", "normalized_entropy",
 )
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _work(M: torch.Tensor) -> torch.Tensor:
-    """The tensor to compute with: half precisions are promoted to float32."""
-    return M.float() if M.dtype in _LOW_PRECISION else M
-
 
 def power_iteration(W, iters: int = 10, v0=None, generator: torch.Generator | None = None):
     r"""Top singular triplet of ``W`` by power iteration on :math:`W^\top W`.
@@ -95,7 +89,7 @@ def power_iteration(W, iters: int = 10, v0=None, generator: torch.Generator | No
     """
     W = check_matrix(W, "W")
     iters = check_int(iters, "iters", low=0)
-    A = _work(W)
+    A = upcast_half(W)
     m = A.shape[-1]
     if v0 is None:
         shape = (*A.shape[:-2], m)
@@ -218,7 +212,7 @@ class PowerIteration:
 
     def __call__(self, W):
         W = check_matrix(W, "W", finite=False)  # non-finite W shows in the bound, checked below
-        A = _work(W)
+        A = upcast_half(W)
         shape = (*A.shape[:-2], A.shape[-1])
         warm = self.v is not None and self.v.shape == shape and self.v.device == A.device
         if warm:
@@ -287,7 +281,7 @@ def spectral_norm(W, method: str = "svd", iters: int = 20,
     check_choice(method, "method", ("svd", "power"))
     if method == "power":
         return power_iteration(W, iters, generator=generator)[0]
-    return torch.linalg.svdvals(_work(W))[..., 0].to(W.dtype)
+    return torch.linalg.svdvals(upcast_half(W))[..., 0].to(W.dtype)
 
 
 def spectral_norm_grad(W, v=None, rtol: float | None = None) -> torch.Tensor:
@@ -313,7 +307,7 @@ def spectral_norm_grad(W, v=None, rtol: float | None = None) -> torch.Tensor:
     Shapes: ``W`` is ``(..., n, m)``; the result has the same shape, device and dtype.
     """
     W = check_matrix(W, "W")
-    A = _work(W)
+    A = upcast_half(W)
     if v is not None:
         v = as_float_tensor(v, "v")
         check_finite(v, "v")
@@ -341,7 +335,7 @@ def nuclear_norm(W) -> torch.Tensor:
     r"""Nuclear norm :math:`\|W\|_* = \sum_i \sigma_i(W)`, shape ``(...)`` for ``W`` of shape
     ``(..., n, m)``. Chapter: effective rank."""
     W = check_matrix(W, "W")
-    return torch.linalg.svdvals(_work(W)).sum(dim=-1).to(W.dtype)
+    return torch.linalg.svdvals(upcast_half(W)).sum(dim=-1).to(W.dtype)
 
 
 def _singular_values(M, singular_values: bool, exact: bool = False) -> tuple[torch.Tensor, int]:
@@ -352,14 +346,14 @@ def _singular_values(M, singular_values: bool, exact: bool = False) -> tuple[tor
         if (s < 0).any():
             raise ValueError("M holds singular values (singular_values=True), so it must be "
                              "non-negative")
-        s = torch.sort(_work(s), dim=-1, descending=True).values
+        s = torch.sort(upcast_half(s), dim=-1, descending=True).values
         return s, s.shape[-1]
     M = as_float_tensor(M, "M", min_ndim=0)
     if M.ndim < 2:
         raise ValueError(f"M must be a matrix (..., n, m), got shape {tuple(M.shape)}; to pass "
                          "a vector of singular values, use singular_values=True")
     M = check_matrix(M, "M")
-    return torch.linalg.svdvals(M.double() if exact else _work(M)), max(M.shape[-2:])
+    return torch.linalg.svdvals(M.double() if exact else upcast_half(M)), max(M.shape[-2:])
 
 
 def _entropy_probabilities(s: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -436,7 +430,8 @@ def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
     if singular_values or exact:
         s, size = _singular_values(M, singular_values, exact=exact)
         out_dtype = M.dtype if isinstance(M, torch.Tensor) else s.dtype
-        noise = _work(M).dtype if isinstance(M, torch.Tensor) and M.is_floating_point() else None
+        floating = isinstance(M, torch.Tensor) and M.is_floating_point()
+        noise = work_dtype(M.dtype) if floating else None
         value = _rank_from_values(s, size, kind, eps, relative, k, gamma, alpha, rtol, noise)
         return value.to(out_dtype)
     M = as_float_tensor(M, "M", min_ndim=0)
@@ -444,7 +439,7 @@ def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
         raise ValueError(f"M must be a matrix (..., n, m), got shape {tuple(M.shape)}; to pass "
                          "a vector of singular values, use singular_values=True")
     M = check_matrix(M, "M")
-    A = _work(M)
+    A = upcast_half(M)
     size = max(A.shape[-2:])
     args = (size, kind, eps, relative, k, gamma, alpha, rtol, A.dtype)
     gram = _small_gram(A)

@@ -45,6 +45,7 @@ from collections.abc import Callable
 import torch
 
 from ._checks import (
+    HALF_DTYPES,
     as_float_tensor,
     check_choice,
     check_dim,
@@ -53,6 +54,7 @@ from ._checks import (
     check_no_nan,
     check_probability,
     check_real,
+    work_dtype,
 )
 from .lse import softmax
 
@@ -172,7 +174,7 @@ def taylor_softmax(x, k: int = 2, dim: int = -1) -> torch.Tensor:
     if k % 2:
         raise ValueError(f"k must be even (odd-order Taylor polynomials of exp take negative "
                          f"values), got {k}")
-    if x.dtype in (torch.float16, torch.bfloat16):  # half logits: compute in float32
+    if x.dtype in HALF_DTYPES:  # half logits: compute in float32
         return taylor_softmax(x.float(), k, -1).to(x.dtype).movedim(-1, dim)
     if math.lgamma(k + 1) > -math.log(torch.finfo(x.dtype).tiny):
         raise ValueError(f"k = {k} is too large for {x.dtype}: 1/k! underflows; use k <= "
@@ -500,7 +502,7 @@ def _newton_parts(x: torch.Tensor, alpha: float):
     long sparse rows, where each ``pow`` pass over the full row would cost more than packing)."""
     if x.numel() == 0:
         return _entmax_parts(x, alpha, "newton", None)
-    if x.dtype in (torch.float16, torch.bfloat16):  # half logits: solve in float32
+    if x.dtype in HALF_DTYPES:  # half logits: solve in float32
         p, lam = _newton_parts(x.float(), alpha)
         return p.to(x.dtype), lam.to(x.dtype)
     top, m = _row_max(x)  # NaN propagates into the max
@@ -546,7 +548,7 @@ def _bisect_threshold(w: torch.Tensor, beta: float, n_iter: int) -> torch.Tensor
 
 def _entmax_parts(x: torch.Tensor, alpha: float, method: str, n_iter: int | None):
     """(p, lambda) for logits ``x`` with the normalised dim last; lambda in x's units."""
-    if x.dtype in (torch.float16, torch.bfloat16):  # half logits: solve in float32
+    if x.dtype in HALF_DTYPES:  # half logits: solve in float32
         p, lam = _entmax_parts(x.float(), alpha, method, n_iter)
         return p.to(x.dtype), lam.to(x.dtype)
     beta = alpha - 1
@@ -576,7 +578,7 @@ def _newton_overflows(alpha: float, dtype: torch.dtype, n: int) -> bool:
     :math:`u^{1/\beta}`: as :math:`\alpha\to1` these overflow (``inf / inf = nan``), from about
     :math:`\alpha < 1.04` in float32 and :math:`\alpha < 1.007` in float64. Bisection works in
     units of :math:`\beta z`, where :math:`u \le 1`, and is used there instead."""
-    work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    work = work_dtype(dtype)
     inv = 1.0 / (alpha - 1.0)
     return inv * math.log2(inv) + math.log2(max(n, 1)) + 2 >= math.log2(torch.finfo(work).max)
 

@@ -30,7 +30,14 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._checks import as_float_tensor, check_choice, check_finite, check_generator, check_real
+from ._checks import (
+    as_float_tensor,
+    check_choice,
+    check_finite,
+    check_generator,
+    check_real,
+    upcast_half,
+)
 
 __all__ = ["ACTIVATIONS", "random_mlp", "mlp_forward", "PenaltyTerms", "penalty_terms"]
 
@@ -165,15 +172,10 @@ class PenaltyTerms(NamedTuple):
                            torch.where(lhs > 0, torch.inf, 0.0).to(lhs.dtype))
 
 
-def _upcast(M: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 in float32 (linalg norms do not take them), other dtypes unchanged."""
-    return M.float() if M.dtype in (torch.float16, torch.bfloat16) else M
-
-
 def _norm(M: torch.Tensor, ord) -> torch.Tensor:
     """Vector (``ord=None``) or matrix norm, scaled by the largest entry first so that squares
     of tiny or huge entries neither underflow nor overflow; returned in ``M``'s dtype."""
-    M32 = _upcast(M)
+    M32 = upcast_half(M)
     m = M32.abs().amax()
     if m == 0:
         return torch.zeros((), dtype=M.dtype, device=M.device)

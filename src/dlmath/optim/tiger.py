@@ -26,7 +26,14 @@ from collections.abc import Callable
 
 import torch
 
-from .._checks import all_finite, as_float_tensor, check_choice, check_int, check_real
+from .._checks import (
+    all_finite,
+    as_float_tensor,
+    check_choice,
+    check_int,
+    check_real,
+    work_dtype,
+)
 from ._fused import check_fused, fused_sign_step, use_fused
 from .lion import _apply_lazy, dense_grads, lazy_rows, lion_update, run_closure
 
@@ -225,12 +232,9 @@ def _tiger_etas(ps, alpha, kind):
         if _is_matrix(p, kind):
             # a float16/bfloat16 norm is accumulated and returned in float32: in float16 it
             # would overflow to inf (and the step to inf/nan) once it passes 65504
-            norm = torch.linalg.vector_norm(p, dtype=torch.float32 if p.dtype in _HALF else None)
+            norm = torch.linalg.vector_norm(p, dtype=work_dtype(p.dtype))
             etas[i] = alpha * float(norm) / math.sqrt(p.numel() or 1)  # an empty one: eta = 0
     return etas
-
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def _check_group(group: dict) -> None:
