@@ -208,6 +208,33 @@ def test_float64_parameters_stay_float64():
     torch.testing.assert_close(p.detach(), W - 0.1 * msign(p.grad), atol=1e-14, rtol=0)
 
 
+@pytest.mark.parametrize("override, error, match", [
+    ({"lr": -1.0}, ValueError, "lr must be >= 0"),
+    ({"momentum": 1.0}, ValueError, "momentum must be < 1"),
+    ({"momentum": -0.5}, ValueError, "momentum must be >= 0"),
+    ({"weight_decay": float("nan")}, ValueError, "weight_decay must be finite"),
+    ({"ns_steps": 0}, ValueError, "ns_steps must be >= 1"),
+    ({"coefficients": "nope"}, ValueError, "coefficients must be one of"),
+    ({"adjust_lr": "sqrt"}, ValueError, "adjust_lr must be one of"),
+    ({"spectral_decay": -1.0}, ValueError, "spectral_decay must be >= 0"),
+    ({"spectral_iters": 1.5}, TypeError, "spectral_iters must be an int"),
+])
+def test_group_overrides_are_checked(override, error, match):
+    """A parameter group's own hyperparameters get the constructor's checks, at construction
+    and in add_param_group, and a refused group is not kept."""
+    a, b = torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(2, 2))
+    with pytest.raises(error, match=match):
+        Muon([{"params": [a]}, {"params": [b], **override}])
+    opt = Muon([a])
+    with pytest.raises(error, match=match):
+        opt.add_param_group({"params": [b], **override})
+    assert len(opt.param_groups) == 1
+    with pytest.raises(ValueError, match="Muon only takes 2-D parameters"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
+    opt.add_param_group({"params": [b], "lr": 0.5, "ns_steps": 3})  # a valid override is kept
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 0.5]
+
+
 def test_bad_input():
     p = torch.nn.Parameter(torch.zeros(3, 2))
     with pytest.raises(ValueError, match="Muon only takes 2-D parameters"):

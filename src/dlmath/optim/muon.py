@@ -122,18 +122,18 @@ class Muon(torch.optim.Optimizer):
             ns_dtype=ns_dtype,
             validate=bool(validate),
         )
-        if defaults["momentum"] == 1.0:
-            raise ValueError("momentum must be < 1 (the average would ignore every gradient)")
-        super().__init__(params, defaults)
+        super().__init__(params, defaults)  # validates each group (add_param_group)
         self.generator = generator
-        for group in self.param_groups:
-            for i, p in enumerate(group["params"]):
-                if p.ndim != 2:
-                    raise ValueError(f"Muon only takes 2-D parameters; parameter {i} of a group "
-                                     f"has shape {tuple(p.shape)} (use AdamW for it)")
-                if not p.is_floating_point():
-                    raise TypeError(f"Muon needs floating parameters; parameter {i} has "
-                                    f"dtype {p.dtype}")
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group as ``torch.optim`` does, then check its hyperparameters and parameters
+        (a group's own values get the same checks as the constructor's arguments)."""
+        super().add_param_group(param_group)
+        try:
+            _check_group(self.param_groups[-1])
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -167,3 +167,21 @@ class Muon(torch.optim.Optimizer):
                         iters=group["spectral_iters"], generator=self.generator)
                 p.add_(update, alpha=-lr * lr_ratio(group["adjust_lr"], p.shape))
         return loss
+
+
+def _check_group(group: dict) -> None:
+    check_real(group["lr"], "lr", nonnegative=True)
+    check_real(group["weight_decay"], "weight_decay", nonnegative=True)
+    if check_real(group["momentum"], "momentum", low=0.0, high=1.0) == 1.0:
+        raise ValueError("momentum must be < 1 (the average would ignore every gradient)")
+    check_int(group["ns_steps"], "ns_steps", low=1)
+    _schedule_table(group["coefficients"])  # a name or triples, as msign takes them
+    check_choice(group["adjust_lr"], "adjust_lr", ADJUST_LR)
+    check_real(group["spectral_decay"], "spectral_decay", nonnegative=True)
+    check_int(group["spectral_iters"], "spectral_iters", low=0)
+    for i, p in enumerate(group["params"]):
+        if p.ndim != 2:
+            raise ValueError(f"Muon only takes 2-D parameters; parameter {i} of a group has "
+                             f"shape {tuple(p.shape)} (use AdamW for it)")
+        if not p.is_floating_point():
+            raise TypeError(f"Muon needs floating parameters; parameter {i} has dtype {p.dtype}")
