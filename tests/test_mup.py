@@ -211,6 +211,22 @@ def test_train_stacks_models_and_flags_divergence():
     assert torch.equal(W[0], _problem(16, 2)[0][0])      # inputs untouched
 
 
+def test_train_flags_an_update_that_overflows_while_the_loss_is_finite():
+    """X = W_in = W_out = I and T = I + 4b: every gradient entry is -4, so at lr = 1e308 every
+    entry of the step overflows to -inf while the loss (8 b^3) is finite. Such a model is
+    diverged (loss inf from the next step on), not stalled at its first loss with its update
+    dropped; its neighbour in the stack trains as if alone."""
+    b = 3
+    eye = torch.eye(b, dtype=F64)
+    T = eye + 4 * b
+    lrs = torch.tensor([0.01, 1e308], dtype=F64).view(2, 1, 1)
+    stacked = [eye.expand(2, b, b).clone() for _ in range(2)]
+    losses = mup.train(stacked, eye, T, [lrs, lrs], steps=3)
+    assert float(losses[0, 1]) == 0.5 * (4 * b) ** 2 * b      # finite before the step
+    assert torch.isinf(losses[1:, 1]).all()
+    assert torch.equal(losses[:, 0], mup.train([eye, eye], eye, T, [0.01, 0.01], steps=3))
+
+
 def test_matrix_norms_and_rms_values():
     W = torch.tensor([[3.0, 0.0], [0.0, -4.0]], dtype=F64)
     n = mup.matrix_norms(W)

@@ -445,9 +445,11 @@ def train(weights, X, T, lrs, steps: int, optimizer: str = "sgd", activation=tor
     Weights may carry a leading stack dimension ``(L, fan_in, fan_out)`` to train ``L`` models at
     once (e.g. one per learning rate of a sweep); ``lrs`` holds one entry per layer, each a
     float or a tensor broadcastable to that layer's weight (``(L, 1, 1)`` for a sweep).
-    Returns the losses before every step and after the last, shape ``(steps + 1, ...)``; a
-    diverged model's loss becomes ``inf`` (its weights stop being updated once non-finite).
-    The inputs are not modified. Chapter 19 (the learning-rate sweep).
+    Returns the losses before every step and after the last, shape ``(steps + 1, ...)``. A
+    model diverges when its loss is not finite or when one of its updates overflows (an entry
+    of :math:`\eta_l U` not finite while the loss still is); from then on its weights stay
+    as they are and its loss is reported as ``inf``. The inputs are not modified. Chapter 19
+    (the learning-rate sweep).
     """
     check_choice(optimizer, "optimizer", ("sgd", "adam"))
     steps = check_int(steps, "steps", low=0)
@@ -455,17 +457,20 @@ def train(weights, X, T, lrs, steps: int, optimizer: str = "sgd", activation=tor
         raise ValueError(f"lrs must hold one learning rate per weight ({len(weights)}), got "
                          f"{len(lrs)}")
     params = [W.detach().clone().requires_grad_(True) for W in weights]
-    losses = []
+    losses, diverged = [], None  # diverged: per model (the loss's shape)
     for step in range(steps + 1):
         with torch.enable_grad():
             loss = mse_loss(mlp_features(params, X, activation)[-1], T)
-            finite = torch.isfinite(loss)
-            losses.append(torch.where(finite, loss.detach(), math.inf))
+            alive = torch.isfinite(loss) if diverged is None else torch.isfinite(loss) & ~diverged
+            losses.append(torch.where(alive, loss.detach(), math.inf))
             if step == steps:
                 break
-            grads = torch.autograd.grad(torch.where(finite, loss, 0).sum(), params)
+            grads = torch.autograd.grad(torch.where(alive, loss, 0).sum(), params)
         with torch.no_grad():
-            for W, G, lr in zip(params, grads, lrs, strict=True):
-                U = G if optimizer == "sgd" else torch.sign(G)
-                W -= torch.nan_to_num(lr * U, nan=0.0, posinf=0.0, neginf=0.0)
+            steps_ = [lr * (G if optimizer == "sgd" else torch.sign(G))
+                      for G, lr in zip(grads, lrs, strict=True)]
+            overflow = [~torch.isfinite(S).flatten(-2).all(dim=-1) for S in steps_]
+            diverged = ~alive | torch.stack(torch.broadcast_tensors(*overflow)).any(dim=0)
+            for W, S in zip(params, steps_, strict=True):
+                W -= torch.where(diverged[..., None, None], 0.0, S)  # NaN-free: where selects
     return torch.stack(losses)
