@@ -359,3 +359,69 @@ def test_rank_one_residual():
         at.rank_one_residual(torch.full((2, 2), math.nan))
     with pytest.raises(ValueError, match="at least 2 dimension"):
         at.rank_one_residual(torch.ones(3))
+
+
+# -- precision limits ------------------------------------------------------------------------
+
+def test_half_precision_logits_beyond_65504_stay_finite():
+    """q k^T = 90000 overflows float16; the library computes in float32, as a float64
+    reference confirms, and returns the input dtype."""
+    q = torch.tensor([[300.0], [1.0], [-2.0]])
+    k = torch.tensor([[300.0], [-300.0], [0.5]])
+    for dtype in (torch.float16, torch.bfloat16):
+        for mask in (None, "causal", "anticausal"):
+            A = at.attention_matrix(q.to(dtype), k.to(dtype), mask, scale=1.0)
+            ref = at.attention_matrix(q.to(dtype).double(), k.to(dtype).double(), mask,
+                                      scale=1.0)
+            assert A.dtype == dtype and bool(torch.isfinite(A).all())
+            assert torch.allclose(A.double(), ref, atol=1e-2, rtol=0)
+        lin = at.linear_attention_matrix(torch.full((3, 2), 200.0, dtype=dtype),
+                                         torch.full((3, 2), 200.0, dtype=dtype))
+        assert lin.dtype == dtype and torch.allclose(lin.double(),
+                                                     torch.full((3, 3), 1 / 3, dtype=F64),
+                                                     atol=1e-2)
+
+
+def test_overflowing_logits_raise():
+    q, k = torch.tensor([[1e20], [1.0]]), torch.tensor([[1e20], [-1e20]])
+    with pytest.raises(ValueError, match="logits .* overflow"):
+        at.attention_matrix(q, k, scale=1.0)
+    with pytest.raises(ValueError, match="logits .* overflow"):
+        at.attention_matrix(q, k, "causal", scale=1.0)
+    with pytest.raises(ValueError, match="overflow"):
+        at.linear_attention_matrix(q, q)
+    with pytest.raises(ValueError, match="underflows"):              # e^(-1e20) = 0
+        at.linear_attention_matrix(q, k)
+
+
+def test_default_feature_map_is_elu_plus_one_and_stays_positive():
+    x = torch.linspace(-30, 30, 601, dtype=F64)
+    assert torch.allclose(at._elu1(x), F.elu(x) + 1, atol=1e-15, rtol=0)
+    x32 = torch.tensor([-30.0, -80.0])                 # F.elu(x) + 1 rounds to 0 here
+    assert float((F.elu(x32) + 1).max()) == 0.0
+    assert torch.equal(at._elu1(x32), torch.exp(x32)) and bool((at._elu1(x32) > 0).all())
+    A = at.linear_attention_matrix(torch.full((4, 2), -30.0), _randn(4, 2, seed=3).float())
+    assert torch.allclose(A.sum(-1), torch.ones(4), atol=1e-6)
+    # gradients stay finite where e^x would overflow in the branch not taken
+    x = torch.tensor([-5.0, 0.0, 100.0], dtype=torch.float32, requires_grad=True)
+    at._elu1(x).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([math.exp(-5.0), 1.0, 1.0], dtype=torch.float32))
+
+
+@pytest.mark.parametrize("rho", [0.3, 2.0])
+def test_anticausal_diagonal_bound_is_attained(rho):
+    # the mirror image of the causal bound: row i sees n - i + 1 keys (i from 1), so
+    # a_ii >= 1 / (1 + (n - i) e^(2 rho)), with equality at s_ii = -rho, s_ij = +rho (j > i)
+    n = 25
+    S = rho * (torch.ones(n, n, dtype=F64) - 2 * torch.eye(n, dtype=F64))
+    A = at.attention_matrix(S, torch.eye(n, dtype=F64), "anticausal", scale=1.0)
+    i = torch.arange(1, n + 1, dtype=F64)
+    assert bool((torch.tril(A, -1) == 0).all())
+    assert torch.allclose(torch.diagonal(A), 1 / (1 + (n - i) * math.exp(2 * rho)), rtol=1e-13,
+                          atol=0)
+
+
+def test_linear_attention_fully_masked_rows_give_zeros():
+    mask = torch.tensor([[True, False], [False, False]])
+    A = at.linear_attention_matrix(torch.ones(2, 1, dtype=F64), torch.ones(2, 1, dtype=F64), mask)
+    assert torch.equal(A, torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=F64))

@@ -360,3 +360,77 @@ def test_nonfinite_and_empty_inputs_elsewhere():
     d = 1 - lam.item()
     ref = math.sqrt(d * (2 - d))
     assert abs(R.lru_normalization(lam).item() / ref - 1) < 1e-13
+
+
+def test_initial_with_time_varying_lambda():
+    """x_{-1} enters as lambda_0 x_{-1} (the docstring's formula). A constant lam cannot tell
+    lambda_0 from lambda_1, so this uses a lam that changes every step, and a hand loop."""
+    g = _gen(21)
+    T, n = 13, 3
+    lam = _complex_lam(g, T * n).reshape(T, n)
+    u = torch.randn(T, n, generator=g, dtype=C128)
+    x0 = torch.randn(n, generator=g, dtype=C128)
+    ref, x = [], x0
+    for t in range(T):
+        x = lam[t] * x + u[t]
+        ref.append(x)
+    ref = torch.stack(ref)
+    for method in ("chunked", "scan", "loop"):
+        out = R.linear_recurrence(lam, u, dim=0, initial=x0, method=method)
+        assert torch.allclose(out, ref, atol=1e-13, rtol=0)
+    args = tuple(t.clone().requires_grad_() for t in (lam, u, x0))
+    for method in ("chunked", "scan"):
+        assert torch.autograd.gradcheck(
+            lambda a, b, c, m=method: R.linear_recurrence(a, b, dim=0, initial=c, method=m), args)
+
+
+def test_half_precision_is_computed_in_float32():
+    """A float16 loop of 3000 steps near |lam| = 1 stalls at 768 instead of 969; the library
+    computes in float32 and rounds once."""
+    for dtype, r, rel in ((torch.float16, 0.999, 2e-3), (torch.bfloat16, 0.99, 1e-2)):
+        lam = torch.full((2,), r, dtype=dtype)
+        u = torch.ones(3000, 2, dtype=dtype)
+        lam_q = float(lam[0])                               # 0.999 as stored in dtype
+        ref = (1 - lam_q**3000) / (1 - lam_q)
+        for method in ("chunked", "scan", "loop"):
+            x = R.linear_recurrence(lam, u, method=method)
+            assert x.dtype == dtype
+            assert abs(float(x[-1, 0]) / ref - 1) < rel
+    assert R.linear_recurrence(torch.ones(2, dtype=torch.float16),
+                               torch.ones(0, 2, dtype=torch.float16)).dtype == torch.float16
+
+
+def test_underflowing_products_are_harmless_when_stable():
+    """float32 products of 1e-30 underflow inside the chunked blocks and the scan; with every
+    |lam_t| <= 1 the result still agrees with a float64 loop."""
+    T = 200
+    lam = torch.full((T, 2), 0.9)
+    lam[50:53] = 1e-30
+    u = torch.randn(T, 2, generator=_gen(41))
+    ref = R.linear_recurrence(lam.double(), u.double(), dim=0, method="loop")
+    for method in ("chunked", "scan", "loop"):
+        x = R.linear_recurrence(lam, u, dim=0, method=method).double()
+        assert (x - ref).abs().max() < 1e-6 * ref.abs().max()
+
+
+def test_normalization_within_rounding_of_the_circle():
+    """Moduli within 4 eps of 1 give +0 (not NaN, not -0); anything beyond raises."""
+    for dtype in (F32, F64):
+        eps = torch.finfo(dtype).eps
+        gamma = R.lru_normalization(torch.tensor([1 + 2 * eps, 1.0], dtype=dtype))
+        assert gamma.tolist() == [0.0, 0.0] and not torch.signbit(gamma).any()
+        with pytest.raises(ValueError, match=r"\|lam\| <= 1"):
+            R.lru_normalization(torch.tensor([1 + 64 * eps], dtype=dtype))
+
+
+def test_ring_init_is_the_inverse_cdf_of_its_uniforms():
+    """The draws are the documented formula applied to the generator's uniforms U, V (in that
+    order): exact, so a distortion far below what a KS test sees is caught."""
+    r_min, r_max, phase, n = 0.3, 0.97, 2.5, 1000
+    nu_log, theta_log = R.lru_ring_init(n, r_min, r_max, phase, generator=_gen(31), dtype=F64)
+    g = _gen(31)
+    U = 1 - torch.rand(n, generator=g, dtype=F64)
+    V = 1 - torch.rand(n, generator=g, dtype=F64)
+    r2 = torch.exp(-2 * torch.exp(nu_log))
+    assert torch.allclose(r2, r_min**2 + U * (r_max**2 - r_min**2), rtol=1e-13, atol=0)
+    assert torch.allclose(theta_log.exp(), V * phase, rtol=1e-13, atol=0)

@@ -21,7 +21,9 @@ Conventions:
   kinds of the chapter, and :func:`attention_matrix` also accepts a kind by name.
 * a row with no visible key has no attention distribution; it is returned as a row of zeros
   (never NaN). The masks of :func:`attention_mask` never produce one.
-* NaN or infinite queries/keys raise ``ValueError``; integer tensors raise ``TypeError``.
+* NaN or infinite queries/keys raise ``ValueError``, and so do finite ones whose logits (or
+  linear-attention weights) overflow the working dtype; integer tensors raise ``TypeError``.
+  float16 and bfloat16 inputs are computed in float32 and the result is rounded back.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ import math
 
 import torch
 
-from ._checks import as_float_tensor, check_choice, check_finite, check_int, check_real
+from ._checks import (
+    all_finite,
+    as_float_tensor,
+    check_choice,
+    check_finite,
+    check_int,
+    check_real,
+    upcast_half,
+)
 
 __all__ = [
     "MASK_KINDS",
@@ -118,14 +128,20 @@ def attention_matrix(q, k, mask=None, *, scale: float | None = None) -> torch.Te
     ``"anticausal"``, ``"bidirectional"``; needs ``n == m``) or a boolean tensor
     broadcastable to ``(..., n, m)`` with ``True`` = visible. ``scale`` is :math:`\tau`,
     default :math:`1/\sqrt d`. The maximum is taken over visible entries only, so no row
-    overflows, and a row with no visible entry is returned as zeros.
+    overflows, and a row with no visible entry is returned as zeros. float16/bfloat16 inputs
+    are computed in float32 (their logits overflow at 65504 and 3.4e38, where a float16
+    softmax returns NaN); logits that overflow the working dtype raise ``ValueError``.
     """
     q, k = _qk(q, k)
+    out_dtype = q.dtype
+    q, k = upcast_half(q), upcast_half(k)
     tau = 1.0 / math.sqrt(q.shape[-1]) if scale is None else check_real(scale, "scale")
     s = tau * (q @ k.transpose(-1, -2))
+    if not all_finite(s):
+        raise ValueError(f"the logits scale * q k^T overflow {s.dtype}: rescale q, k or scale")
     visible = _mask(mask, q.shape[-2], k.shape[-2], q.device)
     if visible is None:
-        return torch.softmax(s, dim=-1)
+        return torch.softmax(s, dim=-1).to(out_dtype)
     visible = visible.expand_as(s)
     neg_inf = torch.tensor(-math.inf, dtype=s.dtype, device=s.device)
     s = torch.where(visible, s, neg_inf)
@@ -133,11 +149,13 @@ def attention_matrix(q, k, mask=None, *, scale: float | None = None) -> torch.Te
     mu = torch.where(torch.isfinite(mu), mu, torch.zeros_like(mu))  # fully masked rows
     e = torch.where(visible, torch.exp(s - mu), torch.zeros_like(s))
     total = e.sum(dim=-1, keepdim=True)
-    return e / torch.where(total > 0, total, torch.ones_like(total))
+    return (e / torch.where(total > 0, total, torch.ones_like(total))).to(out_dtype)
 
 
 def _elu1(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.elu(x) + 1.0
+    """elu(x) + 1, written as x + 1 (x > 0) and e^x (x <= 0): the same function, but
+    elu(x) + 1 = (e^x - 1) + 1 rounds to 0 below x ~ -17 in float32 (-37 in float64)."""
+    return torch.where(x > 0, x + 1.0, torch.exp(torch.clamp(x, max=0.0)))
 
 
 def linear_attention_matrix(q, k, mask=None, *, feature=None) -> torch.Tensor:
@@ -149,21 +167,31 @@ def linear_attention_matrix(q, k, mask=None, *, feature=None) -> torch.Tensor:
     Without a mask :math:`A=D^{-1}\phi(Q)\phi(K)^\top` has rank at most the feature size;
     with the causal mask it is lower triangular with a positive diagonal. Shapes and ``mask``
     as :func:`attention_matrix`; ``feature`` is a callable mapping ``(..., d)`` to strictly
-    positive features ``(..., d')`` (``ValueError`` otherwise).
+    positive features ``(..., d')`` (``ValueError`` otherwise). The default
+    :math:`\operatorname{elu}(x)+1` is evaluated as :math:`e^x` for :math:`x\le0`, so it stays
+    positive down to the underflow of :math:`e^x`. float16/bfloat16 inputs are computed in
+    float32; weights that overflow raise ``ValueError``.
     """
     q, k = _qk(q, k)
+    out_dtype = q.dtype
+    q, k = upcast_half(q), upcast_half(k)
     phi = _elu1 if feature is None else feature
     if not callable(phi):
         raise TypeError("feature must be a callable (a positive feature map) or None")
     fq, fk = phi(q), phi(k)
     if not bool((fq > 0).all()) or not bool((fk > 0).all()):
-        raise ValueError("feature must map to strictly positive features")
+        raise ValueError("feature must map to strictly positive features" + (
+            "" if feature is not None else
+            " (the default elu(x) + 1 = e^x for x <= 0 underflows to 0 below x ~ -87 in "
+            "float32, -745 in float64)"))
     w = fq @ fk.transpose(-1, -2)
+    if not all_finite(w):
+        raise ValueError(f"the weights phi(q) phi(k)^T overflow {w.dtype}: rescale q or k")
     visible = _mask(mask, q.shape[-2], k.shape[-2], q.device)
     if visible is not None:
         w = torch.where(visible.expand_as(w), w, torch.zeros_like(w))
     total = w.sum(dim=-1, keepdim=True)
-    return w / torch.where(total > 0, total, torch.ones_like(total))
+    return (w / torch.where(total > 0, total, torch.ones_like(total))).to(out_dtype)
 
 
 def taylor_rank_bound(rho: float, d: int, p: int) -> tuple[int, float]:

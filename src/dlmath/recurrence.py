@@ -16,8 +16,9 @@ uniformly on a ring :math:`r_{\min} \le |\lambda| \le r_{\max}` and scales the i
 
 Dtypes. Real and complex tensors are both accepted; a result has the promoted dtype of its
 inputs (``torch.promote_types``: float32 with complex64 gives complex64, float64 with complex64
-gives complex128). Integer, boolean and ``complex32`` tensors raise ``TypeError``; NaN and
-infinities raise ``ValueError``. Results keep the inputs' device.
+gives complex128). float16 and bfloat16 are computed in float32 and rounded back at the end.
+Integer, boolean and ``complex32`` tensors raise ``TypeError``; NaN and infinities raise
+``ValueError``. Results keep the inputs' device.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ._checks import (
     check_generator,
     check_int,
     check_real,
+    work_dtype,
 )
 
 __all__ = ["linear_recurrence", "lru_lambda", "lru_ring_init", "lru_normalization"]
@@ -126,8 +128,14 @@ def linear_recurrence(lam, u, dim: int = -2, *, initial=None,
 
     With :math:`|\lambda| > 1` the partial products of the fast methods can overflow where the
     loop does not (``inf * 0``); a fast result that is not finite is therefore recomputed by the
-    loop, so all methods agree wherever the loop is finite. All are differentiable by autograd,
-    for real and complex inputs.
+    loop, so all methods agree to rounding wherever the loop is finite. The one exception is a
+    time-varying :math:`\lambda_t` that first drives a product below the underflow threshold
+    and then, with some :math:`|\lambda_t| > 1`, grows it back: each method rounds the vanished
+    product at a different place (for :math:`|\lambda_t| \le 1` an underflowed product stays
+    negligible and all agree). float16 and bfloat16 inputs are computed in float32 and the
+    result is rounded back once: a float16 loop of a few thousand steps near
+    :math:`|\lambda| = 1` would be off by tens of per cent. All methods are differentiable by
+    autograd, for real and complex inputs.
 
     Raises ``TypeError`` for integer, boolean or complex32 inputs and ``ValueError`` for NaN
     or infinite inputs, shapes that do not broadcast, mixed devices or an unknown method.
@@ -153,12 +161,13 @@ def linear_recurrence(lam, u, dim: int = -2, *, initial=None,
     if len(shape) != u.ndim:
         raise ValueError(f"lam of shape {tuple(lam.shape)} has more dimensions than u of shape "
                          f"{tuple(u.shape)}")
-    a = lam.to(dtype).expand(shape).movedim(dim, -1)
-    b = u.to(dtype).expand(shape).movedim(dim, -1)
+    work = work_dtype(dtype)                         # float16/bfloat16 run in float32
+    a = lam.to(work).expand(shape).movedim(dim, -1)
+    b = u.to(work).expand(shape).movedim(dim, -1)
     if b.shape[-1] == 0:
         return torch.empty(shape, dtype=dtype, device=u.device)
     if initial is not None:
-        x0 = tensors[2].to(dtype)
+        x0 = tensors[2].to(work)
         try:
             x0 = x0.expand(b.shape[:-1])
         except RuntimeError as exc:
@@ -168,7 +177,7 @@ def linear_recurrence(lam, u, dim: int = -2, *, initial=None,
     x = _METHODS[method](a, b)
     if method != "loop" and not all_finite(x):
         x = _loop(a, b)
-    return x.movedim(-1, dim)
+    return x.movedim(-1, dim).to(dtype)
 
 
 def lru_lambda(nu_log, theta_log) -> torch.Tensor:
@@ -261,4 +270,5 @@ def lru_normalization(lam) -> torch.Tensor:
     eps = torch.finfo(mod.dtype).eps
     if bool((mod > 1 + 4 * eps).any()):
         raise ValueError(f"lam must satisfy |lam| <= 1, got max |lam| = {float(mod.max()):.6g}")
-    return torch.sqrt(-torch.expm1(2 * torch.log(mod).clamp(max=0)))
+    # .abs(): a modulus within rounding of 1 gives +0, not -0
+    return torch.sqrt(-torch.expm1(2 * torch.log(mod).clamp(max=0))).abs()
