@@ -228,6 +228,71 @@ def test_float32_dtype_is_kept_and_matches_float64():
     assert torch.allclose(v32.double(), moe.expert_outputs(x, W_A, W_B, 4), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(("scale", "fits"), [(1e25, False), (1e15, True), (1e-15, True),
+                                             (1e-25, False)])
+def test_selection_and_errors_at_the_ends_of_the_float32_range(scale, fits):
+    """Squares of float32 entries overflow above ~1e19 and underflow below ~1e-23: without the
+    power-of-two rescaling every norm and subset error tied at inf or 0 and the first subset
+    won. The subsets must be those of float64; errors that fit in float32 must agree with it."""
+    g = _gen(8)
+    V = torch.randn(6, 5, 3, generator=g, dtype=F64) * torch.rand(6, 5, 1, generator=g,
+                                                                  dtype=F64)
+    V32 = (V * scale).float()
+    V64 = V32.double()  # the same numbers, in a dtype where nothing overflows
+    for k in (1, 2, 4):
+        idx, err = moe.best_subset(V32, k)
+        idx64, err64 = moe.best_subset(V64, k)
+        assert torch.equal(idx, idx64) and err.dtype == torch.float32
+        assert torch.equal(moe.topk_by_norm(V32, k), moe.topk_by_norm(V64, k))
+        sub = moe.subset_error(V32, idx64)
+        if fits:  # the error itself (about scale^2) is a float32 number
+            assert torch.allclose(err.double(), err64, rtol=1e-5, atol=0)
+            assert torch.allclose(sub.double(), err64, rtol=1e-5, atol=0)
+        else:  # it is not: inf or 0, never NaN, and the subset is still right
+            assert bool(((err == math.inf) | (err == 0)).all()) and not sub.isnan().any()
+    p = torch.tensor([0.25, 0.25, 0.25, 0.125, 0.125]).expand(6, 5)  # exact in both dtypes
+    var = moe.importance_sampling_variance(V32, p)
+    var64 = moe.importance_sampling_variance(V64, p.double())
+    assert not var.isnan().any()
+    if fits:
+        assert torch.allclose(var.double(), var64, rtol=1e-4, atol=0)
+    # a tiny non-zero vector that can never be drawn still makes the estimate biased
+    off = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float32)
+    assert (moe.importance_sampling_variance(V32, off) == math.inf).all()
+
+
+def test_subset_error_and_variance_gradients_in_closed_form():
+    """The rescaling is a constant power of two, so gradients still flow:
+    d|sum_{i not in S} v_i|^2 / dv_j = 2 rest (j dropped) or 0 (j kept), and
+    d(sum |v_i|^2/p_i - |sum v|^2) / dv_j = 2 v_j / p_j - 2 sum v."""
+    g = _gen(12)
+    V = (1e3 * torch.randn(4, 3, generator=g, dtype=F64)).requires_grad_(True)
+    S = torch.tensor([0, 2])
+    (grad,) = torch.autograd.grad(moe.subset_error(V, S), V)
+    rest = V.detach()[[1, 3]].sum(0)
+    expected = torch.stack([torch.zeros(3, dtype=F64), 2 * rest, torch.zeros(3, dtype=F64),
+                            2 * rest])
+    assert torch.allclose(grad, expected, rtol=1e-14, atol=0)
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64)
+    (grad,) = torch.autograd.grad(moe.importance_sampling_variance(V, p), V)
+    expected = 2 * V.detach() / p.unsqueeze(-1) - 2 * V.detach().sum(0)
+    assert torch.allclose(grad, expected, rtol=1e-12, atol=0)
+    W = (V.detach() / 1e3).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda W: moe.best_subset(W, 2)[1], (W,))
+
+
+def test_selection_in_float16_keeps_the_dtype_and_ranks_past_its_range():
+    # squared lengths 9e4, 1.6e5, 9.01e4 all overflow float16 (max 65504)
+    V = torch.tensor([[300.0, 0.0], [0.0, 400.0], [-300.0, 10.0]], dtype=torch.float16)
+    assert moe.topk_by_norm(V, 1).tolist() == [1]
+    assert moe.topk_by_norm(V, 2).tolist() == [1, 2]
+    idx, err = moe.best_subset(V, 1)
+    assert idx.tolist() == [1] and err.dtype == torch.float16 and err.item() == 100.0
+    assert moe.subset_error(V, torch.tensor([0])).item() == math.inf  # 410^2 > 65504
+    W = torch.tensor([[3e-3, 0.0], [0.0, 4e-3]], dtype=torch.float16)  # squares underflow
+    assert moe.topk_by_norm(W, 1).tolist() == [1]
+
+
 def test_best_subset_ties_are_lexicographic_and_the_size_limit_is_enforced():
     V = torch.ones(4, 2, dtype=F64)  # every 2-subset has the same error
     assert moe.best_subset(V, 2)[0].tolist() == [0, 1]
@@ -561,6 +626,10 @@ def test_lossfree_update_modes_and_edge_cases():
     rms_step = moe.lossfree_update(b, F_, 1.0, "rms")
     assert torch.allclose(-rms_step, z / z.square().mean().sqrt(), atol=1e-15, rtol=0)
     assert abs(rms_step.square().mean().sqrt().item() - 1) < 1e-15
+    # alpha scales both normalised steps (alpha = 1 above cannot tell alpha from 1 or alpha^2)
+    for mode, phi in (("sign", torch.sign(z)), ("rms", z / z.square().mean().sqrt())):
+        assert torch.allclose(moe.lossfree_update(b, F_, 0.3, mode), -0.3 * phi, atol=1e-15,
+                              rtol=0)
     uniform = torch.full((4,), 0.25, dtype=F64)
     for mode in ("sign", "rms", "sgd"):
         assert torch.equal(moe.lossfree_update(b, uniform, 1.0, mode), b)
@@ -614,6 +683,25 @@ def test_dynamic_k_per_k_fixed_point_and_zero_budget():
     over = torch.full((8,), 0.75, dtype=F64)  # balanced, budget 6 > 4: cap lowers every bias
     assert torch.allclose(moe.dynamic_k_update(bias, over, 4, 0.1, "cap") - bias,
                           torch.full((8,), -0.1, dtype=F64), atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_dynamic_k_update_equal_rates_are_a_rest_point(dtype):
+    """Equal rates are balanced: s = 0 exactly, so Loss-Free and centred leave the bias alone
+    and the budget rule moves every coordinate by the same alpha. Computed as n r_i - B with a
+    rounded sum B, seven experts at rate c/1000 gave s != 0 for about half of the c."""
+    bias = torch.linspace(-1, 0, 7, dtype=dtype)
+    for c in range(1, 1000, 7):
+        rates = torch.full((7,), c / 1000, dtype=dtype)
+        for rule in ("lossfree", "centred"):
+            assert torch.equal(moe.dynamic_k_update(bias, rates, 3.5, 0.1, rule), bias)
+        budget = moe.dynamic_k_update(bias, rates, 3.5, 0.1, "budget")
+        step = 0.1 * (1.0 if 7 * c / 1000 > 3.5 else -1.0)
+        assert torch.allclose(budget, bias - step, atol=1e-6, rtol=0)
+    # an unequal pair: the sign of n r_i - B, i.e. of r_i - mean(r)
+    rates = torch.tensor([0.75, 0.25, 0.5], dtype=dtype)  # mean 0.5: expert 2 is balanced
+    u = (bias[:3] - moe.dynamic_k_update(bias[:3], rates, 1.0, 0.5, "lossfree")) / 0.5
+    assert u.tolist() == [1.0, -1.0, 0.0]
 
 
 def test_dynamic_k_validation():

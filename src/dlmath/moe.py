@@ -47,6 +47,7 @@ from ._checks import (
     check_no_nan,
     check_probability,
     check_real,
+    upcast_half,
 )
 
 __all__ = [
@@ -79,6 +80,23 @@ def _vectors(V, name: str = "V") -> torch.Tensor:
     V = as_float_tensor(V, name, min_ndim=2)
     check_finite(V, name)
     return V
+
+
+def _scaled(V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(V / s, s)`` with ``s`` a power of two per instance ``(..., 1, 1)`` that brings the
+    largest entry of each set of vectors into [1, 2) (``s = 1`` for an all-zero set).
+
+    Squares of float32 entries overflow above about 1e19 and underflow below about 1e-23
+    (float16: 256 and 2e-4), so norms and subset errors computed from ``V`` itself would tie
+    at ``inf`` or 0 and pick the wrong vectors. Dividing by a power of two is exact, so on
+    ordinary inputs every value computed from ``V / s`` and rescaled by ``s**2`` is the same,
+    bit for bit, as without the scaling. float16/bfloat16 are computed in float32.
+    """
+    V = upcast_half(V)
+    m = V.abs().amax(dim=(-2, -1), keepdim=True)
+    exponent = torch.frexp(m)[1]  # m = mantissa * 2**exponent, mantissa in [0.5, 1)
+    s = torch.where(m > 0, torch.ldexp(torch.ones_like(m), exponent - 1), torch.ones_like(m))
+    return V / s, s
 
 
 def split_ffn_experts(W_A, W_B, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,9 +185,11 @@ def topk_by_norm(V, k: int) -> torch.Tensor:
 
     This is the optimal subset of :func:`best_subset` when the :math:`v_i` are pairwise
     orthogonal, and a heuristic otherwise. Shapes: ``V`` ``(..., n, d)`` -> ``(..., k)``,
-    ascending, ties to the lower index.
+    ascending, ties to the lower index. The norms are compared after an exact power-of-two
+    rescaling of each set, so vectors whose squared entries would overflow or underflow the
+    dtype (float32 beyond about 1e19 or below 1e-23) are still ranked correctly.
     """
-    V = _vectors(V)
+    V, _ = _scaled(_vectors(V))
     return topk_indices(torch.linalg.vector_norm(V, dim=-1), k)
 
 
@@ -185,9 +205,12 @@ def subset_error(V, idx) -> torch.Tensor:
               = \Big\|\sum_{i\notin S} v_i\Big\|^2
 
     Shapes: ``V`` ``(..., n, d)``, ``idx`` ``(..., k)`` of distinct integers in ``[0, n)``
-    (broadcast against ``V``'s batch dimensions); result ``(...)``.
+    (broadcast against ``V``'s batch dimensions); result ``(...)`` in ``V``'s dtype. The sum is
+    formed after an exact power-of-two rescaling of each set, so the result is ``inf`` or 0
+    only when the error itself lies outside the dtype's range.
     """
-    V = _vectors(V)
+    V0 = _vectors(V)
+    V, scale = _scaled(V0)
     idx = torch.as_tensor(idx, device=V.device)
     if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.is_complex():
         raise TypeError(f"idx must hold integer indices, got {idx.dtype}")
@@ -205,7 +228,8 @@ def subset_error(V, idx) -> torch.Tensor:
     idx = idx.expand(*batch, idx.shape[-1])
     dropped = 1.0 - _kept_mask(idx, n, V.dtype)
     rest = (dropped.unsqueeze(-1) * V).sum(dim=-2)
-    return rest.square().sum(dim=-1)
+    scale = scale.squeeze(-1).squeeze(-1)
+    return (rest.square().sum(dim=-1) * scale * scale).to(V0.dtype)
 
 
 def all_subsets(n: int, k: int, *, device=None) -> torch.Tensor:
@@ -229,9 +253,12 @@ def best_subset(V, k: int, *, max_subsets: int = 2**16) -> tuple[torch.Tensor, t
     Returns ``(idx, err)``: ``idx`` ``(..., k)`` ascending (the first optimum in lexicographic
     order if several tie) and ``err`` ``(...)`` its squared error (:func:`subset_error`).
     Exponential in ``n``: raises ``ValueError`` when :math:`\binom nk` exceeds ``max_subsets``
-    (by default :math:`2^{16}`, enough for every ``k`` at ``n <= 18``).
+    (by default :math:`2^{16}`, enough for every ``k`` at ``n <= 18``). The search runs on
+    each set rescaled by an exact power of two, so the subset is right even when ``err``
+    overflows to ``inf`` or underflows to 0 in ``V``'s dtype.
     """
-    V = _vectors(V)
+    V0 = _vectors(V)
+    V, scale = _scaled(V0)
     n = V.shape[-2]
     check_int(k, "k", low=1, high=n)
     check_int(max_subsets, "max_subsets", low=1)
@@ -246,7 +273,9 @@ def best_subset(V, k: int, *, max_subsets: int = 2**16) -> tuple[torch.Tensor, t
     errs = rests.square().sum(dim=-1)
     best = errs.argmin(dim=-1)  # first minimum
     idx = combos[best]
-    return idx, errs.gather(-1, best.unsqueeze(-1)).squeeze(-1)
+    scale = scale.squeeze(-1).squeeze(-1)
+    err = errs.gather(-1, best.unsqueeze(-1)).squeeze(-1) * scale * scale
+    return idx, err.to(V0.dtype)
 
 
 def unit_direction(v, dim: int = -1) -> torch.Tensor:
@@ -330,18 +359,24 @@ def importance_sampling_variance(V, p) -> torch.Tensor:
     :math:`v_i = 0` and makes the result ``inf`` otherwise (the estimate is then biased).
 
     Shapes: ``V`` ``(..., n, d)``, ``p`` ``(..., n)`` a probability vector; result ``(...)``,
-    clamped at 0 against rounding.
+    clamped at 0 against rounding. The sums are formed after an exact power-of-two rescaling
+    of each set of vectors, so a variance beyond the dtype's range is ``inf`` (not NaN), and a
+    tiny non-zero :math:`v_i` with :math:`p_i = 0` still gives ``inf``.
     """
-    V = _vectors(V)
+    V0 = _vectors(V)
+    V, scale = _scaled(V0)
     p = check_probability(p, "p")
     if p.shape[-1] != V.shape[-2]:
         raise ValueError(f"p must have one probability per vector: V has n = {V.shape[-2]} "
                          f"vectors, p has {p.shape[-1]} entries")
+    p = p.to(V.device)
     sq = V.square().sum(dim=-1)
     safe = torch.where(p > 0, p, torch.ones_like(p))
     terms = torch.where(p > 0, sq / safe,
                         torch.where(sq > 0, torch.full_like(sq, math.inf), torch.zeros_like(sq)))
-    return (terms.sum(dim=-1) - V.sum(dim=-2).square().sum(dim=-1)).clamp_min(0.0)
+    var = (terms.sum(dim=-1) - V.sum(dim=-2).square().sum(dim=-1)).clamp_min(0.0)
+    scale = scale.squeeze(-1).squeeze(-1)
+    return (var * scale * scale).to(torch.promote_types(V0.dtype, p.dtype))
 
 
 # --- Dynamic expert counts and bias balancing (chapter 27) ---------------------------------
@@ -503,8 +538,11 @@ def dynamic_k_update(bias, rates, k: float, alpha: float, rule: str = "budget", 
       ``k``);
     * ``"simplified"``: :math:`u = s + \lambda\operatorname{sign}(B - k)`, :math:`\lambda\ge0`.
 
-    The sign of :math:`F_i - 1/n` is computed as that of :math:`n\tilde F_i - B` (or
-    :math:`n\tilde F_i - k`), without a division, so an exactly balanced expert gets 0.
+    The sign of :math:`F_i - 1/n` is computed as that of
+    :math:`\sum_j(\tilde F_i - \tilde F_j) = n\tilde F_i - B` (or of :math:`n\tilde F_i - k`),
+    without a division: equal rates give exactly :math:`s = 0` in any dtype, which
+    :math:`n\tilde F_i - B` with a rounded sum :math:`B` does not (e.g. seven experts at rate
+    0.001 in float32).
 
     Shapes: ``bias`` ``(..., n)``, ``rates`` ``(..., n)`` (:attr:`LoadStats.rates`);
     returns the new bias.
@@ -529,8 +567,8 @@ def dynamic_k_update(bias, rates, k: float, alpha: float, rule: str = "budget", 
     budget = rates.sum(dim=-1, keepdim=True)
     if per_k:
         s = torch.sign(n * rates - k)
-    else:
-        s = torch.where(budget > 0, torch.sign(n * rates - budget), torch.zeros_like(rates))
+    else:  # sum_j (r_i - r_j) = n r_i - B; exactly 0 when the rates are equal (also B = 0)
+        s = torch.sign((rates.unsqueeze(-1) - rates.unsqueeze(-2)).sum(dim=-1))
     if rule == "lossfree":
         step = s
     elif rule == "simplified":
