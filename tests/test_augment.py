@@ -37,8 +37,9 @@ def test_odd_size_leaves_the_middle_cross_unmasked():
     assert (~A.quarter_masks(S)[0]).double().mean().item() == pytest.approx(149**2 / 299**2)
 
 
-def test_quarter_mask_frequencies():
-    n, p = 40000, 0.5
+@pytest.mark.parametrize("p", [0.5, 0.3])     # at 0.5, p/4 = (1-p)/4 and 1-p = p
+def test_quarter_mask_frequencies(p):
+    n = 40000
     x = torch.ones(n, 1, 6, 6)
     y, q = A.quarter_mask(x, p, generator=_gen(0))
     masks = A.quarter_masks(6)
@@ -156,10 +157,10 @@ def test_masked_pixels_are_zero_even_when_infinite():
 
 
 def test_odd_and_tiny_sizes_and_generator_device():
-    for S in (4, 5, 7):                           # smallest sides random_splice accepts
-        _, _, idx = A.random_splice(torch.ones(200, S, S), torch.zeros(200, S, S),
+    for S in (4, 5, 7, 13, 14):      # smallest sides, and S/4, 3S/4 not integers: floor both
+        _, _, idx = A.random_splice(torch.ones(600, S, S), torch.zeros(600, S, S),
                                     generator=_gen(S))
-        assert idx.min() >= S // 4 and idx.max() <= (3 * S) // 4 - 1
+        assert idx.min() == S // 4 and idx.max() == (3 * S) // 4 - 1     # both ends reached
     with pytest.raises(ValueError, match="side >= 4"):
         A.random_splice(torch.ones(2, 3, 3), torch.ones(2, 3, 3), generator=_gen(0))
     with pytest.raises(ValueError, match="size must be >= 2"):

@@ -430,3 +430,105 @@ def test_pseudo_labels_compare_exactly_in_any_dtype():
     q = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]], dtype=torch.float64)
     idx, lab = F.pseudo_labels(q, 1.0)
     assert idx.tolist() == [0, 2] and lab.tolist() == [0, 1]
+
+
+# -- third reading (s19): uneven counts, integer class sizes, inclusion as a property ----------
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.integers(2, 16), st.integers(1, 6), st.floats(0.01, 0.5),
+       st.floats(0.05, 3.0))
+def test_sgd_equals_wen_for_every_count_at_its_own_alpha(seed, B, C, eta, lam):
+    # the last claim of ft-prop-center-grad, for counts other than the paired sampler's 2
+    g = _gen(seed)
+    h = torch.randn(B, 3, generator=g, dtype=F64)
+    y = torch.randint(0, C, (B,), generator=g)
+    c = torch.randn(C, 3, generator=g, dtype=F64)
+    c_sgd = c - eta * F.center_gradient(h, y, c, lam)
+    for j in range(C):
+        n = int((y == j).sum())
+        alpha = 2 * eta * lam * (1 + n) / B
+        if n == 0 or alpha > 1:
+            continue
+        c_wen = F.wen_center_update(h, y, c, alpha=alpha)
+        assert torch.allclose(c_wen[j], c_sgd[j], atol=1e-13, rtol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=2, max_size=6), st.data())
+def test_inclusion_is_the_enumeration_and_flatter_than_proportional(sizes, data):
+    k = data.draw(st.integers(1, len(sizes)))
+    pi = F.class_inclusion_probabilities(torch.tensor(sizes), k).numpy()   # integer counts
+    assert np.allclose(pi, _brute_inclusion(sizes, k), atol=1e-9, rtol=0)
+    assert abs(pi.sum() - k) < 1e-9 and (pi > 0).all() and (pi <= 1).all()
+    w = np.asarray(sizes, dtype=float)
+    order = np.argsort(w, kind="stable")
+    for a, b in zip(order[:-1], order[1:], strict=True):
+        if w[b] > w[a]:            # a larger class is drawn more often, but less than in proportion
+            assert pi[b] >= pi[a] - 1e-12 and pi[b] / w[b] <= pi[a] / w[a] + 1e-12
+    if k == 1:
+        assert np.allclose(pi, w / w.sum(), atol=1e-12, rtol=0)
+
+
+def test_inclusion_accepts_integer_counts_and_refuses_booleans():
+    y = _labels([2, 4, 8, 16, 30])
+    counts = torch.bincount(y)                        # int64, the natural input
+    assert torch.equal(F.class_inclusion_probabilities(counts, 2),
+                       F.class_inclusion_probabilities(counts.to(F64), 2))
+    with pytest.raises(TypeError, match="counts must have a floating dtype"):
+        F.class_inclusion_probabilities(torch.tensor([True, True]), 1)
+    with pytest.raises(ValueError, match="positive class sizes"):
+        F.class_inclusion_probabilities(torch.tensor([3, 0, 2]), 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_center_loss_and_updates_in_half_precision_do_not_overflow(dtype):
+    # squared distances of 3 * 150^2 = 67500 exceed float16's 65504, the loss 0.25 * 67500 / 2
+    # does not: it must come out finite and right, as must the centre gradient and Wen's update
+    h = torch.tensor([[150.0] * 3, [150.0] * 3, [-1.0] * 3, [1.0] * 3], dtype=dtype)
+    y = torch.tensor([0, 0, 1, 1])
+    c = torch.zeros(2, 3, dtype=dtype)
+    loss = F.center_loss(h, y, c, 0.125)
+    assert loss.dtype == dtype and float(loss) == pytest.approx(0.125 * (2 * 67500 + 6) / 4,
+                                                                rel=1e-2)
+    grad = F.center_gradient(h, y, c, 0.125)
+    ref = F.center_gradient(h.double(), y, c.double(), 0.125)
+    assert grad.dtype == dtype and torch.allclose(grad.double(), ref, rtol=1e-2, atol=0)
+    many = torch.full((600, 3), 120.0, dtype=dtype)       # a class sum of 72000 > 65504
+    lab = torch.zeros(600, dtype=torch.long)
+    new = F.wen_center_update(many, lab, torch.zeros(1, 3, dtype=dtype), alpha=0.5)
+    assert new.dtype == dtype and torch.isfinite(new).all()
+    assert float(new[0, 0]) == pytest.approx(0.5 * 600 / 601 * 120, rel=1e-2)
+    assert torch.isfinite(F.center_gradient(many, lab, torch.zeros(1, 3, dtype=dtype), 1.0)).all()
+    m = F.CenterLoss(2, 3, dtype=dtype)
+    d = m(h, y).detach()
+    assert d.dtype == dtype and float(d[2]) == 3.0
+
+
+def test_ensemble_search_in_half_precision_is_the_exact_mixture():
+    g = _gen(40)
+    p1 = torch.softmax(torch.randn(2000, 10, generator=g), -1).half()
+    p2 = torch.softmax(torch.randn(2000, 10, generator=g), -1).half()
+    y = torch.randint(0, 10, (2000,), generator=g)
+    a16, _, acc16 = F.ensemble_weight_search(p1, p2, y)
+    a32, _, acc32 = F.ensemble_weight_search(p1.float(), p2.float(), y)   # the same numbers
+    assert a16 == a32 and torch.equal(acc16, acc32)
+
+
+def test_ratio_is_computed_in_float64_from_float32_features():
+    # features far from the origin: a float32 computation of the scatters loses ~1e-4 relative
+    g = _gen(41)
+    h = (1e4 + torch.randn(400, 4, generator=g, dtype=F64)).float()
+    y = torch.arange(400) % 5
+    h[y == 1] += 0.5
+    assert F.within_between_ratio(h, y) == pytest.approx(F.within_between_ratio(h.double(), y),
+                                                         rel=1e-12)
+
+
+def test_sampler_with_one_class_per_batch_draws_in_proportion_to_size():
+    # k = 1: pi_c = n_c / N exactly, so a million batches test the clocks E/n_c themselves
+    # (E/n_c^1.02 would put the small class 8.7 sd off)
+    y = _labels([2, 198])
+    n_b = 1_000_000
+    idx = F.paired_class_sampler(y, 2, generator=_gen(42), n_batches=n_b)
+    share = float((idx[:, 0] < 2).double().mean())
+    assert abs(share - 0.01) < 4 * math.sqrt(0.01 * 0.99 / n_b)

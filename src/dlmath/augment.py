@@ -35,7 +35,14 @@ import math
 
 import torch
 
-from ._checks import as_float_tensor, check_choice, check_generator, check_int, check_real
+from ._checks import (
+    as_float_tensor,
+    check_choice,
+    check_generator,
+    check_int,
+    check_real,
+    work_dtype,
+)
 
 __all__ = ["quarter_masks", "quarter_mask", "splice_mask", "same_class_splice",
            "random_splice", "random_flip", "rotate", "random_rotate", "random_zoom",
@@ -195,7 +202,7 @@ def _float_images(x) -> torch.Tensor:
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
     """float16/bfloat16 images are resampled in float32 (the grid of a half-precision
     ``affine_grid`` is coarse, and some CPU kernels lack it) and rounded back once."""
-    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    return work_dtype(x.dtype)
 
 
 def _as_nchw(x: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,10 @@ with a weight chosen on validation data. Finally, the confident predictions of t
 model on unlabelled images become hard pseudo-labels (:func:`pseudo_labels`).
 
 Conventions: features are ``(N, d)`` floating tensors and labels ``(N,)`` integer tensors on the
-same device; results keep the features' device and dtype. Randomness only through an explicit
-``torch.Generator``. Bad input raises ``TypeError``/``ValueError`` naming the argument.
+same device; results keep the features' device and dtype (float16 and bfloat16 sums and squares
+are computed in float32 and rounded once at the end, so an intermediate above 65504 does not
+overflow). Randomness only through an explicit ``torch.Generator``. Bad input raises
+``TypeError``/``ValueError`` naming the argument.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ._checks import (
     check_int,
     check_probability,
     check_real,
+    work_dtype,
 )
 
 __all__ = [
@@ -154,7 +157,16 @@ def center_loss(h, labels, centers, weight: float = 0.25) -> torch.Tensor:
     h, labels = _features_labels(h, labels)
     centers = _centers(centers, h, labels)
     lam = check_real(weight, "weight", nonnegative=True)
-    return lam * ((h - centers[labels]) ** 2).sum(dim=-1).mean()
+    out = torch.promote_types(h.dtype, centers.dtype)
+    return (lam * _squared_distances(h, labels, centers).mean()).to(out)
+
+
+def _squared_distances(h, labels, centers) -> torch.Tensor:
+    """||h_n - c_{y_n}||^2, (B,), in float32 for float16/bfloat16 inputs (the caller rounds
+    once, so a sum of squares above 65504 does not make a representable loss infinite), else
+    in the promoted dtype of h and centers."""
+    work = work_dtype(torch.promote_types(h.dtype, centers.dtype))
+    return ((h.to(work) - centers.to(work)[labels]) ** 2).sum(dim=-1)
 
 
 def center_gradient(h, labels, centers, weight: float = 0.25) -> torch.Tensor:
@@ -170,9 +182,10 @@ def center_gradient(h, labels, centers, weight: float = 0.25) -> torch.Tensor:
     h, labels = _features_labels(h, labels)
     centers = _centers(centers, h, labels)
     lam = check_real(weight, "weight", nonnegative=True)
-    diff = (centers[labels] - h).to(centers.dtype)
-    grad = torch.zeros_like(centers).index_add_(0, labels, diff)
-    return (2.0 * lam / h.shape[0]) * grad
+    work = work_dtype(torch.promote_types(h.dtype, centers.dtype))   # halves: sums in float32
+    diff = (centers.to(work)[labels] - h.to(work))
+    grad = torch.zeros_like(centers, dtype=work).index_add_(0, labels, diff)
+    return ((2.0 * lam / h.shape[0]) * grad).to(centers.dtype)
 
 
 def wen_center_update(h, labels, centers, alpha: float = 0.5) -> torch.Tensor:
@@ -187,10 +200,11 @@ def wen_center_update(h, labels, centers, alpha: float = 0.5) -> torch.Tensor:
     h, labels = _features_labels(h, labels)
     centers = _centers(centers, h, labels)
     a = check_real(alpha, "alpha", low=0.0, high=1.0)
-    diff = torch.zeros_like(centers).index_add_(0, labels, (centers[labels] - h).to(
-        centers.dtype))
-    n = torch.bincount(labels, minlength=centers.shape[0]).to(centers.dtype)
-    return centers - a * diff / (1.0 + n)[:, None]
+    work = work_dtype(torch.promote_types(h.dtype, centers.dtype))   # halves: sums in float32
+    c = centers.to(work)
+    diff = torch.zeros_like(c).index_add_(0, labels, c[labels] - h.to(work))
+    n = torch.bincount(labels, minlength=centers.shape[0]).to(work)
+    return (c - a * diff / (1.0 + n)[:, None]).to(centers.dtype)
 
 
 class CenterLoss(torch.nn.Module):
@@ -213,7 +227,8 @@ class CenterLoss(torch.nn.Module):
         """Per-sample squared distances :math:`\\|h_n - c_{y_n}\\|^2`, shape ``(B,)``."""
         h, labels = _features_labels(h, labels)
         centers = _centers(self.centers, h, labels)
-        return ((h - centers[labels]) ** 2).sum(dim=-1)
+        return _squared_distances(h, labels, centers).to(torch.promote_types(h.dtype,
+                                                                             centers.dtype))
 
 
 # -- the batch sampler ----------------------------------------------------------------------
@@ -291,10 +306,14 @@ def class_inclusion_probabilities(counts, k: int) -> torch.Tensor:
     :math:`\sum_c\pi_c = k` and :math:`\pi_c\le 1`; :math:`\pi_c\propto n_c` only when
     :math:`k = 1` or all sizes are equal.
 
-    Shapes: ``counts`` ``(K,)`` positive; returns float64 ``(K,)`` on the counts' device.
+    Shapes: ``counts`` ``(K,)`` positive, integer (e.g. ``torch.bincount`` of the labels) or
+    floating; returns float64 ``(K,)`` on the counts' device.
     """
     from scipy.integrate import quad_vec
 
+    if isinstance(counts, torch.Tensor) and not (counts.is_floating_point() or counts.is_complex()
+                                                 or counts.dtype == torch.bool):
+        counts = counts.to(torch.float64)               # class sizes are naturally integers
     counts = as_float_tensor(counts, "counts")
     check_finite(counts, "counts")
     if counts.ndim != 1 or (counts <= 0).any():
@@ -350,8 +369,9 @@ def ensemble_weight_search(p_main, p_aux, labels, grid: int = 101):
                          f"got {int(labels.max())}")
     check_int(grid, "grid", low=2)
     alphas = torch.arange(grid, dtype=torch.float64, device=p1.device) / (grid - 1)
-    a = alphas.to(p1.dtype)[:, None, None]
-    pred = (a * p1 + (1 - a) * p2).argmax(dim=-1)       # (grid, N)
+    work = work_dtype(torch.promote_types(p1.dtype, p2.dtype))   # float16 mixtures round ties
+    a = alphas.to(work)[:, None, None]
+    pred = (a * p1.to(work) + (1 - a) * p2.to(work)).argmax(dim=-1)       # (grid, N)
     acc = (pred == labels).to(torch.float64).mean(dim=-1)
     best = int(torch.argmax(acc))                       # first maximum
     return float(alphas[best]), alphas, acc
