@@ -201,3 +201,79 @@ def test_more_shape_and_type_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"need mean \(d,\) and cov \(d, d\), got \(3,\) and "
                                          r"\(2, 2\)"):
         D.GaussianEpsPredictor(torch.zeros(3), torch.eye(2))
+
+
+# -- independent cross-checks of the core (session-19 third reading) ---------------------------
+
+def test_euler_evaluates_the_field_at_the_left_end_of_each_step():
+    # dx/dt = t: a time-dependent field tells v(x, t_i) from v(x, t_{i+1}); the Euler sum is
+    # x + sum_i (t_{i+1} - t_i) t_i = x + (n - 1) / (2 n) on the grid i / n (exact: x + 1/2)
+    x = torch.tensor([0.0, -1.5], dtype=torch.float64)
+    n = 8
+    ts = [i / n for i in range(n + 1)]
+    out = D.euler(lambda y, t: torch.full_like(y, t), x, ts)
+    assert torch.allclose(out, x + (n - 1) / (2 * n), atol=1e-15, rtol=0)
+    # backwards in time: steps of -1/n from t_i = 1 - i/n, sum -(1/n) sum_i (1 - i/n)
+    back = D.euler(lambda y, t: torch.full_like(y, t), x, ts[::-1])
+    assert torch.allclose(back, x - (n + 1) / (2 * n), atol=1e-15, rtol=0)
+
+
+def test_samples_follow_the_mixture_law():
+    from scipy.stats import kstest, norm
+
+    y = GMM.sample(20_000, torch.Generator().manual_seed(7)).numpy()
+    cdf = lambda v: 0.3 * norm.cdf(v, -2.0, 0.3) + 0.7 * norm.cdf(v, 1.5, 0.5)  # noqa: E731
+    assert kstest(y, cdf).pvalue > 0.01
+    # 2-D: each coordinate is a 1-D mixture with the same weights and stds
+    g2 = D.GaussianMixture([0.25, 0.75], [[-1.0, 2.0], [1.0, 0.0]], [0.2, 0.7])
+    x = g2.sample(20_000, torch.Generator().manual_seed(8)).numpy()
+    for i, (m0, m1) in enumerate(((-1.0, 1.0), (2.0, 0.0))):
+        cdf_i = lambda v: 0.25 * norm.cdf(v, m0, 0.2) + 0.75 * norm.cdf(v, m1, 0.7)  # noqa: B023, E731
+        assert kstest(x[:, i], cdf_i).pvalue > 0.01
+
+
+def test_log_prob_and_posterior_in_two_dimensions_match_scipy():
+    # components of different widths in d = 2: the normalising constant carries the power d
+    from scipy.stats import multivariate_normal as mvn
+
+    w, mu, s = [0.25, 0.75], [[-1.0, 2.0], [1.0, 0.0]], [0.2, 0.7]
+    g2 = D.GaussianMixture(w, mu, s)
+    x = torch.tensor([[0.3, 0.4], [-1.0, 1.5], [2.0, -0.5]], dtype=torch.float64)
+    for a, b in ((1.0, 0.0), (0.6, 0.8), (0.3, 1.7)):
+        var = [a * a * si**2 + b * b for si in s]
+        comp = torch.tensor([[math.log(wi) + mvn(a * torch.tensor(mi).numpy(), vi).logpdf(xx)
+                              for wi, mi, vi in zip(w, mu, var, strict=True)]
+                             for xx in x.numpy()], dtype=torch.float64)
+        assert torch.allclose(g2.log_prob(x, a, b), torch.logsumexp(comp, -1), atol=1e-12)
+        post = g2.posterior(x, a, b)
+        assert torch.allclose(post.responsibilities, torch.softmax(comp, -1), atol=1e-12)
+
+
+def test_parameters_given_as_python_numbers_are_read_in_float64():
+    # torch.as_tensor([0.7]) is float32 (0.699999988...): the mixture must not inherit that
+    g = D.GaussianMixture([0.3, 0.7], [0.3, -1.1], [0.7, 0.2])
+    assert g.stds.tolist() == [0.7, 0.2] and g.means[:, 0].tolist() == [0.3, -1.1]
+    assert g.weights.tolist() == [0.3, 0.7]
+    # so a closed form written with the same numbers agrees to rounding, not to 1e-7
+    single = D.GaussianMixture([1.0], [0.3], [0.7])
+    x = torch.linspace(-10, 10, 41, dtype=torch.float64)
+    assert torch.allclose(D.consistency_function_gaussian(0.3, 0.7, x, 0.5),
+                          D.consistency_function_1d(single, x, 0.5), atol=1e-12, rtol=0)
+    # booleans are still refused, not read as 0/1
+    with pytest.raises(TypeError, match="weights"):
+        D.GaussianMixture([True], [0.0], [1.0])
+
+
+def test_functions_that_take_a_field_or_a_model_refuse_non_callables():
+    x = torch.zeros(3, dtype=torch.float64)
+    calls = [lambda: D.euler(None, x, [0.0, 1.0]),
+             lambda: D.flow_map(1.0, x, 0.0, 1.0),
+             lambda: D.average_velocity("v", x, 0.0, 0.5),
+             lambda: D.shortcut_ideal(None, x, 0.0, 0, 2)]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"v must be a callable, got (NoneType|float|str)"):
+            call()
+    with pytest.raises(TypeError, match="s must be a callable, got int"):
+        D.shortcut_sample(3, x, 2)
+    with pytest.raises(TypeError, match="f must be a callable, got list"):
+        D.multistep_consistency_sample([], x, [1.0])

@@ -124,6 +124,27 @@ def test_gmm_predictor_is_the_posterior_mean():
         assert torch.equal(den(x, t), ref)
 
 
+def test_gmm_predictor_matches_the_closed_form_written_out():
+    # unequal weights and widths in 2-D, so the normaliser v_k^{-d/2} of each component matters:
+    # E[x0 | x_t] = sum_k r_k (mu_k + abar s_k^2 / v_k (x - abar mu_k)),
+    # v_k = abar^2 s_k^2 + bbar^2, r_k propto pi_k v_k^{-1} exp(-|x - abar mu_k|^2 / (2 v_k))
+    pi = torch.tensor([0.2, 0.5, 0.3], dtype=F64)
+    mu = torch.tensor([[1.5, -0.5], [-1.0, 2.0], [0.0, 0.3]], dtype=F64)
+    sd = torch.tensor([0.1, 0.7, 0.3], dtype=F64)
+    gmm = D.GaussianMixture(pi, mu, sd)
+    s = D.vp_schedule(40)
+    den = D.gmm_x0_predictor(gmm, s)
+    x = 1.5 * torch.randn(30, 2, generator=_gen(35), dtype=F64)
+    for t in (1, 2, 17, 39, 40):
+        ab, bb = float(s.abar[t]), float(s.bbar[t])
+        v = ab**2 * sd**2 + bb**2                                     # (3,)
+        diff = x[:, None] - ab * mu                                   # (30, 3, 2)
+        logr = pi.log() - torch.log(v) - (diff**2).sum(-1) / (2 * v)
+        r = torch.softmax(logr, dim=-1)
+        ref = (r[..., None] * (mu + (ab * sd**2 / v)[:, None] * diff)).sum(1)
+        assert torch.allclose(den(x, t), ref, rtol=0, atol=1e-12), t
+
+
 def test_predictor_bad_input():
     s = D.vp_schedule(5)
     with pytest.raises(ValueError, match="var must be > 0"):
@@ -350,6 +371,11 @@ def test_selection_bad_input():
         D.selection_logits(torch.ones(4, 3, dtype=torch.int64), torch.zeros(3, dtype=F64))
     with pytest.raises(ValueError, match="temperature"):
         D.selection_weights(C, torch.zeros(3, dtype=F64), "is", -0.1)
+    # non-finite input is refused by name, not turned into NaN weights
+    with pytest.raises(ValueError, match="c must be finite"):
+        D.selection_weights(C, torch.tensor([math.nan, 0.0, 0.0], dtype=F64))
+    with pytest.raises(ValueError, match="codebook must be finite"):
+        D.selection_logits(torch.full((4, 3), math.inf, dtype=F64), torch.zeros(3, dtype=F64))
 
 
 # -- energy distance and the distortion-rate function --------------------------------------
@@ -373,6 +399,17 @@ def test_energy_distance_basic_properties():
         D.energy_distance(x, y[:, :2])
     with pytest.raises(ValueError, match="x"):
         D.energy_distance(torch.zeros(2, 2, 2), y)
+
+
+def test_energy_distance_is_homogeneous_and_survives_extreme_scales():
+    # D(s x, s y) = sqrt(s) D(x, y); at s = 1e200 the squares overflow and at 1e-200 they underflow
+    # unless the samples are rescaled first
+    x = torch.randn(40, 2, generator=_gen(24), dtype=F64)
+    y = torch.randn(30, 2, generator=_gen(25), dtype=F64) + 0.7
+    ref = D.energy_distance(x, y)
+    for s in (1e-200, 1e-3, 7.0, 1e200):
+        assert D.energy_distance(s * x, s * y) == pytest.approx(math.sqrt(s) * ref, rel=1e-12), s
+    assert D.energy_distance(torch.zeros(3, 2), torch.zeros(4, 2)) == 0.0
 
 
 def _distortion_by_root_finding(lam, R):

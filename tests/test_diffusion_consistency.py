@@ -222,6 +222,14 @@ def test_folded_normal_formula_by_monte_carlo():
         assert (m + s * z).abs().mean().item() == pytest.approx(_folded(m, s), abs=5e-3)
 
 
+def test_folded_normal_formula_is_scipys_foldnorm_mean():
+    # the exact mean, from an independent implementation (the Monte Carlo above has 5e-3 slack)
+    from scipy.stats import foldnorm
+
+    for m, s in ((0.0, 1.0), (0.7, 0.3), (-2.0, 1.5), (0.5, 2.0), (3.0, 0.01)):
+        assert _folded(m, s) == pytest.approx(foldnorm(abs(m) / s, scale=s).mean(), rel=1e-13)
+
+
 # -- exact consistency functions and multistep sampling (cm-thm-multistep) -------------------
 
 @settings(max_examples=40, deadline=None)
@@ -328,3 +336,79 @@ def test_empty_inputs_keep_shape_and_dtype_and_endpoint_variances_are_exact():
     # far tails of the transport map: f*(x, 1) ~ 1.5 + 0.2 x (the right mode's quantiles)
     far = D.consistency_function_1d(TWO, torch.tensor([1e3, -1e3], dtype=F64), 1.0)
     assert torch.allclose(far, torch.tensor([201.5, -201.5], dtype=F64), rtol=1e-3)
+
+
+# -- session-19 third reading: exact identities instead of Monte Carlo tolerances -------------
+
+@pytest.mark.parametrize("gmm,x", [
+    (MIXED, torch.linspace(-4, 4, 17, dtype=F64)),
+    (D.GaussianMixture([0.4, 0.6], [[-1.0, 0.5], [1.0, -0.5]], [0.3, 0.5]),
+     torch.tensor([[0.2, -0.3], [1.5, 2.0], [-2.0, 0.1]], dtype=F64)),
+])
+def test_velocity_posterior_variance_is_the_data_posterior_variance_over_t_squared(gmm, x):
+    # on one path u = (x_t - x_0) / t, so Var(u | x_t) = Var(x_0 | x_t) / t^2; in component j,
+    # x_0 | x_t is N(mu_j + a s_j^2 / V_j (x - a mu_j), s_j^2 b^2 / V_j): an independent formula
+    for t in (0.1, 0.35, 0.8, 1.0):
+        a, b = D.path_coefficients(t, data_at=0)
+        post = D.velocity_posterior(gmm, x, t)
+        s2 = gmm.stds**2
+        V = a * a * s2 + b * b
+        assert torch.allclose(post.variances, s2 / V, rtol=1e-12, atol=0)   # v_j = s_j^2 / V_j
+        pts = x[..., None] if gmm.scalar else x
+        resid = pts[..., None, :] - a * gmm.means                              # (..., m, d)
+        m0 = gmm.means + (a * s2 / V)[:, None] * resid
+        v0 = (s2 * b * b / V)[:, None]
+        r = gmm.posterior(x, a, b).responsibilities[..., None]
+        mean0 = (r * m0).sum(-2)
+        var0 = (r * (v0 + m0**2)).sum(-2) - mean0**2
+        if gmm.scalar:
+            var0 = var0[..., 0]
+        assert torch.allclose(post.variance, var0 / t**2, rtol=1e-10, atol=1e-13)
+
+
+def test_multistep_starts_at_the_first_time_given():
+    # ts need not start at 1: the first call is f(x1, ts[0]), then re-noise at each later time
+    calls = []
+
+    def f(x, t):
+        calls.append(t)
+        return (1 + t) * x
+
+    x1 = torch.tensor([1.0, -2.0], dtype=F64)
+    out = D.multistep_consistency_sample(f, x1, [0.6, 0.2],
+                                         generator=torch.Generator().manual_seed(0))
+    z = torch.randn(2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    assert calls == [0.6, 0.2]
+    assert torch.allclose(out, 1.2 * (0.8 * 1.6 * x1 + 0.2 * z), atol=1e-15, rtol=0)
+
+
+def test_variances_stay_exact_for_wide_components_and_far_points():
+    # v_j = 1 + s^2 - c^2 / V cancels for s = 1e8; the total variance cancels for x = 1e8
+    wide = D.GaussianMixture([1.0], [0.0], [1e8])
+    v = D.velocity_posterior(wide, torch.zeros(1, dtype=F64), 0.5).variances
+    assert v.item() == pytest.approx(1e16 / (0.25e16 + 0.25), rel=1e-14)
+    x = torch.tensor([1e3, 1e6, 1e8, -1e8], dtype=F64)
+    var = D.velocity_posterior(TWO, x, 0.5).variance
+    # far out one component holds all the mass: Var(u | x) = v_j = 0.04 / (0.25 * 0.04 + 0.25)
+    assert torch.allclose(var, torch.full_like(x, 0.04 / 0.26), rtol=1e-12, atol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(-3, 3), st.floats(-3, 3), st.floats(0.05, 3), st.floats(0.05, 3),
+       st.floats(0.05, 0.95), st.floats(0.05, 1.0), st.floats(-6, 6))
+def test_velocity_posterior_moments_from_the_data_posterior(m1, m2, s1, s2, w, t, x):
+    # u = (x_t - x_0) / t on one path: E[u | x] = (x - E[x_0 | x]) / t, and the variances scale
+    # by 1 / t^2; the data posterior comes from GaussianMixture.posterior and the formula above
+    gmm = D.GaussianMixture([w, 1 - w], [m1, m2], [s1, s2])
+    pts = torch.tensor([x], dtype=F64)
+    post = D.velocity_posterior(gmm, pts, t)
+    a, b = D.path_coefficients(t, data_at=0)
+    data = gmm.posterior(pts, a, b)
+    assert post.mean.item() == pytest.approx(((pts - data.data_mean) / t).item(), rel=1e-9,
+                                             abs=1e-9)
+    s2v = gmm.stds**2
+    V = a * a * s2v + b * b
+    m0 = gmm.means[:, 0] + a * s2v / V * (x - a * gmm.means[:, 0])
+    r = data.responsibilities[0]
+    var0 = (r * (s2v * b * b / V + (m0 - (r * m0).sum()) ** 2)).sum()
+    assert post.variance.item() == pytest.approx(var0.item() / t**2, rel=1e-9, abs=1e-12)

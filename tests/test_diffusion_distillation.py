@@ -264,6 +264,8 @@ def test_gaussian_eps_edge_cases_and_gradcheck():
         D.gaussian_generator_eps(x, torch.zeros(2, dtype=F64), 1.0, 0.7, 0.5)
     with pytest.raises(TypeError, match="std"):
         D.gaussian_generator_eps(x, 0.3, "wide", 0.7, 0.5)
+    with pytest.raises(ValueError, match="x must be finite"):  # as discrete_generator_eps
+        D.gaussian_generator_eps(torch.tensor([0.0, math.nan], dtype=F64), 0.3, 1.2, 0.7, 0.5)
     m = torch.tensor(0.3, dtype=F64, requires_grad=True)
     s = torch.tensor(1.2, dtype=F64, requires_grad=True)
     xg = x.clone().requires_grad_(True)

@@ -266,3 +266,46 @@ def test_single_level_net_trains_on_flow_matching_only():
     ref = ((net((1 - t) * x0 + t * x1, t, torch.zeros(16, dtype=torch.long)) - (x1 - x0)) ** 2
            ).sum() / 16
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=0)
+
+
+def test_mixed_batch_loss_written_out():
+    # frac_bootstrap = 0.25 of 64: the first 48 samples flow-match at level K on their own pairs,
+    # the last 16 bootstrap on the remaining pairs; the loss written out from the same draws
+    torch.manual_seed(6)
+    net = D.ShortcutMLP(hidden=16, n_levels=4)
+    loss = D.shortcut_loss(net, GMM, 64, torch.Generator().manual_seed(9), frac_bootstrap=0.25)
+    g = torch.Generator().manual_seed(9)
+    x1 = GMM.sample(64, g).float()
+    x0 = torch.randn(x1.shape, generator=g)
+    t = torch.rand(48, generator=g)
+    kh = torch.randint(1, 4, (16,), generator=g)
+    eps = 2.0 ** -kh.float()
+    tb = torch.floor(torch.rand(16, generator=g) * 2.0 ** (kh - 1).float()) * 2 * eps
+    with torch.no_grad():
+        xb = (1 - tb) * x0[48:] + tb * x1[48:]
+        s1 = net(xb, tb, kh)
+        target = 0.5 * (s1 + net(xb + eps * s1, tb + eps, kh))
+    fm = ((net((1 - t) * x0[:48] + t * x1[:48], t, 3) - (x1[:48] - x0[:48])) ** 2).sum()
+    boot = ((net(xb, tb, kh - 1) - target) ** 2).sum()
+    torch.testing.assert_close(loss, (fm + boot) / 64, rtol=1e-5, atol=0)
+
+
+def test_bootstrap_times_cover_every_slot_of_the_grid():
+    # the starting times of half step eps are the multiples of 2 eps in [0, 1): all of them occur
+    net = _RecordingMLP(hidden=8, n_levels=5)
+    D.shortcut_loss(net, GMM, 4000, torch.Generator().manual_seed(1), frac_bootstrap=1.0)
+    _, t, kh, _ = net.calls[0]
+    for k in range(1, 5):
+        slots = (t[kh == k].double() * 2.0 ** (k - 1)).round().long()
+        assert set(slots.tolist()) == set(range(2 ** (k - 1)))
+
+
+def test_mlp_rejects_times_and_levels_of_the_wrong_length():
+    net = D.ShortcutMLP(hidden=8, n_levels=3)
+    x = torch.zeros(5)
+    with pytest.raises(ValueError, match=r"t must be a number or have shape \(5,\)"):
+        net(x, torch.zeros(4), 0)
+    with pytest.raises(ValueError, match=r"k must be an int or have shape \(5,\)"):
+        net(x, 0.5, torch.zeros(4, dtype=torch.long))
+    # a 0-d tensor is a single time (and level) for every point
+    assert torch.equal(net(x, torch.tensor(0.5), torch.tensor(1)), net(x, 0.5, 1))

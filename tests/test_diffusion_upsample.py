@@ -95,6 +95,13 @@ def test_bad_input():
     Dm, Um = D.avg_pool_matrix(4, 2), D.nearest_upsample_matrix(4, 2)
     with pytest.raises(ValueError, match="pool"):
         D.ug_eps(torch.zeros(1, 16, dtype=F64), lambda x: x, lambda y, a, b: y, Dm, Um.T, 0.6, 0.8)
+    sched, zero = _cos_sched(2), (torch.zeros(2, 2, dtype=F64), torch.zeros(2, dtype=F64))
+    with pytest.raises(ValueError, match="mean must be finite"):
+        D.ddpm_eps_moments(lambda t: zero, sched, torch.tensor([math.nan, 0.0], dtype=F64),
+                           torch.eye(2, dtype=F64))
+    with pytest.raises(ValueError, match=r"need mean \(d,\) and cov \(d, d\)"):
+        D.ddpm_eps_moments(lambda t: zero, sched, torch.zeros(2, dtype=F64),
+                           torch.eye(3, dtype=F64))
 
 
 def test_pooled_noise_variance_monte_carlo():

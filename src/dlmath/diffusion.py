@@ -117,17 +117,38 @@ class Posterior:
     noise_mean: torch.Tensor  #: :math:`\mathbb E[z\mid x_t]`
 
 
+def _exact(x):
+    """Python numbers and lists of real numbers as float64 (``torch.as_tensor`` would round
+    them to float32 first: 0.2 became 0.20000000298); tensors, arrays and anything else pass
+    through unchanged, for ``as_float_tensor`` to accept or refuse by name."""
+    if isinstance(x, torch.Tensor):
+        return x
+    try:
+        kind = torch.as_tensor(x).dtype
+    except (TypeError, ValueError, RuntimeError):
+        return x
+    if kind == torch.bool or kind.is_complex:
+        return x
+    return torch.as_tensor(x, dtype=torch.float64)
+
+
+def _check_callable(f, name: str) -> None:
+    if not callable(f):
+        raise TypeError(f"{name} must be a callable, got {type(f).__name__}")
+
+
 class GaussianMixture:
     r""":math:`p(x)=\sum_j w_j\,\mathcal N(x;\mu_j,s_j^2I)`.
 
     ``weights`` (m,) non-negative with a positive sum (normalised here), ``means`` (m,) for a
-    1-D mixture or (m, d), ``stds`` (m,) positive. Stored in float64 on the means' device.
+    1-D mixture or (m, d), ``stds`` (m,) positive. Stored in float64 on the means' device;
+    Python numbers and lists are read in float64, so ``0.2`` is the double nearest 0.2.
     """
 
     def __init__(self, weights, means, stds):
-        w = as_float_tensor(weights, "weights")
-        mu = as_float_tensor(means, "means")
-        s = as_float_tensor(stds, "stds")
+        w = as_float_tensor(_exact(weights), "weights")
+        mu = as_float_tensor(_exact(means), "means")
+        s = as_float_tensor(_exact(stds), "stds")
         for t, name in ((w, "weights"), (mu, "means"), (s, "stds")):
             check_finite(t, name)
         if w.ndim != 1:
@@ -247,6 +268,7 @@ def linear_path_velocity(gmm: GaussianMixture, x, t: float, data_at: int = 1) ->
 def euler(v: Callable, x, ts: Sequence[float]) -> torch.Tensor:
     r"""Euler's method :math:`x \leftarrow x + (t_{i+1}-t_i)\,v(x, t_i)` over the times ``ts``
     (increasing or decreasing, at least two); ``v(x, t)`` returns a tensor shaped like ``x``."""
+    _check_callable(v, "v")
     x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
     ts = [check_real(t, "ts") for t in ts]
     if len(ts) < 2:
@@ -263,6 +285,7 @@ def flow_map(v: Callable, x, t0: float, t1: float, *, rtol: float = 1e-10,
     ``x``. The result has ``x``'s shape, dtype and device; ``t1 == t0`` returns a copy."""
     from scipy.integrate import solve_ivp
 
+    _check_callable(v, "v")
     x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
     check_finite(x, "x")
     t0, t1 = check_real(t0, "t0"), check_real(t1, "t1")
@@ -313,6 +336,7 @@ def average_velocity(v: Callable, x, t: float, d: float, *, rtol: float = 1e-10,
 
     Chapter: *Shortcut models: the step size as a conditional input*.
     """
+    _check_callable(v, "v")
     t = check_real(t, "t")
     d = check_real(d, "d")
     if d == 0:
@@ -334,6 +358,7 @@ def shortcut_ideal(v: Callable, x, t: float, k: int, K: int) -> torch.Tensor:
 
     Chapter: *Shortcut models: the step size as a conditional input*.
     """
+    _check_callable(v, "v")
     K = check_int(K, "K", low=0, high=30)
     k = check_int(k, "k", low=0, high=K)
     t = check_real(t, "t")
@@ -398,11 +423,13 @@ class ShortcutMLP(torch.nn.Module):
                              + (" or (n,)" if self.dim == 1 else "") + f", got {tuple(x.shape)}")
         n, p = xx.shape[0], self.x_in.weight
         xx = xx.to(p.dtype)
-        if isinstance(t, torch.Tensor) and t.ndim == 1:
-            tt = t.to(p.dtype)
-        else:
-            tt = torch.as_tensor(t, dtype=p.dtype, device=p.device).expand(n)
-        kk = torch.as_tensor(k, dtype=torch.long, device=p.device).expand(n)
+        tt = torch.as_tensor(t, dtype=p.dtype, device=p.device)
+        kk = torch.as_tensor(k, dtype=torch.long, device=p.device)
+        if tt.ndim and tt.shape != (n,):
+            raise ValueError(f"t must be a number or have shape ({n},), got {tuple(tt.shape)}")
+        if kk.ndim and kk.shape != (n,):
+            raise ValueError(f"k must be an int or have shape ({n},), got {tuple(kk.shape)}")
+        tt, kk = tt.expand(n), kk.expand(n)
         top = self.n_levels + self.zero_level - 1
         if kk.numel() and (int(kk.min()) < 0 or int(kk.max()) > top):
             raise ValueError(f"k must lie in [0, {top}], got values in "
@@ -533,6 +560,7 @@ def shortcut_sample(s: Callable, z, nsteps: int) -> torch.Tensor:
 
     Chapter: *Shortcut models: the step size as a conditional input*.
     """
+    _check_callable(s, "s")
     nsteps = check_int(nsteps, "nsteps", low=1)
     if nsteps & (nsteps - 1):
         raise ValueError(f"nsteps must be a power of 2, got {nsteps}")
@@ -572,12 +600,17 @@ class VelocityPosterior:
         r"""The variance of each coordinate of :math:`u` given :math:`x_t=x`, shaped like
         :attr:`mean`
 
-        .. math:: \operatorname{Var}(u\mid x_t=x)=\sum_j r_j(v_j+m_j^2)-\Big(\sum_j r_j m_j\Big)^2 .
+        .. math:: \operatorname{Var}(u\mid x_t=x)=\sum_j r_j v_j+\sum_j r_j\,(m_j-\bar m)^2,
+                  \qquad \bar m=\sum_j r_j m_j ,
+
+        the law of total variance, written with centred means: the equal form
+        :math:`\sum_j r_j(v_j+m_j^2)-\bar m^2` cancels catastrophically far out, where
+        :math:`m_j\sim x/t` is large (it gave 0 instead of 0.15 at :math:`x=10^8`).
         """
         r, m, v = self.responsibilities, self.means, self.variances
         if m.ndim == r.ndim:
-            return (r * (v + m**2)).sum(-1) - self.mean**2
-        return (r[..., None] * (v[:, None] + m**2)).sum(-2) - self.mean**2
+            return (r * (v + (m - self.mean[..., None]) ** 2)).sum(-1)
+        return (r[..., None] * (v[:, None] + (m - self.mean[..., None, :]) ** 2)).sum(-2)
 
 
 def velocity_posterior(gmm: GaussianMixture, x, t: float) -> VelocityPosterior:
@@ -592,7 +625,9 @@ def velocity_posterior(gmm: GaussianMixture, x, t: float) -> VelocityPosterior:
         c_j=\operatorname{Cov}(u,x_t)=t-(1-t)s_j^2,\quad V_j=\operatorname{Var}x_t=(1-t)^2s_j^2+t^2,
 
     so :math:`m_j(x)=-\mu_j+\frac{c_j}{V_j}(x-(1-t)\mu_j)` and
-    :math:`v_j=1+s_j^2-c_j^2/V_j`. ``t`` in [0, 1]; points shaped as for
+    :math:`v_j=1+s_j^2-c_j^2/V_j=s_j^2/V_j` (expand, using :math:`(1-t)+t=1`; the second form
+    is computed, the first cancels catastrophically for wide components: it gave 0 instead of
+    4 for :math:`s_j=10^8`, :math:`t=\tfrac12`). ``t`` in [0, 1]; points shaped as for
     :meth:`GaussianMixture.posterior`; results in the points' dtype and device.
 
     Chapter: *Consistency models, step by step*.
@@ -606,7 +641,7 @@ def velocity_posterior(gmm: GaussianMixture, x, t: float) -> VelocityPosterior:
     s2 = gmm.stds**2
     c = b - a * s2
     means = -gmm.means + (c / var)[:, None] * resid  # (..., m, d)
-    v = (1 + s2 - c**2 / var).clamp_min(0.0)
+    v = s2 / var  # = 1 + s_j^2 - c_j^2 / V_j, without the cancellation
     means = means[..., 0] if gmm.scalar else means
     return VelocityPosterior(r.to(device, dtype), means.to(device, dtype), v.to(device, dtype))
 
@@ -771,6 +806,7 @@ def multistep_consistency_sample(f: Callable, x1, ts: Sequence[float],
 
     Chapter: *Consistency models, step by step*.
     """
+    _check_callable(f, "f")
     x1 = as_float_tensor(x1, "x1", min_ndim=0, allow_empty=True)
     check_finite(x1, "x1")
     ts = [check_real(t, "ts", low=0.0, high=1.0) for t in ts]
@@ -1039,6 +1075,8 @@ def selection_logits(codebook, c, rule: str = "is") -> torch.Tensor:
     """
     C = as_float_tensor(codebook, "codebook")
     c = as_float_tensor(c, "c")
+    check_finite(C, "codebook")
+    check_finite(c, "c")
     if C.ndim not in (2, 3) or C.shape[-1] != c.shape[-1]:
         raise ValueError(f"codebook must have shape (K, d) or (B, K, d) with d = c.shape[-1] = "
                          f"{c.shape[-1]}, got {tuple(C.shape)}")
@@ -1134,7 +1172,9 @@ def energy_distance(x, y) -> float:
 
     with every expectation the average over all pairs (the V-statistic, as
     ``scipy.stats.energy_distance`` in 1-D), computed exactly (no Gram-matrix shortcut) in
-    float64. It is 0 for identical samples and a metric between laws.
+    float64, after scaling both samples by their largest magnitude (so values near the float64
+    limits neither overflow nor underflow). It is 0 for identical samples and a metric between
+    laws.
 
     Chapter: *Discrete codes from DDPM*.
     """
@@ -1152,12 +1192,19 @@ def energy_distance(x, y) -> float:
         raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and "
                          f"{y.shape[1]}")
     y = y.to(x.device)
+    # D is homogeneous of degree 1/2, D(x, y) = sqrt(s) D(x/s, y/s): scaling by the largest
+    # magnitude keeps the squares inside cdist from overflowing (NaN at 1e200) or underflowing
+    # (0 at 1e-200)
+    scale = float(torch.maximum(x.abs().max(), y.abs().max()))
+    if scale == 0.0:
+        return 0.0
+    x, y = x / scale, y / scale
 
     def mean_dist(u, v):
         return torch.cdist(u, v, compute_mode="donot_use_mm_for_euclid_dist").mean()
 
     d2 = 2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)
-    return math.sqrt(max(float(d2), 0.0))
+    return math.sqrt(scale) * math.sqrt(max(float(d2), 0.0))
 
 
 def gaussian_distortion_rate(variances, bits: float) -> float:
@@ -1490,7 +1537,11 @@ def ddpm_eps_moments(eps_affine: Callable, sched: VPSchedule, mean, cov, *,
         raise ValueError("sched.alpha must be > 0 for t >= 1 (clip the schedule's end)")
     c = check_real(noise_scale, "noise_scale", nonnegative=True)
     m = as_float_tensor(mean, "mean").to(torch.float64)
+    check_finite(m, "mean")
     C = check_matrix(cov, "cov").to(m.device, torch.float64)
+    if m.ndim != 1 or C.shape != (m.numel(), m.numel()):
+        raise ValueError(f"need mean (d,) and cov (d, d), got {tuple(m.shape)} and "
+                         f"{tuple(C.shape)}")
     sigma = ddpm_posterior_coefficients(s)[2].tolist()
     al, be, bb = s.alpha.tolist(), s.beta.tolist(), s.bbar.tolist()
     eye = torch.eye(m.numel(), dtype=torch.float64, device=m.device)
@@ -1575,6 +1626,7 @@ def gaussian_generator_eps(x, mean, std, abar: float, bbar: float) -> torch.Tens
     Chapter: *Identity-based distillation: SiD, FGM and the choice of lambda*.
     """
     x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
+    check_finite(x, "x")
     abar = check_real(abar, "abar", nonnegative=True)
     bbar = check_real(bbar, "bbar", positive=True)
     for v, name in ((mean, "mean"), (std, "std")):
