@@ -305,3 +305,81 @@ def test_elementwise_maps_accept_empty_input():
     e = torch.ones(2, 0, dtype=F64)
     assert L.dyt(e, 1.0).shape == (2, 0) and L.softcap(e, 1.0).shape == (2, 0)
     assert L.dyisru(e, 1.0, d=4).shape == (2, 0)
+
+
+# -- third reading (s19): written-out formulas with constants != 1, attaining inputs, half ----
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.floats(0.05, 40.0), st.integers(1, 1000),
+       st.floats(0.2, 5.0), st.floats(-3.0, 3.0))
+def test_dyisru_and_dyt_against_the_written_out_formulas(seed, C, d, gamma, beta):
+    """gamma sqrt(d) x / sqrt(x^2 + C) + beta and gamma tanh(alpha x) + beta, with every constant
+    away from 1 (C = 1, gamma = 1 or beta = 0 cannot tell C from C^2 or +beta from -beta)."""
+    x = _randn(seed, 7, scale=3.0)
+    isru = gamma * math.sqrt(d) * x / torch.sqrt(x.square() + C) + beta
+    assert torch.allclose(L.dyisru(x, C, d=d, gamma=gamma, beta=beta), isru, rtol=1e-13, atol=1e-13)
+    alpha = math.sqrt(C)
+    tanh = gamma * torch.tensor([math.tanh(alpha * v) for v in x.tolist()], dtype=F64) + beta
+    assert torch.allclose(L.dyt(x, alpha, gamma=gamma, beta=beta), tanh, rtol=1e-13, atol=1e-13)
+
+
+@SETTINGS
+@given(st.floats(-1e3, 1e3), st.floats(0.01, 100.0))
+def test_softcap_against_the_written_out_formula(x, t):
+    assert abs(L.softcap(torch.tensor([x], dtype=F64), t).item() - t * math.tanh(x / t)) \
+        <= 1e-14 * t
+
+
+@pytest.mark.parametrize("d", [2, 7, 64])
+def test_offdiagonal_bounds_are_attained_at_equal_magnitudes(d):
+    """dyt-prop-offdiag: with |x_i| all equal, q = 1/d, the Frobenius ratio is 1/sqrt(d) and the
+    spectral ratio is 1 - 1/d = 1 - q (both bounds are sharp); random inputs never reach them."""
+    signs = torch.where(_randn(d, d) > 0, 1.0, -1.0).to(F64)
+    J = L.rms_norm_jacobian(2.5 * signs)
+    D = J - torch.diag(torch.diagonal(J))
+    frob = (torch.linalg.matrix_norm(D) / torch.linalg.matrix_norm(J)).item()
+    spec = (torch.linalg.matrix_norm(D, ord=2) / torch.linalg.matrix_norm(J, ord=2)).item()
+    assert abs(frob - 1 / math.sqrt(d)) < 1e-13 and abs(spec - (1 - 1 / d)) < 1e-13
+
+
+@pytest.mark.parametrize("dtype,tiny", [(torch.float32, 1e-25), (F64, 1e-160)])
+def test_rms_norm_of_a_tiny_vector_with_eps(dtype, tiny):
+    """||x||^2/d << eps: y = x / sqrt(eps) (a version that formed eps / max|x|^2 overflowed
+    there and returned 0)."""
+    x = torch.tensor([1.0, -2.0, 3.0], dtype=F64) * tiny
+    for eps in (1e-6, 0.25):
+        y = L.rms_norm(x.to(dtype), eps=eps)
+        assert y.dtype == dtype and torch.allclose(y.double(), x / math.sqrt(eps), rtol=1e-6,
+                                                   atol=0)
+    J = L.rms_norm_jacobian(x.to(dtype), eps=0.25)
+    assert torch.allclose(J.double(), torch.eye(3, dtype=F64) / 0.5, rtol=1e-6, atol=1e-30)
+
+
+def test_half_inputs_with_constants_outside_their_range():
+    """float16 tops out at 65504: the ISRU constants of a width-768 vector with rho = 10 are
+    about 7.7e4, and an alpha of 1e5 is inf in float16 (inf * 0 = nan at x = 0)."""
+    x16 = _randn(12, 768, scale=10.0).half()
+    C = L.rms_norm_isru_constants(x16)
+    assert C.dtype == torch.float32 and C.min() > 65504
+    y = L.dyisru(x16, C, d=768)
+    assert y.dtype == torch.float16
+    assert torch.allclose(y.double(), L.rms_norm(x16.double()), rtol=2e-3, atol=2e-3)
+    big_c = torch.tensor(1e5, dtype=F64)
+    ref = 3.0 * x16.double() / torch.sqrt(x16.double().square() + 1e5)
+    assert torch.allclose(L.dyisru(x16, big_c, d=9).double(), ref, rtol=2e-3, atol=1e-4)
+    zero_one = torch.tensor([0.0, 1e-3, -1.0], dtype=torch.float16)
+    out = L.dyt(zero_one, torch.tensor(1e5, dtype=F64))
+    assert out.tolist() == [0.0, 1.0, -1.0]
+    # a small alpha with a large gamma: gamma tanh(alpha x) ~ x, not 0 (alpha x is subnormal)
+    small = L.dyt(zero_one, 1e-7, gamma=1e7)
+    assert torch.allclose(small.double(), zero_one.double(), rtol=1e-3, atol=0)
+    assert L.softcap(zero_one, 1e-6).dtype == torch.float16
+
+
+def test_autograd_at_the_zero_vector_with_eps():
+    """With eps > 0, RMSNorm is smooth at 0 with Jacobian I / sqrt(eps); its backward must be
+    finite there (a sqrt(mean(x^2)) inside the eps path gave 0 * inf = nan)."""
+    z = torch.zeros(4, dtype=F64)
+    auto = torch.autograd.functional.jacobian(lambda v: L.rms_norm(v, eps=0.25), z)
+    assert torch.equal(auto, torch.eye(4, dtype=F64) / 0.5)
+    assert torch.equal(L.rms_norm_jacobian(z, eps=0.25), auto)

@@ -299,3 +299,28 @@ def test_min_feasible_base_skips_grid_chunks_below_one():
         B = (math.floor(n / B) + 1) * (B / n)
     assert P.min_feasible_base(1, 4, levels=2, steps=70, start=1.1) == pytest.approx(B, rel=1e-15)
     assert 1 < B < 1 + 1.1 / 4900
+
+
+# -- third reading (s19): the ends of the brackets ---------------------------------------------
+
+def test_feasibility_at_the_ends_of_the_first_window():
+    """L = 4096, d = 128: the first feasible window is [26952.34, 26973.08] (ends located by a
+    float64 numpy scan). Just inside and just outside it min f is within 1e-4 of zero, so a
+    feasibility test biased by more than about 3e-6 (e.g. f < -1e-5 taken as negative) fails."""
+    ends = torch.tensor([26952.339, 26952.341, 26973.083, 26973.085], dtype=F64)
+    assert P.is_feasible_base(ends, 4096, 128).tolist() == [False, True, True, False]
+    m = np.arange(4096, dtype=np.float64)
+    for b in ends.tolist():   # independent of the library: numpy, direct sums
+        lowest = np.cos(m[:, None] * b ** (-2.0 * np.arange(64) / 128)).sum(1).min()
+        assert 1e-6 < abs(lowest) < 1e-4
+
+
+def test_feasible_exactly_up_to_the_first_negative_offset():
+    """M(b) is the first negative offset, so b is feasible for L = M(b) and not for M(b) + 1
+    (an off-by-one in the comparison with L survives every check away from this end)."""
+    for base, d in ((100.0, 16), (27500.0, 128), (28000.0, 128)):
+        M = int(P.first_negative_offset(base, d, 10**5))
+        assert M < 10**5
+        assert P.rope_gap_sum(float(M), d, base).item() < 0
+        assert P.rope_gap_sum(torch.arange(M, dtype=F64), d, base).min().item() >= 0
+        assert bool(P.is_feasible_base(base, M, d)) and not bool(P.is_feasible_base(base, M + 1, d))

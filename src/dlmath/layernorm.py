@@ -21,7 +21,13 @@ Conventions:
 * Reductions run along ``dim`` (default ``-1``) and broadcast over the other dimensions;
   results keep the input's device and dtype. RMSNorm is computed after dividing each vector
   by its largest entry, in float32 at least (float64 stays float64), so float16 inputs above
-  256 (whose squares overflow float16) and float64 inputs near ``1e300`` are handled.
+  256 (whose squares overflow float16) and float64 inputs near ``1e300`` are handled; with
+  ``eps > 0`` the root mean square is combined with :math:`\sqrt\epsilon` by ``hypot``, so
+  tiny vectors (float32 near ``1e-25``, float64 near ``1e-160``) give :math:`x/\sqrt\epsilon`
+  rather than 0.
+* The elementwise maps (DyT, DyISRU, softcap) also compute in float32 at least and cast the
+  result back, so float16/bfloat16 inputs do not lose a constant that lies outside their
+  range (e.g. a DyISRU constant :math:`C > 65504`, an :math:`\alpha` near ``1e5``).
 * **Zero vector.** Without ``eps``, RMSNorm maps :math:`x = 0` to :math:`0`. That is the
   value of the ``eps > 0`` map at 0 for every ``eps``, so it is the limit ``eps -> 0`` taken
   at the zero vector (the map itself is discontinuous there: it has no direction to keep).
@@ -61,9 +67,11 @@ def _eps(eps) -> float:
     return check_real(eps, "eps", nonnegative=True)
 
 
-def _parameter(value, name: str, like: torch.Tensor, *, nonnegative: bool = False):
+def _parameter(value, name: str, like: torch.Tensor, *, nonnegative: bool = False,
+               cast: bool = True):
     """A real scalar or a floating tensor (broadcastable to ``like``), finite; kept as a tensor
-    when it is one so that autograd can learn it."""
+    when it is one so that autograd can learn it, and then moved to ``like``'s device and
+    dtype (``cast=False``: left in its own dtype and device)."""
     if isinstance(value, torch.Tensor):
         t = as_float_tensor(value, name, min_ndim=0)
         check_finite(t, name)
@@ -74,7 +82,7 @@ def _parameter(value, name: str, like: torch.Tensor, *, nonnegative: bool = Fals
         except RuntimeError as exc:
             raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast against x "
                              f"of shape {tuple(like.shape)}") from exc
-        return t.to(device=like.device, dtype=like.dtype)
+        return t.to(device=like.device, dtype=like.dtype) if cast else t
     return check_real(value, name, nonnegative=nonnegative)
 
 
@@ -96,11 +104,15 @@ def rms_norm(x, dim: int = -1, *, eps: float = 0.0) -> torch.Tensor:
     m = w.abs().amax(dim=dim, keepdim=True)
     safe = torch.where(m > 0, m, torch.ones_like(m))
     u = w / safe                                   # entries in [-1, 1]: no overflow below
-    den = u.square().mean(dim=dim, keepdim=True)
-    if eps > 0:                                    # eps / m^2 may overflow to inf: y -> 0
-        den = den + eps / safe.square()
-    den = den.sqrt()
-    return torch.where(m > 0, u / den, torch.zeros_like(u)).to(x.dtype)
+    if eps > 0:
+        # rho = hypot(rms(x), sqrt(eps)) with rms(x) = m rms(u) <= m: no overflow, and a tiny
+        # vector gives x / sqrt(eps) (forming eps / m^2 instead overflowed there and returned
+        # 0). vector_norm, unlike sqrt(mean(u^2)), has a finite backward at the zero vector.
+        r = torch.linalg.vector_norm(u, dim=dim, keepdim=True) / math.sqrt(u.shape[dim])
+        rho = torch.hypot(safe * r, torch.tensor(math.sqrt(eps), dtype=w.dtype, device=w.device))
+        return (w / rho).to(x.dtype)               # the zero vector: 0 / sqrt(eps) = 0
+    r = u.square().mean(dim=dim, keepdim=True).sqrt()   # rms(x) / m, in [1/sqrt(d), 1]
+    return torch.where(m > 0, u / r, torch.zeros_like(u)).to(x.dtype)
 
 
 def rms_norm_jacobian(x, *, eps: float = 0.0) -> torch.Tensor:
@@ -174,10 +186,11 @@ def dyt(x, alpha, *, gamma=1.0, beta=0.0) -> torch.Tensor:
     dtype of ``x``.
     """
     x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
-    alpha = _parameter(alpha, "alpha", x)
-    gamma = _parameter(gamma, "gamma", x)
-    beta = _parameter(beta, "beta", x)
-    return gamma * torch.tanh(alpha * x) + beta
+    w = upcast_half(x)                             # a half alpha of 1e5 is inf, and inf * 0 nan
+    alpha = _parameter(alpha, "alpha", w)
+    gamma = _parameter(gamma, "gamma", w)
+    beta = _parameter(beta, "beta", w)
+    return (gamma * torch.tanh(alpha * w) + beta).to(x.dtype)
 
 
 def dyisru(x, C, *, d: int | None = None, gamma=1.0, beta=0.0) -> torch.Tensor:
@@ -197,16 +210,21 @@ def dyisru(x, C, *, d: int | None = None, gamma=1.0, beta=0.0) -> torch.Tensor:
     tensors broadcastable against ``x``; ``d`` a positive int or ``None``.
     """
     x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
-    C = _parameter(C, "C", x, nonnegative=True)
-    gamma = _parameter(gamma, "gamma", x)
-    beta = _parameter(beta, "beta", x)
+    w = upcast_half(x)
+    C = _parameter(C, "C", w, nonnegative=True, cast=False)
+    gamma = _parameter(gamma, "gamma", w)
+    beta = _parameter(beta, "beta", w)
     scale = 1.0 if d is None else math.sqrt(check_int(d, "d", low=1))
-    root_c = C.sqrt() if isinstance(C, torch.Tensor) else math.sqrt(C)
-    den = torch.hypot(x, torch.as_tensor(root_c, dtype=x.dtype, device=x.device))
+    # sqrt before narrowing: C (e.g. from rms_norm_isru_constants) may exceed x's dtype's range
+    if isinstance(C, torch.Tensor):
+        root_c = C.to(w.device).sqrt().to(w.dtype)
+    else:
+        root_c = torch.tensor(math.sqrt(C), dtype=w.dtype, device=w.device)
+    den = torch.hypot(w, root_c)
     zero = den == 0                                # only where x = 0 and C = 0
-    ratio = torch.where(zero, torch.zeros_like(den), x / torch.where(zero, 1.0, den))
-    ratio = torch.where(torch.isinf(x), torch.sign(x), ratio)
-    return gamma * scale * ratio + beta
+    ratio = torch.where(zero, torch.zeros_like(den), w / torch.where(zero, 1.0, den))
+    ratio = torch.where(torch.isinf(w), torch.sign(w), ratio)
+    return (gamma * scale * ratio + beta).to(x.dtype)
 
 
 def softcap(x, t) -> torch.Tensor:
@@ -221,4 +239,5 @@ def softcap(x, t) -> torch.Tensor:
     """
     x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
     t = check_real(t, "t", positive=True)
-    return t * torch.tanh(x / t)
+    w = upcast_half(x)
+    return (t * torch.tanh(w / t)).to(x.dtype)
