@@ -16,7 +16,8 @@ help:
 	@echo "make lab      JupyterLab on notebooks/ with the venv's kernel"
 	@echo "make page NB=notebooks/NN-slug.ipynb   build one chapter alone (fast)"
 	@echo "make pdf      build the PDF of the book with XeLaTeX (needs TeX: tools/install_tex.sh)"
-	@echo "make execute  run every notebook once (nbval), no book build"
+	@echo "make execute  run every notebook once (nbval), no book build; SIZE=large runs them at"
+	@echo "              the GPU preset's sizes on any device (slow on a CPU: see CONTRIBUTING)"
 	@echo "make rerun    run the built chapters again (nbval): same asserts, same outputs"
 	@echo "make bench    run the benchmarks (not part of CI)"
 	@echo "make clean    remove build outputs (keeps .venv)"
@@ -64,8 +65,10 @@ page: $(VENV)/.stamp-book
 	  --path-output _build/pages/$(notdir $(basename $(NB))) --keep-going
 	@echo "Page: $(CURDIR)/_build/pages/$(notdir $(basename $(NB)))/_build/html/$(basename $(NB)).html"
 
+# The notebooks get pyflakes only (undefined names, unused imports): their style is prose-first.
 lint: $(VENV)/.stamp-test
 	$(BIN)/ruff check src tests tools benchmarks
+	$(BIN)/ruff check --select F notebooks
 
 stripout-check: $(VENV)/.stamp-test
 	$(BIN)/nbstripout --verify notebooks/*.ipynb
@@ -79,8 +82,9 @@ pytest: $(VENV)/.stamp-test
 	$(PYTEST) tests
 
 # Every chapter from its source, asserts checked, outputs not compared (no book build needed).
+# SIZE=small|large forces a size preset (DLMATH_SIZE); empty: the device's own.
 execute: $(VENV)/.stamp-test
-	$(PYTEST) --nbval-lax $(NBVAL) notebooks
+	DLMATH_SIZE=$(SIZE) $(PYTEST) --nbval-lax $(NBVAL) notebooks
 
 book-strict: $(VENV)/.stamp-book
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/.jupyter_cache
