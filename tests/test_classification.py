@@ -325,3 +325,68 @@ def test_more_bad_input_messages():
         K.soft_macro_f1(torch.tensor([[1.0, 0.0], [-1.0, 2.0]]), probs)
     with pytest.raises(ValueError, match=r"labels must be one-dimensional, got shape \(2, 2\)"):
         K.fixed_fraction_sampler(torch.tensor([[0, 1], [1, 0]]), 2, [0.5, 0.5])
+
+
+# -- added in the third reading (s19): written-out gradient at C != 4, the ends, float32 limits --
+
+@SETTINGS
+@given(st.integers(0, 2**31), st.sampled_from([2, 3, 5, 7]), st.integers(1, 40))
+def test_soft_gradient_is_the_quotient_rule(seed, C, N):
+    """dS/dp_nc = (2/C)(y_nc D_c - T_c)/D_c^2 against autograd, for C != 4 (so 2/C != 1/2)."""
+    g = _gen(seed)
+    y = torch.randint(C, (N,), generator=g)
+    p = torch.softmax(2 * torch.randn(N, C, generator=g, dtype=F64), -1).requires_grad_(True)
+    K.soft_macro_f1(y, p).backward()
+    Y = torch.nn.functional.one_hot(y, C).to(F64)
+    T, D = (Y * p.detach()).sum(0), (Y + p.detach()).sum(0)
+    expect = (2 / C) * (Y * D - T) / D**2
+    assert torch.allclose(p.grad, expect, rtol=1e-12, atol=1e-15)
+    assert (p.grad[Y == 1] > 0).all() and (p.grad[Y == 0] <= 0).all()
+
+
+def test_soft_f1_reaches_one_exactly_and_scores_above_one_can_exceed_it():
+    for C in (2, 3, 4, 7):
+        y = torch.arange(C).repeat(2)
+        assert K.soft_macro_f1(y, torch.nn.functional.one_hot(y, C).to(F64)).item() == 1.0
+    y = torch.tensor([0, 1, 0, 1])
+    big = torch.tensor([[9.0, 0.0], [0.0, 9.0], [9.0, 0.0], [9.0, 0.0]], dtype=F64)
+    # class 0: T = 18, D = 2 + 27; class 1: T = 9, D = 2 + 9
+    expect = (2 / 2) * (18 / 29 + 9 / 11)
+    assert K.soft_macro_f1(y, big).item() == pytest.approx(expect, abs=1e-15) and expect > 1
+
+
+@pytest.mark.parametrize("v", [1e37, 1e38, 3e38, 3.4e38])
+def test_soft_macro_f1_scores_near_the_float32_limit(v):
+    """The sums (and 2 T_c) overflow float32 there: the value must still be the float64 one."""
+    y = torch.tensor([0, 1, 0, 1])
+    p = torch.tensor([[v, 0.0], [0.0, v], [v, 0.0], [v, 0.0]], requires_grad=True)
+    s = K.soft_macro_f1(y, p)
+    s.backward()
+    ref = K.soft_macro_f1(y, p.detach().double()).item()
+    assert s.dtype == torch.float32 and abs(s.item() - ref) <= 2 * torch.finfo(torch.float32).eps
+    assert torch.isfinite(p.grad).all()
+
+
+@pytest.mark.parametrize("C", [2, 3, 6])
+def test_post_constant_only_shifts_the_log_loss(C):
+    """-log(0.5 sum T/D + eps) = soft_f1_loss - log(C/4) + O(eps): same gradient up to eps."""
+    g = _gen(30 + C)
+    z = torch.randn(40, C, generator=g, dtype=F64, requires_grad=True)
+    y = torch.randint(C, (40,), generator=g)
+    Y = torch.nn.functional.one_hot(y, C).to(F64)
+    p = torch.softmax(z, -1)
+    post = -torch.log((0.5 * (Y * p).sum(0) / (Y + p).sum(0)).sum())
+    ours = K.soft_f1_loss(z, y, eps=1e-300)
+    g_post, g_ours = (torch.autograd.grad(v, z)[0] for v in (post, ours))
+    assert abs(post.item() - ours.item() + math.log(C / 4)) < 1e-13
+    assert torch.allclose(g_post, g_ours, rtol=1e-10, atol=1e-15)
+
+
+def test_soft_f1_loss_at_zero_score_is_minus_log_eps_with_finite_gradient():
+    y = torch.tensor([0, 1, 1])
+    z = torch.tensor([[-800.0, 800.0], [800.0, -800.0], [800.0, -800.0]], dtype=F64,
+                     requires_grad=True)                       # every prediction wrong: S = 0
+    loss = K.soft_f1_loss(z, y, eps=1e-7)
+    loss.backward()
+    assert loss.item() == pytest.approx(-math.log(1e-7), rel=1e-12)
+    assert torch.isfinite(z.grad).all()

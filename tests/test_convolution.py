@@ -197,3 +197,20 @@ def test_more_validation_messages():
         V.empirical_receptive_field(conv, 8, inputs=torch.ones(1, 1, 8, dtype=torch.long))
     with pytest.raises(TypeError, match="inputs must be a floating torch.Tensor"):
         V.empirical_receptive_field(conv, 8, inputs=[[[1.0] * 8]])
+
+
+# -- added in the third reading (s19): input checks of the network, the shortest input ------
+
+def test_network_rejects_inputs_it_cannot_pool():
+    net = V.SpectraNet().eval()                      # 8 blocks: 7 pools, L >= 128
+    assert net(torch.randn(1, 1, 128)).shape == (1, 4)
+    assert net.features(torch.randn(1, 1, 128)).shape == (1, 128, 1)
+    with pytest.raises(ValueError, match=r"x must have length L >= 128 .* got 127"):
+        net(torch.randn(1, 1, 127))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, L\), got \(1, 2, 300\)"):
+        net(torch.randn(1, 2, 300))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, L\), got \(300,\)"):
+        net(torch.randn(300))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
+        net([[0.0] * 128])
+    assert V.SpectraNet((4,), in_channels=3).eval()(torch.randn(2, 3, 1)).shape == (2, 4)

@@ -375,3 +375,45 @@ def test_random_patch_mask_rounds_half_to_even_and_extremes():
 def test_commuting_pair_needs_a_coefficient():
     with pytest.raises(ValueError, match="coeffs must hold at least one coefficient"):
         Q.commuting_pair(3, coeffs=(), generator=_gen(0))
+
+
+# -- added in the third reading (s19): half precision, the default order, rounding -----------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32_and_returned_in_half(dtype):
+    """CPU eig/svd/pinv refuse half precision: every function works in float32, returns dtype."""
+    A, B = Q.commuting_pair(3, scale=0.3, generator=_gen(20), dtype=dtype)
+    A32, B32 = Q.commuting_pair(3, scale=0.3, generator=_gen(20), dtype=torch.float32)
+    assert A.dtype == B.dtype == dtype
+    assert torch.equal(A, A32.to(dtype)) and torch.equal(B, B32.to(dtype))  # same draw, rounded
+    tol = 4 * torch.finfo(dtype).eps
+    A64, B64 = A.double(), B.double()
+    S = Q.anisotropy_matrix(A, B)
+    S64 = Q.anisotropy_matrix(A64, B64)
+    assert S.dtype == dtype
+    assert float((S.double() - S64).abs().max()) <= tol * float(S64.abs().max())
+    z0 = torch.tensor([[1.0, -0.5, 0.25], [0.5, 2.0, -1.0]], dtype=dtype)
+    Z = Q.linear_field(A, B, z0, 4, 4)
+    Z64 = Q.linear_field(A64, B64, z0.double(), 4, 4)
+    assert Z.dtype == dtype
+    assert float((Z.double() - Z64).abs().max()) <= tol * float(Z64.abs().max())
+    Mx = Q.fit_shift_operator(Z64, "x").to(dtype)
+    for ridge in (0.0, 0.1):
+        M = Q.fit_shift_operator(Z, "x", ridge=ridge)
+        ref = Q.fit_shift_operator(Z.double(), "x", ridge=ridge)       # same rounded data
+        assert M.dtype == dtype and float((M.double() - ref).abs().max()) <= tol * 4
+    E = Q.extrapolate_block(Z[:, :2, :2], Mx, Mx, 4, 4)
+    E64 = Q.extrapolate_block(Z[:, :2, :2].double(), Mx.double(), Mx.double(), 4, 4)
+    assert E.dtype == dtype and torch.equal(E[:, :2, :2], Z[:, :2, :2])
+    assert float((E.double() - E64).abs().max()) <= tol * float(E64.abs().max())
+
+
+def test_extrapolation_default_order_is_rows_first():
+    """The chapter's text: the default extends each row right with M_y, then columns down."""
+    Mx = torch.tensor([[1.0, 0.3], [0.0, 1.0]], dtype=F64)
+    My = torch.tensor([[1.0, 0.0], [0.3, 1.0]], dtype=F64)            # Mx My != My Mx
+    Zv = torch.randn(2, 2, 2, generator=_gen(21), dtype=F64)
+    default = Q.extrapolate_block(Zv, Mx, My, 4, 4)
+    assert torch.equal(default, Q.extrapolate_block(Zv, Mx, My, 4, 4, order="yx"))
+    assert not torch.equal(default, Q.extrapolate_block(Zv, Mx, My, 4, 4, order="xy"))
+    assert torch.allclose(default[3, 3], Mx @ Mx @ My @ My @ Zv[1, 1], atol=1e-15)

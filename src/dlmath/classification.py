@@ -91,7 +91,10 @@ def soft_macro_f1(y, probs, eps: float = 0.0) -> torch.Tensor:
     Shapes: ``probs`` is ``(..., N, C)`` (rows of probabilities, or any non-negative scores);
     ``y`` is either integer class indices ``(..., N)`` or one-hot / soft targets of the same shape
     as ``probs``. Returns ``(...)`` in the dtype of ``probs`` (float16/bfloat16 sums are
-    accumulated in float32). ``eps`` is added once to each class's denominator (the post adds its
+    accumulated in float32, and sums that overflow float32, for scores near its limit, are
+    redone in float64). The score lies in :math:`[0, 1]` when the entries of ``probs`` (and of
+    soft ``y``) lie in :math:`[0, 1]`; larger scores are allowed but can give values up to 2,
+    which are no longer an F1. ``eps`` is added once to each class's denominator (the post adds its
     epsilon to each of the :math:`N` terms instead). On one-hot ``probs`` and
     ``eps = 0`` this equals :func:`macro_f1` of the argmax exactly. A class with
     :math:`\sum_n (y_{nc}+p_{nc}) = 0` contributes 0 with a zero (not NaN) gradient; more
@@ -123,8 +126,13 @@ def soft_macro_f1(y, probs, eps: float = 0.0) -> torch.Tensor:
     Yw, pw = Y.to(work), p.to(work)
     tp = (Yw * pw).sum(dim=-2)
     den = (Yw + pw).sum(dim=-2) + eps
+    if work != torch.float64 and not bool(torch.isfinite(den).all()):
+        # scores near the float32 limit: the sums overflow, so redo them in float64
+        Yw, pw = Y.to(torch.float64), p.to(torch.float64)
+        tp = (Yw * pw).sum(dim=-2)
+        den = (Yw + pw).sum(dim=-2) + eps
     safe = torch.where(den > 0, den, torch.ones_like(den))
-    f1 = torch.where(den > 0, 2 * tp / safe, torch.zeros_like(den))
+    f1 = torch.where(den > 0, 2 * (tp / safe), torch.zeros_like(den))  # 2 tp may overflow
     return f1.mean(dim=-1).to(p.dtype)
 
 

@@ -183,7 +183,9 @@ class SpectraNet(nn.Module):
     \lfloor L / 2^{n-1}\rfloor` after :math:`n-1` floor halvings. ``forward``: dropout of whole
     positions (one Bernoulli mask of shape ``(B, 1, L_out)`` shared by all channels), the max
     over positions, a hidden dense layer with ReLU and a final dense layer:
-    ``(B, in_channels, L) -> (B, num_classes)`` logits (no softmax).
+    ``(B, in_channels, L) -> (B, num_classes)`` logits (no softmax). ``forward`` raises
+    ``ValueError`` naming ``x`` unless it is ``(B, in_channels, L)`` with
+    :math:`L \ge 2^{n-1}` (shorter inputs leave no position after the pools).
     """
 
     def __init__(self, widths: Sequence[int] = (16, 16, 32, 32, 64, 64, 128, 128), *,
@@ -208,10 +210,18 @@ class SpectraNet(nn.Module):
                 layers.append(nn.MaxPool1d(2) if pool == "max" else nn.AvgPool1d(2))
             c = w
         self.features = nn.Sequential(*layers)
+        self.in_channels, self.min_length = in_channels, 2 ** (len(widths) - 1)
         self.head = nn.Sequential(nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, L) -> (B, num_classes)`` logits; position dropout in training."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 3 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (B, {self.in_channels}, L), got {tuple(x.shape)}")
+        if x.shape[-1] < self.min_length:
+            raise ValueError(f"x must have length L >= {self.min_length} (one position left after "
+                             f"the pools), got {x.shape[-1]}")
         h = self.features(x)
         if self.training and self.dropout > 0:
             keep = torch.ones_like(h[:, :1, :])

@@ -21,6 +21,9 @@ Conventions for every function here:
   inputs' device and promoted dtype.
 * NaN or an infinity raises ``ValueError``; integer tensors raise ``TypeError``; an empty
   tensor (e.g. a batch of zero images) raises ``ValueError`` naming the argument.
+* float16/bfloat16 inputs are computed in float32 (torch's CPU eigen-, SVD- and pseudo-inverse
+  routines refuse half precision, and repeated half-precision products drift) and the result is
+  returned in the input's dtype.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ._checks import (
     check_int,
     check_matrix,
     check_real,
+    work_dtype,
 )
 
 __all__ = [
@@ -74,7 +78,9 @@ def commuting_pair(d: int, *, scale: float = 0.1, coeffs=(0.0, 0.5, 1.0), genera
     with :math:`c_k` = ``coeffs[k]``. A polynomial in :math:`A` commutes with :math:`A`, so
     :math:`AB=BA` up to rounding. Returns ``(A, B)``, each ``(d, d)``. ``generator`` fixes the
     draw (its device is used when ``device`` is None); ``dtype`` must be a floating dtype
-    (``TypeError`` otherwise). ``d = 1`` gives :math:`A=\pm\text{scale}`.
+    (``TypeError`` otherwise; float16/bfloat16 are drawn and multiplied in float32, then
+    rounded, so :math:`AB=BA` holds only to that rounding). ``d = 1`` gives
+    :math:`A=\pm\text{scale}`.
     """
     check_int(d, "d", low=1)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -85,15 +91,16 @@ def commuting_pair(d: int, *, scale: float = 0.1, coeffs=(0.0, 0.5, 1.0), genera
         raise ValueError("coeffs must hold at least one coefficient")
     if device is None:
         device = generator.device if generator is not None else "cpu"
-    G = torch.randn(d, d, generator=generator, dtype=dtype, device=device)
-    rho = torch.linalg.eigvals(G).abs().max().to(dtype)
+    work = work_dtype(dtype)
+    G = torch.randn(d, d, generator=generator, dtype=work, device=device)
+    rho = torch.linalg.eigvals(G).abs().max().to(work)
     A = scale * G / rho
     B = torch.zeros_like(A)
-    P = torch.eye(d, dtype=dtype, device=A.device)
+    P = torch.eye(d, dtype=work, device=A.device)
     for c in coeffs:
         B = B + c * P
         P = P @ A
-    return A, B
+    return A.to(dtype), B.to(dtype)
 
 
 def anisotropy_matrix(A, B) -> torch.Tensor:
@@ -104,21 +111,23 @@ def anisotropy_matrix(A, B) -> torch.Tensor:
 
     Shapes: ``A`` and ``B`` are ``(..., d, d)`` (broadcast); the result too. Computed by a
     solve, not an explicit inverse. Raises ``ValueError`` when :math:`B^2` is singular to
-    working precision (smallest singular value below ``d * eps`` times the largest), since
-    then no such :math:`S` exists in general.
+    working precision (smallest singular value below ``d * eps`` times the largest, ``eps`` of
+    the working dtype: float32 for half-precision inputs), since then no such :math:`S` exists
+    in general.
     """
     A, B = _square(A, "A"), _square(B, "B")
     dtype = _same_device(A, B)
-    A, B = A.to(dtype), B.to(dtype)
+    work = work_dtype(dtype)
+    A, B = A.to(work), B.to(work)
     if A.shape[-1] != B.shape[-1]:
         raise ValueError(f"A and B must have the same size, got {A.shape[-1]} and {B.shape[-1]}")
     B2 = B @ B
     sv = torch.linalg.svdvals(B2)
-    tol = B2.shape[-1] * torch.finfo(dtype).eps
+    tol = B2.shape[-1] * torch.finfo(work).eps
     if bool((sv[..., -1] <= tol * sv[..., 0]).any()):
         raise ValueError("B @ B is singular to working precision, so S = -A^2 B^-2 does not "
                          "exist; B must be invertible")
-    return -torch.linalg.solve(B2, A @ A, left=False)
+    return (-torch.linalg.solve(B2, A @ A, left=False)).to(dtype)
 
 
 def linear_field(A, B, z0, H: int, W: int, *, dx: float = 1.0, dy: float = 1.0) -> torch.Tensor:
@@ -144,12 +153,13 @@ def linear_field(A, B, z0, H: int, W: int, *, dx: float = 1.0, dy: float = 1.0) 
     check_int(W, "W", low=1)
     dx, dy = check_real(dx, "dx"), check_real(dy, "dy")
     dtype = _same_device(A, B, z0)
-    A, B, z0 = A.to(dtype), B.to(dtype), z0.to(dtype)
-    xs = dx * torch.arange(H, dtype=dtype, device=A.device)
-    ys = dy * torch.arange(W, dtype=dtype, device=A.device)
+    work = work_dtype(dtype)
+    A, B, z0 = A.to(work), B.to(work), z0.to(work)
+    xs = dx * torch.arange(H, dtype=work, device=A.device)
+    ys = dy * torch.arange(W, dtype=work, device=A.device)
     Ex = torch.linalg.matrix_exp(xs[:, None, None] * A)      # (H, d, d)
     Ey = torch.linalg.matrix_exp(ys[:, None, None] * B)      # (W, d, d)
-    return torch.einsum("iab,jbc,...c->...ija", Ex, Ey, z0)
+    return torch.einsum("iab,jbc,...c->...ija", Ex, Ey, z0).to(dtype)
 
 
 def _field(Z, name: str) -> torch.Tensor:
@@ -182,13 +192,14 @@ def fit_shift_operator(Z, axis: str, *, ridge: float = 0.0) -> torch.Tensor:
     if n < 2:
         raise ValueError(f"Z needs at least two positions along axis {axis!r}, got {n}")
     d = Z.shape[-1]
-    X = Z.narrow(dim, 0, n - 1).reshape(-1, d)
-    Y = Z.narrow(dim, 1, n - 1).reshape(-1, d)
+    W = Z.to(work_dtype(Z.dtype))
+    X = W.narrow(dim, 0, n - 1).reshape(-1, d)
+    Y = W.narrow(dim, 1, n - 1).reshape(-1, d)
     if ridge > 0:
-        eye = torch.eye(d, dtype=Z.dtype, device=Z.device)
+        eye = torch.eye(d, dtype=W.dtype, device=W.device)
         X = torch.cat([X, ridge ** 0.5 * eye])
         Y = torch.cat([Y, torch.zeros_like(eye)])
-    return (torch.linalg.pinv(X) @ Y).mT
+    return (torch.linalg.pinv(X) @ Y).mT.to(Z.dtype)
 
 
 def extrapolate_block(Zv, Mx, My, H: int, W: int, *, order: str = "yx") -> torch.Tensor:
@@ -214,7 +225,8 @@ def extrapolate_block(Zv, Mx, My, H: int, W: int, *, order: str = "yx") -> torch
         raise ValueError(f"Mx and My must be ({d}, {d}), got {tuple(Mx.shape)} and "
                          f"{tuple(My.shape)}")
     dtype = _same_device(Zv, Mx, My)
-    Zv, Mx, My = Zv.to(dtype), Mx.to(dtype), My.to(dtype)
+    work = work_dtype(dtype)
+    Zv, Mx, My = Zv.to(work), Mx.to(work), My.to(work)
 
     def grow(Z, M, n, dim):
         parts = [Z]
@@ -225,8 +237,8 @@ def extrapolate_block(Zv, Mx, My, H: int, W: int, *, order: str = "yx") -> torch
         return torch.cat(parts, dim)
 
     if order == "yx":
-        return grow(grow(Zv, My, W - w, -2), Mx, H - h, -3)
-    return grow(grow(Zv, Mx, H - h, -3), My, W - w, -2)
+        return grow(grow(Zv, My, W - w, -2), Mx, H - h, -3).to(dtype)
+    return grow(grow(Zv, Mx, H - h, -3), My, W - w, -2).to(dtype)
 
 
 def block_mask(H: int, W: int, h: int, w: int, *, top: int = 0, left: int = 0,
