@@ -6,11 +6,20 @@ chapters on machines without a Jupyter stack, for example a GPU machine:
 
     DLMATH_DEVICE=cuda python tools/run_notebooks.py notebooks/*.ipynb
 
+``--reseed N`` imitates a GPU's draws on any machine: every generator a chapter asks
+``dlmath.device.generator`` for gets the seed ``seed + N``, except one asked for on the literal
+``"cpu"`` (the chapters' way to draw the same numbers on every device). A CUDA generator gives
+other numbers than a CPU one for the same seed, so with the GPU's sizes this finds the asserts
+that hold for the CPU's draw only (which should draw on ``"cpu"`` or be guarded)::
+
+    DLMATH_SIZE=large python tools/run_notebooks.py --reseed 7919 notebooks/*.ipynb
+
 Exit status 1 if any chapter raised (an assert in a check included).
 """
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import time
@@ -20,6 +29,9 @@ RUNNER = r"""
 import json, sys, time
 import matplotlib
 matplotlib.use("Agg")
+if int(sys.argv[2]):
+    import dlmath.device
+    dlmath.device.generator = reseeded(dlmath.device.generator, int(sys.argv[2]))
 nb = json.load(open(sys.argv[1]))
 namespace = {"__name__": "__main__"}
 for i, cell in enumerate(nb["cells"]):
@@ -30,12 +42,24 @@ for i, cell in enumerate(nb["cells"]):
 """
 
 
-def main(paths: list[str]) -> int:
-    failed = []
+def reseeded(generator, shift: int):
+    """``generator(seed, device)`` with ``seed + shift`` unless ``device`` is the string "cpu"."""
+    def other_draws(seed, device=None):
+        keep = isinstance(device, str) and device == "cpu"   # not a chapter's torch.device dev
+        return generator(seed if keep else seed + shift, device)
+    return other_draws
+
+
+def main(argv: list[str]) -> int:
+    shift = 0
+    if argv[:1] == ["--reseed"]:
+        shift, argv = int(argv[1]), argv[2:]
+    runner = f"{inspect.getsource(reseeded)}\n{RUNNER}"
+    paths, failed = argv, []
     for path in paths:
         t0 = time.perf_counter()
-        result = subprocess.run([sys.executable, "-c", RUNNER, path], capture_output=True,
-                                text=True)
+        result = subprocess.run([sys.executable, "-c", runner, path, str(shift)],
+                                capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         ok = result.returncode == 0
         print(f"{'ok  ' if ok else 'FAIL'} {seconds:7.1f} s  {Path(path).name}", flush=True)
