@@ -467,10 +467,10 @@ def train(weights, X, T, lrs, steps: int, optimizer: str = "sgd", activation=tor
                 break
             grads = torch.autograd.grad(torch.where(alive, loss, 0).sum(), params)
         with torch.no_grad():
-            steps_ = [lr * (G if optimizer == "sgd" else torch.sign(G))
+            updates = [lr * (G if optimizer == "sgd" else torch.sign(G))
                       for G, lr in zip(grads, lrs, strict=True)]
-            overflow = [~torch.isfinite(S).flatten(-2).all(dim=-1) for S in steps_]
+            overflow = [~torch.isfinite(S).flatten(-2).all(dim=-1) for S in updates]
             diverged = ~alive | torch.stack(torch.broadcast_tensors(*overflow)).any(dim=0)
-            for W, S in zip(params, steps_, strict=True):
+            for W, S in zip(params, updates, strict=True):
                 W -= torch.where(diverged[..., None, None], 0.0, S)  # NaN-free: where selects
     return torch.stack(losses)
