@@ -15,6 +15,13 @@ def test_as_float_tensor_keeps_tensors_and_converts_array_likes():
     assert _checks.as_float_tensor(x, "x") is x
     assert _checks.as_float_tensor([1, 2], "x").dtype == torch.get_default_dtype()
     assert _checks.as_float_tensor(np.ones(2), "x").dtype == torch.float64
+    # dtype=: array-likes read directly in it (0.2 not rounded through float32 first)
+    read = _checks.as_float_tensor([0.2, 3], "x", dtype=torch.float64)
+    assert read.dtype == torch.float64 and read.tolist() == [0.2, 3.0]
+    assert _checks.as_float_tensor(0.7, "x", min_ndim=0, dtype=torch.float64).item() == 0.7
+    assert _checks.as_float_tensor(x, "x", dtype=torch.float64) is x       # tensors kept
+    with pytest.raises(TypeError, match="floating dtype"):
+        _checks.as_float_tensor([True, False], "x", dtype=torch.float64)   # still refused
 
 
 @pytest.mark.parametrize("value, error, match", [

@@ -52,25 +52,32 @@ def as_float_tensor(
     min_ndim: int = 1,
     allow_empty: bool = False,
     complex_ok: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Return ``x`` as a floating-point tensor, or raise.
 
     Tensors keep their device and dtype; Python numbers, lists and numpy arrays are
-    converted with ``torch.as_tensor`` (numpy float64 stays float64). Integer and boolean
+    converted with ``torch.as_tensor`` (numpy float64 stays float64), or read directly in
+    ``dtype`` when it is given (``torch.float64`` where the value is kept in float64: read
+    through the default float32 first, 0.2 would become 0.20000000298). Integer and boolean
     tensors are refused rather than silently cast, because integer logits or matrices are
     almost always a mistake in a caller's code. ``complex_ok=True`` also accepts complex64
     and complex128 (never complex32, which few operations support).
     """
     if not isinstance(x, torch.Tensor):
         try:
-            x = torch.as_tensor(x)
+            t = torch.as_tensor(x)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(
                 f"{name} must be a torch.Tensor or array-like of real numbers, "
                 f"got {type(x).__name__}"
             ) from exc
-        if not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool:
-            x = x.to(torch.get_default_dtype())
+        real = not t.is_complex() and t.dtype != torch.bool
+        if dtype is not None and real:
+            t = torch.as_tensor(x, dtype=dtype)
+        elif real and not t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        x = t
     if complex_ok and x.dtype in _COMPLEX:
         pass
     elif not x.is_floating_point():

@@ -117,21 +117,6 @@ class Posterior:
     noise_mean: torch.Tensor  #: :math:`\mathbb E[z\mid x_t]`
 
 
-def _exact(x):
-    """Python numbers and lists of real numbers as float64 (``torch.as_tensor`` would round
-    them to float32 first: 0.2 became 0.20000000298); tensors, arrays and anything else pass
-    through unchanged, for ``as_float_tensor`` to accept or refuse by name."""
-    if isinstance(x, torch.Tensor):
-        return x
-    try:
-        kind = torch.as_tensor(x).dtype
-    except (TypeError, ValueError, RuntimeError):
-        return x
-    if kind == torch.bool or kind.is_complex:
-        return x
-    return torch.as_tensor(x, dtype=torch.float64)
-
-
 def _check_callable(f, name: str) -> None:
     if not callable(f):
         raise TypeError(f"{name} must be a callable, got {type(f).__name__}")
@@ -146,9 +131,9 @@ class GaussianMixture:
     """
 
     def __init__(self, weights, means, stds):
-        w = as_float_tensor(_exact(weights), "weights")
-        mu = as_float_tensor(_exact(means), "means")
-        s = as_float_tensor(_exact(stds), "stds")
+        w = as_float_tensor(weights, "weights", dtype=torch.float64)
+        mu = as_float_tensor(means, "means", dtype=torch.float64)
+        s = as_float_tensor(stds, "stds", dtype=torch.float64)
         for t, name in ((w, "weights"), (mu, "means"), (s, "stds")):
             check_finite(t, name)
         if w.ndim != 1:
@@ -1286,7 +1271,7 @@ def vp_from_abar(abar) -> VPSchedule:
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
-    ab = as_float_tensor(abar, "abar").to(torch.float64)
+    ab = as_float_tensor(abar, "abar", dtype=torch.float64).to(torch.float64)
     check_finite(ab, "abar")
     if ab.ndim != 1 or ab.numel() < 2 or float(ab[0]) != 1.0:
         raise ValueError("abar must be 1-D of length T+1 >= 2 with abar[0] == 1")
@@ -1536,7 +1521,7 @@ def ddpm_eps_moments(eps_affine: Callable, sched: VPSchedule, mean, cov, *,
     if not float(s.alpha[1:].min()) > 0:
         raise ValueError("sched.alpha must be > 0 for t >= 1 (clip the schedule's end)")
     c = check_real(noise_scale, "noise_scale", nonnegative=True)
-    m = as_float_tensor(mean, "mean").to(torch.float64)
+    m = as_float_tensor(mean, "mean", dtype=torch.float64).to(torch.float64)
     check_finite(m, "mean")
     C = check_matrix(cov, "cov").to(m.device, torch.float64)
     if m.ndim != 1 or C.shape != (m.numel(), m.numel()):
@@ -1730,7 +1715,8 @@ def train_sid(lam, theta0, teacher: GaussianMixture, gen: Callable, zrule, erule
     lr = check_real(lr, "lr", positive=True)
     if len(levels) == 0:
         raise ValueError("levels must hold at least one (abar, bbar) pair")
-    theta = as_float_tensor(theta0, "theta0").detach().to(torch.float64).clone()
+    theta = as_float_tensor(theta0, "theta0", dtype=torch.float64).detach()
+    theta = theta.to(torch.float64).clone()
     theta.requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
     traj = torch.full((steps + 1, *theta.shape), float("nan"), dtype=torch.float64,

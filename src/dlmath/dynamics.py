@@ -149,7 +149,8 @@ def integrate(field: Field, y0, T: float, *, t_eval=None, rtol: float = 1e-8,
     T = check_real(T, "T", positive=True)
     shape, dev = y0.shape, y0.device
     if t_eval is not None:
-        t_eval = as_float_tensor(t_eval, "t_eval").detach().cpu().double().numpy()
+        t_eval = as_float_tensor(t_eval, "t_eval", dtype=torch.float64)
+        t_eval = t_eval.detach().cpu().double().numpy()
         if t_eval.min() < 0 or t_eval.max() > T:
             raise ValueError(f"t_eval must lie in [0, T={T}]")
 

@@ -470,7 +470,7 @@ def fit_quintic(x, steps: int, init: tuple[float, float, float] = (1.0, 0.9, 1.1
     :func:`quintic_from_roots` turns it into :math:`(a, b, c)`. The objective is not convex:
     a different ``init`` may land elsewhere. Chapter 08.
     """
-    x = as_float_tensor(x, "x").to(torch.float64).detach()
+    x = as_float_tensor(x, "x", dtype=torch.float64).to(torch.float64).detach()
     steps = check_int(steps, "steps", low=1)
     p = torch.tensor([check_real(v, "init") for v in init], dtype=torch.float64,
                      requires_grad=True)
