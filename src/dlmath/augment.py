@@ -199,12 +199,6 @@ def _float_images(x) -> torch.Tensor:
     return _images(x)
 
 
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    """float16/bfloat16 images are resampled in float32 (the grid of a half-precision
-    ``affine_grid`` is coarse, and some CPU kernels lack it) and rounded back once."""
-    return work_dtype(x.dtype)
-
-
 def _as_nchw(x: torch.Tensor) -> torch.Tensor:
     """(N, ..., S, S) -> (N, C, S, S), C the product of the middle dimensions (1 if none)."""
     return x.reshape(x.shape[0], -1, x.shape[-2], x.shape[-1])
@@ -244,7 +238,9 @@ def rotate(x, degrees, *, mode: str = "bilinear") -> torch.Tensor:
                          device=x.device)
     t = torch.deg2rad(deg)
     cos, sin, zero = torch.cos(t), torch.sin(t), torch.zeros_like(t)
-    work = _work_dtype(x)
+    # half images are resampled in float32 (a half-precision affine_grid is coarse, and some
+    # CPU kernels lack it) and rounded back once
+    work = work_dtype(x.dtype)
     theta = torch.stack([torch.stack([cos, -sin, zero], -1),
                          torch.stack([sin, cos, zero], -1)], -2).to(work)      # (N, 2, 3)
     x4 = _as_nchw(x).to(work)
@@ -344,7 +340,7 @@ def random_zoom(x, low: float = 0.8, high: float = 1.2, *, generator: torch.Gene
     line = torch.arange(S, device=x.device)
     for T in torch.unique(size).tolist():
         sel = torch.nonzero(size == T).flatten()
-        resized = _resize(x4[sel].to(_work_dtype(x)), T, mode).to(x.dtype)
+        resized = _resize(x4[sel].to(work_dtype(x.dtype)), T, mode).to(x.dtype)
         if T >= S:                                                  # crop the enlarged image
             out[sel], _ = _window(resized, top[sel, None] + line, left[sel, None] + line)
         else:                                                       # paste onto a background
