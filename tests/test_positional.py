@@ -147,6 +147,22 @@ def test_first_negative_offset_independent_of_block_size(budget):
     assert M.tolist() == [[4096, 2968], [2635, 4096]]
 
 
+def test_first_negative_offset_memory_counts_the_head_size(monkeypatch):
+    """The cos/sin tables are (bases, C, d/2): a wide head must shrink the block too."""
+    largest, cos = [0], torch.cos
+
+    def spy(x, *args, **kwargs):
+        largest[0] = max(largest[0], x.numel())
+        return cos(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "cos", spy)
+    budget = 1 << 20
+    M = P.first_negative_offset(1e4, 1 << 14, 5000, budget=budget)
+    assert largest[0] <= budget                      # 2048 x 8192 = 16M before the fix
+    monkeypatch.setattr(torch, "cos", cos)
+    assert M.item() == P.first_negative_offset(1e4, 1 << 14, 5000).item()
+
+
 def test_feasibility_is_not_monotone():
     ok = P.is_feasible_base(torch.tensor([26960.0, 27500.0, 28000.0, 28700.0]), 4096, 128)
     assert ok.tolist() == [True, False, False, True]

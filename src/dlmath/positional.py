@@ -179,7 +179,8 @@ def first_negative_offset(base, d: int, max_offset: int, *, rotary_dims: int | N
     :math:`(C \times d/2)(d/2 \times C)`, so only :math:`O(dC)` cosines are computed per
     :math:`C^2` offsets. Bases drop out as soon as they have a negative offset (early exit),
     and the block grows as fewer bases remain; ``budget`` caps the number of float64 values
-    held at once (bases times block size).
+    held at once: bases times (:math:`C^2` offsets plus the four :math:`C \times d/2` tables of
+    cosines and sines), down to the smallest block, :math:`C = 16`.
     """
     d = _check_d(d)
     L = check_int(max_offset, "max_offset", low=1)
@@ -194,9 +195,12 @@ def first_negative_offset(base, d: int, max_offset: int, *, rotary_dims: int | N
     theta = torch.exp(-(2.0 * i / r) * torch.log(flat)[:, None])     # (n_bases, d/2)
     theta = torch.where(i < r // 2, theta, torch.zeros_like(theta))
     start = 0
+    h = d // 2
     while start < L and active.numel() > 0:
-        per_base = max(budget // active.numel(), 256)
-        C = 1 << max(4, min(11, int(math.log2(per_base)) // 2))
+        per_base = budget // active.numel()
+        C = 16
+        while C < 2048 and 4 * C * C + 8 * C * h <= per_base:   # the next block, 2C, fits
+            C *= 2
         n_outer = min(C, -(-(L - start) // C))
         th = theta[active]                                             # (B, h)
         k = torch.arange(C, dtype=F64, device=th.device)
