@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 BOOK_FLAGS := -W -n --keep-going
 
-.PHONY: book pdf test lab execute page bench clean lint stripout-check pytest book-strict rerun browser-check lab-check help
+.PHONY: book pdf test lab execute page bench knobs clean lint stripout-check pytest book-strict rerun browser-check lab-check help
 
 help:
 	@echo "make book     build the HTML book (prints the path of index.html)"
@@ -20,6 +20,7 @@ help:
 	@echo "              the GPU preset's sizes on any device (slow on a CPU: see CONTRIBUTING)"
 	@echo "make rerun    run the built chapters again (nbval): same asserts, same outputs"
 	@echo "make bench    run the benchmarks (not part of CI)"
+	@echo "make knobs    run every chapter's Experiment with its knobs turned (not part of CI)"
 	@echo "make clean    remove build outputs (keeps .venv)"
 
 # One stamp per extra set; each is rebuilt when pyproject.toml changes.
@@ -120,6 +121,11 @@ lab: $(VENV)/.stamp-lab
 bench: $(VENV)/.stamp-test
 	@ls benchmarks/bench_*.py >/dev/null 2>&1 || { echo "no benchmarks yet (see benchmarks/README.md)"; exit 0; }; \
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# A reader's changes: each Experiment knob set to the values its comment and prose suggest, to
+# half and twice its value, and to other seeds; the chapter is run to the end each time.
+knobs: $(VENV)/.stamp-test
+	$(ONE_THREAD) $(PY) tools/turn_knobs.py notebooks/*.ipynb
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis
