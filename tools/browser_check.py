@@ -7,7 +7,8 @@ when
 * a math node (``.math`` element written by Sphinx) was left untypeset (no ``mjx-container``),
 * MathJax reported an error (``mjx-merror`` or ``data-mjx-error``) or met an undefined
   macro (rendered in red by its ``noundefined`` extension),
-* an image points to a file that is not in the build, or did not load (natural width 0),
+* an image points to a file that is not in the build, or did not load (natural width 0), or
+  has no text alternative (an ``alt`` that is empty or the file's own path),
 * an internal link points to a missing page or a missing anchor,
 * the page logged a JavaScript error or a resource failed to load,
 * a chapter page lacks a Binder or Colab launch button opening its own notebook,
@@ -184,6 +185,9 @@ def check_page(chromium: str, root: Path, page: Path, id_cache) -> list[str]:
         target = (page.parent / unquote(urlsplit(src).path)).resolve()
         if not target.is_file():
             problems.append(f"image missing: {src}")
+        alt = img.get("alt", "").strip()
+        if not alt or alt == src or alt.lower().endswith((".png", ".svg", ".jpg")):
+            problems.append(f"image without a text alternative (alt={alt!r}): {src}")
     for a in main.find_all("a", href=True):
         href = a["href"]
         parts = urlsplit(href)
