@@ -91,7 +91,7 @@ def suggested(comment: str, is_string: bool) -> list[str]:
     text = m.group(1).split(";")[0]
     pieces, depth, start = [], 0, 0
     for i, ch in enumerate(text + ","):
-        depth += ch in "([" and 1 or ch in ")]" and -1 or 0
+        depth += (ch in "([") - (ch in ")]")
         if ch == "," and depth == 0:
             pieces.append(text[start:i])
             start = i + 1
@@ -111,7 +111,7 @@ def suggested(comment: str, is_string: bool) -> list[str]:
 
 
 def generic(name: str, node: ast.expr) -> list[str]:
-    """Half and twice a number, the other boolean, the next two seeds."""
+    """Half and twice a number (or every number of a list), the other boolean, two more seeds."""
     try:
         value = ast.literal_eval(node)
     except ValueError:
@@ -124,14 +124,22 @@ def generic(name: str, node: ast.expr) -> list[str]:
         return [repr(v) for v in (value // 2, 2 * value) if v >= 1 and v != value]
     if isinstance(value, float) and value != 0:
         return [repr(value / 2), repr(2 * value)]
+    numbers = isinstance(value, list | tuple) and value and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    if numbers:   # every entry halved, then doubled (an integer stays >= 1)
+        half = [max(1, v // 2) if isinstance(v, int) else v / 2 for v in value]
+        return [repr(type(value)(half)), repr(type(value)(2 * v for v in value))]
     return []
 
 
 def knobs(source: str) -> list[tuple[str, ast.expr, int]]:
-    """(name, value node, line) of the leading assignments of a cell."""
-    out = []
+    """(name, value node, line) of the assignments at the top of a cell, up to its first blank
+    line (the block a chapter offers; later assignments belong to the code)."""
+    lines, out = source.splitlines(), []
+    first_blank = next((i + 1 for i, line in enumerate(lines) if not line.strip()), len(lines) + 1)
     for stmt in ast.parse(source).body:
-        if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
+        if (not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1
+                or stmt.lineno > first_blank):
             break
         target, value = stmt.targets[0], stmt.value
         if isinstance(target, ast.Name):
@@ -154,6 +162,7 @@ def knobs(source: str) -> list[tuple[str, ast.expr, int]]:
 
 
 def splice(source: str, node: ast.expr, text: str) -> str:
+    """``source`` with ``node``'s text replaced (ast offsets count UTF-8 bytes)."""
     lines = source.splitlines(keepends=True)
     offsets = [0]
     for line in lines:
@@ -179,6 +188,14 @@ def from_text(text: str, names: set[str]) -> tuple[dict[str, list[str]], list[di
     return values, settings
 
 
+def same_value(a: str, b: str) -> bool:
+    """Whether two source texts are the same literal ("x" and 'x', 2.0 and 2.)."""
+    try:
+        return ast.literal_eval(a) == ast.literal_eval(b)
+    except (ValueError, SyntaxError):
+        return a == b
+
+
 def variants(source: str, text: str = "") -> list[Variant]:
     """One knob changed at a time (suggested, then generic values), then the prose's settings."""
     notes, out = comments(source), []
@@ -190,12 +207,21 @@ def variants(source: str, text: str = "") -> list[Variant]:
         values = (invited.get(name, []) + suggested(notes.get(line, ""), is_string)
                   + generic(name, node))
         for value in dict.fromkeys(values):
-            if value != current:
+            if not same_value(value, current):
                 out.append(Variant(name, value, splice(source, node, value)))
+    tried = {(v.knob, v.value) for v in out}
     for setting in settings:
+        if len(setting) == 1:   # one knob: skip its current value and values already tried
+            (name, value), = setting.items()
+            current = ast.get_source_segment(source, found[name])
+            if same_value(value, current) or any(same_value(value, v) for k, v in tried
+                                                 if k == name):
+                continue
         changed = source
-        for name in sorted(setting, key=lambda n: -found[n].lineno * 1000 - found[n].col_offset):
-            changed = splice(changed, found[name], setting[name])   # last first: offsets hold
+        last_first = sorted(setting, key=lambda n: (found[n].lineno, found[n].col_offset),
+                            reverse=True)   # so that the earlier nodes' offsets still hold
+        for name in last_first:
+            changed = splice(changed, found[name], setting[name])
         out.append(Variant(", ".join(setting), ", ".join(setting.values()), changed))
     return out + [Variant(RERUN, "after Run All", source)]
 
