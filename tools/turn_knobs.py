@@ -20,7 +20,7 @@ a finding.
     OMP_NUM_THREADS=1 python tools/turn_knobs.py notebooks/NN-slug.ipynb [...] [--json out.jsonl]
     python tools/turn_knobs.py --list notebooks/*.ipynb   # show the knobs and variants only
 
-Not part of CI (about 400 variants, six minutes on one core). Each line says ``ok``, ``no``
+Not part of CI (about 430 variants, six minutes on one core). Each line says ``ok``, ``no``
 (refused: a ``ValueError`` or ``TypeError`` from dlmath's validation, or an assert with a
 message; the right answer for a value outside the domain, but read the message) or ``FAIL``
 (anything else). Exit status 1 if any variant failed.
