@@ -174,17 +174,26 @@ def splice(source: str, node: ast.expr, text: str) -> str:
 
 
 def from_text(text: str, names: set[str]) -> tuple[dict[str, list[str]], list[dict[str, str]]]:
-    """What the Experiment's prose invites: `NAME` (try 1, 10 and 100), and `A = 1, B = 2`."""
+    """What the Experiment's prose invites: `NAME` (try 1, 10 and 100), `A = 1, B = 2`,
+    `A, B = 1, 2` and `NAME` to `value`."""
     values: dict[str, list[str]] = {}
     for name, tries in re.findall(r"`(\w+)`\s*\(try ([^)]*)\)", text):
         if name in names:
             values.setdefault(name, []).extend(suggested("try " + tries, False))
     settings = []
-    for snippet in re.findall(r"`([A-Za-z_]\w*\s*=[^`]+)`", text):
-        pairs = [piece.split("=", 1) for piece in re.split(r",\s*(?=[A-Za-z_]\w*\s*=)", snippet)]
-        pairs = [(name.strip(), value) for name, value in pairs]
+    for snippet in re.findall(r"`([A-Za-z_][\w, ]*=[^`]+)`", text):
+        try:   # `A, B = 1, 2`
+            stmt = ast.parse(snippet).body[0]
+            pairs = [(t.id, ast.get_source_segment(snippet, v)) for t, v in
+                     zip(stmt.targets[0].elts, stmt.value.elts, strict=True)]
+        except (SyntaxError, AttributeError, IndexError, ValueError):   # `A = 1, B = 2`
+            pieces = re.split(r",\s*(?=[A-Za-z_]\w*\s*=)", snippet)
+            pairs = [(n.strip(), v) for n, v in (p.split("=", 1) for p in pieces)]
         if pairs and all(name in names for name, _ in pairs):
             settings.append({name: value.strip() for name, value in pairs})
+    for name, value in re.findall(r"`(\w+)` to `([^`]+)`", text):   # set `A` to `B // 2`
+        if name in names:
+            settings.append({name: value})
     return values, settings
 
 
