@@ -468,7 +468,7 @@ def train(weights, X, T, lrs, steps: int, optimizer: str = "sgd", activation=tor
             grads = torch.autograd.grad(torch.where(alive, loss, 0).sum(), params)
         with torch.no_grad():
             updates = [lr * (G if optimizer == "sgd" else torch.sign(G))
-                      for G, lr in zip(grads, lrs, strict=True)]
+                       for G, lr in zip(grads, lrs, strict=True)]
             overflow = [~torch.isfinite(S).flatten(-2).all(dim=-1) for S in updates]
             diverged = ~alive | torch.stack(torch.broadcast_tensors(*overflow)).any(dim=0)
             for W, S in zip(params, updates, strict=True):
