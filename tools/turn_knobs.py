@@ -207,10 +207,10 @@ def same_value(a: str, b: str) -> bool:
 
 def variants(source: str, text: str = "") -> list[Variant]:
     """One knob changed at a time (suggested, then generic values), then the prose's settings."""
-    notes, out = comments(source), []
-    found = {name: node for name, node, _ in knobs(source)}
+    notes, out, top = comments(source), [], knobs(source)
+    found = {name: node for name, node, _ in top}
     invited, settings = from_text(text, set(found))
-    for name, node, line in knobs(source):
+    for name, node, line in top:
         is_string = isinstance(node, ast.Constant) and isinstance(node.value, str)
         current = ast.get_source_segment(source, node)
         values = (invited.get(name, []) + suggested(notes.get(line, ""), is_string)
