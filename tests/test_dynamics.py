@@ -196,6 +196,37 @@ def test_integrate_reports_a_failed_solve_and_jacobian_wants_one_state():
         dy.jacobian(field, torch.ones(2, 4, dtype=F64))
 
 
+def test_integrate_gives_up_on_a_path_into_the_wgan_singularity():
+    # with an L2 penalty the WGAN critic shrinks like exp(-wd t) while its direction turns at a
+    # rate ~ |theta_perp| / |phi|^2: the solver's steps shrink without end, so the evaluation
+    # budget must stop it with a clear error instead of running for hours
+    y0 = torch.tensor([0.1, 0.2, 0.2, 0.1], dtype=F64)
+    field = dy.dirac_gan_field("wgan", wd=0.1)
+    with pytest.raises(RuntimeError, match=r"max_evals=20000 field evaluations reached at "
+                                           r"t = \d"):
+        dy.integrate(field, y0, 100.0, max_evals=20_000)
+    # the same path without the penalty keeps |phi| and needs far fewer evaluations
+    t, Y = dy.integrate(dy.dirac_gan_field("wgan"), y0, 10.0, max_evals=20_000)
+    assert t[-1] == 10.0 and (dy.split(Y)[0].norm(dim=-1) - y0[:2].norm()).abs().max() < 1e-7
+    # the budget counts evaluations exactly: a solve that needs n of them passes with n
+    calls = []
+
+    def counted(y):
+        calls.append(1)
+        return dy.dirac_gan_field("vanilla")(y)
+
+    dy.integrate(counted, y0, 5.0)
+    dy.integrate(dy.dirac_gan_field("vanilla"), y0, 5.0, max_evals=len(calls))
+    with pytest.raises(RuntimeError, match="max_evals"):
+        dy.integrate(dy.dirac_gan_field("vanilla"), y0, 5.0, max_evals=len(calls) - 1)
+    t, _ = dy.integrate(field, y0, 1.0, max_evals=None)
+    assert t[-1] == 1.0
+    with pytest.raises(ValueError, match="max_evals must be >= 1"):
+        dy.integrate(field, y0, 1.0, max_evals=0)
+    with pytest.raises(TypeError, match="max_evals must be an int"):
+        dy.integrate(field, y0, 1.0, max_evals=1e5)
+
+
 # -- added by the second reading (review r1315) -------------------------------------------
 
 def test_wedge_value_sign_and_lagrange_identity():

@@ -132,8 +132,17 @@ def dirac_gan_field(kind: str, *, lam: float = 1.0, c: float = 0.0, wd: float = 
     return field
 
 
+class _Budget(Exception):
+    """Raised inside the solver's right-hand side when the evaluation budget is spent."""
+
+    def __init__(self, t: float):
+        super().__init__(t)
+        self.t = t
+
+
 def integrate(field: Field, y0, T: float, *, t_eval=None, rtol: float = 1e-8,
-              atol: float = 1e-10, method: str = "DOP853") -> tuple[torch.Tensor, torch.Tensor]:
+              atol: float = 1e-10, method: str = "DOP853",
+              max_evals: int | None = 100_000) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Solve :math:`\dot y = f(y)`, :math:`y(0)=y_0` on :math:`[0, T]` with
     ``scipy.integrate.solve_ivp``.
 
@@ -141,7 +150,10 @@ def integrate(field: Field, y0, T: float, *, t_eval=None, rtol: float = 1e-8,
     field must broadcast over leading dimensions, as those of :func:`dirac_gan_field` do).
     ``t_eval`` (times in ``[0, T]``) defaults to the solver's own steps. Returns ``(t, Y)``
     in float64 on ``y0``'s device, ``t`` of shape ``(m,)`` and ``Y`` of shape ``(m, ..., n)``.
-    Raises ``RuntimeError`` if the solver fails.
+    Raises ``RuntimeError`` if the solver fails, or if it has evaluated the field ``max_evals``
+    times (``None``: no limit) before reaching ``T``: a path that runs into a singularity of
+    the field (the WGAN critic shrinking to 0 under an L2 penalty turns ever faster) would
+    otherwise keep the solver busy for hours. The chapters' paths need at most ~15 000.
     """
     from scipy.integrate import solve_ivp
 
@@ -154,12 +166,26 @@ def integrate(field: Field, y0, T: float, *, t_eval=None, rtol: float = 1e-8,
         if t_eval.min() < 0 or t_eval.max() > T:
             raise ValueError(f"t_eval must lie in [0, T={T}]")
 
-    def rhs(_t, y):
+    if max_evals is not None:
+        max_evals = check_int(max_evals, "max_evals", low=1)
+    evals = 0
+
+    def rhs(t, y):
+        nonlocal evals
+        evals += 1
+        if max_evals is not None and evals > max_evals:
+            raise _Budget(t)
         with torch.no_grad():
             return field(torch.from_numpy(y).reshape(shape)).reshape(-1).numpy()
 
-    sol = solve_ivp(rhs, (0.0, T), y0.detach().cpu().double().reshape(-1).numpy(),
-                    method=method, t_eval=t_eval, rtol=rtol, atol=atol)
+    try:
+        sol = solve_ivp(rhs, (0.0, T), y0.detach().cpu().double().reshape(-1).numpy(),
+                        method=method, t_eval=t_eval, rtol=rtol, atol=atol)
+    except _Budget as stop:
+        raise RuntimeError(
+            f"integrate: max_evals={max_evals} field evaluations reached at t = {stop.t:.6g} "
+            f"of T = {T}; the field is probably stiff or nearly singular along this path "
+            f"(pass a larger max_evals, or max_evals=None, to keep going)") from None
     if not sol.success:
         raise RuntimeError(f"solve_ivp failed: {sol.message}")
     t = torch.from_numpy(sol.t).to(dev)
