@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 BOOK_FLAGS := -W -n --keep-going
 
-.PHONY: book pdf test lab execute page bench knobs clean lint stripout-check pytest book-strict rerun browser-check lab-check help
+.PHONY: book pdf test lab execute page bench knobs bad-inputs clean lint stripout-check pytest book-strict rerun browser-check lab-check help
 
 help:
 	@echo "make book     build the HTML book (prints the path of index.html)"
@@ -21,6 +21,7 @@ help:
 	@echo "make rerun    run the built chapters again (nbval): same asserts, same outputs"
 	@echo "make bench    run the benchmarks (not part of CI)"
 	@echo "make knobs    run every chapter's Experiment with its knobs turned (not part of CI)"
+	@echo "make bad-inputs  call every public function with one argument spoiled (part of make test)"
 	@echo "make clean    remove build outputs (keeps .venv)"
 
 # One stamp per extra set; each is rebuilt when pyproject.toml changes.
@@ -111,7 +112,7 @@ lab-check: $(VENV)/.stamp-test
 	$(PY) tools/lab_check.py notebooks/01-logsumexp-inequalities.ipynb \
 	  --screenshot _build/screenshots/lab-01-logsumexp-inequalities.png
 
-test: lint stripout-check pytest book-strict rerun pdf browser-check lab-check
+test: lint stripout-check pytest bad-inputs book-strict rerun pdf browser-check lab-check
 	@echo "make test: all checks passed"
 
 lab: $(VENV)/.stamp-lab
@@ -126,6 +127,11 @@ bench: $(VENV)/.stamp-test
 # half and twice its value, and to other seeds; the chapter is run to the end each time.
 knobs: $(VENV)/.stamp-test
 	$(ONE_THREAD) $(PY) tools/turn_knobs.py notebooks/*.ipynb
+
+# Bad input: every public function's recorded calls (from the test suite) repeated with one
+# argument spoiled; fails on an error raised from inside torch/Python instead of ours, or a hang.
+bad-inputs: $(VENV)/.stamp-test
+	$(ONE_THREAD) $(PY) tools/bad_inputs.py
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis

@@ -527,3 +527,41 @@ def test_surge_functions_below_and_at_the_threshold():
     assert over[3].item() == pytest.approx(1.0, abs=1e-12) and peak[3].item() < 1
     assert over[4].item() == pytest.approx(3 / (2 * math.sqrt(2)), rel=1e-15)
     assert peak[4].item() == pytest.approx(math.sqrt(0.5), rel=1e-15)
+
+
+# -- bad inputs and edge cases (tools/bad_inputs.py) -------------------------------------------
+
+def test_adam_run_refuses_a_non_callable_and_an_infinite_gradient():
+    with pytest.raises(TypeError, match="grad_fn"):
+        ad.adam_run(3, torch.zeros(2), lr=0.1, steps=2)
+    with pytest.raises(ValueError, match="grad_fn returned inf at step 1"):
+        ad.adam_run(lambda t: t + math.inf, torch.zeros(2), lr=0.1, steps=2)
+
+
+def test_noise_units_refuses_infinite_eps():
+    with pytest.raises(ValueError, match="eps must be finite"):
+        ad.noise_units(torch.ones(2, dtype=F64), 1.0, 4.0, math.inf)
+
+
+def test_softsign_moments_approx_at_infinite_a():
+    m1, m2 = ad.softsign_moments_approx(torch.tensor([math.inf, -math.inf, 0.0], dtype=F64), 2.0)
+    assert m1.tolist() == [1.0, -1.0, 0.0]
+    assert m2[:2].tolist() == [1.0, 1.0]
+
+
+def test_batch_from_beta_needs_finite_positive_kappa2():
+    for bad in (0.0, math.inf):
+        with pytest.raises(ValueError, match="kappa2"):
+            ad.batch_from_beta(torch.tensor([0.5, 1.0], dtype=F64), bad)
+
+
+def test_eta_opt_without_curvature_is_infinite():
+    g = torch.tensor([1.0, -2.0], dtype=F64)
+    H = torch.zeros(2, 2, dtype=F64)
+    u = torch.sign(g)
+    assert ad.eta_opt(u, torch.ones(2, dtype=F64), g, H).item() == math.inf
+    assert ad.eta_opt_sgd(g, H, torch.ones(2, dtype=F64), 4.0).item() == math.inf
+    assert ad.eta_opt_meanfield(u, g, H, 0.5).item() == math.inf
+    # batch = inf is the noiseless limit eta_max = g'g / g'Hg
+    H2 = torch.eye(2, dtype=F64)
+    assert ad.eta_opt_sgd(g, H2, torch.ones(2, dtype=F64), math.inf).item() == 1.0

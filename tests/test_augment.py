@@ -354,3 +354,9 @@ def test_zoom_offsets_are_independent_and_two_images_swap_backgrounds():
     _, info = A.random_zoom(torch.rand(2, 8, 8, generator=_gen(30)), 0.8, 0.8,
                             generator=_gen(31))
     assert info["background"].tolist() == [1, 0]              # the only other image
+
+
+def test_random_zoom_names_x_when_one_image_cannot_be_shrunk():
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="x needs at least 2 images"):
+        A.random_zoom(x, generator=_gen(0))

@@ -256,3 +256,45 @@ def test_a_single_tensor_counts_as_a_list_of_one_and_eta_must_be_at_most_1d():
     with pytest.raises(ValueError, match=r"eta must be a number or a 1-D tensor, got shape "
                                          r"\(2, 2\)"):
         cl.first_order_change(lambda: p.square().sum(), [p], [torch.ones(2)], torch.ones(2, 2))
+
+
+# -- bad inputs (tools/bad_inputs.py): first_order_change names its arguments ------------------
+
+_P = torch.tensor([1.0, 2.0], requires_grad=True)
+
+
+def _loss():
+    return _P.square().sum()
+
+
+def _same(gs):
+    return list(gs)
+
+
+@pytest.mark.parametrize("call, err, text", [
+    (lambda: cl.first_order_change(3, [_P], _same, 0.1), TypeError, "loss_fn must be callable"),
+    (lambda: cl.first_order_change(_loss, [], _same, 0.1), ValueError, "params must hold"),
+    (lambda: cl.first_order_change(_loss, [torch.ones(2)], _same, 0.1), ValueError,
+     r"params\[0\] must be a tensor with requires_grad=True"),
+    (lambda: cl.first_order_change(_loss, [_P], None, 0.1), TypeError, "direction must be"),
+    (lambda: cl.first_order_change(_loss, [_P], lambda gs: None, 0.1), TypeError,
+     "direction must be"),
+    (lambda: cl.first_order_change(_loss, [_P], [None], 0.1), ValueError, "direction must hold"),
+    (lambda: cl.first_order_change(_loss, [_P], _same, None), TypeError, "^eta must be"),
+    (lambda: cl.first_order_change(lambda: _P.square(), [_P], _same, 0.1), ValueError,
+     "loss_fn must return a scalar tensor"),
+    (lambda: cl.first_order_change(lambda: 1.0, [_P], _same, 0.1), ValueError,
+     "loss_fn must return a scalar tensor"),
+])
+def test_fuzz_first_order_change_bad_input(call, err, text):
+    with pytest.raises(err, match=text):
+        call()
+    assert torch.equal(_P.detach(), torch.tensor([1.0, 2.0]))      # parameters untouched
+
+
+def test_fuzz_first_order_change_takes_a_single_tensor_and_a_generator_direction():
+    etas = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    a1, p1 = cl.first_order_change(_loss, [_P], _same, etas)
+    a2, p2 = cl.first_order_change(_loss, _P, lambda gs: (g for g in gs), etas)
+    assert torch.equal(a1, a2) and torch.equal(p1, p2)
+    assert torch.allclose(p1, torch.tensor([-2.0, -4.0], dtype=torch.float64))  # -eta |g|^2

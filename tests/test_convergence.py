@@ -520,3 +520,52 @@ def test_sgd_run_bad_callables_and_unbroadcastable_schedules():
     with pytest.raises(ValueError, match=r"etas of shape \(3, 5\) must be \(T,\) or \(\.\.\., T\) "
                                          r"broadcasting to theta1's leading shape \(2,\)"):
         C.sgd_run(abs_loss, th, etas.expand(3, 5), batches)
+
+
+# -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
+
+def test_projections_refuse_parameters_that_do_not_broadcast_against_v():
+    v = torch.ones(600, dtype=F64)
+    with pytest.raises(ValueError, match="center of shape \\(3,\\) must broadcast against v"):
+        C.project_ball(v, 1.0, center=torch.zeros(3, dtype=F64))
+    with pytest.raises(ValueError, match="lo of shape"):
+        C.project_box(v, -torch.ones(3, dtype=F64), 1.0)
+    with pytest.raises(ValueError, match="hi of shape"):
+        C.project_box(v, -1.0, torch.ones(3, dtype=F64))
+    # a centre or box that would grow v is refused too: the projection keeps v's shape
+    with pytest.raises(ValueError, match="center"):
+        C.project_ball(torch.ones(3, dtype=F64), 1.0, center=torch.zeros(2, 3, dtype=F64))
+    # broadcasting ones are fine
+    assert C.project_box(torch.full((4, 3), 5.0, dtype=F64), torch.zeros(3, dtype=F64),
+                         torch.ones(4, 1, dtype=F64)).eq(1.0).all()
+
+
+def test_sgd_run_names_batches():
+    def loss(th, x):
+        return ((th - x) ** 2).sum(-1)
+
+    theta, etas = torch.zeros(2, dtype=F64), torch.full((3,), 0.1, dtype=F64)
+    with pytest.raises(ValueError, match="batches"):
+        C.sgd_run(loss, theta, etas, torch.tensor(1.0, dtype=F64))
+    with pytest.raises(TypeError, match="batches"):
+        C.sgd_run(loss, theta, etas, 5)
+    bad = torch.zeros(3, 2, dtype=F64)
+    bad[1, 0] = math.nan
+    with pytest.raises(ValueError, match="step 2 .*batches\\[1\\]"):
+        C.sgd_run(loss, theta, etas, bad)
+
+
+def test_sgd_run_short_batches_message_names_etas():
+    def loss(th, x):
+        return ((th - x) ** 2).sum(-1)
+
+    with pytest.raises(ValueError, match="T=6 batches \\(T = etas.shape\\[-1\\]\\), got 3"):
+        C.sgd_run(loss, torch.zeros(2, dtype=F64), torch.full((6,), 0.1, dtype=F64),
+                  torch.zeros(3, 2, dtype=F64))
+
+
+@pytest.mark.parametrize("bad", [None, "3", [1, None]])
+def test_harmonic_names_n_for_a_non_number(bad):
+    # None reached math's own "must be real number, not NoneType" before
+    with pytest.raises(TypeError, match="^n must be"):
+        C.harmonic(bad)

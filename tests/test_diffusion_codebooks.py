@@ -446,3 +446,28 @@ def test_distortion_rate_closed_forms_and_monotonicity():
         D.gaussian_distortion_rate(torch.tensor([1.0, -1.0]), 1.0)
     with pytest.raises(ValueError, match="bits"):
         D.gaussian_distortion_rate(torch.ones(2), -1.0)
+
+
+# -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
+
+def test_samplers_refuse_bad_den_generator_and_codebooks():
+    s, _, den = _gauss_setup(d=2, T=6)
+    C = D.make_codebooks(6, 4, 2, _gen(0))
+    x = torch.zeros(3, 2, dtype=F64)
+    idx = torch.zeros(3, 7, dtype=torch.int64)
+    with pytest.raises(TypeError, match="den"):
+        D.ddpm_sample(None, s, x, _gen(1))
+    with pytest.raises(TypeError, match="generator"):
+        D.ddpm_sample(den, s, x, 1)
+    with pytest.raises(TypeError, match="den"):
+        D.ddcm_generate("den", s, C, idx)
+    with pytest.raises(TypeError, match="den"):
+        D.ddcm_encode(3, s, C, x)
+    with pytest.raises(TypeError, match="generator"):
+        D.ddcm_encode(den, s, C, x, temperature=1.0, generator=4)
+    bad = C.clone()
+    bad[3, 1, 0] = math.nan
+    with pytest.raises(ValueError, match="codebooks must be finite"):
+        D.ddcm_generate(den, s, bad, idx)
+    with pytest.raises(ValueError, match="codebooks must be finite"):
+        D.ddcm_encode(den, s, bad, x)

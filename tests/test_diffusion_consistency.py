@@ -412,3 +412,27 @@ def test_velocity_posterior_moments_from_the_data_posterior(m1, m2, s1, s2, w, t
     r = data.responsibilities[0]
     var0 = (r * (s2v * b * b / V + (m0 - (r * m0).sum()) ** 2)).sum()
     assert post.variance.item() == pytest.approx(var0.item() / t**2, rel=1e-9, abs=1e-12)
+
+
+# -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
+
+def test_interp_table_at_a_scalar_point():
+    grid = torch.linspace(0.0, 1.0, 5, dtype=F64)
+    y = D.interp_table(grid, 2 * grid, torch.tensor(0.3, dtype=F64))
+    assert y.shape == () and abs(float(y) - 0.6) < 1e-15
+    y2 = D.interp_table(grid, torch.stack([grid, 3 * grid]), torch.tensor(0.3, dtype=F64))
+    assert y2.shape == (2,) and torch.allclose(y2, torch.tensor([0.3, 0.9], dtype=F64))
+
+
+def test_multistep_consistency_sample_refuses_bad_ts_generator_and_f():
+    x1 = torch.zeros(4, dtype=F64)
+
+    def f(x, t):
+        return (1 - t) * x
+
+    with pytest.raises(TypeError, match="ts must be a sequence"):
+        D.multistep_consistency_sample(f, x1, 0.5)
+    with pytest.raises(TypeError, match="generator"):
+        D.multistep_consistency_sample(f, x1, [1.0, 0.5], generator=7)
+    with pytest.raises(ValueError, match="f\\(x, t\\) must return a tensor shaped like x"):
+        D.multistep_consistency_sample(lambda x, t: 0.0, x1, [1.0, 0.5])

@@ -82,7 +82,7 @@ def test_discrete_eps_extreme_points_and_bad_input():
         D.discrete_generator_eps(x, atoms, w, 1.0, 0.0)
     with pytest.raises(ValueError, match="weights"):
         D.discrete_generator_eps(x, atoms, torch.tensor([0.5, 0.6], dtype=F64), 1.0, 1.0)
-    with pytest.raises(ValueError, match="nodes"):
+    with pytest.raises(ValueError, match="atoms"):
         D.discrete_generator_eps(x, atoms, torch.ones(3, dtype=F64) / 3, 1.0, 1.0)
 
 
@@ -332,3 +332,35 @@ def test_train_edge_cases(one_thread):
         D.train_sid(True, t0, BIMODAL, g_, rule, rule, [(0.8, 0.6)], student=st_)
     with pytest.raises(ValueError, match="bbar"):
         D.train_sid(1.0, t0, BIMODAL, g_, rule, rule, [(0.8, 0.0)], steps=1, student=st_)
+
+
+# -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
+
+def test_sid_bad_input_names_the_callers_arguments():
+    theta = torch.tensor([0.3, 0.9, 0.5], dtype=F64)
+    bad = theta.clone()
+    bad[0] = math.nan
+    with pytest.raises(ValueError, match="atoms must be finite"):
+        D.discrete_generator_eps(torch.zeros(2, dtype=F64), bad, ZR[1][:3] / ZR[1][:3].sum(),
+                                 0.8, 0.6)
+    with pytest.raises(ValueError, match="theta must be finite"):
+        D.sid_losses(bad, theta, TEACHER, gen, ZR, ER, 0.8, 0.6)
+    with pytest.raises(ValueError, match="theta_psi must be finite"):
+        D.sid_losses(theta, bad, TEACHER, gen, ZR, ER, 0.8, 0.6)
+    with pytest.raises(ValueError, match="gen\\(theta_psi, z\\) must return finite values"):
+        D.sid_losses(theta, [math.nan, 1.0, 0.0], TEACHER, gen, ZR, ER, 0.8, 0.6)
+    with pytest.raises(TypeError, match="gen must be a callable"):
+        D.sid_losses(theta, theta, TEACHER, "gen", ZR, ER, 0.8, 0.6)
+    with pytest.raises(TypeError, match="zrule must be a \\(nodes, weights\\) pair"):
+        D.sid_losses(theta, theta, TEACHER, gen, ZR[0], ER, 0.8, 0.6)
+    with pytest.raises(TypeError, match="erule"):
+        D.sid_losses(theta, theta, TEACHER, gen, ZR, 3, 0.8, 0.6)
+
+
+def test_train_sid_checks_levels_and_theta0():
+    with pytest.raises(TypeError, match="levels must be a sequence"):
+        D.train_sid(1.0, [0.5, 0.5], BIMODAL, gen, ZR, ER, 0.8)
+    with pytest.raises(ValueError, match="levels\\[1\\] must be a pair"):
+        D.train_sid(1.0, [0.5, 0.5], BIMODAL, gen, ZR, ER, [(0.8, 0.6), (0.8,)])
+    with pytest.raises(ValueError, match="theta0 must be finite"):
+        D.train_sid(1.0, [math.nan, 0.5], BIMODAL, gen, ZR, ER, [(0.8, 0.6)])

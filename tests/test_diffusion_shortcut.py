@@ -309,3 +309,14 @@ def test_mlp_rejects_times_and_levels_of_the_wrong_length():
         net(x, 0.5, torch.zeros(4, dtype=torch.long))
     # a 0-d tensor is a single time (and level) for every point
     assert torch.equal(net(x, torch.tensor(0.5), torch.tensor(1)), net(x, 0.5, 1))
+
+
+def test_shortcut_sample_names_z_for_a_shortcut_net():
+    net = D.ShortcutMLP(hidden=8, n_levels=2)
+    for z in (torch.tensor(0.5), torch.zeros(1, 20)):
+        with pytest.raises(ValueError, match="z must have shape \\(n, 1\\) or \\(n,\\)"):
+            D.shortcut_sample(net, z, 2)
+    net2 = D.ShortcutMLP(dim=2, hidden=8, n_levels=2)
+    with pytest.raises(ValueError, match="z must have shape \\(n, 2\\)"):
+        D.shortcut_sample(net2, torch.zeros(5), 2)
+    assert D.shortcut_sample(net2, torch.zeros(5, 2), 2).shape == (5, 2)

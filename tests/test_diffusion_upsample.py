@@ -335,3 +335,59 @@ def test_moments_with_a_nonsymmetric_predictor_match_the_unrolled_sampler():
     scale = float(cov.diagonal().max().sqrt())
     assert torch.allclose(x.mean(0), mean, atol=0.03 * scale)
     assert torch.allclose(torch.cov(x.T), cov, atol=0.05 * scale**2)
+
+
+# -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
+
+def test_snr_refuses_zero_over_zero_and_snr_matched_off_the_unit_circle():
+    with pytest.raises(ValueError, match="abar and bbar must not both be 0"):
+        D.snr(torch.tensor([0.6, 0.0], dtype=F64), torch.tensor([0.8, 0.0], dtype=F64))
+    for a, b in ((0.0, 0.0), (0.6, 0.6), (torch.zeros(3, dtype=F64), 0.5)):
+        with pytest.raises(ValueError, match="abar\\*\\*2 \\+ bbar\\*\\*2 = 1"):
+            D.snr_matched(a, b, 4)
+    # float32 rounding of a point on the circle is accepted, also next to a float64 partner
+    D.snr_matched(torch.tensor(0.6), torch.tensor(0.8), 4)
+    D.snr_matched(torch.tensor(0.6), 0.8, 4)
+
+
+def test_upsample_helpers_refuse_bad_callables_and_shapes():
+    with pytest.raises(TypeError, match="spectrum"):
+        D.torus_covariance(4, 3.0)
+    with pytest.raises(TypeError, match="dtype"):
+        D.torus_covariance(4, lambda f2: f2, dtype=torch.int64)
+    Dm = D.avg_pool_matrix(4, 2)
+    Um = 4 * Dm.T
+    x = torch.randn(3, 16, dtype=F64, generator=_gen(0))
+    naive, low = (lambda v: v), (lambda y, a, b: y)
+    with pytest.raises(TypeError, match="eps_naive"):
+        D.ug_eps(x, None, low, Dm, Um, 0.6, 0.8)
+    with pytest.raises(TypeError, match="eps_low"):
+        D.ug_eps(x, naive, "low", Dm, Um, 0.6, 0.8)
+    with pytest.raises(ValueError, match="pool must be a matrix"):
+        D.ug_eps(x, naive, low, Dm[None], Um, 0.6, 0.8)
+    with pytest.raises(ValueError, match="eps_naive\\(x\\)"):
+        D.ug_eps(x, lambda v: v[..., :3], low, Dm, Um, 0.6, 0.8)
+    with pytest.raises(ValueError, match="eps_low"):
+        D.ug_eps(x, naive, lambda y, a, b: y[..., :1], Dm, Um, 0.6, 0.8)
+    ones = torch.ones(2, 5, dtype=F64)
+    with pytest.raises(ValueError, match="pool must pool N = 5 pixels into n = 2"):
+        D.ug_eps(torch.ones(3, 5, dtype=F64), naive, low, ones, ones.T, 0.6, 0.8)
+    with pytest.raises(TypeError, match="f must be a callable"):
+        D.affine_coefficients(3, 2)
+    for bad in (lambda y: y.sum(-1), lambda y: y[:2], lambda y: 1.0):
+        with pytest.raises(ValueError, match="f must map"):
+            D.affine_coefficients(bad, 3)
+
+
+def test_ddpm_eps_moments_refuses_bad_predictors_and_covariances():
+    sched = _cos_sched(5)
+    m0, C0 = torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64)
+    ok = (torch.eye(2, dtype=F64), torch.zeros(2, dtype=F64))
+    with pytest.raises(TypeError, match="eps_affine"):
+        D.ddpm_eps_moments(ok, sched, m0, C0)
+    for bad in (torch.eye(2, dtype=F64), (torch.eye(3, dtype=F64), torch.zeros(3, dtype=F64))):
+        with pytest.raises(ValueError, match="eps_affine\\(t\\) must return \\(M, b\\)"):
+            D.ddpm_eps_moments(lambda t, bad=bad: bad, sched, m0, C0)
+    with pytest.raises(ValueError, match="cov must be symmetric"):
+        D.ddpm_eps_moments(lambda t: ok, sched, m0, torch.tensor([[1.0, 0.5], [0.0, 1.0]],
+                                                                  dtype=F64))

@@ -645,3 +645,23 @@ def test_effective_rank_of_a_vector_names_singular_values_in_both_paths():
     for kind in ("entropy", "stable", "threshold"):
         with pytest.raises(ValueError, match=f"alpha is only used by kind='renyi', not '{kind}'"):
             linalg.effective_rank(M, kind, alpha=2.0, eps=0.1 if kind == "threshold" else None)
+
+
+# -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
+
+def test_power_iteration_v0_must_broadcast_to_the_batch():
+    W = torch.eye(4, dtype=F64)
+    with pytest.raises(ValueError, match="v0 of shape \\(1, 4\\)"):
+        linalg.power_iteration(W, 3, v0=torch.ones(1, 4, dtype=F64))
+    with pytest.raises(ValueError, match="v0"):
+        linalg.power_iteration(torch.eye(4, dtype=F64).expand(2, 4, 4), 3,
+                               v0=torch.ones(3, 4, dtype=F64))
+    sigma, _, v = linalg.power_iteration(W.expand(2, 4, 4), 3, v0=torch.ones(1, 4, dtype=F64))
+    assert sigma.shape == (2,) and v.shape == (2, 4)
+
+
+def test_power_iteration_refuses_a_non_generator():
+    with pytest.raises(TypeError, match="generator"):
+        linalg.power_iteration(torch.eye(3, dtype=F64), 3, generator=5)
+    with pytest.raises(TypeError, match="generator"):
+        linalg.PowerIteration(generator="seed")

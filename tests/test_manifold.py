@@ -427,3 +427,33 @@ def test_exact_direction_at_a_critical_point():
     # eta = 2: the exact step is the antipode, whatever the tangent direction
     g = randn(4, seed=115)
     assert torch.allclose(mf.sphere_step(w, g, 2.0, retraction="exact"), -w, atol=1e-15)
+
+
+# -- bad inputs (tools/bad_inputs.py): riemannian_sgd_sphere names its own arguments -----------
+
+_GF = lambda w: w - torch.tensor([0.0, 0.0, 1.0], dtype=w.dtype)  # noqa: E731
+
+
+@pytest.mark.parametrize("call, err, text", [
+    (lambda: mf.riemannian_sgd_sphere(3, torch.ones(3), 2, 0.1), TypeError,
+     "grad_fn must be callable"),
+    (lambda: mf.riemannian_sgd_sphere(3, torch.ones(3), 0, 0.1), TypeError,
+     "grad_fn must be callable"),
+    (lambda: mf.riemannian_sgd_sphere(_GF, torch.ones(3), 0, 0.1, retraction="x"), ValueError,
+     "retraction must be one of"),
+    (lambda: mf.riemannian_sgd_sphere(_GF, torch.zeros(3), 2, 0.1), ValueError,
+     "^w0 must be non-zero"),
+    (lambda: mf.riemannian_sgd_sphere(_GF, torch.ones(3), 2, lambda t: -1.0), ValueError,
+     r"^lr\(1\) must be >= 0"),
+    (lambda: mf.riemannian_sgd_sphere(_GF, torch.ones(3), 2, 3.0, retraction="exact"),
+     ValueError, "^lr must be <= 2"),
+    (lambda: mf.riemannian_sgd_sphere(lambda w: torch.ones(4), torch.ones(3), 2, 0.1),
+     ValueError, r"^grad_fn\(w\) must have the last dimension"),
+    (lambda: mf.riemannian_sgd_sphere(lambda w: w * math.nan, torch.ones(3), 2, 0.1),
+     ValueError, r"^grad_fn\(w\) must be finite"),
+    (lambda: mf.riemannian_sgd_sphere(lambda w: None, torch.ones(3), 2, 0.1),
+     TypeError, r"^grad_fn\(w\) must be a torch.Tensor"),
+])
+def test_fuzz_riemannian_sgd_sphere_bad_input(call, err, text):
+    with pytest.raises(err, match=text):
+        call()

@@ -879,3 +879,38 @@ def test_more_shape_errors_name_the_arguments():
     with pytest.raises(ValueError, match=r"x and scores must be \(T, d\) and \(T, n\), got "
                                          r"\(2, 2, 4\) and \(2, 2, 3\)"):
         moe.geometric_moe(torch.ones(2, 2, 4), torch.ones(2, 2, 3), experts, 1)
+
+
+# -- bad inputs (tools/bad_inputs.py): geometric_moe names the argument at fault ---------------
+
+def _gmoe_problem():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(5, 4, generator=g), torch.rand(5, 3, generator=g)
+
+
+def _take(c):
+    return lambda z: z[:, :c]
+
+
+@pytest.mark.parametrize("experts, err, text", [
+    ([1, 2, 3], TypeError, r"experts\[0\] must be callable"),
+    ("abc", TypeError, "experts must be a sequence of callables"),
+    ([lambda z: torch.ones(1, 2)] * 3, ValueError, r"experts\[0\]'s output must have shape"),
+    ([_take(2), _take(3), _take(2)], ValueError, r"experts\[1\]'s output must have shape \(m, 2\)"),
+    ([lambda z: z[:, 0]] * 3, ValueError, r"experts\[0\]'s output must have at least 2"),
+    ([lambda z: z * math.nan] * 3, ValueError, r"experts\[0\]'s output must be finite"),
+])
+def test_fuzz_geometric_moe_checks_the_experts(experts, err, text):
+    """An expert returning one row for m tokens was broadcast silently (wrong y); other
+    mismatches failed inside index_add."""
+    x, scores = _gmoe_problem()
+    with pytest.raises(err, match=text):
+        moe.geometric_moe(x, scores, experts, 2)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_fuzz_geometric_moe_names_a_non_finite_x(bad):
+    x, scores = _gmoe_problem()
+    x[0, 0] = bad
+    with pytest.raises(ValueError, match="^x must be finite"):
+        moe.geometric_moe(x, scores, [_take(2)] * 3, 2)

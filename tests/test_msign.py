@@ -586,3 +586,14 @@ def test_small_helpers_keep_dtype_and_honour_k():
     assert ratio < (1 + math.sqrt(q)) / (1 - math.sqrt(q))
     with pytest.raises(ValueError, match="k must be >= 1"):
         marchenko_pastur_singular_values(3, 3, k=0)
+
+
+# -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_fuzz_fit_quintic_refuses_non_finite_x(bad):
+    """A NaN or inf singular value made L-BFGS return (nan, nan, nan) silently."""
+    x = marchenko_pastur_singular_values(16, 16)
+    x[0] = bad
+    with pytest.raises(ValueError, match="x must be finite"):
+        fit_quintic(x, steps=3)

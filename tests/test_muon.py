@@ -329,3 +329,24 @@ def test_group_overriding_ns_steps_runs_the_schedules_own_later_steps():
     # a schedule given as a list keeps all its triples too
     seq = [(3.0, -3.2, 1.2), (2.0, -1.5, 0.5), (1.875, -1.25, 0.375)]
     assert Muon([p], coefficients=seq, ns_steps=2).defaults["coefficients"] == tuple(seq)
+
+
+# -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
+
+@pytest.mark.parametrize("ns_dtype", ["float32", torch.int32, torch.complex64])
+def test_fuzz_muon_refuses_a_non_floating_ns_dtype(ns_dtype):
+    """Accepted before, and only the first step failed, with an error naming msign's dtype."""
+    W = torch.nn.Parameter(torch.randn(4, 3, generator=gen(0)))
+    with pytest.raises(TypeError, match="ns_dtype must be None or one of"):
+        Muon([W], ns_dtype=ns_dtype)
+    opt = Muon([W])
+    with pytest.raises(TypeError, match="ns_dtype"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2, 2))],
+                             "ns_dtype": ns_dtype})
+    assert len(opt.param_groups) == 1
+
+
+def test_fuzz_muon_refuses_a_generator_that_is_not_one():
+    W = torch.nn.Parameter(torch.randn(4, 3, generator=gen(0)))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        Muon([W], spectral_decay=0.1, generator=3)

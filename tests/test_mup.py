@@ -389,3 +389,34 @@ def test_loss_change_identities_and_norm_order(n, m, r, seed):
     assert norms["spectral"] <= norms["fro"] * tol and norms["fro"] <= norms["nuclear"] * tol
     assert norms["nuclear"] <= math.sqrt(rank) * norms["fro"] * tol
     assert norms["rms"] == pytest.approx(norms["fro"] / math.sqrt(n * m), rel=1e-12)
+
+
+# -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
+
+_W2 = [torch.ones(2, 3), torch.ones(3, 1)]
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: mup.init_mlp(8, 2, 2, n_hidden=2.5), TypeError, "n_hidden must be an int"),
+    (lambda: mup.init_mlp(8, 2, 2, n_hidden=None), TypeError, "n_hidden must be an int"),
+    (lambda: mup.init_mlp(8, 2, 2, n_hidden=-1), ValueError, "n_hidden must be >= 0"),
+    (lambda: mup.one_step(_W2, torch.tensor([[math.nan, 1.0]]), torch.ones(1, 1), "sgd",
+                          [0.1, 0.1]), ValueError, "X must be finite"),
+    (lambda: mup.one_step(_W2, torch.ones(1, 2), torch.tensor([[math.inf]]), "sgd",
+                          [0.1, 0.1]), ValueError, "T must be finite"),
+    (lambda: mup.train(_W2, torch.ones(1, 2), torch.ones(1, 1), [math.nan, 0.1], steps=1),
+     ValueError, "lrs must hold learning rates >= 0"),
+    (lambda: mup.train(_W2, torch.ones(1, 2), torch.ones(1, 1),
+                       [torch.tensor([0.1, -1.0]).view(2, 1, 1), 0.1], steps=1),
+     ValueError, "lrs must hold learning rates >= 0"),
+])
+def test_fuzz_bad_input_is_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_fuzz_two_layer_mlp_has_no_hidden_layer():
+    """n_hidden = 0 is valid: W_in and W_out only."""
+    W = mup.init_mlp(8, 2, 3, n_hidden=0, generator=torch.Generator().manual_seed(0))
+    assert [tuple(w.shape) for w in W] == [(2, 8), (8, 3)]
+    assert mup.layer_kinds(0) == ["in", "out"]

@@ -725,3 +725,16 @@ def test_softmax_and_am_softmax_identities(values, target, margin, tau):
     a = (margin - gap) / tau
     low, high = math.log1p(math.exp(a)), math.log1p((n - 1) * math.exp(a))
     assert low - 1e-12 * (1 + low) <= loss <= high + 1e-12 * (1 + high)
+
+
+# -- bad inputs (tools/bad_inputs.py): a +inf logit gives a +inf threshold (documented) -------
+
+@pytest.mark.parametrize("threshold", [
+    N.sparsemax_threshold, N.entmax15_threshold,
+    lambda x: N.entmax15_threshold(x, method="newton"), N.entmax_bisect_threshold,
+])
+def test_fuzz_thresholds_are_inf_where_a_logit_is(threshold):
+    x = torch.tensor([[1.0, math.inf, 0.0], [1.0, 2.0, 0.0], [math.inf, math.inf, 0.0]],
+                     dtype=F64)
+    lam = threshold(x)
+    assert lam[0] == math.inf and lam[2] == math.inf and math.isfinite(lam[1])

@@ -279,3 +279,11 @@ def test_f_without_gradient_and_nonfinite_f():
         P.penalty_terms(x, Ws, bs, "tanh", lambda h: h.sum() * float("nan"))
     with pytest.raises(ValueError, match="gradients of f must be finite"):
         P.penalty_terms(x, Ws, bs, "tanh", lambda h: (0 * h.sum()).sqrt())
+
+
+# -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
+
+@pytest.mark.parametrize("widths", [[float("nan"), 7, 6, 3], [5, 0, 3], [5, 2.0, 3], [5, True]])
+def test_fuzz_random_mlp_names_widths(widths):
+    with pytest.raises(ValueError, match=r"^widths must hold ints >= 1"):
+        P.random_mlp(widths, generator=generator(0, "cpu"))

@@ -340,3 +340,20 @@ def test_feasible_exactly_up_to_the_first_negative_offset():
         assert P.rope_gap_sum(float(M), d, base).item() < 0
         assert P.rope_gap_sum(torch.arange(M, dtype=F64), d, base).min().item() >= 0
         assert bool(P.is_feasible_base(base, M, d)) and not bool(P.is_feasible_base(base, M + 1, d))
+
+
+# -- bad inputs (tools/bad_inputs.py): None where a number is meant; messages name L ------------
+
+@pytest.mark.parametrize("call, err, text", [
+    (lambda: P.first_negative_offset(None, 8, 10), TypeError, "base must be a number"),
+    (lambda: P.is_feasible_base(None, 10, 8), TypeError, "base must be a number"),
+    (lambda: P.rope_gap_sum(None, 8, 100.0), TypeError, "m must be a number"),
+    (lambda: P.rope_rotate(torch.ones(3, 4), None, 1e4), TypeError, "positions must be a number"),
+    (lambda: P.is_feasible_base(100.0, 0, 8), ValueError, r"^L must be >= 1"),
+    (lambda: P.is_feasible_base(100.0, -1, 8), ValueError, r"^L must be >= 1"),
+    (lambda: P.is_feasible_base(100.0, 2.5, 8), TypeError, r"^L must be an int"),
+    (lambda: P.is_feasible_base(100.0, None, 8), TypeError, r"^L must be an int"),
+])
+def test_fuzz_bad_input_is_named(call, err, text):
+    with pytest.raises(err, match=text):
+        call()

@@ -434,3 +434,11 @@ def test_ring_init_is_the_inverse_cdf_of_its_uniforms():
     r2 = torch.exp(-2 * torch.exp(nu_log))
     assert torch.allclose(r2, r_min**2 + U * (r_max**2 - r_min**2), rtol=1e-13, atol=0)
     assert torch.allclose(theta_log.exp(), V * phase, rtol=1e-13, atol=0)
+
+
+# -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
+
+@pytest.mark.parametrize("nu_shape, theta_shape", [((0,), (2,)), ((2,), (0,)), ((3,), (2,))])
+def test_fuzz_lru_lambda_shapes_that_do_not_broadcast_are_named(nu_shape, theta_shape):
+    with pytest.raises(ValueError, match="nu_log of shape .* theta_log"):
+        R.lru_lambda(torch.zeros(nu_shape), torch.zeros(theta_shape))

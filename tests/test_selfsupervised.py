@@ -417,3 +417,18 @@ def test_extrapolation_default_order_is_rows_first():
     assert torch.equal(default, Q.extrapolate_block(Zv, Mx, My, 4, 4, order="yx"))
     assert not torch.equal(default, Q.extrapolate_block(Zv, Mx, My, 4, 4, order="xy"))
     assert torch.allclose(default[3, 3], Mx @ Mx @ My @ My @ Zv[1, 1], atol=1e-15)
+
+
+# -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
+
+def test_fuzz_anisotropy_matrix_broadcasts_batches_of_different_rank():
+    """A (d, d) against a batch (1, d, d) of B (or the other way round) broadcasts, as the
+    docstring says; before, torch.linalg.solve read the (d, d) right-hand side as a batch of
+    vectors and failed. Batches that do not broadcast raise a ValueError naming A and B."""
+    A, B = Q.commuting_pair(4, generator=generator(0, "cpu"))
+    S = Q.anisotropy_matrix(A, B)
+    assert torch.equal(Q.anisotropy_matrix(A, B.unsqueeze(0)), S.unsqueeze(0))
+    assert torch.equal(Q.anisotropy_matrix(A.unsqueeze(0), B), S.unsqueeze(0))
+    assert Q.anisotropy_matrix(A.expand(3, 4, 4), B).shape == (3, 4, 4)
+    with pytest.raises(ValueError, match="A of shape .* B of shape"):
+        Q.anisotropy_matrix(A.expand(3, 4, 4), B.expand(2, 4, 4))

@@ -130,3 +130,29 @@ def test_momentum_decay_sticks_at_a_subnormal():
         for _ in range(5_000):
             m = m * beta
         assert m.item() == k_end * 2.0**-149 and torch.sign(m) == 1
+
+
+# -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
+
+@pytest.mark.parametrize("s", [math.nan, math.inf, -2.0, torch.tensor([1.0, math.nan]),
+                               torch.tensor([0.5, math.inf])])
+def test_fuzz_sign_decay_refuses_s_that_is_not_a_sign(s):
+    """s is a (frozen) sign, in [-1, 1]; NaN, inf or -2 is a caller's mistake, not a fixed
+    point at -s / lambda."""
+    with pytest.raises(ValueError, match="s must hold signs"):
+        sign_decay_fixed_point(s, 0.01)
+    with pytest.raises(ValueError, match="s must hold signs"):
+        sign_decay_closed_form(torch.zeros(2, dtype=torch.float64), s, lr=0.1,
+                               weight_decay=0.1, t=3)
+
+
+def test_fuzz_sign_decay_closed_form_names_t_and_s():
+    theta0 = torch.zeros(2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="t must be"):
+        sign_decay_closed_form(theta0, 1.0, lr=0.1, weight_decay=0.1, t=None)
+    with pytest.raises(TypeError, match="s must be"):
+        sign_decay_closed_form(theta0, None, lr=0.1, weight_decay=0.1, t=1)
+    # integer signs and integer step counts are fine
+    out = sign_decay_closed_form(theta0, torch.tensor([1, -1]), lr=0.1, weight_decay=0.1,
+                                 t=torch.tensor([0, 2]))
+    assert torch.allclose(out, torch.tensor([0.0, 10 * (1 - 0.99**2)], dtype=torch.float64))

@@ -155,10 +155,13 @@ def adam_run(grad_fn: Callable[[torch.Tensor], torch.Tensor], theta0, *, lr: flo
     Returns a dict with the final ``theta``, ``m``, ``v`` (raw EMAs, as torch stores them as
     ``exp_avg`` and ``exp_avg_sq``), ``v_hat`` (bias-corrected) and, with ``record=True``,
     ``"trajectory"`` of shape ``(steps + 1, *theta0.shape)`` starting with ``theta0``.
-    A gradient containing NaN raises ``ValueError`` naming the step. With ``eps=0`` a
+    A gradient containing NaN or inf raises ``ValueError`` naming the step. With ``eps=0`` a
     coordinate whose gradients have all been 0 gets :math:`0/0` = NaN, as in
     ``torch.optim.Adam``; ``lr=0`` leaves ``theta`` unchanged (useful to read off the moments).
     """
+    if not callable(grad_fn):
+        raise TypeError(f"grad_fn must be callable as grad_fn(theta), got "
+                        f"{type(grad_fn).__name__}")
     theta = as_float_tensor(theta0, "theta0").clone()
     check_finite(theta, "theta0")
     lr = check_real(lr, "lr", nonnegative=True)
@@ -176,8 +179,9 @@ def adam_run(grad_fn: Callable[[torch.Tensor], torch.Tensor], theta0, *, lr: flo
         if not isinstance(g, torch.Tensor) or g.shape != theta.shape:
             raise ValueError(f"grad_fn must return a tensor of shape {tuple(theta.shape)}, "
                              f"got {getattr(g, 'shape', type(g).__name__)}")
-        if torch.isnan(g).any():
-            raise ValueError(f"grad_fn returned NaN at step {t}")
+        if not torch.isfinite(g).all():
+            bad = "NaN" if torch.isnan(g).any() else "inf"
+            raise ValueError(f"grad_fn returned {bad} at step {t}")
         theta, m, v = _adam_update(theta, g.to(theta.dtype), m, v, t, lr, beta1, beta2, eps,
                                    centered)
         if record:
@@ -397,8 +401,8 @@ def noise_units(g, sigma, batch, eps) -> tuple[torch.Tensor, torch.Tensor]:
     :math:`b = \epsilon\sqrt B/\sigma`.
 
     ``g`` is the full-batch gradient, ``sigma`` the per-sample noise standard deviation (> 0),
-    ``batch`` the batch size (> 0) and ``eps`` Adam's epsilon (>= 0); all broadcast. The batch
-    gradient is :math:`\tilde g = g + \sigma z/\sqrt B`, and
+    ``batch`` the batch size (> 0) and ``eps`` Adam's epsilon (finite, >= 0); all broadcast. The
+    batch gradient is :math:`\tilde g = g + \sigma z/\sqrt B`, and
     :math:`\operatorname{softsign}(\tilde g,\epsilon) = \operatorname{softsign}(a+z, b)`.
     """
     g = as_float_tensor(g, "g", min_ndim=0)
@@ -410,6 +414,9 @@ def noise_units(g, sigma, batch, eps) -> tuple[torch.Tensor, torch.Tensor]:
     if not (batch > 0).all() or not torch.isfinite(batch).all():
         raise ValueError("batch must be finite and > 0")
     eps = _nonneg_tensor(eps, "eps", g)
+    if torch.isinf(eps).any():
+        raise ValueError("eps must be finite (b = eps sqrt(B) / sigma feeds the moments, which "
+                         "need a finite b)")
     scale = batch.sqrt() / sigma
     return g * scale, eps * scale
 
@@ -596,11 +603,11 @@ def softsign_moments_approx(a, b) -> tuple[torch.Tensor, torch.Tensor]:
 
     The first follows from the clip surrogate and :math:`\operatorname{erf}(x)\approx
     x/\sqrt{x^2+\pi/4}`; the second is chosen only to share the shape of the exact one. Shapes
-    broadcast; ``b`` finite and >= 0.
+    broadcast; ``b`` finite and >= 0; :math:`a=\pm\infty` gives the limit :math:`(\pm1, 1)`.
     """
     a, b = _ab(a, b)
     q = a * a + b * b + math.pi / 2
-    return a / q.sqrt(), 1.0 - b * b / q
+    return torch.where(torch.isinf(a), torch.sign(a), a / q.sqrt()), 1.0 - b * b / q
 
 
 # ---------------------------------------------------------------------------------------------
@@ -627,6 +634,8 @@ def eta_opt(mean_u, second_u, g, H) -> torch.Tensor:
     ``mean_u`` and ``second_u`` are ``(..., n)``, ``g`` is ``(..., n)`` and ``H`` ``(..., n, n)``
     (symmetric); the result has the broadcast leading shape. The model minimises
     :math:`\mathbb E L(\theta-\eta u)` exactly when :math:`L` is quadratic with Hessian :math:`H`.
+    Without curvature (denominator 0, e.g. :math:`H=0`) the model is linear and the result is
+    the formula's limit :math:`\pm\infty`, or NaN when the numerator is 0 too.
     """
     g, H = _g_H(g, H)
     m = as_float_tensor(mean_u, "mean_u").to(g)
@@ -649,7 +658,9 @@ def eta_opt_sgd(g, H, noise_var, batch) -> torch.Tensor:
               = \frac{\eta_{\max}}{1+\mathcal B_{\rm noise}/B}
 
     ``noise_var`` is the per-sample gradient covariance :math:`\Sigma`: a ``(n,)`` vector for a
-    diagonal one or an ``(n, n)`` matrix. ``batch`` is a number or tensor (broadcast, > 0).
+    diagonal one or an ``(n, n)`` matrix. ``batch`` is a number or tensor (broadcast, > 0;
+    ``inf`` gives the noiseless :math:`\eta_{\max}`). Without curvature (:math:`H=0`) the result
+    is ``inf`` (NaN if also :math:`g=0`), the formula's limit, as in :func:`eta_opt`.
     """
     g, H = _g_H(g, H)
     S = as_float_tensor(noise_var, "noise_var").to(g)
@@ -679,11 +690,14 @@ def beta_from_batch(batch, kappa2) -> torch.Tensor:
 
 def batch_from_beta(beta, kappa2) -> torch.Tensor:
     r"""Inverse of :func:`beta_from_batch`: :math:`B = \pi\kappa^2/(2(\beta^{-2}-1))`,
-    for :math:`0<\beta<1` (``beta = 1`` gives ``inf``)."""
+    for :math:`0<\beta<1` (``beta = 1`` gives ``inf``) and finite ``kappa2 > 0`` (without
+    noise every batch has :math:`\beta=1`, so there is no inverse)."""
     beta = as_float_tensor(beta, "beta", min_ndim=0)
     if not ((beta > 0) & (beta <= 1)).all():
         raise ValueError("beta must be in (0, 1]")
     kappa2 = _nonneg_tensor(kappa2, "kappa2", beta)
+    if not ((kappa2 > 0) & torch.isfinite(kappa2)).all():
+        raise ValueError("kappa2 must be finite and > 0")
     return math.pi * kappa2 / (2.0 * (beta.pow(-2) - 1.0))
 
 
@@ -697,7 +711,8 @@ def eta_opt_meanfield(u, g, H, beta) -> torch.Tensor:
 
     with :math:`u = \operatorname{softsign}(g,\epsilon)` (``sign(g)`` at :math:`\epsilon=0`)
     and :math:`\beta\in(0,1]` from :func:`beta_from_batch`. ``beta`` broadcasts against the
-    leading shape of ``g``.
+    leading shape of ``g``. Without curvature (:math:`H=0`) the result is :math:`\pm\infty`
+    (NaN if also :math:`u^\top g=0`), the formula's limit, as in :func:`eta_opt`.
     """
     g, H = _g_H(g, H)
     u = as_float_tensor(u, "u").to(g)

@@ -323,8 +323,8 @@ def random_zoom(x, low: float = 0.8, high: float = 1.2, *, generator: torch.Gene
         raise ValueError(f"low * S must be >= 1 (a zoomed image needs a pixel), got "
                          f"{low} * {S}")
     if low < 1 and n < 2:
-        raise ValueError("random_zoom with low < 1 needs at least 2 images: a shrunk image is "
-                         "pasted onto another one")
+        raise ValueError(f"x needs at least 2 images (N >= 2) when low < 1: a shrunk "
+                         f"image is pasted onto another one; got shape {tuple(x.shape)}")
     g = check_generator(generator, x.device, of="the images")
     r = low + (high - low) * torch.rand(n, generator=g, device=x.device, dtype=torch.float64)
     size = torch.floor(r * S).long()

@@ -54,6 +54,18 @@ def _points(v, name: str = "v") -> torch.Tensor:
     return check_finite(v, name)
 
 
+def _broadcasts(t: torch.Tensor, name: str, v: torch.Tensor) -> torch.Tensor:
+    """``t`` (already checked) if it broadcasts against the points ``v`` without growing them."""
+    try:
+        fits = torch.broadcast_shapes(t.shape, v.shape) == v.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} must broadcast against v of shape "
+                         f"{tuple(v.shape)}")
+    return t
+
+
 def project_ball(v, radius: float = 1.0, center=None) -> torch.Tensor:
     r"""Euclidean projection onto the closed ball :math:`\{\theta: \|\theta-c\|_2\le r\}`.
 
@@ -66,8 +78,8 @@ def project_ball(v, radius: float = 1.0, center=None) -> torch.Tensor:
     """
     v = _points(v)
     r = check_real(radius, "radius", nonnegative=True)
-    c = torch.zeros((), dtype=v.dtype, device=v.device) if center is None else \
-        check_finite(as_float_tensor(center, "center", min_ndim=0), "center").to(v)
+    c = torch.zeros((), dtype=v.dtype, device=v.device) if center is None else _broadcasts(
+        check_finite(as_float_tensor(center, "center", min_ndim=0), "center"), "center", v).to(v)
     w = v - c
     top = w.abs().amax(dim=-1, keepdim=True)
     unit = w / torch.where(top > 0, top, torch.ones_like(top))   # entries in [-1, 1]
@@ -86,8 +98,8 @@ def project_box(v, lo, hi) -> torch.Tensor:
     ``lo <= hi`` everywhere. Returns ``(..., d)``.
     """
     v = _points(v)
-    lo = check_finite(as_float_tensor(lo, "lo", min_ndim=0), "lo").to(v)
-    hi = check_finite(as_float_tensor(hi, "hi", min_ndim=0), "hi").to(v)
+    lo = _broadcasts(check_finite(as_float_tensor(lo, "lo", min_ndim=0), "lo"), "lo", v).to(v)
+    hi = _broadcasts(check_finite(as_float_tensor(hi, "hi", min_ndim=0), "hi"), "hi", v).to(v)
     if (lo > hi).any():
         raise ValueError("lo must be <= hi everywhere (the box would be empty)")
     return torch.minimum(torch.maximum(v, lo), hi)
@@ -176,8 +188,15 @@ def sgd_run(loss_fn: Callable, theta1, etas, batches, *, grad_fn: Callable | Non
             raise ValueError(f"etas of shape {tuple(etas.shape)} must be (T,) or (..., T) "
                              f"broadcasting to theta1's leading shape {tuple(theta.shape[:-1])}")
     T = etas.shape[-1]
+    if isinstance(batches, torch.Tensor) and batches.ndim == 0:
+        raise ValueError("batches must hold T batches along its first dimension, got a 0-d "
+                         "tensor")
+    if not hasattr(batches, "__len__") or not hasattr(batches, "__getitem__"):
+        raise TypeError(f"batches must be a tensor or a sequence of batches, got "
+                        f"{type(batches).__name__}")
     if len(batches) < T:
-        raise ValueError(f"batches must hold at least T={T} batches, got {len(batches)}")
+        raise ValueError(f"batches must hold at least T={T} batches (T = etas.shape[-1]), got "
+                         f"{len(batches)}")
     if project is not None:
         gap = (project(theta) - theta).abs().max().item()
         if gap > 1e-9 * max(1.0, theta.abs().max().item()):
@@ -198,7 +217,8 @@ def sgd_run(loss_fn: Callable, theta1, etas, batches, *, grad_fn: Callable | Non
             raise ValueError(f"the gradient at step {t + 1} has shape {tuple(g.shape)}, "
                              f"expected {tuple(theta.shape)}")
         if not torch.isfinite(g).all():
-            raise ValueError(f"the gradient at step {t + 1} is not finite (diverged?)")
+            raise ValueError(f"the gradient at step {t + 1} is not finite (diverged, or a "
+                             f"non-finite batches[{t}]?)")
         losses.append(loss_fn(theta, x).detach())
         grads.append(g.detach())
         theta = theta - etas[..., t, None].to(theta) * g
@@ -385,9 +405,8 @@ def harmonic(n) -> torch.Tensor:
     (:math:`H_0 = 0`); ``n`` is a number (computed in float64) or a floating tensor of any
     shape (its dtype is kept).
     """
-    if not isinstance(n, torch.Tensor):
-        n = torch.as_tensor(n, dtype=torch.float64)
-    n = as_float_tensor(n, "n", min_ndim=0)
+    n = as_float_tensor(n, "n", min_ndim=0, dtype=None if isinstance(n, torch.Tensor)
+                        else torch.float64)
     check_finite(n, "n")
     if (n < 0).any():
         raise ValueError("n must be >= 0")

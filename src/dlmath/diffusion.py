@@ -44,6 +44,7 @@ from ._checks import (
     as_float_tensor,
     check_choice,
     check_finite,
+    check_generator,
     check_int,
     check_matrix,
     check_real,
@@ -282,7 +283,14 @@ def flow_map(v: Callable, x, t0: float, t1: float, *, rtol: float = 1e-10,
 
     def rhs(t, y):
         pt = torch.from_numpy(y).to(device).reshape(shape)
-        return v(pt, float(t)).detach().to("cpu", torch.float64).reshape(-1).numpy()
+        out = v(pt, float(t))
+        if not isinstance(out, torch.Tensor) or out.shape != shape:
+            raise ValueError(f"v(x, t) must return a tensor of x's shape {tuple(shape)}, got "
+                             f"{getattr(out, 'shape', type(out).__name__)}")
+        out = out.detach().to("cpu", torch.float64).reshape(-1)
+        if not torch.isfinite(out).all():
+            raise ValueError(f"v(x, t) returned a non-finite velocity at t = {float(t):.6g}")
+        return out.numpy()
 
     sol = solve_ivp(rhs, (t0, t1), x64.cpu().reshape(-1).numpy(), method="DOP853",
                     rtol=rtol, atol=atol)
@@ -551,6 +559,10 @@ def shortcut_sample(s: Callable, z, nsteps: int) -> torch.Tensor:
         raise ValueError(f"nsteps must be a power of 2, got {nsteps}")
     z = as_float_tensor(z, "z", min_ndim=0, allow_empty=True)
     check_finite(z, "z")
+    if isinstance(s, ShortcutMLP) and not (
+            (z.ndim == 2 and z.shape[1] == s.dim) or (z.ndim == 1 and s.dim == 1)):
+        raise ValueError(f"z must have shape (n, {s.dim})" + (" or (n,)" if s.dim == 1 else "")
+                         + f" for this ShortcutMLP, got {tuple(z.shape)}")
     k = nsteps.bit_length() - 1
     d = 1.0 / nsteps
     x = z
@@ -662,7 +674,7 @@ def interp_table(grid, table, x) -> torch.Tensor:
     lam = (xf - lo) / (hi - lo)
     y0, y1 = table[..., i - 1], table[..., i]
     y = y0 + lam.to(table.dtype) * (y1 - y0)
-    return y.reshape(*table.shape[:-1], *x.shape).to(x.device)
+    return y.reshape(tuple(table.shape[:-1]) + tuple(x.shape)).to(x.device)
 
 
 def consistency_fixed_point(gmm: GaussianMixture, n: int, grid, *, target: str = "ct",
@@ -794,15 +806,26 @@ def multistep_consistency_sample(f: Callable, x1, ts: Sequence[float],
     _check_callable(f, "f")
     x1 = as_float_tensor(x1, "x1", min_ndim=0, allow_empty=True)
     check_finite(x1, "x1")
+    if generator is not None:
+        check_generator(generator, x1.device, of="x1")
+    if isinstance(ts, (str, bytes)) or not isinstance(ts, Sequence):
+        raise TypeError(f"ts must be a sequence of times, got {type(ts).__name__}")
     ts = [check_real(t, "ts", low=0.0, high=1.0) for t in ts]
     if not ts:
         raise ValueError("ts must hold at least one time")
     if ts[-1] <= 0 or any(b >= a for a, b in zip(ts[:-1], ts[1:], strict=False)):
         raise ValueError(f"ts must be strictly decreasing and > 0, got {ts}")
-    x = f(x1, ts[0])
+    def denoise(y, t):
+        out = f(y, t)
+        if not isinstance(out, torch.Tensor) or out.shape != y.shape:
+            raise ValueError(f"f(x, t) must return a tensor shaped like x {tuple(y.shape)}, "
+                             f"got {getattr(out, 'shape', type(out).__name__)}")
+        return out
+
+    x = denoise(x1, ts[0])
     for t in ts[1:]:
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = f((1 - t) * x + t * z, t)
+        x = denoise((1 - t) * x + t * z, t)
     return x
 
 
@@ -983,7 +1006,7 @@ def _check_codebooks(C, sched: VPSchedule) -> torch.Tensor:
     if C.ndim != 3 or C.shape[0] != sched.T + 1:
         raise ValueError(f"codebooks must have shape (T+1, K, d) = ({sched.T + 1}, K, d), got "
                          f"{tuple(C.shape)}")
-    return C
+    return check_finite(C, "codebooks")
 
 
 def _ddpm_update(den, coeffs, x, t: int, eps) -> torch.Tensor:
@@ -1001,9 +1024,12 @@ def ddpm_sample(den: Callable, sched: VPSchedule, x_T,
 
     Chapter: *Discrete codes from DDPM*.
     """
+    _check_callable(den, "den")
     s = _check_schedule(sched)
     x = as_float_tensor(x_T, "x_T")
     check_finite(x, "x_T")
+    if generator is not None:
+        check_generator(generator, x.device, of="x_T")
     coeffs = ddpm_posterior_coefficients(s)
     for t in range(s.T, 0, -1):
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -1025,6 +1051,7 @@ def ddcm_generate(den: Callable, sched: VPSchedule, codebooks, idx) -> torch.Ten
 
     Chapter: *Discrete codes from DDPM*.
     """
+    _check_callable(den, "den")
     s = _check_schedule(sched)
     C = _check_codebooks(codebooks, s)
     if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int32, torch.int64):
@@ -1116,6 +1143,7 @@ def ddcm_encode(den: Callable, sched: VPSchedule, codebooks, x0, rule: str = "is
 
     Chapter: *Discrete codes from DDPM*.
     """
+    _check_callable(den, "den")
     s = _check_schedule(sched)
     C = _check_codebooks(codebooks, s)
     K, d = C.shape[1], C.shape[2]
@@ -1126,6 +1154,8 @@ def ddcm_encode(den: Callable, sched: VPSchedule, codebooks, x0, rule: str = "is
     check_choice(rule, "rule", _RULES)
     tau = check_real(temperature, "temperature", nonnegative=True)
     start = check_int(start, "start", low=0, high=K - 1)
+    if generator is not None:
+        check_generator(generator, C.device, of="the codebooks")
     x0 = x0.to(C.device, C.dtype)
     n = x0.shape[0]
     coeffs = ddpm_posterior_coefficients(s)
@@ -1253,10 +1283,14 @@ def snr(abar, bbar) -> torch.Tensor:
     r"""The signal-to-noise ratio :math:`\operatorname{SNR}=\bar\alpha^2/\bar\beta^2` of
     :math:`x_t=\bar\alpha x_0+\bar\beta\varepsilon` (``abar``, ``bbar`` broadcast; a zero
     ``bbar`` gives ``inf``, a schedule's ``sched.abar, sched.bbar`` gives shape ``(T+1,)``).
+    ``abar`` and ``bbar`` both 0 at one entry (:math:`0/0`, no such :math:`x_t`) raise
+    ``ValueError``.
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
     a, b = _ug_real(abar, "abar"), _ug_real(bbar, "bbar")
+    if ((a == 0) & (b == 0)).any():
+        raise ValueError("abar and bbar must not both be 0 (the SNR would be 0/0)")
     return a**2 / b**2
 
 
@@ -1296,12 +1330,17 @@ def snr_matched(abar, bbar, m) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     so :math:`\bar\alpha_\tau^2+\bar\beta_\tau^2=1` and
     :math:`\operatorname{SNR}(\tau)=m\operatorname{SNR}(t)`. ``m`` is the number of pixels
     averaged (:math:`s^2` for 2-D :math:`s\times s` pooling, :math:`s` in 1-D), ``>= 1``.
-    ``abar``, ``bbar`` broadcast (with :math:`\bar\alpha^2+\bar\beta^2=1`); returns
+    ``abar``, ``bbar`` broadcast and must satisfy :math:`\bar\alpha^2+\bar\beta^2=1` (to
+    :math:`10^3` ulps of their dtype; ``ValueError`` otherwise); returns
     ``(abar_tau, bbar_tau, rho)``.
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
     a, b = _ug_real(abar, "abar"), _ug_real(bbar, "bbar")
+    tol = 1e3 * max(torch.finfo(a.dtype).eps, torch.finfo(b.dtype).eps)  # the coarser one
+    off = float((a**2 + b**2 - 1).abs().max())
+    if not off <= tol:
+        raise ValueError(f"abar and bbar must satisfy abar**2 + bbar**2 = 1, off by {off:.3g}")
     m = check_real(m, "m", low=1.0)
     rho = torch.sqrt(a**2 + b**2 / m)
     return a / rho, b / (math.sqrt(m) * rho), rho
@@ -1397,6 +1436,9 @@ def torus_covariance(n: int, spectrum: Callable, *, dtype=torch.float64,
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
     n = check_int(n, "n", low=1)
+    _check_callable(spectrum, "spectrum")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
     f = torch.fft.fftfreq(n, d=1.0 / n, dtype=dtype, device=device)
     f2 = f[:, None] ** 2 + f[None, :] ** 2
     S = as_float_tensor(spectrum(f2), "spectrum(f2)").to(device=f2.device, dtype=dtype)
@@ -1469,17 +1511,32 @@ def ug_eps(x, eps_naive: Callable, eps_low: Callable, pool, up, abar: float, bba
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
+    _check_callable(eps_naive, "eps_naive")
+    _check_callable(eps_low, "eps_low")
     x = as_float_tensor(x, "x")
+    check_finite(x, "x")
     Dm, Um = check_matrix(pool, "pool"), check_matrix(up, "up")
+    if Dm.ndim != 2:
+        raise ValueError(f"pool must be a matrix (n, N), got shape {tuple(Dm.shape)}")
     n, N = Dm.shape
     if Um.shape != (N, n) or x.shape[-1] != N:
         raise ValueError(f"need pool (n, N), up (N, n), x (..., N); got {tuple(Dm.shape)}, "
                          f"{tuple(Um.shape)}, {tuple(x.shape)}")
+    if N % n:
+        raise ValueError(f"pool must pool N = {N} pixels into n = {n} (N a multiple of n)")
     w = check_real(w, "w")
-    m = N / n
+    m = N // n
     a_tau, b_tau, rho = (float(v) for v in snr_matched(abar, bbar, m))
     e = eps_naive(x)
-    main = eps_low((x @ Dm.T) / rho, a_tau, b_tau) / math.sqrt(m)
+    if not isinstance(e, torch.Tensor) or e.shape != x.shape:
+        raise ValueError(f"eps_naive(x) must return a tensor shaped like x {tuple(x.shape)}, "
+                         f"got {getattr(e, 'shape', type(e).__name__)}")
+    y = (x @ Dm.T) / rho
+    main = eps_low(y, a_tau, b_tau)
+    if not isinstance(main, torch.Tensor) or main.shape != y.shape:
+        raise ValueError(f"eps_low(y, abar, bbar) must return a tensor shaped like y "
+                         f"{tuple(y.shape)}, got {getattr(main, 'shape', type(main).__name__)}")
+    main = main / math.sqrt(m)
     return e + (1 + w) * ((main - e @ Dm.T) @ Um.T)
 
 
@@ -1491,10 +1548,14 @@ def affine_coefficients(f: Callable, d: int, *, dtype=torch.float64,
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
+    _check_callable(f, "f")
     d = check_int(d, "d", low=1)
     pts = torch.cat([torch.zeros(1, d, dtype=dtype, device=device),
                      torch.eye(d, dtype=dtype, device=device)])
     out = f(pts)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != d + 1:
+        raise ValueError(f"f must map a (k, d) batch to (k, d_out); on ({d + 1}, {d}) it gave "
+                         f"{getattr(out, 'shape', type(out).__name__)}")
     return (out[1:] - out[:1]).T, out[0]
 
 
@@ -1517,6 +1578,7 @@ def ddpm_eps_moments(eps_affine: Callable, sched: VPSchedule, mean, cov, *,
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
+    _check_callable(eps_affine, "eps_affine")
     s = _check_schedule(sched)
     if not float(s.alpha[1:].min()) > 0:
         raise ValueError("sched.alpha must be > 0 for t >= 1 (clip the schedule's end)")
@@ -1527,11 +1589,19 @@ def ddpm_eps_moments(eps_affine: Callable, sched: VPSchedule, mean, cov, *,
     if m.ndim != 1 or C.shape != (m.numel(), m.numel()):
         raise ValueError(f"need mean (d,) and cov (d, d), got {tuple(m.shape)} and "
                          f"{tuple(C.shape)}")
+    if not torch.allclose(C, C.T, atol=1e-10 * float(C.abs().max()) + 1e-300):
+        raise ValueError("cov must be symmetric")
     sigma = ddpm_posterior_coefficients(s)[2].tolist()
     al, be, bb = s.alpha.tolist(), s.beta.tolist(), s.bbar.tolist()
     eye = torch.eye(m.numel(), dtype=torch.float64, device=m.device)
     for t in range(s.T, 0, -1):
-        M, b = eps_affine(t)
+        Mb = eps_affine(t)
+        if not (isinstance(Mb, (tuple, list)) and len(Mb) == 2
+                and all(isinstance(u, torch.Tensor) for u in Mb)
+                and Mb[0].shape == eye.shape and Mb[1].shape == m.shape):
+            raise ValueError(f"eps_affine(t) must return (M, b) with M {tuple(eye.shape)} and "
+                             f"b {tuple(m.shape)} (at t = {t})")
+        M, b = (u.to(m) for u in Mb)
         k = be[t] ** 2 / bb[t]
         A = (eye - k * M) / al[t]
         m = A @ m - (k / al[t]) * b
@@ -1557,17 +1627,27 @@ def gauss_hermite(n: int, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(z, **f64), torch.as_tensor(w / w.sum(), **f64)
 
 
-def _check_rule(nodes, weights, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    nodes = as_float_tensor(nodes, f"{name}nodes")
-    weights = as_float_tensor(weights, f"{name}weights")
+def _check_rule(nodes, weights, name: str, nodes_name: str = "nodes",
+                weights_name: str = "weights") -> tuple[torch.Tensor, torch.Tensor]:
+    nn, wn = name + nodes_name, name + weights_name
+    nodes = as_float_tensor(nodes, nn)
+    weights = as_float_tensor(weights, wn)
     if nodes.ndim != 1 or weights.shape != nodes.shape:
-        raise ValueError(f"{name}nodes and {name}weights must be 1-D of equal length, got "
+        raise ValueError(f"{nn} and {wn} must be 1-D of equal length, got "
                          f"{tuple(nodes.shape)} and {tuple(weights.shape)}")
-    check_finite(nodes, f"{name}nodes")
-    check_finite(weights, f"{name}weights")
+    check_finite(nodes, nn)
+    check_finite(weights, wn)
     if (weights < 0).any() or abs(float(weights.sum()) - 1.0) > 1e-9:
-        raise ValueError(f"{name}weights must be non-negative and sum to 1")
+        raise ValueError(f"{wn} must be non-negative and sum to 1")
     return nodes, weights
+
+
+def _check_rule_pair(rule, arg: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rule`` (the argument ``arg``) as a checked ``(nodes, weights)`` pair."""
+    if isinstance(rule, torch.Tensor) or not isinstance(rule, Sequence) or len(rule) != 2:
+        raise TypeError(f"{arg} must be a (nodes, weights) pair, e.g. from gauss_hermite, "
+                        f"got {type(rule).__name__}")
+    return _check_rule(rule[0], rule[1], name)
 
 
 def discrete_generator_eps(x, atoms, weights, abar: float, bbar: float) -> torch.Tensor:
@@ -1593,7 +1673,7 @@ def discrete_generator_eps(x, atoms, weights, abar: float, bbar: float) -> torch
     """
     x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
     check_finite(x, "x")
-    atoms, weights = _check_rule(atoms, weights, "")
+    atoms, weights = _check_rule(atoms, weights, "", "atoms")
     abar = check_real(abar, "abar", nonnegative=True)
     bbar = check_real(bbar, "bbar", positive=True)
     resid = x[..., None] - abar * atoms  # (..., K)
@@ -1622,6 +1702,16 @@ def gaussian_generator_eps(x, mean, std, abar: float, bbar: float) -> torch.Tens
         else:
             check_real(v, name)
     return bbar * (x - abar * mean) / (abar**2 * std**2 + bbar**2)
+
+
+def _check_generated(g, zn: torch.Tensor, arg: str) -> torch.Tensor:
+    """What ``gen(arg, z)`` returned: a finite tensor of the nodes' shape."""
+    if not isinstance(g, torch.Tensor) or g.shape != zn.shape:
+        raise ValueError(f"gen({arg}, z) must return a tensor of the nodes' shape "
+                         f"{tuple(zn.shape)}, got {getattr(g, 'shape', type(g).__name__)}")
+    if not torch.isfinite(g.detach()).all():
+        raise ValueError(f"gen({arg}, z) must return finite values (is {arg} finite?)")
+    return g
 
 
 def sid_losses(theta, theta_psi, teacher: GaussianMixture, gen: Callable, zrule, erule,
@@ -1657,16 +1747,17 @@ def sid_losses(theta, theta_psi, teacher: GaussianMixture, gen: Callable, zrule,
     """
     if not isinstance(teacher, GaussianMixture) or teacher.dim != 1:
         raise TypeError("teacher must be a 1-D GaussianMixture")
-    zn, zw = _check_rule(*zrule, "z")
-    en, ew = _check_rule(*erule, "eps")
+    _check_callable(gen, "gen")
+    zn, zw = _check_rule_pair(zrule, "zrule", "z")
+    en, ew = _check_rule_pair(erule, "erule", "eps")
     abar = check_real(abar, "abar", nonnegative=True)
     bbar = check_real(bbar, "bbar", positive=True)
-    g = gen(theta, zn)
-    if not isinstance(g, torch.Tensor) or g.shape != zn.shape:
-        raise ValueError(f"gen(theta, z) must return a tensor of the nodes' shape "
-                         f"{tuple(zn.shape)}, got {getattr(g, 'shape', type(g).__name__)}")
+    for v, name in ((theta, "theta"), (theta_psi, "theta_psi")):
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            check_finite(v.detach(), name)
+    g = _check_generated(gen(theta, zn), zn, "theta")
     if student is None:
-        atoms = gen(theta_psi, zn)
+        atoms = _check_generated(gen(theta_psi, zn), zn, "theta_psi")
 
         def student(_, y, a, b):
             return discrete_generator_eps(y, atoms, zw, a, b)
@@ -1713,9 +1804,16 @@ def train_sid(lam, theta0, teacher: GaussianMixture, gen: Callable, zrule, erule
         lam = check_real(lam, "lam")
     steps = check_int(steps, "steps", low=0)
     lr = check_real(lr, "lr", positive=True)
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
+        raise TypeError(f"levels must be a sequence of (abar, bbar) pairs, got "
+                        f"{type(levels).__name__}")
     if len(levels) == 0:
         raise ValueError("levels must hold at least one (abar, bbar) pair")
+    for i, lv in enumerate(levels):
+        if isinstance(lv, (str, bytes)) or not isinstance(lv, Sequence) or len(lv) != 2:
+            raise ValueError(f"levels[{i}] must be a pair (abar, bbar), got {lv!r}")
     theta = as_float_tensor(theta0, "theta0", dtype=torch.float64).detach()
+    check_finite(theta, "theta0")
     theta = theta.to(torch.float64).clone()
     theta.requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)

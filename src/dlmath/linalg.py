@@ -32,6 +32,7 @@ from ._checks import (
     as_float_tensor,
     check_choice,
     check_finite,
+    check_generator,
     check_int,
     check_matrix,
     check_real,
@@ -96,6 +97,7 @@ def power_iteration(W, iters: int = 10, v0=None, generator: torch.Generator | No
         if generator is None:
             x = torch.ones(shape, dtype=A.dtype, device=A.device)
         else:
+            check_generator(generator, A.device, of="W")
             x = torch.randn(shape, dtype=A.dtype, device=A.device, generator=generator)
     else:
         x = as_float_tensor(v0, "v0")
@@ -103,6 +105,14 @@ def power_iteration(W, iters: int = 10, v0=None, generator: torch.Generator | No
         if x.shape[-1] != m:
             raise ValueError(f"v0 must have last dimension {m} (the columns of W), got "
                              f"shape {tuple(x.shape)}")
+        try:
+            fits = torch.broadcast_shapes(x.shape[:-1], A.shape[:-2]) == A.shape[:-2]
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"v0 of shape {tuple(x.shape)} must be (m,) or (..., m) with "
+                             f"leading dimensions broadcasting to W's batch shape "
+                             f"{tuple(A.shape[:-2])}")
         x = x.to(device=A.device, dtype=A.dtype).expand(*A.shape[:-2], m)
     x_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     if (x_norm == 0).any():
@@ -200,7 +210,7 @@ class PowerIteration:
         self.cold_iters = check_int(cold_iters, "cold_iters", low=2)
         self.warm_iters = check_int(warm_iters, "warm_iters", low=1)
         self.tol = check_real(tol, "tol", nonnegative=True, finite=False)
-        self.generator = generator
+        self.generator = None if generator is None else check_generator(generator)
         self.reset()
 
     def reset(self) -> None:

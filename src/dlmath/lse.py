@@ -137,7 +137,7 @@ def renyi_entropy(p, t: float, dim: int = -1) -> torch.Tensor:
         numerator = torch.log1p(excess)
         # log1p(s) carries the error eps*|s|/(1+s), the plain log(sum p^t) eps: for t > 1 and a
         # sum p^t below 1/2 (high entropy, e.g. t = 1.5 and n = 1e6) the plain sum is better
-        # (float32: 1e-5 relative error in H_t instead of 4e-9)
+        # (float32: 1e-5 relative error in H_t instead of 3e-8)
         far = excess < -0.5
         if t > 1.0 and bool(far.any()):
             plain = torch.log(torch.pow(p, t).sum(dim=dim))

@@ -140,10 +140,10 @@ def steepest_direction(g, norm: str = "l2", p: float | None = None) -> torch.Ten
     return _safe_div(v, torch.linalg.vector_norm(v, ord=p, dim=-1, keepdim=True))
 
 
-def _unit(w: torch.Tensor) -> torch.Tensor:
+def _unit(w: torch.Tensor, name: str = "w") -> torch.Tensor:
     norm = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
     if (norm == 0).any():
-        raise ValueError("w must be non-zero (a point of the sphere, or a multiple of one)")
+        raise ValueError(f"{name} must be non-zero (a point of the sphere, or a multiple of one)")
     return w / norm
 
 
@@ -370,15 +370,27 @@ def riemannian_sgd_sphere(grad_fn: Callable[[torch.Tensor], torch.Tensor], w0, s
     or a callable ``t -> eta_t`` for ``t = 1, ..., steps``. Returns the iterates,
     shape ``(steps + 1, ..., n)``, the first being :math:`w_0/\lVert w_0\rVert`. Chapter 21.
     """
+    if not callable(grad_fn):
+        raise TypeError(f"grad_fn must be callable, got {type(grad_fn).__name__}")
     steps = check_int(steps, "steps", low=0)
-    w = _unit(_vector(w0, "w0"))
-    if not callable(lr):
-        constant = check_real(lr, "lr", nonnegative=True)
+    check_choice(retraction, "retraction", _RETRACTIONS)
+    w = _unit(_vector(w0, "w0"), "w0")
+    if callable(lr):
+        schedule = lr
+    else:
+        constant = check_real(lr, "lr", nonnegative=True,
+                              high=2.0 if retraction == "exact" else None)
 
-        def lr(t):
+        def schedule(t):
             return constant
     out = [w]
     for t in range(1, steps + 1):
-        w = sphere_step(w, grad_fn(w), lr(t), retraction=retraction)
+        eta = check_real(schedule(t), f"lr({t})", nonnegative=True,
+                         high=2.0 if retraction == "exact" else None)
+        g = _vector(grad_fn(w), "grad_fn(w)")
+        if g.shape[-1] != w.shape[-1]:
+            raise ValueError(f"grad_fn(w) must have the last dimension of w0, "
+                             f"{w.shape[-1]}, got shape {tuple(g.shape)}")
+        w = sphere_step(w, g, eta, retraction=retraction)
         out.append(w)
     return torch.stack(out)

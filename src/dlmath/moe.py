@@ -288,7 +288,11 @@ def unit_direction(v, dim: int = -1) -> torch.Tensor:
     """
     v = as_float_tensor(v, "v")
     check_finite(v, "v")
-    dim = check_dim(v, dim)
+    return _unit_direction(v, check_dim(v, dim))
+
+
+def _unit_direction(v: torch.Tensor, dim: int) -> torch.Tensor:
+    """:func:`unit_direction` of a checked, finite ``v``."""
     m = v.abs().amax(dim=dim, keepdim=True)
     w = v / torch.where(m > 0, m, torch.ones_like(m))
     norm = torch.linalg.vector_norm(w, dim=dim, keepdim=True)
@@ -323,25 +327,35 @@ def geometric_moe(x, scores, experts: Sequence[Callable], k: int):
     if scores.shape[0] != x.shape[0]:
         raise ValueError(f"scores must have one row per token: {x.shape[0]} tokens, "
                          f"{scores.shape[0]} rows")
-    if isinstance(experts, torch.Tensor) or not isinstance(experts, Sequence):
+    if isinstance(experts, (torch.Tensor, str)) or not isinstance(experts, Sequence):
         raise TypeError("experts must be a sequence of callables")
     n = scores.shape[1]
     if len(experts) != n:
         raise ValueError(f"scores has {n} columns but {len(experts)} experts were given")
+    for i, expert in enumerate(experts):
+        if not callable(expert):
+            raise TypeError(f"experts[{i}] must be callable, got {type(expert).__name__}")
+    check_finite(x, "x")
     check_finite(scores, "scores")
     if (scores < 0).any():
         raise ValueError("scores are magnitudes p_i = h(x W_R) and must be >= 0")
     chosen = topk_indices(scores.detach(), k)  # (T, k); selection is piecewise constant
     counts = torch.zeros(n, dtype=torch.long, device=x.device)
-    parts = []
+    parts, d_out = [], None
     for i, expert in enumerate(experts):
         tokens = (chosen == i).any(dim=-1).nonzero().squeeze(-1)
         counts[i] = tokens.numel()
         if tokens.numel() == 0:
             continue
-        e = unit_direction(expert(x[tokens]))
+        name = f"experts[{i}]'s output"
+        v = as_float_tensor(expert(x[tokens]), name, min_ndim=2)
+        if v.ndim != 2 or v.shape[0] != tokens.numel() or v.shape[1] != (d_out or v.shape[1]):
+            want = f"(m, {d_out})" if d_out else "(m, d_out)"
+            raise ValueError(f"{name} must have shape {want} for its m = {tokens.numel()} "
+                             f"tokens, got {tuple(v.shape)}")
+        d_out = v.shape[1]
+        e = _unit_direction(check_finite(v, name), -1)
         parts.append((tokens, scores[tokens, i].unsqueeze(-1) * e))
-    d_out = parts[0][1].shape[-1]
     y = torch.zeros(x.shape[0], d_out, dtype=parts[0][1].dtype, device=x.device)
     for tokens, contribution in parts:
         y = y.index_add(0, tokens, contribution)

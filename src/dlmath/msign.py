@@ -471,6 +471,7 @@ def fit_quintic(x, steps: int, init: tuple[float, float, float] = (1.0, 0.9, 1.1
     a different ``init`` may land elsewhere. Chapter 08.
     """
     x = as_float_tensor(x, "x", dtype=torch.float64).to(torch.float64).detach()
+    check_finite(x, "x")
     steps = check_int(steps, "steps", low=1)
     p = torch.tensor([check_real(v, "init") for v in init], dtype=torch.float64,
                      requires_grad=True)

@@ -25,7 +25,14 @@ import math
 
 import torch
 
-from ._checks import as_float_tensor, check_choice, check_int, check_matrix, check_real
+from ._checks import (
+    as_float_tensor,
+    check_choice,
+    check_finite,
+    check_int,
+    check_matrix,
+    check_real,
+)
 from .linalg import spectral_norm
 from .msign import msign, polar
 
@@ -311,6 +318,7 @@ def init_mlp(d: int, d_in: int, d_out: int, n_hidden: int = 2, *, param: str = "
     d, d_in, d_out = (_positive_int(v, n) for v, n in ((d, "d"), (d_in, "d_in"),
                                                        (d_out, "d_out")))
     check_choice(param, "param", _PARAMS)
+    n_hidden = check_int(n_hidden, "n_hidden", low=0)
     weights = []
     shapes = _shapes(d, d_in, d_out, n_hidden)
     for (fi, fo), kind in zip(shapes, layer_kinds(n_hidden), strict=True):
@@ -413,6 +421,8 @@ def one_step(weights, X, T, optimizer: str, lrs, activation=torch.relu) -> dict:
         raise ValueError(f"lrs must hold one learning rate per weight ({len(weights)}), got "
                          f"{len(lrs)}")
     lrs = [check_real(lr, "lrs", nonnegative=True) for lr in lrs]
+    for t, name in ((X, "X"), (T, "T")):  # else the gradients' NaN is reported as G's
+        check_finite(as_float_tensor(t, name, min_ndim=2), name)
     params = [W.detach().clone().requires_grad_(True) for W in weights]
     with torch.enable_grad():
         feats = mlp_features(params, X, activation)
@@ -456,6 +466,11 @@ def train(weights, X, T, lrs, steps: int, optimizer: str = "sgd", activation=tor
     if len(lrs) != len(weights):
         raise ValueError(f"lrs must hold one learning rate per weight ({len(weights)}), got "
                          f"{len(lrs)}")
+    for lr in lrs:  # a NaN or negative rate is a caller's mistake, not a divergence
+        lr = as_float_tensor(lr, "lrs", min_ndim=0)
+        if bool(torch.isnan(lr).any() | (lr < 0).any()):
+            raise ValueError("lrs must hold learning rates >= 0 (floats or tensors), not NaN "
+                             "or negative ones")
     params = [W.detach().clone().requires_grad_(True) for W in weights]
     losses, diverged = [], None  # diverged: per model (the loss's shape)
     for step in range(steps + 1):

@@ -662,8 +662,9 @@ def entmax15_threshold(x, dim: int = -1, method: str = "sort") -> torch.Tensor:
     with :math:`\mu_k, \sigma_k^2` the mean and variance of the :math:`k` largest
     :math:`z_{(i)}`; :math:`\lambda = \lambda_K` for the largest :math:`K` with
     :math:`z_{(K)} \ge \lambda_K` (a "≥" rule: it never fails on ties or when the threshold
-    lands exactly on a logit, e.g. ``x = [2, 0]``). Shape: ``x`` without ``dim``.
-    ``method="newton"`` gives the same threshold without sorting.
+    lands exactly on a logit, e.g. ``x = [2, 0]``). Shape: ``x`` without ``dim``; ``+inf``
+    where the slice holds a ``+inf`` logit. ``method="newton"`` gives the same threshold
+    without sorting.
     """
     x = _logits(x, dim)
     return _entmax_parts(x, 1.5, _method(method, True), None)[1]
@@ -729,7 +730,8 @@ def entmax_bisect(x, alpha: float = 1.5, n_iter: int | None = None, dim: int = -
 def entmax_bisect_threshold(x, alpha: float = 1.5, n_iter: int | None = None,
                             dim: int = -1) -> torch.Tensor:
     r"""The threshold :math:`\lambda(x)` of :func:`entmax_bisect` (in units of
-    :math:`(\alpha-1)x`). Shape: ``x`` without ``dim``."""
+    :math:`(\alpha-1)x`). Shape: ``x`` without ``dim``; ``+inf`` where the slice holds a
+    ``+inf`` logit."""
     x = _logits(x, dim)
     alpha = _alpha(alpha)
     if n_iter is not None:

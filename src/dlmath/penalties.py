@@ -73,7 +73,7 @@ def random_mlp(widths: Sequence[int], *, generator: torch.Generator, scale: floa
         raise ValueError(f"widths must be a sequence of at least two ints, got {widths!r}")
     for n in widths:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"every width must be an int >= 1, got {widths!r}")
+            raise ValueError(f"widths must hold ints >= 1, got {widths!r}")
     scale = check_real(scale, "scale", nonnegative=True)
     bias_scale = check_real(bias_scale, "bias_scale", nonnegative=True)
     kw = dict(generator=generator, dtype=dtype, device=generator.device)

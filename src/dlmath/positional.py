@@ -58,6 +58,18 @@ def _check_rotary(rotary_dims, d: int) -> int:
     return r
 
 
+def _as_real(x, name: str) -> torch.Tensor:
+    """``x`` as a tensor of real numbers (integer or floating), or ``TypeError`` naming it."""
+    try:
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be a number or a tensor of real numbers, "
+                        f"got {type(x).__name__}") from exc
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must be real numbers, got dtype {t.dtype}")
+    return t
+
+
 def _work_device(device) -> torch.device:
     dev = torch.device(device) if device is not None else torch.device("cpu")
     return torch.device("cpu") if dev.type == "mps" else dev
@@ -106,9 +118,7 @@ def rope_rotate(x, positions, base: float) -> torch.Tensor:
     x = as_float_tensor(x, "x")
     check_finite(x, "x")
     d = _check_d(x.shape[-1])
-    pos = torch.as_tensor(positions, device=x.device)
-    if pos.dtype == torch.bool or pos.is_complex():
-        raise TypeError(f"positions must be real numbers, got dtype {pos.dtype}")
+    pos = _as_real(positions, "positions")
     work = _work_device(x.device)
     pos = pos.to(work, F64)
     check_finite(pos, "positions")
@@ -135,9 +145,7 @@ def rope_gap_sum(m, d: int, base: float, *, rotary_dims: int | None = None) -> t
     has ``m``'s shape, float64, on ``m``'s device. Direct evaluation, ``m.numel() * d/2``
     cosines; for all offsets below a length use :func:`first_negative_offset`.
     """
-    m = torch.as_tensor(m)
-    if m.dtype == torch.bool or m.is_complex():
-        raise TypeError(f"m must be real numbers, got dtype {m.dtype}")
+    m = _as_real(m, "m")
     work = _work_device(m.device)
     mm = m.to(work, F64)
     check_finite(mm, "m")
@@ -146,9 +154,7 @@ def rope_gap_sum(m, d: int, base: float, *, rotary_dims: int | None = None) -> t
 
 
 def _as_bases(base) -> torch.Tensor:
-    b = torch.as_tensor(base)
-    if b.dtype == torch.bool or b.is_complex():
-        raise TypeError(f"base must be real numbers, got dtype {b.dtype}")
+    b = _as_real(base, "base")
     if b.numel() == 0:
         raise ValueError("base must not be empty")
     work = _work_device(b.device)
@@ -225,6 +231,7 @@ def is_feasible_base(base, L: int, d: int, *, rotary_dims: int | None = None) ->
     Shapes: ``base`` a number or tensor; returns a bool tensor of its shape (``bool()`` of a
     single one is the answer). Same method and precision as :func:`first_negative_offset`.
     """
+    L = check_int(L, "L", low=1)
     return first_negative_offset(base, d, L, rotary_dims=rotary_dims) == L
 
 

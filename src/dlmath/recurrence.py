@@ -201,6 +201,11 @@ def lru_lambda(nu_log, theta_log) -> torch.Tensor:
             raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
     if nu_log.device != theta_log.device:
         raise ValueError("nu_log and theta_log must be on one device")
+    try:
+        torch.broadcast_shapes(nu_log.shape, theta_log.shape)
+    except RuntimeError as exc:
+        raise ValueError(f"nu_log of shape {tuple(nu_log.shape)} does not broadcast against "
+                         f"theta_log of shape {tuple(theta_log.shape)}") from exc
     dtype = torch.promote_types(nu_log.dtype, theta_log.dtype)
     theta = torch.exp(theta_log.to(dtype))
     if not all_finite(theta):

@@ -127,7 +127,16 @@ def anisotropy_matrix(A, B) -> torch.Tensor:
     if bool((sv[..., -1] <= tol * sv[..., 0]).any()):
         raise ValueError("B @ B is singular to working precision, so S = -A^2 B^-2 does not "
                          "exist; B must be invertible")
-    return (-torch.linalg.solve(B2, A @ A, left=False)).to(dtype)
+    A2 = A @ A
+    try:
+        batch = torch.broadcast_shapes(A2.shape[:-2], B2.shape[:-2])
+    except RuntimeError as exc:
+        raise ValueError(f"A of shape {tuple(A.shape)} and B of shape {tuple(B.shape)} do not "
+                         "broadcast") from exc
+    # solve needs both batch shapes spelled out (a (d, d) right-hand side against a batch of
+    # B2 would be read as a batch of vectors)
+    A2, B2 = A2.expand(*batch, *A2.shape[-2:]), B2.expand(*batch, *B2.shape[-2:])
+    return (-torch.linalg.solve(B2, A2, left=False)).to(dtype)
 
 
 def linear_field(A, B, z0, H: int, W: int, *, dx: float = 1.0, dy: float = 1.0) -> torch.Tensor:

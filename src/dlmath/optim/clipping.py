@@ -17,7 +17,7 @@ ones NaN, unless ``error_if_nonfinite=True``, which raises ``ValueError`` instea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -138,17 +138,29 @@ def first_order_change(loss_fn: Callable[[], torch.Tensor], params: Sequence[tor
     ``eta`` is a number or a 1-D tensor of step sizes. Returns ``(actual, predicted)``, each
     shaped like ``eta``, in float64. The parameters are restored afterwards.
     """
-    params = list(params)
-    if not isinstance(eta, torch.Tensor):
-        eta = torch.as_tensor(eta, dtype=torch.float64)  # no float32 detour for Python numbers
-    etas = as_float_tensor(eta, "eta", min_ndim=0).detach().double().cpu()
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    params = [params] if isinstance(params, torch.Tensor) else list(params)
+    if not params:
+        raise ValueError("params must hold at least one tensor")
+    for i, p in enumerate(params):
+        if not (isinstance(p, torch.Tensor) and p.requires_grad):
+            raise ValueError(f"params[{i}] must be a tensor with requires_grad=True")
+    # as_float_tensor reads a Python number directly in float64 (no float32 detour)
+    etas = as_float_tensor(eta, "eta", min_ndim=0, dtype=torch.float64).detach().double().cpu()
     check_no_nan(etas, "eta")
     if etas.ndim > 1:
         raise ValueError(f"eta must be a number or a 1-D tensor, got shape {tuple(etas.shape)}")
     loss0 = loss_fn()
-    grads = torch.autograd.grad(loss0, params)
-    u = direction(list(grads)) if callable(direction) else list(direction)
-    if len(u) != len(params) or any(a.shape != p.shape for a, p in zip(u, params, strict=False)):
+    if not isinstance(loss0, torch.Tensor) or loss0.numel() != 1:
+        raise ValueError("loss_fn must return a scalar tensor")
+    grads = torch.autograd.grad(loss0.reshape(()), params)
+    u = direction(list(grads)) if callable(direction) else direction
+    if isinstance(u, torch.Tensor) or not isinstance(u, Iterable):
+        raise TypeError("direction must be a list of tensors or a function returning one")
+    u = list(u)
+    if len(u) != len(params) or any(not isinstance(a, torch.Tensor) or a.shape != p.shape
+                                    for a, p in zip(u, params, strict=False)):
         raise ValueError("direction must hold one tensor shaped like each parameter")
     slope = sum((a.double() * g.double()).sum() for a, g in zip(u, grads, strict=True)).item()
     actual = torch.empty_like(etas)

@@ -34,7 +34,7 @@ import math
 
 import torch
 
-from .._checks import check_choice, check_int, check_real
+from .._checks import check_choice, check_generator, check_int, check_real
 from ..msign import _schedule_table, msign, ns_schedule
 
 __all__ = ["Muon", "lr_ratio"]
@@ -123,7 +123,7 @@ class Muon(torch.optim.Optimizer):
             validate=bool(validate),
         )
         super().__init__(params, defaults)  # validates each group (add_param_group)
-        self.generator = generator
+        self.generator = None if generator is None else check_generator(generator)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group as ``torch.optim`` does, then check its hyperparameters and parameters
@@ -169,6 +169,10 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
+#: The dtypes that msign can run its Newton-Schulz products in.
+_NS_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
 def _check_group(group: dict) -> None:
     check_real(group["lr"], "lr", nonnegative=True)
     check_real(group["weight_decay"], "weight_decay", nonnegative=True)
@@ -179,6 +183,9 @@ def _check_group(group: dict) -> None:
     check_choice(group["adjust_lr"], "adjust_lr", ADJUST_LR)
     check_real(group["spectral_decay"], "spectral_decay", nonnegative=True)
     check_int(group["spectral_iters"], "spectral_iters", low=0)
+    if group["ns_dtype"] not in (None, *_NS_DTYPES):
+        raise TypeError(f"ns_dtype must be None or one of {list(_NS_DTYPES)}, got "
+                        f"{group['ns_dtype']!r}")
     for i, p in enumerate(group["params"]):
         if p.ndim != 2:
             raise ValueError(f"Muon only takes 2-D parameters; parameter {i} of a group has "

@@ -107,6 +107,8 @@ def sign_decay_fixed_point(s, weight_decay: float) -> torch.Tensor:
     ``s`` is a floating tensor (any shape) of entries in :math:`\{-1, 0, 1\}` or :math:`[-1, 1]`.
     """
     s = as_float_tensor(s, "s", min_ndim=0)
+    if not bool(((s >= -1) & (s <= 1)).all()):  # also refuses NaN
+        raise ValueError("s must hold signs: entries in [-1, 1]")
     weight_decay = check_real(weight_decay, "weight_decay", positive=True)
     return -s / weight_decay
 
@@ -127,9 +129,14 @@ def sign_decay_closed_form(theta0, s, *, lr: float, weight_decay: float, t) -> t
     weight_decay = check_real(weight_decay, "weight_decay", positive=True)
     if lr * weight_decay > 1:
         raise ValueError(f"lr * weight_decay must be <= 1, got {lr * weight_decay}")
-    star = sign_decay_fixed_point(torch.as_tensor(s, dtype=theta0.dtype,
-                                                  device=theta0.device), weight_decay)
-    t = torch.as_tensor(t, dtype=theta0.dtype, device=theta0.device)
+    if not isinstance(s, torch.Tensor):
+        s = as_float_tensor(s, "s", min_ndim=0, dtype=theta0.dtype)
+    star = sign_decay_fixed_point(s.to(theta0.device, theta0.dtype), weight_decay)
+    try:
+        t = torch.as_tensor(t, dtype=theta0.dtype, device=theta0.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"t must be a number or a tensor of step counts, got "
+                        f"{type(t).__name__}") from exc
     if not bool((t >= 0).all()):
         raise ValueError("t must be >= 0 (a number of steps)")
     return star + (1.0 - lr * weight_decay) ** t * (theta0 - star)
