@@ -162,3 +162,12 @@ def test_describe_names_device_preset_and_torch(monkeypatch):
     monkeypatch.delenv("DLMATH_SIZE")
     monkeypatch.setenv("DLMATH_DEVICE", "cpu")
     assert device.describe() == device.describe("cpu")
+
+
+def test_broadcasts_to_means_without_growing_the_target():
+    fits = _checks.broadcasts_to
+    assert fits((), (3, 4)) and fits((4,), (3, 4)) and fits((1, 4), (3, 4))
+    assert fits((3, 4), (3, 4)) and fits(torch.Size([2]), torch.Size([5, 2]))
+    assert not fits((2, 3, 4), (3, 4))   # would grow the target
+    assert not fits((5,), (3, 4))        # does not broadcast at all
+    assert not fits((3, 1), (1, 4))      # broadcasts both ways, grows the target

@@ -24,6 +24,7 @@ __all__ = [
     "check_int",
     "check_choice",
     "check_dim",
+    "broadcasts_to",
     "HALF_DTYPES",
     "upcast_half",
     "work_dtype",
@@ -188,6 +189,14 @@ def check_int(value, name: str, *, low: int | None = None, high: int | None = No
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}, got {value}")
     return value
+
+
+def broadcasts_to(shape, target) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` without growing it."""
+    try:
+        return torch.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+    except RuntimeError:
+        return False
 
 
 def check_choice(value, name: str, choices: Sequence):

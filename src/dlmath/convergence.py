@@ -23,7 +23,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import as_float_tensor, check_choice, check_finite, check_int, check_real
+from ._checks import (
+    as_float_tensor,
+    broadcasts_to,
+    check_choice,
+    check_finite,
+    check_int,
+    check_real,
+)
 
 __all__ = [
     "project_ball",
@@ -56,11 +63,7 @@ def _points(v, name: str = "v") -> torch.Tensor:
 
 def _broadcasts(t: torch.Tensor, name: str, v: torch.Tensor) -> torch.Tensor:
     """``t`` (already checked) if it broadcasts against the points ``v`` without growing them."""
-    try:
-        fits = torch.broadcast_shapes(t.shape, v.shape) == v.shape
-    except RuntimeError:
-        fits = False
-    if not fits:
+    if not broadcasts_to(t.shape, v.shape):
         raise ValueError(f"{name} of shape {tuple(t.shape)} must broadcast against v of shape "
                          f"{tuple(v.shape)}")
     return t
@@ -180,11 +183,7 @@ def sgd_run(loss_fn: Callable, theta1, etas, batches, *, grad_fn: Callable | Non
     theta = _points(theta1, "theta1")
     etas = _schedule(etas)
     if etas.ndim > 1:
-        try:
-            fits = torch.broadcast_shapes(etas.shape[:-1], theta.shape[:-1]) == theta.shape[:-1]
-        except RuntimeError:
-            fits = False
-        if not fits:
+        if not broadcasts_to(etas.shape[:-1], theta.shape[:-1]):
             raise ValueError(f"etas of shape {tuple(etas.shape)} must be (T,) or (..., T) "
                              f"broadcasting to theta1's leading shape {tuple(theta.shape[:-1])}")
     T = etas.shape[-1]

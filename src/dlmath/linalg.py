@@ -30,6 +30,7 @@ import torch
 
 from ._checks import (
     as_float_tensor,
+    broadcasts_to,
     check_choice,
     check_finite,
     check_generator,
@@ -105,11 +106,7 @@ def power_iteration(W, iters: int = 10, v0=None, generator: torch.Generator | No
         if x.shape[-1] != m:
             raise ValueError(f"v0 must have last dimension {m} (the columns of W), got "
                              f"shape {tuple(x.shape)}")
-        try:
-            fits = torch.broadcast_shapes(x.shape[:-1], A.shape[:-2]) == A.shape[:-2]
-        except RuntimeError:
-            fits = False
-        if not fits:
+        if not broadcasts_to(x.shape[:-1], A.shape[:-2]):
             raise ValueError(f"v0 of shape {tuple(x.shape)} must be (m,) or (..., m) with "
                              f"leading dimensions broadcasting to W's batch shape "
                              f"{tuple(A.shape[:-2])}")
