@@ -271,11 +271,11 @@ def test_functions_that_take_a_field_or_a_model_refuse_non_callables():
              lambda: D.average_velocity("v", x, 0.0, 0.5),
              lambda: D.shortcut_ideal(None, x, 0.0, 0, 2)]
     for call in calls:
-        with pytest.raises(TypeError, match=r"v must be a callable, got (NoneType|float|str)"):
+        with pytest.raises(TypeError, match=r"v must be callable, got (NoneType|float|str)"):
             call()
-    with pytest.raises(TypeError, match="s must be a callable, got int"):
+    with pytest.raises(TypeError, match="s must be callable, got int"):
         D.shortcut_sample(3, x, 2)
-    with pytest.raises(TypeError, match="f must be a callable, got list"):
+    with pytest.raises(TypeError, match="f must be callable, got list"):
         D.multistep_consistency_sample([], x, [1.0])
 
 

@@ -349,7 +349,7 @@ def test_sid_bad_input_names_the_callers_arguments():
         D.sid_losses(theta, bad, TEACHER, gen, ZR, ER, 0.8, 0.6)
     with pytest.raises(ValueError, match="gen\\(theta_psi, z\\) must return finite values"):
         D.sid_losses(theta, [math.nan, 1.0, 0.0], TEACHER, gen, ZR, ER, 0.8, 0.6)
-    with pytest.raises(TypeError, match="gen must be a callable"):
+    with pytest.raises(TypeError, match="gen must be callable"):
         D.sid_losses(theta, theta, TEACHER, "gen", ZR, ER, 0.8, 0.6)
     with pytest.raises(TypeError, match="zrule must be a \\(nodes, weights\\) pair"):
         D.sid_losses(theta, theta, TEACHER, gen, ZR[0], ER, 0.8, 0.6)

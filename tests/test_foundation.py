@@ -171,3 +171,11 @@ def test_broadcasts_to_means_without_growing_the_target():
     assert not fits((2, 3, 4), (3, 4))   # would grow the target
     assert not fits((5,), (3, 4))        # does not broadcast at all
     assert not fits((3, 1), (1, 4))      # broadcasts both ways, grows the target
+
+
+def test_check_callable_names_the_argument_and_how_it_is_called():
+    assert _checks.check_callable(len, "f") is len
+    with pytest.raises(TypeError, match=r"^grad_fn must be callable as grad_fn\(theta\), got int$"):
+        _checks.check_callable(3, "grad_fn", "grad_fn(theta)")
+    with pytest.raises(TypeError, match=r"^model must be callable, got NoneType$"):
+        _checks.check_callable(None, "model")

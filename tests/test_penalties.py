@@ -178,7 +178,7 @@ def test_more_bad_input_names_the_argument():
     for bad in (Ws[0], [], None):
         with pytest.raises(TypeError, match="Ws must be a non-empty sequence of weight matrices"):
             P.penalty_terms(x, bad, bs, "tanh", lambda h: h.sum())
-    with pytest.raises(TypeError, match="f must be a callable mapping the network output"):
+    with pytest.raises(TypeError, match=r"f must be callable as f\(h\), mapping the network"):
         P.penalty_terms(x, Ws, bs, "tanh", 1.0)
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "check_choice",
     "check_dim",
     "broadcasts_to",
+    "check_callable",
     "HALF_DTYPES",
     "upcast_half",
     "work_dtype",
@@ -197,6 +198,15 @@ def broadcasts_to(shape, target) -> bool:
         return torch.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
     except RuntimeError:
         return False
+
+
+def check_callable(f, name: str, call: str | None = None):
+    """``f`` if it is callable, else ``TypeError``; ``call`` shows how it is called, e.g.
+    ``"grad_fn(theta, x)"``."""
+    if not callable(f):
+        how = f" as {call}" if call else ""
+        raise TypeError(f"{name} must be callable{how}, got {type(f).__name__}")
+    return f
 
 
 def check_choice(value, name: str, choices: Sequence):

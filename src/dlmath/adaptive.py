@@ -36,6 +36,7 @@ import torch
 
 from ._checks import (
     as_float_tensor,
+    check_callable,
     check_choice,
     check_finite,
     check_int,
@@ -159,9 +160,7 @@ def adam_run(grad_fn: Callable[[torch.Tensor], torch.Tensor], theta0, *, lr: flo
     coordinate whose gradients have all been 0 gets :math:`0/0` = NaN, as in
     ``torch.optim.Adam``; ``lr=0`` leaves ``theta`` unchanged (useful to read off the moments).
     """
-    if not callable(grad_fn):
-        raise TypeError(f"grad_fn must be callable as grad_fn(theta), got "
-                        f"{type(grad_fn).__name__}")
+    check_callable(grad_fn, "grad_fn", "grad_fn(theta)")
     theta = as_float_tensor(theta0, "theta0").clone()
     check_finite(theta, "theta0")
     lr = check_real(lr, "lr", nonnegative=True)

@@ -26,6 +26,7 @@ import torch
 from ._checks import (
     as_float_tensor,
     broadcasts_to,
+    check_callable,
     check_choice,
     check_finite,
     check_int,
@@ -174,12 +175,11 @@ def sgd_run(loss_fn: Callable, theta1, etas, batches, *, grad_fn: Callable | Non
     with leading dimension ``>= T`` or any sequence). Without ``project`` this is plain SGD on
     :math:`\mathbb R^d`.
     """
-    if not callable(loss_fn):
-        raise TypeError("loss_fn must be callable as loss_fn(theta, x)")
-    if grad_fn is not None and not callable(grad_fn):
-        raise TypeError("grad_fn must be callable as grad_fn(theta, x), or None")
-    if project is not None and not callable(project):
-        raise TypeError("project must be callable as project(theta), or None")
+    check_callable(loss_fn, "loss_fn", "loss_fn(theta, x)")
+    if grad_fn is not None:
+        check_callable(grad_fn, "grad_fn", "grad_fn(theta, x)")
+    if project is not None:
+        check_callable(project, "project", "project(theta)")
     theta = _points(theta1, "theta1")
     etas = _schedule(etas)
     if etas.ndim > 1:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._checks import check_choice, check_int, check_real
+from ._checks import check_callable, check_choice, check_int, check_real
 
 __all__ = [
     "receptive_field",
@@ -106,8 +106,7 @@ def empirical_receptive_field(model: Callable, length: int, *, in_channels: int 
     """
     length = check_int(length, "length", low=1)
     in_channels = check_int(in_channels, "in_channels", low=1)
-    if not callable(model):
-        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    check_callable(model, "model")
     if inputs is None:
         x = torch.rand(1, in_channels, length, generator=generator, dtype=dtype,
                        device=generator.device if generator is not None else "cpu")

@@ -42,6 +42,7 @@ import torch
 
 from ._checks import (
     as_float_tensor,
+    check_callable,
     check_choice,
     check_finite,
     check_generator,
@@ -116,11 +117,6 @@ class Posterior:
     responsibilities: torch.Tensor  #: :math:`r_j(x)`, shape ``(*batch, m)``
     data_mean: torch.Tensor  #: :math:`\mathbb E[x_{\text{data}}\mid x_t]`
     noise_mean: torch.Tensor  #: :math:`\mathbb E[z\mid x_t]`
-
-
-def _check_callable(f, name: str) -> None:
-    if not callable(f):
-        raise TypeError(f"{name} must be a callable, got {type(f).__name__}")
 
 
 class GaussianMixture:
@@ -254,7 +250,7 @@ def linear_path_velocity(gmm: GaussianMixture, x, t: float, data_at: int = 1) ->
 def euler(v: Callable, x, ts: Sequence[float]) -> torch.Tensor:
     r"""Euler's method :math:`x \leftarrow x + (t_{i+1}-t_i)\,v(x, t_i)` over the times ``ts``
     (increasing or decreasing, at least two); ``v(x, t)`` returns a tensor shaped like ``x``."""
-    _check_callable(v, "v")
+    check_callable(v, "v")
     x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
     ts = [check_real(t, "ts") for t in ts]
     if len(ts) < 2:
@@ -271,7 +267,7 @@ def flow_map(v: Callable, x, t0: float, t1: float, *, rtol: float = 1e-10,
     ``x``. The result has ``x``'s shape, dtype and device; ``t1 == t0`` returns a copy."""
     from scipy.integrate import solve_ivp
 
-    _check_callable(v, "v")
+    check_callable(v, "v")
     x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
     check_finite(x, "x")
     t0, t1 = check_real(t0, "t0"), check_real(t1, "t1")
@@ -329,7 +325,7 @@ def average_velocity(v: Callable, x, t: float, d: float, *, rtol: float = 1e-10,
 
     Chapter: *Shortcut models: the step size as a conditional input*.
     """
-    _check_callable(v, "v")
+    check_callable(v, "v")
     t = check_real(t, "t")
     d = check_real(d, "d")
     if d == 0:
@@ -351,7 +347,7 @@ def shortcut_ideal(v: Callable, x, t: float, k: int, K: int) -> torch.Tensor:
 
     Chapter: *Shortcut models: the step size as a conditional input*.
     """
-    _check_callable(v, "v")
+    check_callable(v, "v")
     K = check_int(K, "K", low=0, high=30)
     k = check_int(k, "k", low=0, high=K)
     t = check_real(t, "t")
@@ -553,7 +549,7 @@ def shortcut_sample(s: Callable, z, nsteps: int) -> torch.Tensor:
 
     Chapter: *Shortcut models: the step size as a conditional input*.
     """
-    _check_callable(s, "s")
+    check_callable(s, "s")
     nsteps = check_int(nsteps, "nsteps", low=1)
     if nsteps & (nsteps - 1):
         raise ValueError(f"nsteps must be a power of 2, got {nsteps}")
@@ -803,7 +799,7 @@ def multistep_consistency_sample(f: Callable, x1, ts: Sequence[float],
 
     Chapter: *Consistency models, step by step*.
     """
-    _check_callable(f, "f")
+    check_callable(f, "f")
     x1 = as_float_tensor(x1, "x1", min_ndim=0, allow_empty=True)
     check_finite(x1, "x1")
     if generator is not None:
@@ -1024,7 +1020,7 @@ def ddpm_sample(den: Callable, sched: VPSchedule, x_T,
 
     Chapter: *Discrete codes from DDPM*.
     """
-    _check_callable(den, "den")
+    check_callable(den, "den")
     s = _check_schedule(sched)
     x = as_float_tensor(x_T, "x_T")
     check_finite(x, "x_T")
@@ -1051,7 +1047,7 @@ def ddcm_generate(den: Callable, sched: VPSchedule, codebooks, idx) -> torch.Ten
 
     Chapter: *Discrete codes from DDPM*.
     """
-    _check_callable(den, "den")
+    check_callable(den, "den")
     s = _check_schedule(sched)
     C = _check_codebooks(codebooks, s)
     if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int32, torch.int64):
@@ -1143,7 +1139,7 @@ def ddcm_encode(den: Callable, sched: VPSchedule, codebooks, x0, rule: str = "is
 
     Chapter: *Discrete codes from DDPM*.
     """
-    _check_callable(den, "den")
+    check_callable(den, "den")
     s = _check_schedule(sched)
     C = _check_codebooks(codebooks, s)
     K, d = C.shape[1], C.shape[2]
@@ -1436,7 +1432,7 @@ def torus_covariance(n: int, spectrum: Callable, *, dtype=torch.float64,
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
     n = check_int(n, "n", low=1)
-    _check_callable(spectrum, "spectrum")
+    check_callable(spectrum, "spectrum")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
     f = torch.fft.fftfreq(n, d=1.0 / n, dtype=dtype, device=device)
@@ -1511,8 +1507,8 @@ def ug_eps(x, eps_naive: Callable, eps_low: Callable, pool, up, abar: float, bba
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
-    _check_callable(eps_naive, "eps_naive")
-    _check_callable(eps_low, "eps_low")
+    check_callable(eps_naive, "eps_naive")
+    check_callable(eps_low, "eps_low")
     x = as_float_tensor(x, "x")
     check_finite(x, "x")
     Dm, Um = check_matrix(pool, "pool"), check_matrix(up, "up")
@@ -1548,7 +1544,7 @@ def affine_coefficients(f: Callable, d: int, *, dtype=torch.float64,
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
-    _check_callable(f, "f")
+    check_callable(f, "f")
     d = check_int(d, "d", low=1)
     pts = torch.cat([torch.zeros(1, d, dtype=dtype, device=device),
                      torch.eye(d, dtype=dtype, device=device)])
@@ -1578,7 +1574,7 @@ def ddpm_eps_moments(eps_affine: Callable, sched: VPSchedule, mean, cov, *,
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
-    _check_callable(eps_affine, "eps_affine")
+    check_callable(eps_affine, "eps_affine")
     s = _check_schedule(sched)
     if not float(s.alpha[1:].min()) > 0:
         raise ValueError("sched.alpha must be > 0 for t >= 1 (clip the schedule's end)")
@@ -1747,7 +1743,7 @@ def sid_losses(theta, theta_psi, teacher: GaussianMixture, gen: Callable, zrule,
     """
     if not isinstance(teacher, GaussianMixture) or teacher.dim != 1:
         raise TypeError("teacher must be a 1-D GaussianMixture")
-    _check_callable(gen, "gen")
+    check_callable(gen, "gen")
     zn, zw = _check_rule_pair(zrule, "zrule", "z")
     en, ew = _check_rule_pair(erule, "erule", "eps")
     abar = check_real(abar, "abar", nonnegative=True)

@@ -25,7 +25,14 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import as_float_tensor, check_choice, check_finite, check_int, check_real
+from ._checks import (
+    as_float_tensor,
+    check_callable,
+    check_choice,
+    check_finite,
+    check_int,
+    check_real,
+)
 from .msign import polar
 
 __all__ = [
@@ -370,8 +377,7 @@ def riemannian_sgd_sphere(grad_fn: Callable[[torch.Tensor], torch.Tensor], w0, s
     or a callable ``t -> eta_t`` for ``t = 1, ..., steps``. Returns the iterates,
     shape ``(steps + 1, ..., n)``, the first being :math:`w_0/\lVert w_0\rVert`. Chapter 21.
     """
-    if not callable(grad_fn):
-        raise TypeError(f"grad_fn must be callable, got {type(grad_fn).__name__}")
+    check_callable(grad_fn, "grad_fn", "grad_fn(w)")
     steps = check_int(steps, "steps", low=0)
     check_choice(retraction, "retraction", _RETRACTIONS)
     w = _unit(_vector(w0, "w0"), "w0")

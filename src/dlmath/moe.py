@@ -40,6 +40,7 @@ import torch
 
 from ._checks import (
     as_float_tensor,
+    check_callable,
     check_choice,
     check_dim,
     check_finite,
@@ -149,8 +150,7 @@ def expert_outputs(x, W_A, W_B, n: int, activation: Callable = torch.relu, W_gat
     if x.dtype != W_A.dtype or W_B.dtype != W_A.dtype:
         raise TypeError(f"x, W_A and W_B must share one dtype, got {x.dtype}, {W_A.dtype} and "
                         f"{W_B.dtype}")
-    if not callable(activation):
-        raise TypeError(f"activation must be callable, got {type(activation).__name__}")
+    check_callable(activation, "activation")
     hidden = x @ W_A
     if W_gate is not None:
         W_gate = as_float_tensor(W_gate, "W_gate", min_ndim=2)
@@ -333,8 +333,7 @@ def geometric_moe(x, scores, experts: Sequence[Callable], k: int):
     if len(experts) != n:
         raise ValueError(f"scores has {n} columns but {len(experts)} experts were given")
     for i, expert in enumerate(experts):
-        if not callable(expert):
-            raise TypeError(f"experts[{i}] must be callable, got {type(expert).__name__}")
+        check_callable(expert, f"experts[{i}]")
     check_finite(x, "x")
     check_finite(scores, "scores")
     if (scores < 0).any():

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ._checks import (
     as_float_tensor,
+    check_callable,
     check_choice,
     check_finite,
     check_generator,
@@ -209,8 +210,7 @@ def penalty_terms(x, Ws, bs, acts, f: Callable[[torch.Tensor], torch.Tensor], *,
     x, Ws, bs, acts = _check_net(x, Ws, bs, acts, residual)
     if x.ndim != 1:
         raise ValueError(f"x must be a single input of shape (n_1,), got {tuple(x.shape)}")
-    if not callable(f):
-        raise TypeError("f must be a callable mapping the network output to a scalar")
+    check_callable(f, "f", "f(h), mapping the network output h to a scalar")
     check_choice(norm, "norm", ["spectral", "fro"])
     x = x.detach().clone().requires_grad_(True)
     Ws = [W.detach().clone().requires_grad_(True) for W in Ws]

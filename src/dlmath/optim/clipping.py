@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from .._checks import as_float_tensor, check_dim, check_no_nan, check_real
+from .._checks import as_float_tensor, check_callable, check_dim, check_no_nan, check_real
 
 __all__ = [
     "global_grad_norm",
@@ -138,8 +138,7 @@ def first_order_change(loss_fn: Callable[[], torch.Tensor], params: Sequence[tor
     ``eta`` is a number or a 1-D tensor of step sizes. Returns ``(actual, predicted)``, each
     shaped like ``eta``, in float64. The parameters are restored afterwards.
     """
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    check_callable(loss_fn, "loss_fn", "loss_fn()")
     params = [params] if isinstance(params, torch.Tensor) else list(params)
     if not params:
         raise ValueError("params must hold at least one tensor")
