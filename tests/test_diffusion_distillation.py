@@ -159,7 +159,7 @@ def test_sid_losses_bad_input():
     theta = torch.tensor([0.3, 0.9, 0.5], dtype=F64)
     with pytest.raises(TypeError, match="teacher"):
         D.sid_losses(theta, theta, "gmm", gen, ZR, ER, 0.8, 0.6)
-    with pytest.raises(ValueError, match="zweights"):
+    with pytest.raises(ValueError, match="zrule's weights must be non-negative"):
         D.sid_losses(theta, theta, TEACHER, gen, (ZR[0], 2 * ZR[1]), ER, 0.8, 0.6)
     with pytest.raises(ValueError, match="bbar"):
         D.sid_losses(theta, theta, TEACHER, gen, ZR, ER, 0.8, -0.6)
@@ -217,9 +217,9 @@ def test_rule_rejects_nan_or_negative_weights():
             D.discrete_generator_eps(x, atoms, torch.tensor(bad, dtype=F64), 1.0, 1.0)
     theta = torch.tensor([0.3, 0.9, 0.5], dtype=F64)
     zn, zw = ZR
-    with pytest.raises(ValueError, match="epsweights"):
+    with pytest.raises(ValueError, match="erule's weights must be finite"):
         D.sid_losses(theta, theta, TEACHER, gen, ZR, (ER[0], ER[1] * float("nan")), 0.8, 0.6)
-    with pytest.raises(ValueError, match="znodes"):
+    with pytest.raises(ValueError, match="zrule's nodes and zrule's weights must be 1-D"):
         D.sid_losses(theta, theta, TEACHER, gen, (zn[:-1], zw), ER, 0.8, 0.6)
 
 

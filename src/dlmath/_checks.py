@@ -26,6 +26,7 @@ __all__ = [
     "check_dim",
     "broadcasts_to",
     "check_callable",
+    "check_generator",
     "HALF_DTYPES",
     "upcast_half",
     "work_dtype",

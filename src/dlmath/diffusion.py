@@ -1638,12 +1638,12 @@ def _check_rule(nodes, weights, name: str, nodes_name: str = "nodes",
     return nodes, weights
 
 
-def _check_rule_pair(rule, arg: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_rule_pair(rule, arg: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``rule`` (the argument ``arg``) as a checked ``(nodes, weights)`` pair."""
     if isinstance(rule, torch.Tensor) or not isinstance(rule, Sequence) or len(rule) != 2:
         raise TypeError(f"{arg} must be a (nodes, weights) pair, e.g. from gauss_hermite, "
                         f"got {type(rule).__name__}")
-    return _check_rule(rule[0], rule[1], name)
+    return _check_rule(rule[0], rule[1], f"{arg}'s ")
 
 
 def discrete_generator_eps(x, atoms, weights, abar: float, bbar: float) -> torch.Tensor:
@@ -1744,8 +1744,8 @@ def sid_losses(theta, theta_psi, teacher: GaussianMixture, gen: Callable, zrule,
     if not isinstance(teacher, GaussianMixture) or teacher.dim != 1:
         raise TypeError("teacher must be a 1-D GaussianMixture")
     check_callable(gen, "gen")
-    zn, zw = _check_rule_pair(zrule, "zrule", "z")
-    en, ew = _check_rule_pair(erule, "erule", "eps")
+    zn, zw = _check_rule_pair(zrule, "zrule")
+    en, ew = _check_rule_pair(erule, "erule")
     abar = check_real(abar, "abar", nonnegative=True)
     bbar = check_real(bbar, "bbar", positive=True)
     for v, name in ((theta, "theta"), (theta_psi, "theta_psi")):
