@@ -43,3 +43,26 @@ def test_reseeded_keeps_the_literal_cpu_only():
     fake(3)
     fake(3, "cuda")
     assert calls == [(3, "cpu"), (13, None), (13, "cuda")]
+
+
+def test_as_gpu_turns_the_cpu_guards_off(tmp_path):
+    source = ('import torch\ndev = torch.device("cpu")\n'
+              'if dev.type == "cpu" and True:\n    raise AssertionError("a CPU-only check ran")\n')
+    nb = {"cells": [{"cell_type": "code", "source": source.splitlines(keepends=True)}]}
+    path = tmp_path / "guard.ipynb"
+    path.write_text(json.dumps(nb))
+    assert run_notebooks.main([str(path)]) == 1                  # on a CPU the guard is on
+    assert run_notebooks.main(["--as-gpu", str(path)]) == 0      # as a GPU: off
+    assert run_notebooks.main(["--reseed", "3", "--as-gpu", str(path)]) == 0
+
+
+def test_chapters_test_the_device_in_the_one_form_as_gpu_rewrites():
+    # --as-gpu rewrites `dev.type == "cpu"`; another spelling would escape it
+    import re
+    root = Path(__file__).resolve().parents[1]
+    for nb in sorted((root / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            src = "".join(cell["source"]).replace('dev.type == "cpu"', "")
+            assert not re.search(r"\.type\s*[!=]=|is_cuda|cuda\.is_available", src), nb.name

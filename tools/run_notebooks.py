@@ -14,9 +14,13 @@ that hold for the CPU's draw only (which should draw on ``"cpu"`` or be guarded)
 
     DLMATH_SIZE=large python tools/run_notebooks.py --reseed 7919 notebooks/*.ipynb
 
-An assert guarded for the CPU's own large run (``dev.type == "cpu" and device.preset() ==
-"large"``: numbers quoted from that run) still runs here, on other draws, and may fail: read
-the failing line before calling it a bug.
+An assert guarded for the CPU's own run (``dev.type == "cpu" and device.preset() == ...``:
+numbers quoted from that run) still runs there, on other draws, and may fail. ``--as-gpu`` turns
+those guards off as a GPU would (every ``dev.type == "cpu"`` in a cell reads ``False``; the
+chapters write their device tests in that one form), so that with ``--reseed`` a CPU runs what a
+GPU runs, with other draws, at either preset::
+
+    DLMATH_SIZE=small python tools/run_notebooks.py --reseed 7919 --as-gpu notebooks/*.ipynb
 
 Exit status 1 if any chapter raised (an assert in a check included).
 """
@@ -42,6 +46,8 @@ for i, cell in enumerate(nb["cells"]):
     if cell["cell_type"] != "code":
         continue
     source = "".join(cell["source"])
+    if int(sys.argv[3]):
+        source = source.replace('dev.type == "cpu"', "False")
     exec(compile(source, f"{sys.argv[1]}:cell{i}", "exec"), namespace)
 """
 
@@ -55,14 +61,17 @@ def reseeded(generator, shift: int):
 
 
 def main(argv: list[str]) -> int:
-    shift = 0
-    if argv[:1] == ["--reseed"]:
-        shift, argv = int(argv[1]), argv[2:]
+    shift, as_gpu = 0, False
+    while argv[:1] in (["--reseed"], ["--as-gpu"]):
+        if argv[0] == "--as-gpu":
+            as_gpu, argv = True, argv[1:]
+        else:
+            shift, argv = int(argv[1]), argv[2:]
     runner = f"{inspect.getsource(reseeded)}\n{RUNNER}"
     paths, failed = argv, []
     for path in paths:
         t0 = time.perf_counter()
-        result = subprocess.run([sys.executable, "-c", runner, path, str(shift)],
+        result = subprocess.run([sys.executable, "-c", runner, path, str(shift), str(int(as_gpu))],
                                 capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         ok = result.returncode == 0
