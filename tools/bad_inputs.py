@@ -3,7 +3,7 @@
 The house rule: bad input raises a ``ValueError``/``TypeError`` naming the argument, and numerical
 edge cases have a defined behaviour. This tool tests the rule where nobody wrote a test yet::
 
-    python tools/bad_inputs.py            # record, then replay (about 3 minutes on one core)
+    python tools/bad_inputs.py            # record, then replay (about a minute on one core)
     python tools/bad_inputs.py --replay   # replay the last recording only
     python tools/bad_inputs.py --replay dlmath.moe dlmath.lse   # some modules only
 
@@ -27,8 +27,9 @@ edge cases have a defined behaviour. This tool tests the rule where nobody wrote
    The replay prints the counts, then every ``RAW``, ``HANG``, ``other-arg`` and ``non-finite``
    line with its message. Exit status 1 if any ``RAW`` or ``HANG`` is left.
 
-Not in CI (three minutes): run it after adding or changing a public function. The functions the
-test suite never calls with small arguments are listed at the end: check those by hand.
+Part of ``make test`` (``make bad-inputs``); run it after adding or changing a public function.
+The functions the test suite never calls with small arguments are listed at the end: check
+those by hand.
 """
 
 from __future__ import annotations
