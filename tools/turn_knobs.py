@@ -19,6 +19,7 @@ a finding.
 
     OMP_NUM_THREADS=1 python tools/turn_knobs.py notebooks/NN-slug.ipynb [...] [--json out.jsonl]
     python tools/turn_knobs.py --list notebooks/*.ipynb   # show the knobs and variants only
+    python tools/turn_knobs.py --zeros notebooks/*.ipynb  # only: every number knob set to 0
 
 Not part of CI (about 430 variants, six minutes on one core). Each line says ``ok``, ``no``
 (refused: a ``ValueError`` or ``TypeError`` from dlmath's validation, or an assert with a
@@ -205,6 +206,22 @@ def same_value(a: str, b: str) -> bool:
         return a == b
 
 
+def zeros(source: str) -> list[Variant]:
+    """Every number knob (not a seed, not a boolean) set to 0: a value readers type to switch a
+    term off, and one that halving never reaches."""
+    out = []
+    for name, node, _ in knobs(source):
+        try:
+            value = ast.literal_eval(node)
+        except ValueError:
+            continue
+        if (isinstance(value, int | float) and not isinstance(value, bool) and value != 0
+                and "seed" not in name.lower()):
+            zero = "0" if isinstance(value, int) else "0.0"
+            out.append(Variant(name, zero, splice(source, node, zero)))
+    return out
+
+
 def variants(source: str, text: str = "") -> list[Variant]:
     """One knob changed at a time (suggested, then generic values), then the prose's settings."""
     notes, out, top = comments(source), [], knobs(source)
@@ -309,7 +326,8 @@ def main(argv: list[str]) -> int:
         except ValueError as exc:
             print(f"{Path(path).name}: {exc}")
             continue
-        found = variants("".join(cells[start]["source"]), prose)
+        source = "".join(cells[start]["source"])
+        found = zeros(source) if "--zeros" in argv else variants(source, prose)
         if list_only:
             print(f"{Path(path).name}: " + "; ".join(f"{v.knob}={v.value}" for v in found))
             continue
