@@ -283,7 +283,8 @@ def test_functions_that_take_a_field_or_a_model_refuse_non_callables():
 
 def test_flow_map_checks_what_v_returns():
     x = torch.linspace(-1, 1, 5, dtype=torch.float64)
-    with pytest.raises(ValueError, match="v\\(x, t\\) must return a tensor of x's shape"):
+    with pytest.raises(ValueError,
+                       match=r"v\(x, t\) must return a tensor of shape \(5,\), got \(2,\)"):
         D.flow_map(lambda y, t: y[:2], x, 0.0, 1.0)
     with pytest.raises(ValueError, match="v\\(x, t\\) returned a non-finite velocity"):
         D.flow_map(lambda y, t: y * math.nan, x, 0.0, 1.0)   # used to hang the solver

@@ -179,3 +179,15 @@ def test_check_callable_names_the_argument_and_how_it_is_called():
         _checks.check_callable(3, "grad_fn", "grad_fn(theta)")
     with pytest.raises(TypeError, match=r"^model must be callable, got NoneType$"):
         _checks.check_callable(None, "model")
+
+
+def test_check_returned_names_the_call_and_the_shapes():
+    t = torch.zeros(2, 3)
+    assert _checks.check_returned(t, "f(x)", (2, 3)) is t
+    assert _checks.check_returned(t, "f(x)", torch.Size([2, 3])) is t
+    with pytest.raises(ValueError) as info:
+        _checks.check_returned(torch.zeros(3), "f(x)", (2, 3))
+    assert str(info.value) == "f(x) must return a tensor of shape (2, 3), got (3,)"
+    with pytest.raises(ValueError) as info:
+        _checks.check_returned([1.0, 2.0], "v(x, t)", (2,))
+    assert str(info.value) == "v(x, t) must return a tensor of shape (2,), got list"

@@ -26,6 +26,7 @@ __all__ = [
     "check_dim",
     "broadcasts_to",
     "check_callable",
+    "check_returned",
     "check_generator",
     "HALF_DTYPES",
     "upcast_half",
@@ -208,6 +209,15 @@ def check_callable(f, name: str, call: str | None = None):
         how = f" as {call}" if call else ""
         raise TypeError(f"{name} must be callable{how}, got {type(f).__name__}")
     return f
+
+
+def check_returned(value, call: str, shape) -> torch.Tensor:
+    """``value``, what the caller's function returned (``call`` shows the call, e.g.
+    ``"v(x, t)"``), if it is a tensor of ``shape``; else ``ValueError``."""
+    if not isinstance(value, torch.Tensor) or value.shape != tuple(shape):
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{call} must return a tensor of shape {tuple(shape)}, got {got}")
+    return value
 
 
 def check_choice(value, name: str, choices: Sequence):

@@ -43,6 +43,7 @@ from ._checks import (
     check_matrix,
     check_no_nan,
     check_real,
+    check_returned,
 )
 
 __all__ = [
@@ -174,10 +175,7 @@ def adam_run(grad_fn: Callable[[torch.Tensor], torch.Tensor], theta0, *, lr: flo
     v = torch.zeros_like(theta)
     path = [theta.clone()] if record else None
     for t in range(1, steps + 1):
-        g = grad_fn(theta)
-        if not isinstance(g, torch.Tensor) or g.shape != theta.shape:
-            raise ValueError(f"grad_fn must return a tensor of shape {tuple(theta.shape)}, "
-                             f"got {getattr(g, 'shape', type(g).__name__)}")
+        g = check_returned(grad_fn(theta), "grad_fn(theta)", theta.shape)
         if not torch.isfinite(g).all():
             bad = "NaN" if torch.isnan(g).any() else "inf"
             raise ValueError(f"grad_fn returned {bad} at step {t}")

@@ -49,6 +49,7 @@ from ._checks import (
     check_int,
     check_matrix,
     check_real,
+    check_returned,
 )
 
 __all__ = [
@@ -279,10 +280,7 @@ def flow_map(v: Callable, x, t0: float, t1: float, *, rtol: float = 1e-10,
 
     def rhs(t, y):
         pt = torch.from_numpy(y).to(device).reshape(shape)
-        out = v(pt, float(t))
-        if not isinstance(out, torch.Tensor) or out.shape != shape:
-            raise ValueError(f"v(x, t) must return a tensor of x's shape {tuple(shape)}, got "
-                             f"{getattr(out, 'shape', type(out).__name__)}")
+        out = check_returned(v(pt, float(t)), "v(x, t)", shape)
         out = out.detach().to("cpu", torch.float64).reshape(-1)
         if not torch.isfinite(out).all():
             raise ValueError(f"v(x, t) returned a non-finite velocity at t = {float(t):.6g}")
@@ -811,17 +809,10 @@ def multistep_consistency_sample(f: Callable, x1, ts: Sequence[float],
         raise ValueError("ts must hold at least one time")
     if ts[-1] <= 0 or any(b >= a for a, b in zip(ts[:-1], ts[1:], strict=False)):
         raise ValueError(f"ts must be strictly decreasing and > 0, got {ts}")
-    def denoise(y, t):
-        out = f(y, t)
-        if not isinstance(out, torch.Tensor) or out.shape != y.shape:
-            raise ValueError(f"f(x, t) must return a tensor shaped like x {tuple(y.shape)}, "
-                             f"got {getattr(out, 'shape', type(out).__name__)}")
-        return out
-
-    x = denoise(x1, ts[0])
+    x = check_returned(f(x1, ts[0]), "f(x, t)", x1.shape)
     for t in ts[1:]:
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = denoise((1 - t) * x + t * z, t)
+        x = check_returned(f((1 - t) * x + t * z, t), "f(x, t)", x.shape)
     return x
 
 
@@ -1523,15 +1514,9 @@ def ug_eps(x, eps_naive: Callable, eps_low: Callable, pool, up, abar: float, bba
     w = check_real(w, "w")
     m = N // n
     a_tau, b_tau, rho = (float(v) for v in snr_matched(abar, bbar, m))
-    e = eps_naive(x)
-    if not isinstance(e, torch.Tensor) or e.shape != x.shape:
-        raise ValueError(f"eps_naive(x) must return a tensor shaped like x {tuple(x.shape)}, "
-                         f"got {getattr(e, 'shape', type(e).__name__)}")
+    e = check_returned(eps_naive(x), "eps_naive(x)", x.shape)
     y = (x @ Dm.T) / rho
-    main = eps_low(y, a_tau, b_tau)
-    if not isinstance(main, torch.Tensor) or main.shape != y.shape:
-        raise ValueError(f"eps_low(y, abar, bbar) must return a tensor shaped like y "
-                         f"{tuple(y.shape)}, got {getattr(main, 'shape', type(main).__name__)}")
+    main = check_returned(eps_low(y, a_tau, b_tau), "eps_low(y, abar, bbar)", y.shape)
     main = main / math.sqrt(m)
     return e + (1 + w) * ((main - e @ Dm.T) @ Um.T)
 
@@ -1702,9 +1687,7 @@ def gaussian_generator_eps(x, mean, std, abar: float, bbar: float) -> torch.Tens
 
 def _check_generated(g, zn: torch.Tensor, arg: str) -> torch.Tensor:
     """What ``gen(arg, z)`` returned: a finite tensor of the nodes' shape."""
-    if not isinstance(g, torch.Tensor) or g.shape != zn.shape:
-        raise ValueError(f"gen({arg}, z) must return a tensor of the nodes' shape "
-                         f"{tuple(zn.shape)}, got {getattr(g, 'shape', type(g).__name__)}")
+    check_returned(g, f"gen({arg}, z)", zn.shape)
     if not torch.isfinite(g.detach()).all():
         raise ValueError(f"gen({arg}, z) must return finite values (is {arg} finite?)")
     return g
