@@ -381,18 +381,17 @@ def riemannian_sgd_sphere(grad_fn: Callable[[torch.Tensor], torch.Tensor], w0, s
     steps = check_int(steps, "steps", low=0)
     check_choice(retraction, "retraction", _RETRACTIONS)
     w = _unit(_vector(w0, "w0"), "w0")
-    if callable(lr):
-        schedule = lr
-    else:
-        constant = check_real(lr, "lr", nonnegative=True,
-                              high=2.0 if retraction == "exact" else None)
+    high = 2.0 if retraction == "exact" else None   # the exact step's chord is at most 2
 
-        def schedule(t):
-            return constant
+    def eta_at(t):   # lr, or lr(t), checked under the caller's name
+        return (check_real(lr(t), f"lr({t})", nonnegative=True, high=high) if callable(lr)
+                else check_real(lr, "lr", nonnegative=True, high=high))
+
+    if not callable(lr):
+        eta_at(0)   # refuse a bad constant even when steps = 0
     out = [w]
     for t in range(1, steps + 1):
-        eta = check_real(schedule(t), f"lr({t})", nonnegative=True,
-                         high=2.0 if retraction == "exact" else None)
+        eta = eta_at(t)
         g = _vector(grad_fn(w), "grad_fn(w)")
         if g.shape[-1] != w.shape[-1]:
             raise ValueError(f"grad_fn(w) must have the last dimension of w0, "
