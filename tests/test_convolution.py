@@ -214,3 +214,13 @@ def test_network_rejects_inputs_it_cannot_pool():
     with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
         net([[0.0] * 128])
     assert V.SpectraNet((4,), in_channels=3).eval()(torch.randn(2, 3, 1)).shape == (2, 4)
+
+
+def test_empirical_receptive_field_casts_inputs_to_dtype():
+    """``inputs`` in float32 meet the float64 network of the default ``dtype``: they are cast
+    (they raised inside the convolution), and the footprint is in ``dtype``, as documented."""
+    net = nn.Conv1d(1, 1, 3, bias=False).double()
+    nn.init.ones_(net.weight)
+    width, fp = V.empirical_receptive_field(net, 16, inputs=torch.ones(1, 1, 16))
+    assert (width, fp.dtype) == (3, torch.float64)
+    assert fp.sum().item() == 3.0

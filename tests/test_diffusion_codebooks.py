@@ -471,3 +471,16 @@ def test_samplers_refuse_bad_den_generator_and_codebooks():
         D.ddcm_generate(den, s, bad, idx)
     with pytest.raises(ValueError, match="codebooks must be finite"):
         D.ddcm_encode(den, s, bad, x)
+
+
+def test_selection_scores_promote_mixed_dtypes():
+    """A float32 target with a float64 codebook (or the reverse) computes in float64, as
+    ``c + codebook`` would, instead of raising inside the matrix product."""
+    g = torch.Generator().manual_seed(3)
+    C, c = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(2, 3, generator=g)
+    ref = D.selection_logits(C, c.double(), "post")
+    for out in (D.selection_logits(C, c, "post"), D.selection_logits(C.float(), c.double(),
+                                                                      "post")):
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    assert D.selection_weights(C, c).dtype == torch.float64

@@ -191,3 +191,11 @@ def test_check_returned_names_the_call_and_the_shapes():
     with pytest.raises(ValueError) as info:
         _checks.check_returned([1.0, 2.0], "v(x, t)", (2,))
     assert str(info.value) == "v(x, t) must return a tensor of shape (2,), got list"
+
+
+def test_promote_follows_torchs_rules():
+    a64, b32 = torch.ones(2, dtype=torch.float64), torch.ones(2)
+    h = torch.ones(2, dtype=torch.bfloat16)
+    assert [t.dtype for t in _checks.promote(b32, a64)] == [torch.float64] * 2
+    assert [t.dtype for t in _checks.promote(h, b32)] == [torch.float32] * 2
+    assert _checks.promote(b32, b32)[0] is b32                      # nothing to cast: no copy

@@ -420,3 +420,30 @@ def test_fuzz_two_layer_mlp_has_no_hidden_layer():
     W = mup.init_mlp(8, 2, 3, n_hidden=0, generator=torch.Generator().manual_seed(0))
     assert [tuple(w.shape) for w in W] == [(2, 8), (8, 3)]
     assert mup.layer_kinds(0) == ["in", "out"]
+
+
+def test_mixed_dtypes_promote_and_half_matrices_upcast():
+    """X in float32 with float64 weights computes in float64 (it raised inside torch); the
+    SVD-based functions take bfloat16 matrices (no bfloat16 SVD or QR on the CPU) by computing
+    in float32, and return the input's dtype."""
+    g = torch.Generator().manual_seed(0)
+    Ws = [torch.randn(3, 4, generator=g, dtype=torch.float64) / 2,
+          torch.randn(4, 2, generator=g, dtype=torch.float64) / 2]
+    X, T = torch.randn(5, 3, generator=g), torch.randn(5, 2, generator=g, dtype=torch.float64)
+    feats = mup.mlp_features(Ws, X)
+    assert feats[-1].dtype == torch.float64
+    torch.testing.assert_close(feats[-1], mup.mlp_features(Ws, X.double())[-1])
+    torch.testing.assert_close(mup.train(Ws, X, T, [0.1, 0.1], 3),
+                               mup.train(Ws, X.double(), T, [0.1, 0.1], 3))
+    assert mup.one_step(Ws, X, T, "sgd", [0.1, 0.1])["updates"][0].dtype == torch.float64
+    W = torch.randn(6, 4, generator=g).to(torch.bfloat16)
+    W32 = W.float()
+    for got, ref in ((mup.singular_values(W), mup.singular_values(W32)),
+                     (mup.singular_values(W, rank=2), mup.singular_values(W32, rank=2)),
+                     (mup.svc(W, 0.5), mup.svc(W32, 0.5)),
+                     (mup.update_direction(W, "muon"), mup.update_direction(W32, "muon")),
+                     (mup.update_direction(W, "muon", rank=2),
+                      mup.update_direction(W32, "muon", rank=2))):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got, ref.to(torch.bfloat16), atol=0, rtol=0)
+    assert mup.matrix_norms(W)["spectral"] == float(mup.singular_values(W)[0])

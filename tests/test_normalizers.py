@@ -738,3 +738,12 @@ def test_fuzz_thresholds_are_inf_where_a_logit_is(threshold):
                      dtype=F64)
     lam = threshold(x)
     assert lam[0] == math.inf and lam[2] == math.inf and math.isfinite(lam[1])
+
+
+def test_am_softmax_loss_promotes_mixed_dtypes():
+    g = torch.Generator().manual_seed(5)
+    z, c = torch.randn(4, 3, generator=g), torch.randn(6, 3, generator=g, dtype=F64)
+    t = torch.arange(4)
+    out = N.am_softmax_loss(z, c, t)
+    assert out.dtype == F64
+    torch.testing.assert_close(out, N.am_softmax_loss(z.double(), c, t))

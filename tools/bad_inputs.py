@@ -11,8 +11,9 @@ edge cases have a defined behaviour. This tool tests the rule where nobody wrote
    plugin, this module itself); up to four successful top-level calls per function, with small
    arguments, are saved to ``_build/bad_inputs/calls.pt``.
 2. *Replay*: each saved call is repeated with one argument replaced by a bad value: a tensor with
-   a NaN or an inf entry, all zeros, times 1e30, an integer dtype, empty, 0-d, one dimension more
-   or less; for numbers NaN, inf, 0, a negative one, ``None``, a float where an int was; a bogus
+   a NaN or an inf entry, all zeros, times 1e30, an integer dtype, the other float precision
+   (float32 for float64 and back: a reader mixing the two), bfloat16, empty, 0-d, one dimension
+   more or less; for numbers NaN, inf, 0, a negative one, ``None``, a float where an int was; a bogus
    string. Each outcome is one of
 
    ``named``      a ``ValueError``/``TypeError`` whose message names the argument: the rule;
@@ -186,6 +187,10 @@ def _spoiled_tensors(x):
     yield "all zero", torch.zeros_like(x)
     yield "x 1e30", x * (1e4 if x.dtype == torch.float16 else 1e30)
     yield "int dtype", x.round().long()
+    other = torch.float32 if x.dtype == torch.float64 else torch.float64
+    yield str(other).removeprefix("torch."), x.to(other)
+    if x.dtype != torch.bfloat16:
+        yield "bfloat16", x.to(torch.bfloat16)
     if x.ndim >= 1:
         yield "empty", x[..., :0]
         yield "0-d", x.reshape(-1)[0].clone()

@@ -29,6 +29,7 @@ __all__ = [
     "check_returned",
     "check_generator",
     "HALF_DTYPES",
+    "promote",
     "upcast_half",
     "work_dtype",
 ]
@@ -47,6 +48,16 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 def upcast_half(x: torch.Tensor) -> torch.Tensor:
     """``x`` in :func:`work_dtype` (float32 if it is float16/bfloat16, else ``x`` itself)."""
     return x.to(work_dtype(x.dtype))
+
+
+def promote(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors in their common dtype, by torch's promotion rules (that of ``a + b``:
+    float32 with float64 gives float64, bfloat16 with float32 float32), so that a matrix product
+    of a float32 and a float64 argument computes instead of raising inside torch."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) for t in tensors)
 
 
 def as_float_tensor(

@@ -92,8 +92,9 @@ def empirical_receptive_field(model: Callable, length: int, *, in_channels: int 
               \mathrm{width} = \max\{i : f_i > 0\} - \min\{i : f_i > 0\} + 1 .
 
     ``footprint`` has shape ``(length,)`` (on ``device``, in ``dtype``). ``x`` is ``inputs``
-    when given, else uniform on ``[1, 2)`` drawn with ``generator`` (positive, so that with
-    positive weights every ReLU is active). The width is the span of the *non-zero* gradient:
+    when given (cast to ``dtype``, moved to ``device`` if given), else uniform on ``[1, 2)``
+    drawn with ``generator`` (positive, so that with positive weights every ReLU is active).
+    The width is the span of the *non-zero* gradient:
     at most the analytic receptive field, cut to ``[0, length)`` by the input's edges (choose
     ``length`` large enough), and equal to it only when no contribution is lost. Contributions
     can cancel exactly (two output channels with kernels ``[1, 1, 1]`` and ``[-1, 1, 1]`` sum to
@@ -117,7 +118,7 @@ def empirical_receptive_field(model: Callable, length: int, *, in_channels: int 
         if tuple(inputs.shape) != (1, in_channels, length):
             raise ValueError(f"inputs must have shape (1, {in_channels}, {length}), got "
                              f"{tuple(inputs.shape)}")
-        x = inputs.detach().clone()
+        x = inputs.detach().to(dtype=dtype, device=device, copy=True)
     x.requires_grad_(True)
     y = model(x)
     if not isinstance(y, torch.Tensor) or y.ndim != 3 or y.shape[0] != 1:

@@ -50,6 +50,7 @@ from ._checks import (
     check_matrix,
     check_real,
     check_returned,
+    promote,
 )
 
 __all__ = [
@@ -1083,6 +1084,7 @@ def selection_logits(codebook, c, rule: str = "is") -> torch.Tensor:
         raise ValueError(f"a batch of codebooks {tuple(C.shape)} needs c of shape "
                          f"({C.shape[0]}, {C.shape[2]}), got {tuple(c.shape)}")
     check_choice(rule, "rule", _RULES)
+    C, c = promote(C, c)
     logits = c @ C.mT if C.ndim == 2 else (C @ c[:, :, None])[:, :, 0]
     return logits if rule == "is" else logits - 0.5 * (C**2).sum(-1)
 

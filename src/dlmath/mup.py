@@ -32,6 +32,8 @@ from ._checks import (
     check_int,
     check_matrix,
     check_real,
+    promote,
+    upcast_half,
 )
 from .linalg import spectral_norm
 from .msign import msign, polar
@@ -192,8 +194,8 @@ def svc(W, cap: float = 1.0) -> torch.Tensor:
     :math:`\lambda\sigma_{\min>0} \ge \text{cap}`. Shape ``(..., n, m)`` kept."""
     W = check_matrix(W, "W")
     cap = check_real(cap, "cap", positive=True)
-    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
-    return (U * S.clamp(max=cap).unsqueeze(-2)) @ Vh
+    U, S, Vh = torch.linalg.svd(upcast_half(W), full_matrices=False)
+    return ((U * S.clamp(max=cap).unsqueeze(-2)) @ Vh).to(W.dtype)
 
 
 def spectral_update(U, d_in: int, d_out: int, eta: float = 1.0, mode: str = "sn"
@@ -273,11 +275,11 @@ def singular_values(W, rank: int | None = None, generator: torch.Generator | Non
     a fresh generator seeded with 0, so results are deterministic).
     """
     W = check_matrix(W, "W")
-    Q, B = _low_rank(W, rank, generator)
+    Q, B = _low_rank(upcast_half(W), rank, generator)
     s = torch.linalg.svdvals(B)
     if Q is not None:
         s = torch.cat([s, s.new_zeros(*s.shape[:-1], min(W.shape[-2:]) - s.shape[-1])], dim=-1)
-    return s
+    return s.to(W.dtype)
 
 
 def matrix_norms(W, rank: int | None = None) -> dict[str, float]:
@@ -336,13 +338,15 @@ def init_mlp(d: int, d_in: int, d_out: int, n_hidden: int = 2, *, param: str = "
 def mlp_features(weights, X, activation=torch.relu) -> list[torch.Tensor]:
     r"""All features of the MLP family, ``[Y_0, Y_1, ..., Y_K, Z]``:
     :math:`Y_0 = XW_{in}`, :math:`Y_k = \phi(Y_{k-1}W_k)`, :math:`Z = Y_K W_{out}`.
-    ``X`` is ``(b, d_in)``; the last entry is the output ``(b, d_out)``."""
+    ``X`` is ``(b, d_in)``; the last entry is the output ``(b, d_out)``, in the common dtype
+    of ``X`` and the weights."""
     X = as_float_tensor(X, "X", min_ndim=2)
     if len(weights) < 2:
         raise ValueError(f"weights must hold at least W_in and W_out, got {len(weights)}")
     if X.shape[-1] != weights[0].shape[-2]:
         raise ValueError(f"X must have last dimension d_in = {weights[0].shape[-2]}, got "
                          f"shape {tuple(X.shape)}")
+    X, *weights = promote(X, *weights)
     feats = [X @ weights[0]]
     for W in weights[1:-1]:
         feats.append(activation(feats[-1] @ W))
@@ -377,8 +381,8 @@ def update_direction(G, optimizer: str, rank: int | None = None) -> torch.Tensor
         return torch.sign(G)
     if optimizer == "muon_ns":
         return msign(G)
-    Q, B = _low_rank(G, rank, None)
-    return polar(B) if Q is None else Q @ polar(B)
+    Q, B = _low_rank(upcast_half(G), rank, None)
+    return (polar(B) if Q is None else Q @ polar(B)).to(G.dtype)
 
 
 def lr_multipliers(optimizer: str, d: int, n_hidden: int, *, param: str = "mup",

@@ -54,6 +54,7 @@ from ._checks import (
     check_no_nan,
     check_probability,
     check_real,
+    promote,
     work_dtype,
 )
 from .lse import softmax
@@ -868,6 +869,7 @@ def am_softmax_loss(z, centers, target, margin: float = 0.35, tau: float = 1 / 3
         raise ValueError(f"centers must have shape (n, {z.shape[-1]}), got {tuple(centers.shape)}")
     margin = check_real(margin, "margin")
     tau = check_real(tau, "tau", positive=True)
+    z, centers = promote(z, centers)
     zn, cn = z.norm(dim=-1, keepdim=True), centers.norm(dim=-1, keepdim=True)
     if (zn == 0).any() or (cn == 0).any():
         raise ValueError("z and centers must be non-zero vectors (cosine is undefined at 0)")
