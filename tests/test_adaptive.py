@@ -565,3 +565,16 @@ def test_eta_opt_without_curvature_is_infinite():
     # batch = inf is the noiseless limit eta_max = g'g / g'Hg
     H2 = torch.eye(2, dtype=F64)
     assert ad.eta_opt_sgd(g, H2, torch.ones(2, dtype=F64), math.inf).item() == 1.0
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_softsign_moments_of_half_inputs(half):
+    """Half inputs are integrated in float32 and returned in their own dtype: float16 raised
+    inside torch (the saturation cap 1e6 does not fit in it)."""
+    a = torch.tensor([-3.0, -0.5, 0.0, 0.25, 2.0, 60000.0]).to(half)
+    b = torch.tensor([0.0, 0.1, 1.0, 0.5, 3.0, 1.0]).to(half)
+    m1, m2 = ad.softsign_moments(a, b)
+    r1, r2 = ad.softsign_moments(a.float(), b.float())
+    assert (m1.dtype, m2.dtype) == (half, half)
+    torch.testing.assert_close(m1, r1.to(half), atol=0, rtol=0)
+    torch.testing.assert_close(m2, r2.to(half), atol=0, rtol=0)

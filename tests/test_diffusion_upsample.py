@@ -392,3 +392,13 @@ def test_ddpm_eps_moments_refuses_bad_predictors_and_covariances():
     with pytest.raises(ValueError, match="cov must be symmetric"):
         D.ddpm_eps_moments(lambda t: ok, sched, m0, torch.tensor([[1.0, 0.5], [0.0, 1.0]],
                                                                   dtype=F64))
+
+
+def test_snr_squares_in_the_wider_dtype():
+    """A float16 bbar with a float64 abar: bbar**2 computed in float16 underflowed to 0 below
+    bbar ~ 2.4e-4 and gave SNR = inf; promoted first, it is the float64 value."""
+    bbar = torch.tensor([1e-4, 0.5]).half()
+    got = D.snr(torch.tensor([1.0, 0.5], dtype=torch.float64), bbar)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, 1.0 / bbar.double() ** 2 * torch.tensor([1.0, 0.25],
+                                                                             dtype=torch.float64))

@@ -12,9 +12,9 @@ edge cases have a defined behaviour. This tool tests the rule where nobody wrote
    arguments, are saved to ``_build/bad_inputs/calls.pt``.
 2. *Replay*: each saved call is repeated with one argument replaced by a bad value: a tensor with
    a NaN or an inf entry, all zeros, times 1e30, an integer dtype, the other float precision
-   (float32 for float64 and back: a reader mixing the two), bfloat16, empty, 0-d, one dimension
-   more or less; for numbers NaN, inf, 0, a negative one, ``None``, a float where an int was; a bogus
-   string. Each outcome is one of
+   (float32 for float64 and back: a reader mixing the two), float16, bfloat16, empty, 0-d, one
+   dimension more or less; for numbers NaN, inf, 0, a negative one, ``None``, a float where an
+   int was; a bogus string. Each outcome is one of
 
    ``named``      a ``ValueError``/``TypeError`` whose message names the argument: the rule;
    ``other-arg``  a dlmath error naming another argument (fine when that one is at fault:
@@ -189,8 +189,9 @@ def _spoiled_tensors(x):
     yield "int dtype", x.round().long()
     other = torch.float32 if x.dtype == torch.float64 else torch.float64
     yield str(other).removeprefix("torch."), x.to(other)
-    if x.dtype != torch.bfloat16:
-        yield "bfloat16", x.to(torch.bfloat16)
+    for half in (torch.float16, torch.bfloat16):
+        if x.dtype != half:
+            yield str(half).removeprefix("torch."), x.to(half)
     if x.ndim >= 1:
         yield "empty", x[..., :0]
         yield "0-d", x.reshape(-1)[0].clone()

@@ -44,6 +44,7 @@ from ._checks import (
     check_no_nan,
     check_real,
     check_returned,
+    upcast_half,
 )
 
 __all__ = [
@@ -520,12 +521,15 @@ def softsign_moments(a, b, *, method: str = "sinh") -> tuple[torch.Tensor, torch
     ``method="quad"`` is the slow reference: ``scipy.integrate.quad`` in :math:`x=a+z` with a
     break point at 0, one call per element (float64 numpy under the hood).
 
-    Shapes broadcast; ``b`` must be finite and >= 0.
+    Shapes broadcast; ``b`` must be finite and >= 0. Float16/bfloat16 inputs are integrated in
+    float32 and the moments returned in the input's dtype.
     """
     a, b = _ab(a, b)
     check_choice(method, "method", ("sinh", "quad"))
     if method == "quad":
         return _softsign_moments_quad(a, b)
+    dtype = a.dtype
+    a, b = upcast_half(a), upcast_half(b)   # float16 holds neither the cap 1e6 nor fine nodes
     x = a.abs().clamp_max(1e6)  # E[u] odd in a; |a| > 1e6 is saturated to rounding
     sgn = torch.where(a < 0, -torch.ones_like(a), torch.ones_like(a))
     # integrate each distinct (|a|, b) pair once (coordinates often share them)
@@ -556,7 +560,7 @@ def softsign_moments(a, b, *, method: str = "sinh") -> tuple[torch.Tensor, torch
         m2f[lo:lo + chunk] = torch.where(tn, 1.0 - math.pi * bs * _phi(xs), v2)
     m1 = m1f[inverse].reshape(a.shape)
     m2 = m2f[inverse].reshape(a.shape)
-    return sgn * m1, m2
+    return (sgn * m1).to(dtype), m2.to(dtype)
 
 
 def _softsign_moments_quad(a: torch.Tensor, b: torch.Tensor):

@@ -1277,7 +1277,7 @@ def snr(abar, bbar) -> torch.Tensor:
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
-    a, b = _ug_real(abar, "abar"), _ug_real(bbar, "bbar")
+    a, b = promote(_ug_real(abar, "abar"), _ug_real(bbar, "bbar"))  # square in the wider dtype
     if ((a == 0) & (b == 0)).any():
         raise ValueError("abar and bbar must not both be 0 (the SNR would be 0/0)")
     return a**2 / b**2
