@@ -320,7 +320,8 @@ def average_velocity(v: Callable, x, t: float, d: float, *, rtol: float = 1e-10,
 
     the target a shortcut model :math:`s(x,t,d)` learns: one step :math:`x+d\,u^*` lands
     exactly on the ODE path. ``d`` must be non-zero; the flow map is :func:`flow_map` (DOP853
-    with ``rtol``/``atol``). Shape, dtype and device follow ``x``.
+    with ``rtol``/``atol``). Shape, dtype and device follow ``x``; like :func:`flow_map`'s, the
+    result carries no gradient.
 
     Chapter: *Shortcut models: the step size as a conditional input*.
     """
@@ -329,7 +330,7 @@ def average_velocity(v: Callable, x, t: float, d: float, *, rtol: float = 1e-10,
     d = check_real(d, "d")
     if d == 0:
         raise ValueError("d must be non-zero (at d = 0 the average velocity is v itself)")
-    x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
+    x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True).detach()
     return (flow_map(v, x, t, t + d, rtol=rtol, atol=atol) - x) / d
 
 
@@ -749,7 +750,9 @@ def consistency_function_1d(gmm: GaussianMixture, x, t: float, *,
     flow map is increasing and pushes the law of :math:`x_t` to the data's, and the increasing
     map between two laws is unique. :math:`F_0^{-1}` is found by ``iters`` bisection steps;
     points right of the median are matched through the survival functions, so the tails keep
-    their precision. ``x`` any shape (dtype and device kept); ``t`` in [0, 1].
+    their precision. ``x`` any shape (dtype and device kept); ``t`` in [0, 1]. The result carries
+    no gradient (autograd through the bisection would differentiate its bracket); the exact
+    derivative is :math:`\partial_x f^* = p_t(x)/p_0(f^*(x))`.
 
     Chapter: *Consistency models, step by step*.
     """
@@ -760,7 +763,7 @@ def consistency_function_1d(gmm: GaussianMixture, x, t: float, *,
     a, b = path_coefficients(t, data_at=0)
     iters = check_int(iters, "iters", low=1)
     pts, dtype, device = gmm._points(x)
-    y = pts[..., 0]
+    y = pts[..., 0].detach()
     mu, w = gmm.means[:, 0], gmm.weights
 
     logw = w.log()

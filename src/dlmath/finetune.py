@@ -307,7 +307,7 @@ def class_inclusion_probabilities(counts, k: int) -> torch.Tensor:
     :math:`k = 1` or all sizes are equal.
 
     Shapes: ``counts`` ``(K,)`` positive, integer (e.g. ``torch.bincount`` of the labels) or
-    floating; returns float64 ``(K,)`` on the counts' device.
+    floating; returns float64 ``(K,)`` on the counts' device, without gradient (a quadrature).
     """
     from scipy.integrate import quad_vec
 
@@ -320,7 +320,7 @@ def class_inclusion_probabilities(counts, k: int) -> torch.Tensor:
         raise ValueError("counts must be a 1-D tensor of positive class sizes")
     K = counts.numel()
     check_int(k, "k", low=1, high=K)
-    w = (counts.double() / counts.double().sum()).cpu().numpy()
+    w = (counts.detach().double() / counts.detach().double().sum()).cpu().numpy()
     if k == K:
         return torch.ones(K, dtype=torch.float64, device=counts.device)
     import numpy as np

@@ -312,9 +312,11 @@ def lp_sphere_direction(w, g, p, *, rtol: float | None = None, return_lambda: bo
     ``p = 2`` gives :func:`sphere_direction`; ``p = math.inf`` gives
     :func:`linf_sphere_direction` (and :math:`\lambda` is then ``nan``). If the tangent part of
     ``g`` vanishes (:math:`\lVert g + \lambda u\rVert \le \texttt{rtol}\lVert g\rVert`, default
-    :math:`10^{3}\varepsilon`) the direction is 0. Shapes ``(..., n)``. Chapter 21.
+    :math:`10^{3}\varepsilon`) the direction is 0. Shapes ``(..., n)``. The result carries no
+    gradient (autograd through the bisection would miss :math:`\lambda`'s dependence on ``w``
+    and ``g``). Chapter 21.
     """
-    w, g = _pair(w, g)
+    w, g = (t.detach() for t in _pair(w, g))
     p = _check_p(p)
     iters = check_int(iters, "iters", low=1)
     if math.isinf(p):

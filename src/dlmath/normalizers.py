@@ -732,8 +732,9 @@ def entmax_bisect_threshold(x, alpha: float = 1.5, n_iter: int | None = None,
                             dim: int = -1) -> torch.Tensor:
     r"""The threshold :math:`\lambda(x)` of :func:`entmax_bisect` (in units of
     :math:`(\alpha-1)x`). Shape: ``x`` without ``dim``; ``+inf`` where the slice holds a
-    ``+inf`` logit."""
-    x = _logits(x, dim)
+    ``+inf`` logit. The result carries no gradient (autograd through the bisection would
+    differentiate its bracket, not the root); :func:`entmax_bisect` has the exact backward."""
+    x = _logits(x, dim).detach()
     alpha = _alpha(alpha)
     if n_iter is not None:
         n_iter = check_int(n_iter, "n_iter", low=1)
