@@ -66,3 +66,10 @@ def test_chapters_test_the_device_in_the_one_form_as_gpu_rewrites():
                 continue
             src = "".join(cell["source"]).replace('dev.type == "cpu"', "")
             assert not re.search(r"\.type\s*[!=]=|is_cuda|cuda\.is_available", src), nb.name
+
+
+def test_help_and_bad_options(capsys):
+    assert run_notebooks.main(["--help"]) == 0
+    assert "usage:" in capsys.readouterr().out
+    assert run_notebooks.main(["--bogus", "x.ipynb"]) == 2      # not run as a notebook path
+    assert run_notebooks.main([]) == 2

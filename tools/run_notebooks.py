@@ -61,6 +61,11 @@ def reseeded(generator, shift: int):
 
 
 def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help") or any(
+            a.startswith("-") and a not in ("--reseed", "--as-gpu") for a in argv):
+        print(__doc__.split("\n\n")[0].strip(), "\n\nusage: python tools/run_notebooks.py "
+              "[--reseed N] [--as-gpu] NOTEBOOK...  (see the module docstring)")
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     shift, as_gpu = 0, False
     while argv[:1] in (["--reseed"], ["--as-gpu"]):
         if argv[0] == "--as-gpu":
