@@ -21,3 +21,11 @@ def test_the_usual_variants_halve_double_and_follow_the_comment():
     values = {(v.knob, v.value) for v in turn_knobs.variants(CELL)}
     assert {("STEPS", "50"), ("STEPS", "100"), ("STEPS", "400"), ("LR", "0.05"),
             ("SEED", "4"), ("ON", "False")} <= values
+
+
+def test_a_mistyped_option_is_refused_not_ignored(capsys):
+    nb = "notebooks/01-logsumexp-inequalities.ipynb"
+    assert turn_knobs.main(["--zero", nb]) == 2          # would have run the usual variants
+    assert "not understood: --zero" in capsys.readouterr().out
+    assert turn_knobs.main(["--help"]) == 0
+    assert turn_knobs.main([]) == 2

@@ -157,6 +157,7 @@ def record() -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT / "tools"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     skip = ["test_browser_check.py", "test_run_notebooks.py", "test_export_executed.py",
+            "test_bad_inputs.py", "test_turn_knobs.py",
             "test_notebook_structure.py", "test_environment.py", "test_perf_goals.py"]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "bad_inputs", "-p", "no:cacheprovider",
            str(ROOT / "tests"), *[f"--ignore={ROOT / 'tests' / s}" for s in skip]]
@@ -317,14 +318,18 @@ def replay(prefixes: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--replay"]:
-        argv = argv[1:]
-    else:
+    replay_only = argv[:1] == ["--replay"]
+    prefixes = argv[1:] if replay_only else argv
+    if any(not p.startswith("dlmath") for p in prefixes):
+        print(__doc__.split("\n\n")[0].strip() + "\n\n" + "\n".join(
+            line for line in __doc__.splitlines() if "bad_inputs.py" in line))
+        return 0 if argv in (["-h"], ["--help"]) else 2
+    if not replay_only:
         record()
     if not CALLS.exists():
         print(f"no recording at {CALLS}: run without --replay first")
         return 1
-    return replay(argv)
+    return replay(prefixes)
 
 
 if __name__ == "__main__":

@@ -315,9 +315,17 @@ def run_variant(cells: list[dict], start: int, variant: Variant, namespace: dict
 
 
 def main(argv: list[str]) -> int:
-    list_only = "--list" in argv
-    out_path = argv[argv.index("--json") + 1] if "--json" in argv else None
+    out_path = argv[argv.index("--json") + 1] if "--json" in argv[:-1] else None
     paths = [a for a in argv if a.endswith(".ipynb")]
+    unknown = [a for a in argv
+               if a not in ("--list", "--zeros", "--json", "-h", "--help", out_path, *paths)]
+    if not paths or unknown:
+        print(__doc__.split("\n\n")[0].strip())
+        print("\n" + "\n".join(line for line in __doc__.splitlines() if "turn_knobs.py" in line))
+        if unknown:
+            print(f"\nnot understood: {' '.join(unknown)}")
+        return 0 if argv in (["-h"], ["--help"]) else 2
+    list_only = "--list" in argv
     failures = 0
     for path in paths:
         cells = json.load(open(path))["cells"]
