@@ -578,3 +578,13 @@ def test_softsign_moments_of_half_inputs(half):
     assert (m1.dtype, m2.dtype) == (half, half)
     torch.testing.assert_close(m1, r1.to(half), atol=0, rtol=0)
     torch.testing.assert_close(m2, r2.to(half), atol=0, rtol=0)
+
+
+def test_eta_opt_meanfield_refuses_a_beta_that_does_not_broadcast():
+    """A batch of two gradients with eleven betas: torch's own broadcast error named neither."""
+    g = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.2, -1.0]], dtype=torch.float64)
+    H = torch.eye(3, dtype=torch.float64)
+    u = torch.sign(g)
+    with pytest.raises(ValueError, match="beta"):
+        ad.eta_opt_meanfield(u, g, H, torch.linspace(0.1, 1.0, 11, dtype=torch.float64))
+    assert ad.eta_opt_meanfield(u, g, H, torch.tensor([[0.5], [1.0]])).shape == (2, 2)

@@ -569,3 +569,9 @@ def test_harmonic_names_n_for_a_non_number(bad):
     # None reached math's own "must be real number, not NoneType" before
     with pytest.raises(TypeError, match="^n must be"):
         C.harmonic(bad)
+
+
+def test_regret_refuses_shapes_that_do_not_broadcast():
+    with pytest.raises(ValueError, match=r"traj_losses \(2, 3, 2\) and comp_losses"):
+        C.regret(torch.ones(2, 3, 2), torch.ones(16, 3, 2))
+    assert C.regret(torch.ones(3, 2), torch.zeros(16, 3, 2)).shape == (16, 3)

@@ -199,3 +199,9 @@ def test_promote_follows_torchs_rules():
     assert [t.dtype for t in _checks.promote(b32, a64)] == [torch.float64] * 2
     assert [t.dtype for t in _checks.promote(h, b32)] == [torch.float32] * 2
     assert _checks.promote(b32, b32)[0] is b32                      # nothing to cast: no copy
+
+
+def test_check_broadcast_names_the_arguments():
+    assert _checks.check_broadcast(a=(2, 1, 3), b=(4, 1)) == torch.Size([2, 4, 3])
+    with pytest.raises(ValueError, match=r"a \(2, 3\) and b \(4, 3\) do not broadcast"):
+        _checks.check_broadcast(a=(2, 3), b=(4, 3))

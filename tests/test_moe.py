@@ -914,3 +914,12 @@ def test_fuzz_geometric_moe_names_a_non_finite_x(bad):
     x[0, 0] = bad
     with pytest.raises(ValueError, match="^x must be finite"):
         moe.geometric_moe(x, scores, [_take(2)] * 3, 2)
+
+
+def test_routing_refuses_a_bias_that_does_not_broadcast():
+    scores = torch.rand(2, 64, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"scores \(2, 64, 8\) and bias \(2, 8\)"):
+        moe.route_topk(scores, torch.zeros(2, 8), 2)
+    with pytest.raises(ValueError, match="bias"):
+        moe.route_threshold(scores, torch.zeros(2, 8))
+    assert moe.route_topk(scores, torch.zeros(2, 1, 8), 2).shape == (2, 64, 8)

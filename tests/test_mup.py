@@ -447,3 +447,16 @@ def test_mixed_dtypes_promote_and_half_matrices_upcast():
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got, ref.to(torch.bfloat16), atol=0, rtol=0)
     assert mup.matrix_norms(W)["spectral"] == float(mup.singular_values(W)[0])
+
+
+def test_one_step_takes_one_model_and_one_batch():
+    """A batch of batches gave torch's 'grad can be implicitly created only for scalar outputs'."""
+    g = torch.Generator().manual_seed(1)
+    Ws = [torch.randn(3, 4, generator=g), torch.randn(4, 2, generator=g)]
+    X, T = torch.randn(5, 3, generator=g), torch.randn(5, 2, generator=g)
+    with pytest.raises(ValueError, match="X must be a single batch"):
+        mup.one_step(Ws, torch.stack([X, X]), T, "sgd", [0.1, 0.1])
+    with pytest.raises(ValueError, match="T must be a single batch"):
+        mup.one_step(Ws, X, torch.stack([T, T]), "sgd", [0.1, 0.1])
+    with pytest.raises(ValueError, match="weights must be single matrices"):
+        mup.one_step([torch.stack([W, W]) for W in Ws], X, T, "sgd", [0.1, 0.1])

@@ -13,7 +13,7 @@ edge cases have a defined behaviour. This tool tests the rule where nobody wrote
 2. *Replay*: each saved call is repeated with one argument replaced by a bad value: a tensor with
    a NaN or an inf entry, all zeros, times 1e30, an integer dtype, the other float precision
    (float32 for float64 and back: a reader mixing the two), float16, bfloat16, empty, 0-d, one
-   dimension more or less; for numbers NaN, inf, 0, a negative one, ``None``, a float where an
+   dimension more or less, a batch of two copies; for numbers NaN, inf, 0, a negative one, ``None``, a float where an
    int was; a bogus string. Each outcome is one of
 
    ``named``      a ``ValueError``/``TypeError`` whose message names the argument: the rule;
@@ -197,6 +197,8 @@ def _spoiled_tensors(x):
         yield "empty", x[..., :0]
         yield "0-d", x.reshape(-1)[0].clone()
     yield "extra dim", x.unsqueeze(0)
+    if x.ndim >= 1:
+        yield "batch of 2", torch.stack([x, x])
     if x.ndim >= 2:
         yield "fewer dims", x.reshape(-1)
 

@@ -25,6 +25,7 @@ __all__ = [
     "check_choice",
     "check_dim",
     "broadcasts_to",
+    "check_broadcast",
     "check_callable",
     "check_returned",
     "check_generator",
@@ -211,6 +212,16 @@ def broadcasts_to(shape, target) -> bool:
         return torch.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
     except RuntimeError:
         return False
+
+
+def check_broadcast(**shapes) -> torch.Size:
+    """The broadcast shape of the named shapes (``check_broadcast(g=g.shape[:-1], beta=...)``),
+    or ``ValueError`` naming them: torch's own error names neither argument."""
+    try:
+        return torch.broadcast_shapes(*(tuple(s) for s in shapes.values()))
+    except RuntimeError:
+        listed = " and ".join(f"{name} {tuple(s)}" for name, s in shapes.items())
+        raise ValueError(f"the shapes of {listed} do not broadcast") from None
 
 
 def check_callable(f, name: str, call: str | None = None):

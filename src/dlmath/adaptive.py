@@ -36,6 +36,7 @@ import torch
 
 from ._checks import (
     as_float_tensor,
+    check_broadcast,
     check_callable,
     check_choice,
     check_finite,
@@ -721,6 +722,8 @@ def eta_opt_meanfield(u, g, H, beta) -> torch.Tensor:
     beta = _tensor_like(beta, "beta", g)
     if not ((beta > 0) & (beta <= 1)).all():
         raise ValueError("beta must be in (0, 1]")
+    lead = check_broadcast(u=u.shape[:-1], g=g.shape[:-1], H=H.shape[:-2])
+    check_broadcast(beta=beta.shape, **{"the leading dimensions of u, g and H": lead})
     A = (u * g).sum(-1)
     C = (u.unsqueeze(-2) @ H @ u.unsqueeze(-1)).squeeze(-1).squeeze(-1)
     D = torch.diagonal(H, dim1=-2, dim2=-1).sum(-1)

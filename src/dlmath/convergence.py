@@ -26,6 +26,7 @@ import torch
 from ._checks import (
     as_float_tensor,
     broadcasts_to,
+    check_broadcast,
     check_callable,
     check_choice,
     check_finite,
@@ -240,6 +241,7 @@ def regret(traj_losses, comp_losses) -> torch.Tensor:
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"traj_losses and comp_losses must have the same T, got "
                          f"{a.shape[-1]} and {b.shape[-1]}")
+    check_broadcast(traj_losses=a.shape, comp_losses=b.shape)
     return (a - b).mean(dim=-1)
 
 

@@ -40,6 +40,7 @@ import torch
 
 from ._checks import (
     as_float_tensor,
+    check_broadcast,
     check_callable,
     check_choice,
     check_dim,
@@ -411,6 +412,7 @@ def _biased_scores(scores, bias) -> torch.Tensor:
     if bias.shape[-1] != scores.shape[-1]:
         raise ValueError(f"bias must have one entry per expert: scores have n = "
                          f"{scores.shape[-1]} columns, bias has {bias.shape[-1]}")
+    check_broadcast(scores=scores.shape, bias=bias.shape)
     return scores + bias.to(scores.device)
 
 

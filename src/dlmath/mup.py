@@ -426,7 +426,12 @@ def one_step(weights, X, T, optimizer: str, lrs, activation=torch.relu) -> dict:
                          f"{len(lrs)}")
     lrs = [check_real(lr, "lrs", nonnegative=True) for lr in lrs]
     for t, name in ((X, "X"), (T, "T")):  # else the gradients' NaN is reported as G's
-        check_finite(as_float_tensor(t, name, min_ndim=2), name)
+        t = check_finite(as_float_tensor(t, name, min_ndim=2), name)
+        if t.ndim != 2:   # one model, one batch: its loss must be a scalar
+            raise ValueError(f"{name} must be a single batch (b, d), got shape {tuple(t.shape)}")
+    if any(as_float_tensor(W, "weights").ndim != 2 for W in weights):
+        raise ValueError("weights must be single matrices (fan_in, fan_out): one_step takes one "
+                         "model (train takes a stack)")
     params = [W.detach().clone().requires_grad_(True) for W in weights]
     with torch.enable_grad():
         feats = mlp_features(params, X, activation)
