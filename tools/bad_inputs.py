@@ -13,8 +13,8 @@ edge cases have a defined behaviour. This tool tests the rule where nobody wrote
 2. *Replay*: each saved call is repeated with one argument replaced by a bad value: a tensor with
    a NaN or an inf entry, all zeros, times 1e30, an integer dtype, the other float precision
    (float32 for float64 and back: a reader mixing the two), float16, bfloat16, empty, 0-d, one
-   dimension more or less, a batch of two copies; for numbers NaN, inf, 0, a negative one, ``None``, a float where an
-   int was; a bogus string. Each outcome is one of
+   dimension more or less, a batch of two copies; for numbers NaN, inf, 0, a negative one,
+   ``None``, a float where an int was; a bogus string. Each outcome is one of
 
    ``named``      a ``ValueError``/``TypeError`` whose message names the argument: the rule;
    ``other-arg``  a dlmath error naming another argument (fine when that one is at fault:
