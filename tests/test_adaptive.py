@@ -588,3 +588,5 @@ def test_eta_opt_meanfield_refuses_a_beta_that_does_not_broadcast():
     with pytest.raises(ValueError, match="beta"):
         ad.eta_opt_meanfield(u, g, H, torch.linspace(0.1, 1.0, 11, dtype=torch.float64))
     assert ad.eta_opt_meanfield(u, g, H, torch.tensor([[0.5], [1.0]])).shape == (2, 2)
+    with pytest.raises(ValueError, match="u and g must have the same length"):
+        ad.eta_opt_meanfield(u.reshape(-1), g, H, 0.5)

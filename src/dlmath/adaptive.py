@@ -722,6 +722,9 @@ def eta_opt_meanfield(u, g, H, beta) -> torch.Tensor:
     beta = _tensor_like(beta, "beta", g)
     if not ((beta > 0) & (beta <= 1)).all():
         raise ValueError("beta must be in (0, 1]")
+    if u.shape[-1] != g.shape[-1]:
+        raise ValueError(f"u and g must have the same length along dim=-1, got {u.shape[-1]} "
+                         f"and {g.shape[-1]}")
     lead = check_broadcast(u=u.shape[:-1], g=g.shape[:-1], H=H.shape[:-2])
     check_broadcast(beta=beta.shape, **{"the leading dimensions of u, g and H": lead})
     A = (u * g).sum(-1)
