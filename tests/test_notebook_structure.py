@@ -17,6 +17,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from expand_macros import expand, uses_shorthands  # noqa: E402
+from install_cell import TAG as INSTALL_TAG  # noqa: E402
+from install_cell import first_code_cell, is_install_cell  # noqa: E402
+from install_cell import source as install_source  # noqa: E402
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 
@@ -112,6 +115,10 @@ def problems(nb, name: str, toc: list[str]) -> list[str]:
         out.append("no Source admonition (:class: source) linking a kexue.fm/archives post")
     if "**Prerequisites:**" not in md:
         out.append("no '**Prerequisites:**' line after the Source note")
+    first = first_code_cell(nb)
+    if first is None or not is_install_cell(first):
+        out.append("the first code cell is not the install cell that Colab needs (run "
+                   "tools/install_cell.py on the notebook)")
     found = statements(nb)
     if not found:
         out.append("no prf: statement (theorem, lemma, definition, ...)")
@@ -208,6 +215,7 @@ def _model():
         v4.new_markdown_cell(":::{admonition} Source\n:class: source\n"
                              "[post](https://kexue.fm/archives/1)\n:::\n\n"
                              "**Prerequisites:** none."),
+        v4.new_code_cell(install_source(), metadata={"tags": [INSTALL_TAG]}),
         v4.new_markdown_cell(":::{prf:theorem} T\n:label: x-thm-t\n\nStatement.\n:::"),
         v4.new_code_cell("assert 1 + 1 == 2", metadata={"tags": ["verifies:x-thm-t"]}),
         v4.new_code_cell("plt.show()",
@@ -226,18 +234,22 @@ def test_model_notebook_passes():
     (lambda nb: nb.cells.pop(0), "first cell"),
     (lambda nb: nb.cells.pop(1), "Source"),
     (lambda nb: nb.cells[1].update(source=nb.cells[1].source.split("**Pre")[0]), "Prerequisites"),
-    (lambda nb: nb.cells.pop(2), "prf: statement"),
-    (lambda nb: nb.cells[3].metadata.update(tags=[]), "claimed by no asserting cell"),
-    (lambda nb: setattr(nb.cells[3], "source", "print(2)"), "claimed by no asserting cell"),
-    (lambda nb: nb.cells[2].update(source=":::{prf:lemma} L\n\nno label\n:::"), "no :label:"),
-    (lambda nb: nb.cells[4].metadata.pop("mystnb"), "captioned figure"),
-    (lambda nb: nb.cells[4].update(outputs=[{"output_type": "stream", "name": "stdout",
+    (lambda nb: nb.cells.pop(2), "install cell"),
+    (lambda nb: nb.cells[2].metadata.update(tags=[]), "install cell"),
+    (lambda nb: nb.cells[2].update(source=nb.cells[2].source.replace("git+", "")), "install cell"),
+    (lambda nb: nb.cells.insert(2, nbformat.v4.new_code_cell("import torch")), "install cell"),
+    (lambda nb: nb.cells.pop(3), "prf: statement"),
+    (lambda nb: nb.cells[4].metadata.update(tags=[]), "claimed by no asserting cell"),
+    (lambda nb: setattr(nb.cells[4], "source", "print(2)"), "claimed by no asserting cell"),
+    (lambda nb: nb.cells[3].update(source=":::{prf:lemma} L\n\nno label\n:::"), "no :label:"),
+    (lambda nb: nb.cells[5].metadata.pop("mystnb"), "captioned figure"),
+    (lambda nb: nb.cells[5].update(outputs=[{"output_type": "stream", "name": "stdout",
                                              "text": "x"}]), "outputs"),
-    (lambda nb: nb.cells[5].update(source="## Exercises\n:::{exercise}\n:::{solution} e\n:::"),
+    (lambda nb: nb.cells[6].update(source="## Exercises\n:::{exercise}\n:::{solution} e\n:::"),
      "Experiment"),
-    (lambda nb: nb.cells[5].update(source="## Experiment\n## Exercises\n"), "exercise"),
-    (lambda nb: nb.cells.pop(6), "References"),
-    (lambda nb: nb.cells[2].update(source=nb.cells[2].source + " $\\lse(x)$"), "shorthands"),
+    (lambda nb: nb.cells[6].update(source="## Experiment\n## Exercises\n"), "exercise"),
+    (lambda nb: nb.cells.pop(7), "References"),
+    (lambda nb: nb.cells[3].update(source=nb.cells[3].source + " $\\lse(x)$"), "shorthands"),
     (lambda nb: nb.cells[0].update(source=nb.cells[0].source + "\n$$\nx\n$$"), "paragraph"),
     (lambda nb: nb.cells[0].update(source=nb.cells[0].source + "\n$$x$$ (e)"), "paragraph"),
 ])
