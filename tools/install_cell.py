@@ -45,7 +45,7 @@ if importlib.util.find_spec("dlmath") is None:
     if "google.colab" not in sys.modules:
         raise ModuleNotFoundError(
             "dlmath is not installed for this kernel: run `make lab` in the book's repository "
-            "({url}), or `pip install -e .` there")
+            "({url}), or `pip install -e '.[book]'` there")
     print("Installing dlmath and the torch it pins (a minute or two) ...")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
                     "dlmath @ git+{url}"], check=True)
