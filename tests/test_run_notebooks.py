@@ -73,3 +73,20 @@ def test_help_and_bad_options(capsys):
     assert "usage:" in capsys.readouterr().out
     assert run_notebooks.main(["--bogus", "x.ipynb"]) == 2      # not run as a notebook path
     assert run_notebooks.main([]) == 2
+
+
+def test_each_line_reports_the_chapters_peak_memory(tmp_path, capsys):
+    def peak_of(mib):
+        source = f"import torch\nx = torch.ones({mib} * 2**20 // 8, dtype=torch.float64)\n"
+        nb = {"cells": [{"cell_type": "code", "source": source.splitlines(keepends=True)}]}
+        path = tmp_path / f"mem{mib}.ipynb"
+        path.write_text(json.dumps(nb))
+        assert run_notebooks.main([str(path)]) == 0
+        line = capsys.readouterr().out.splitlines()[0]
+        assert line.startswith("ok") and " GB " in line, line
+        return float(line.split("peak")[1].split()[0])
+
+    assert 0.4 <= peak_of(512) - peak_of(0) <= 0.7   # the 0.5 GiB tensor, to the line's 0.1 GB
+    assert run_notebooks.peaks(f"noise\n{run_notebooks.PEAK} {3 * 2**30} {2**31}\n") == \
+        "  peak  3.0 GB (CUDA 2.0 GB)"
+    assert run_notebooks.peaks("a traceback, no peak line") == ""

@@ -22,7 +22,9 @@ GPU runs, with other draws, at either preset::
 
     DLMATH_SIZE=small python tools/run_notebooks.py --reseed 7919 --as-gpu notebooks/*.ipynb
 
-Exit status 1 if any chapter raised (an assert in a check included).
+Each line gives the chapter's wall time and its peak memory: the process's resident set and,
+on a GPU, ``torch.cuda.max_memory_allocated`` (what a smaller card, e.g. Colab's 16 GB, must
+hold at the same preset). Exit status 1 if any chapter raised (an assert in a check included).
 """
 
 from __future__ import annotations
@@ -49,7 +51,21 @@ for i, cell in enumerate(nb["cells"]):
     if int(sys.argv[3]):
         source = source.replace('dev.type == "cpu"', "False")
     exec(compile(source, f"{sys.argv[1]}:cell{i}", "exec"), namespace)
+import resource, torch
+cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else 0
+print(f"{PEAK} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024} {cuda}",
+      file=sys.stderr)
 """
+PEAK = "run_notebooks-peak-bytes:"   # the runner's last line on stderr: resident and CUDA peaks
+
+
+def peaks(stderr: str) -> str:
+    """' peak 1.2 GB (CUDA 3.4 GB)' from the runner's last stderr line; '' if it is missing."""
+    lines = [line for line in stderr.splitlines() if line.startswith(PEAK)]
+    if not lines:
+        return ""
+    rss, cuda = (int(v) / 2**30 for v in lines[-1].split()[1:])
+    return f"  peak {rss:4.1f} GB" + (f" (CUDA {cuda:.1f} GB)" if cuda else "")
 
 
 def reseeded(generator, shift: int):
@@ -72,7 +88,7 @@ def main(argv: list[str]) -> int:
             as_gpu, argv = True, argv[1:]
         else:
             shift, argv = int(argv[1]), argv[2:]
-    runner = f"{inspect.getsource(reseeded)}\n{RUNNER}"
+    runner = f"PEAK = {PEAK!r}\n{inspect.getsource(reseeded)}\n{RUNNER}"
     paths, failed = argv, []
     for path in paths:
         t0 = time.perf_counter()
@@ -80,7 +96,8 @@ def main(argv: list[str]) -> int:
                                 capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         ok = result.returncode == 0
-        print(f"{'ok  ' if ok else 'FAIL'} {seconds:7.1f} s  {Path(path).name}", flush=True)
+        print(f"{'ok  ' if ok else 'FAIL'} {seconds:7.1f} s{peaks(result.stderr)}  "
+              f"{Path(path).name}", flush=True)
         if not ok:
             failed.append(path)
             print("\n".join(result.stderr.strip().splitlines()[-15:]), flush=True)
