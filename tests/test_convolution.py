@@ -30,6 +30,8 @@ def test_receptive_field_simple_cases():
     assert V.receptive_field(3, (1,), (1,)) == 3
     assert V.receptive_field(5, (3,), (1,)) == 13
     assert V.receptive_field(3, [(1,), (1,)], (2, 1)) == 3 + 1 + 2 * 2
+    assert V.receptive_field(3, (), (4,)) == 4                      # pooling only
+    assert V.receptive_field(3, [(), (1,)], (2, 1)) == 1 + 1 + 2 * 2
     with pytest.raises(ValueError, match="dilations has 1 blocks but pools has 2"):
         V.receptive_field(3, [(1,)], (2, 1))
     with pytest.raises(ValueError, match="pools must name at least one block"):
@@ -41,11 +43,12 @@ def test_receptive_field_simple_cases():
 
 
 @SETTINGS
-@given(st.lists(st.tuples(st.lists(st.integers(1, 4), min_size=1, max_size=3),
+@given(st.lists(st.tuples(st.lists(st.integers(1, 4), min_size=0, max_size=3),
                           st.integers(1, 3)), min_size=1, max_size=4),
        st.sampled_from([1, 3, 5]))
 def test_receptive_field_matches_gradient_footprint(blocks, kernel):
-    """A stack of positive convolutions and average pools: footprint width = analytic RF."""
+    """A stack of positive convolutions and average pools (a block may have no convolution):
+    footprint width = analytic RF."""
     layers = []
     for dils, p in blocks:
         for d in dils:

@@ -50,7 +50,8 @@ def receptive_field(kernel: int, dilations, pools) -> int:
     The stack has ``len(pools)`` blocks. Block ``b`` is a chain of convolutions with kernel
     size ``kernel`` and the dilations ``dilations`` (the same for every block), or
     ``dilations[b]`` when ``dilations`` is a sequence of sequences, followed by a pooling
-    window of size ``pools[b]`` with stride ``pools[b]`` (``1`` means no pooling):
+    window of size ``pools[b]`` with stride ``pools[b]`` (``1`` means no pooling; an empty
+    chain of dilations is a block of pooling only):
 
     .. math:: \mathrm{RF} = 1 + \sum_b J_b\Big((k-1)\sum_{\delta\in D_b}\delta + (p_b - 1)\Big),
               \qquad J_b = \prod_{b' < b} p_{b'} .
