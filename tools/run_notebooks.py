@@ -51,12 +51,30 @@ for i, cell in enumerate(nb["cells"]):
     if int(sys.argv[3]):
         source = source.replace('dev.type == "cpu"', "False")
     exec(compile(source, f"{sys.argv[1]}:cell{i}", "exec"), namespace)
-import resource, torch
+import torch
 cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else 0
-print(f"{PEAK} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024} {cuda}",
-      file=sys.stderr)
+print(f"{PEAK} {peak_resident()} {cuda}", file=sys.stderr)
 """
 PEAK = "run_notebooks-peak-bytes:"   # the runner's last line on stderr: resident and CUDA peaks
+
+
+def peak_resident() -> int:
+    """This process's peak resident memory in bytes: VmHWM of /proc/self/status on Linux.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries into it the resident size of the process
+    that spawned this one (the parent's memory at the fork or vfork before exec), so a chapter
+    started from a pytest worker would report the worker's 0.7 GB as its own.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource  # elsewhere: ru_maxrss, in bytes on macOS and kB on the other systems
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin"
+                                                                 else 1024)
 
 
 def peaks(stderr: str) -> str:
@@ -88,7 +106,8 @@ def main(argv: list[str]) -> int:
             as_gpu, argv = True, argv[1:]
         else:
             shift, argv = int(argv[1]), argv[2:]
-    runner = f"PEAK = {PEAK!r}\n{inspect.getsource(reseeded)}\n{RUNNER}"
+    runner = (f"PEAK = {PEAK!r}\n{inspect.getsource(reseeded)}\n"
+              f"{inspect.getsource(peak_resident)}\n{RUNNER}")
     paths, failed = argv, []
     for path in paths:
         t0 = time.perf_counter()
