@@ -522,6 +522,36 @@ def test_sgd_run_bad_callables_and_unbroadcastable_schedules():
         C.sgd_run(abs_loss, th, etas.expand(3, 5), batches)
 
 
+def test_sgd_run_refuses_callables_that_change_the_shape():
+    batches = abs_problem(0, 5, 2)
+    etas = C.lr_schedule("constant", 5)
+    th = torch.zeros(2, 2, dtype=F64)
+    with pytest.raises(ValueError, match=r"loss_fn must return one loss per chain, shape \(2,\); "
+                                         r"got \(\) at step 1"):
+        C.sgd_run(lambda t, x: abs_loss(t, x).sum(), th, etas, batches, grad_fn=abs_grad)
+    with pytest.raises(ValueError, match=r"project must return its argument's shape \(2, 2\), "
+                                         r"got \(1, 2\)"):
+        C.sgd_run(abs_loss, th, etas, batches, grad_fn=abs_grad, project=lambda z: z[:1])
+
+
+def test_sgd_run_records_the_promoted_dtype_like_a_hand_loop():
+    """float32 chains with float64 rates stay float32; a float64 gradient promotes the iterates
+    from step 2 on, and the record holds theta_1 in that dtype too."""
+    batches = abs_problem(2, 6, 2, chains=3)
+    etas = C.lr_schedule("inv_sqrt", 6, 0.5)
+    th32 = torch.full((3, 2), 0.3, dtype=torch.float32)
+    tr = C.sgd_run(abs_loss, th32, etas, batches.float(), grad_fn=abs_grad)
+    assert tr.thetas.dtype == tr.grads.dtype == tr.losses.dtype == torch.float32
+    tr = C.sgd_run(abs_loss, th32, etas, batches, grad_fn=lambda t, x: abs_grad(t.double(), x))
+    assert tr.thetas.dtype == torch.float64 and tr.grads.dtype == torch.float64
+    th = th32
+    for t in range(6):
+        assert torch.equal(tr.thetas[:, t], th.to(torch.float64))
+        assert torch.equal(tr.grads[:, t], abs_grad(th.double(), batches[t]))
+        th = th - etas[t].to(th) * abs_grad(th.double(), batches[t])
+    assert torch.equal(tr.thetas[:, 6], th)
+
+
 # -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
 
 def test_projections_refuse_parameters_that_do_not_broadcast_against_v():

@@ -209,7 +209,7 @@ def sgd_run(loss_fn: Callable, theta1, etas, batches, *, grad_fn: Callable | Non
         return g
 
     grad = grad_fn if grad_fn is not None else grad_by_autograd
-    thetas, grads, losses = [theta], [], []
+    thetas = grads = losses = None
     for t in range(T):
         x = batches[t]
         g = grad(theta, x)
@@ -219,14 +219,26 @@ def sgd_run(loss_fn: Callable, theta1, etas, batches, *, grad_fn: Callable | Non
         if not torch.isfinite(g).all():
             raise ValueError(f"the gradient at step {t + 1} is not finite (diverged, or a "
                              f"non-finite batches[{t}]?)")
-        losses.append(loss_fn(theta, x).detach())
-        grads.append(g.detach())
-        theta = theta - etas[..., t, None].to(theta) * g
+        loss = loss_fn(theta, x).detach()
+        if loss.shape != theta.shape[:-1]:
+            raise ValueError(f"loss_fn must return one loss per chain, shape "
+                             f"{tuple(theta.shape[:-1])}; got {tuple(loss.shape)} at step {t + 1}")
+        nxt = theta - etas[..., t, None].to(theta) * g
         if project is not None:
-            theta = project(theta)
-        thetas.append(theta.detach())
-    return SGDTrace(torch.stack(thetas, dim=-2), torch.stack(grads, dim=-2),
-                    torch.stack(losses, dim=-1), etas)
+            nxt = project(nxt)
+            if nxt.shape != theta.shape:
+                raise ValueError(f"project must return its argument's shape "
+                                 f"{tuple(theta.shape)}, got {tuple(nxt.shape)}")
+        if thetas is None:  # the records, allocated once (stacking lists holds them twice)
+            thetas = nxt.new_empty((*nxt.shape[:-1], T + 1, nxt.shape[-1]))
+            grads = g.new_empty((*g.shape[:-1], T, g.shape[-1]))
+            losses = loss.new_empty((*loss.shape, T))
+            thetas[..., 0, :] = theta.detach()
+        grads[..., t, :] = g.detach()
+        losses[..., t] = loss
+        theta = nxt.detach()
+        thetas[..., t + 1, :] = theta
+    return SGDTrace(thetas, grads, losses, etas)
 
 
 def regret(traj_losses, comp_losses) -> torch.Tensor:
