@@ -277,6 +277,30 @@ def test_eta_opt_sgd_is_eta_opt_with_gradient_moments():
         torch.testing.assert_close(ad.eta_opt_sgd(g, H, torch.diag(var), B), direct)
 
 
+def test_eta_opt_sgd_batches_of_curvatures_and_covariances():
+    """An (n, n) covariance is one matrix for every H of a batch, even a batch of n (it was read
+    as n diagonals there); matrices and diagonals batch alongside H (n diagonals as diag_embed,
+    three as (3, n)). Each against the unbatched call."""
+    gen = generator(7, "cpu")
+    n = 4
+    Hs = torch.stack([ad.random_spd(n, generator=gen) for _ in range(n)])   # a batch of n
+    g = torch.randn(n, generator=gen, dtype=F64)
+    A = torch.randn(n, n, generator=gen, dtype=F64)
+    cov, diags = A @ A.T, torch.rand(n, n, generator=gen, dtype=F64)
+    covs = torch.stack([cov, 2 * cov, cov @ cov, torch.eye(n, dtype=F64)])
+    for S, H, per in [(cov, Hs, lambda k: cov), (covs, Hs, lambda k: covs[k]),
+                      (torch.diag_embed(diags), Hs, lambda k: diags[k]),
+                      (torch.diag_embed(diags), Hs[0], lambda k: diags[k]),
+                      (diags[:3], Hs[:3], lambda k: diags[k])]:
+        got = ad.eta_opt_sgd(g, H, S, 3.0)
+        want = torch.stack([ad.eta_opt_sgd(g, H[k] if H.ndim == 3 else H, per(k), 3.0)
+                            for k in range(got.shape[0])])
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match=r"the shapes of noise_var \(2,\) and H \(3,\) and g "
+                                         r"\(\) do not broadcast"):
+        ad.eta_opt_sgd(g, Hs[:3], torch.ones(2, n, dtype=F64), 3.0)
+
+
 @SETTINGS
 @given(st.floats(0.1, 50), st.floats(0.1, 10))
 def test_surge_iff_C_greater_than_2D(C, D):
@@ -443,7 +467,8 @@ def test_more_bad_input_names_the_argument():
         ad.eta_opt(torch.ones(2, dtype=F64), torch.ones(3, dtype=F64), g, H)
     with pytest.raises(ValueError, match="batch must be > 0"):
         ad.eta_opt_sgd(g, H, torch.ones(3, dtype=F64), 0.0)
-    with pytest.raises(ValueError, match="noise_var must be .n,. or .n, n. matching g"):
+    with pytest.raises(ValueError, match=r"noise_var must be \(\.\.\., 3\) or \(\.\.\., 3, 3\) to "
+                                         r"match g, got \(2,\)"):
         ad.eta_opt_sgd(g, H, torch.ones(2, dtype=F64), 4.0)
     with pytest.raises(ValueError, match="batch must be > 0"):
         ad.beta_from_batch(torch.tensor([1.0, 0.0]), 1.0)

@@ -659,8 +659,10 @@ def eta_opt_sgd(g, H, noise_var, batch) -> torch.Tensor:
     .. math:: \eta^*(B) = \frac{g^\top g}{g^\top H g + \operatorname{Tr}(\Sigma H)/B}
               = \frac{\eta_{\max}}{1+\mathcal B_{\rm noise}/B}
 
-    ``noise_var`` is the per-sample gradient covariance :math:`\Sigma`: a ``(n,)`` vector for a
-    diagonal one or an ``(n, n)`` matrix. ``batch`` is a number or tensor (broadcast, > 0;
+    ``noise_var`` is the per-sample gradient covariance :math:`\Sigma`: ``(..., n, n)``, a matrix,
+    or ``(..., n)``, its diagonal; leading dimensions broadcast against ``H``'s and ``g``'s. Last
+    dimensions ``(n, n)`` always mean a matrix: pass a batch of ``n`` diagonals ``d`` as
+    ``torch.diag_embed(d)``. ``batch`` is a number or tensor (broadcast, > 0;
     ``inf`` gives the noiseless :math:`\eta_{\max}`). Without curvature (:math:`H=0`) the result
     is ``inf`` (NaN if also :math:`g=0`), the formula's limit, as in :func:`eta_opt`.
     """
@@ -670,12 +672,17 @@ def eta_opt_sgd(g, H, noise_var, batch) -> torch.Tensor:
     batch = _tensor_like(batch, "batch", g)
     if not (batch > 0).all():
         raise ValueError("batch must be > 0")
-    if S.ndim >= 2 and S.shape[-1] == S.shape[-2] == g.shape[-1] and S.ndim == H.ndim:
-        tr = torch.diagonal(S @ H, dim1=-2, dim2=-1).sum(-1)
-    elif S.shape[-1] == g.shape[-1]:
-        tr = (S * torch.diagonal(H, dim1=-2, dim2=-1)).sum(-1)
+    n = g.shape[-1]
+    if S.ndim == 0 or S.shape[-1] != n:
+        raise ValueError(f"noise_var must be (..., {n}) or (..., {n}, {n}) to match g, got "
+                         f"{tuple(S.shape)}")
+    matrix = S.ndim >= 2 and S.shape[-2] == n
+    check_broadcast(noise_var=S.shape[:-2] if matrix else S.shape[:-1], H=H.shape[:-2],
+                    g=g.shape[:-1])
+    if matrix:  # Tr(Sigma H) = sum_ij Sigma_ij H_ji
+        tr = (S * H.transpose(-2, -1)).sum((-2, -1))
     else:
-        raise ValueError("noise_var must be (n,) or (n, n) matching g")
+        tr = (S * torch.diagonal(H, dim1=-2, dim2=-1)).sum(-1)
     ghg = (g.unsqueeze(-2) @ H @ g.unsqueeze(-1)).squeeze(-1).squeeze(-1)
     return (g * g).sum(-1) / (ghg + tr / batch)
 
