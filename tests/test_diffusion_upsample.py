@@ -57,6 +57,9 @@ def test_tau_cosine_endpoints_and_shape():
 def test_snr_edges():
     assert math.isinf(float(D.snr(1.0, 0.0)))
     assert float(D.snr(0.0, 1.0)) == 0
+    # signs do not matter (documented): the same SNR for (a, b), (-a, b), (a, -b)
+    a, b = torch.tensor([0.6, 0.8], dtype=F64), torch.tensor([0.8, 0.6], dtype=F64)
+    assert torch.equal(D.snr(-a, b), D.snr(a, b)) and torch.equal(D.snr(a, -b), D.snr(a, b))
     at, bt, rho = D.snr_matched(torch.tensor([1.0, 0.0], dtype=F64),
                                 torch.tensor([0.0, 1.0], dtype=F64), 4)
     assert at.tolist() == [1.0, 0.0] and bt.tolist() == [0.0, 1.0] and rho.tolist() == [1.0, 0.5]

@@ -1276,7 +1276,8 @@ def snr(abar, bbar) -> torch.Tensor:
     :math:`x_t=\bar\alpha x_0+\bar\beta\varepsilon` (``abar``, ``bbar`` broadcast; a zero
     ``bbar`` gives ``inf``, a schedule's ``sched.abar, sched.bbar`` gives shape ``(T+1,)``).
     ``abar`` and ``bbar`` both 0 at one entry (:math:`0/0`, no such :math:`x_t`) raise
-    ``ValueError``.
+    ``ValueError``. Signs do not matter: :math:`-\varepsilon` has the law of :math:`\varepsilon`,
+    and the ratio is of squares.
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
