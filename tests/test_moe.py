@@ -737,6 +737,11 @@ def test_threshold_bias_init_batch_ties_and_validation():
         assert moe.route_threshold(rho[j], b0[j].expand(6)).sum().item() == 80
     tied = torch.full((4, 2), 0.5, dtype=F64)
     assert moe.threshold_bias_init(tied, 1).item() == -0.5  # no bias splits a tie: selects 0
+    # the documented interval (-rho_(m), -rho_(m+1)] of the biases that select m = 2 of 4 scores
+    four = torch.tensor([[0.9, 0.7], [0.5, 0.3]], dtype=F64)
+    counts = [moe.route_threshold(four, torch.full((2,), b, dtype=F64)).sum().item()
+              for b in (-0.7, -0.6, -0.5)]
+    assert counts == [1, 2, 2] and moe.threshold_bias_init(four, 1).item() == -0.6
     with pytest.raises(ValueError, match="k must be < n = 6"):
         moe.threshold_bias_init(rho, 6)
     with pytest.raises(ValueError, match="k must be > 0"):

@@ -610,7 +610,7 @@ def threshold_bias_init(scores, k: float) -> torch.Tensor:
 
     for which :math:`N(b_0) = m` exactly unless :math:`\rho_{(m)} = \rho_{(m+1)}` (a tie that
     no bias can split; then :math:`N(b_0) < m`). Any :math:`b` with :math:`N(b) = m` lies in
-    :math:`[-\rho_{(m)}, -\rho_{(m+1)})`; the midpoint is the most robust choice.
+    :math:`(-\rho_{(m)}, -\rho_{(m+1)}]`; the midpoint is the most robust choice.
 
     Shapes: ``scores`` ``(..., T, n)``, finite; ``0 < k < n``; returns ``(...)``.
     """

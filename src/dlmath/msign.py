@@ -317,9 +317,11 @@ def msign(M, steps: int = 5, coefficients="jordan", *, dtype: torch.dtype | None
     How close the result is to :func:`polar` depends on the schedule: ``"jordan"`` (the
     default, 5 steps) leaves singular values of a Gaussian matrix in roughly
     :math:`[0.68, 1.13]` by design; ``"taylor"`` converges to msign for every singular value
-    given enough steps; ``"polar_express"`` is the optimal 5–8-step compromise. Singular values
-    below about :math:`10^{-3}\|M\|_F` are not brought to 1 by any 5-step schedule; zero
-    singular values stay zero (:math:`g(0) = 0`), so the zero matrix maps to zero.
+    given enough steps; ``"polar_express"`` is the published 5–8-step schedule, a safeguarded
+    (slightly worse) version of the optimum, :func:`polar_express_coefficients` with
+    ``cushion=0``. Singular values below about :math:`10^{-3}\|M\|_F` are not brought to 1 by
+    any 5-step schedule; zero singular values stay zero (:math:`g(0) = 0`), so the zero matrix
+    maps to zero.
 
     Shapes ``(..., n, m)`` -> ``(..., n, m)``; device and dtype of ``M`` are kept. Computation
     runs in ``dtype``: by default float64 for float64 input and float32 otherwise;
