@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -104,6 +105,33 @@ def run_case(case: Case, device: str | None = None) -> dict:
             "calls_per_measurement": numbers[n],
         }
     return out
+
+
+# aten ops that copy a value to the host: on a GPU each waits for the queued kernels to finish
+HOST_SYNC_OPS = frozenset({"aten._local_scalar_dense.default", "aten.equal.default",
+                           "aten.is_nonzero.default", "aten.item.default", "aten.nonzero.default",
+                           "aten.masked_select.default"})
+
+
+class _CountDispatch(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.kernels = self.syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.kernels += not func.is_view
+        self.syncs += str(func) in HOST_SYNC_OPS
+        return func(*args, **(kwargs or {}))
+
+
+def dispatch_counts(fn: Callable[[], object]) -> dict:
+    """What one call of ``fn`` asks of the device, counted at torch's dispatcher (device-free,
+    deterministic): ``aten_ops``, the aten operators other than views (each one a kernel
+    launch on a GPU, or a fused few), and ``host_syncs``, those that copy a value to the host.
+    When a call is bound by launches, as small ones on a GPU are, its time follows these."""
+    with _CountDispatch() as mode:
+        fn()
+    return {"aten_ops": mode.kernels, "host_syncs": mode.syncs}
 
 
 def _iqr(values: list[float]) -> list[float]:

@@ -15,13 +15,15 @@ The sparse maps share one form, with :math:`\beta = \alpha - 1 > 0`,
 
 (:math:`\alpha = 2` is sparsemax, :math:`\alpha \to 1` softmax), and the threshold
 :math:`\lambda` is found by one of three solvers, chosen with ``method``: ``"newton"`` (the
-default of :func:`sparsemax`, :func:`entmax15` and :func:`entmax`; sort-free: Newton from the
+default on a CPU; sort-free: Newton from the
 left on the convex, decreasing :math:`\phi(\lambda) = \|[\beta x - \lambda]_+\|_{1/\beta} - 1`,
 which is Michelot's iteration at :math:`\alpha = 2`, with an exact closed-form finish on the
 support for :math:`\alpha \in \{1.5, 2\}`; long rows start from the threshold of their group
 maxima, a lower bound, and for other :math:`\alpha` are solved on their candidates only),
-``"sort"`` (exact, :math:`O(n\log n)`) or ``"bisect"`` (any :math:`\alpha>1`, fixed iteration
-count: :func:`entmax_bisect`). float16/bfloat16 logits are computed in float32 and the result
+``"sort"`` (exact, :math:`O(n\log n)`; the default on a CUDA device, where these calls are
+bound by kernel launches and a sort takes fewer) or ``"bisect"`` (any :math:`\alpha>1`, fixed
+iteration count: :func:`entmax_bisect`; the default for :math:`\alpha > 2`). The default
+``method="auto"`` makes that choice. float16/bfloat16 logits are computed in float32 and the result
 cast back, so large half-precision logits never give NaN.
 Their backward passes are hand-derived: with :math:`s_i = p_i^{2-\alpha}` on the support and 0
 off it, :math:`J = \operatorname{diag}(s) - s s^\top / \sum_i s_i`.
@@ -94,10 +96,14 @@ def _logits(x, dim: int, name: str = "x", light: bool = False) -> torch.Tensor:
     dim = check_dim(x, dim)
     if x.shape[dim] == 0:
         raise ValueError(f"{name} must not be empty along dim={dim}")
-    if light:
-        return x.movedim(dim, -1)
-    check_no_nan(x, name)
     x = x.movedim(dim, -1)
+    return x if light else _check_slices(x, dim, name)
+
+
+def _check_slices(x: torch.Tensor, dim: int, name: str = "x") -> torch.Tensor:
+    """The checks ``light`` leaves out (``x`` with the normalised dim last): no NaN, and no
+    slice that is -inf everywhere."""
+    check_no_nan(x, name)
     if torch.isneginf(x).all(dim=-1).any():
         raise ValueError(f"{name} has a slice that is -inf everywhere along dim={dim}; "
                          "no probability vector has those logits")
@@ -319,28 +325,33 @@ def _sort_threshold(w: torch.Tensor, alpha: float) -> torch.Tensor:
     r"""Exact threshold for alpha in {1.5, 2} by sorting ``w = beta * z`` (max w = 0).
 
     Candidate thresholds assume the support is the top k: alpha = 2 gives
-    lambda_k = (S_k - 1)/k; alpha = 1.5 gives lambda_k = mu_k - sqrt(1/k - sigma_k^2). The
-    support size is the number of k with w_(k) >= lambda_k (these k form a prefix).
+    lambda_k = (S_k - 1)/k; alpha = 1.5 gives lambda_k = mu_k - sqrt(1/k - sigma_k^2), the
+    smaller root of sum_(i <= k) (w_(i) - lambda)^2 = 1. The k with w_(k) >= lambda_k form a
+    prefix, the support, and lambda_k rises along it (adding a term moves the root right), so
+    the threshold is the largest of those lambda_k. For alpha = 2 it is the largest of all:
+    lambda_k - lambda_(k-1) = (w_(k) - lambda_(k-1))/k, so lambda_k falls after the support.
+    Written in as few kernels as it takes (on a GPU each costs about the same at these sizes).
     """
     ws = torch.sort(w, dim=-1, descending=True).values
     k = torch.arange(1, w.shape[-1] + 1, device=w.device, dtype=w.dtype)
     cs = ws.cumsum(dim=-1)
     if alpha == 2.0:
-        lam = (cs - 1) / k
-    else:
-        mean = cs / k
-        var = (ws * ws).cumsum(dim=-1) / k - mean * mean
-        lam = mean - torch.sqrt((1 / k - var).clamp_min(0))
-    size = (ws >= lam).sum(dim=-1, keepdim=True)
-    return lam.gather(-1, size - 1)
+        return cs.sub_(1).div_(k).amax(dim=-1, keepdim=True)
+    mean = cs / k
+    # k (1/k - sigma_k^2) = 1 - S2_k + S_k mu_k
+    disc = torch.addcmul(torch.rsub(ws.square().cumsum_(dim=-1), 1), cs, mean)
+    lam = mean.sub_(disc.clamp_min_(0).div_(k).sqrt_())
+    # (past the support S2_k can overflow, and lambda_k be NaN: "ws >= lam" is False there)
+    return torch.where(ws >= lam, lam, -math.inf).amax(dim=-1, keepdim=True)
 
 
 def _default_iters(dtype: torch.dtype) -> int:
     return round(-math.log2(torch.finfo(dtype).eps)) + 3
 
 
-#: The threshold solvers of the entmax family.
-ENTMAX_METHODS = ("newton", "sort", "bisect")
+#: The threshold solvers of the entmax family; ``"auto"`` picks one by device (see
+#: :func:`entmax`).
+ENTMAX_METHODS = ("auto", "newton", "sort", "bisect")
 
 
 # Sort-free solver, in units of z = x - max x: entmax_alpha(x)_i = [beta (z_i - tau)]_+^{1/beta}
@@ -497,27 +508,43 @@ def _candidates(z: torch.Tensor, tau: torch.Tensor, floor: float):
                                                    dim=-1).gather(-1, column)
 
 
-def _newton_parts(x: torch.Tensor, alpha: float):
-    """(p, lambda) by the sort-free solver, validating through the row maxima (cheap): warm
-    start, then :func:`_solve` on the shifted row, or on its candidates only (general alpha,
-    long sparse rows, where each ``pow`` pass over the full row would cost more than packing)."""
+def _fast_parts(x: torch.Tensor, alpha: float, method: str, threshold: bool = True):
+    """(p, lambda) by ``"newton"`` or ``"sort"`` (lambda None unless ``threshold``), validating
+    through the row maxima (one synchronisation, where the general path needs three), then
+    working on ``z = x - max``.
+
+    ``"newton"``: warm start, then :func:`_solve` on the shifted row, or on its candidates
+    only (general alpha, long sparse rows, where each ``pow`` pass over the full row would cost
+    more than packing). ``"sort"`` (alpha in {1.5, 2}): :func:`_sort_threshold`, in as few
+    kernels as it takes (on a GPU at these sizes each one costs about the same)."""
     if x.numel() == 0:
-        return _entmax_parts(x, alpha, "newton", None)
+        return _entmax_parts(x, alpha, method, None)
     if x.dtype in HALF_DTYPES:  # half logits: solve in float32
-        p, lam = _newton_parts(x.float(), alpha)
-        return p.to(x.dtype), lam.to(x.dtype)
-    top, m = _row_max(x)  # NaN propagates into the max
-    if not torch.isfinite(top).all():
+        p, lam = _fast_parts(x.float(), alpha, method, threshold)
+        return p.to(x.dtype), None if lam is None else lam.to(x.dtype)
+    if method == "newton":
+        top, m = _row_max(x)  # NaN propagates into the max
+    else:
+        top, m = x.amax(dim=-1, keepdim=True), None
+    if not math.isfinite(top.sum()):  # one synchronisation; a sum that overflows costs a detour
         if torch.isnan(top).any():
             check_no_nan(x, "x")
         if torch.isneginf(top).any():
             raise ValueError("x has a slice that is -inf everywhere; no probability vector "
                              "has those logits")
-        return _entmax_parts(x, alpha, "newton", None)  # +inf logits: the general path
+        return _entmax_parts(x, alpha, method, None)  # +inf logits (or a sum that overflowed)
     beta = alpha - 1
+    z = x - top  # shift first: exact for huge logits
+    if method == "sort":
+        # -inf entries need no care here: past the finite entries lambda_k is -inf (alpha = 2)
+        # or NaN (alpha = 1.5), which neither the maximum nor the mask of _sort_threshold takes
+        w = z if alpha == 2.0 else z.mul_(beta)
+        lam = _sort_threshold(w, alpha)
+        p = w.sub_(lam).clamp_min_(0)
+        p = p if alpha == 2.0 else p.square_()
+        return p, torch.add(lam, top, alpha=beta).squeeze(-1) if threshold else None
     n = x.shape[-1]
     tau = _warm_start(top, m, alpha)
-    z = x - top  # shift first: exact for huge logits
     if alpha not in (1.5, 2.0) and n >= _COMPACT_MIN:
         # general alpha on long rows: pow is costly, so solve on the entries above the lower
         # bound only (the rest are exact zeros), when they are few
@@ -525,9 +552,9 @@ def _newton_parts(x: torch.Tensor, alpha: float):
         if packed is not None:
             vals, unpack = packed
             pc, tau = _solve(vals, tau, alpha)
-            return unpack(pc), (beta * (tau + top)).squeeze(-1)
+            return unpack(pc), (beta * (tau + top)).squeeze(-1) if threshold else None
     p, tau = _solve(z, tau, alpha)
-    return p, (beta * (tau + top)).squeeze(-1)
+    return p, (beta * (tau + top)).squeeze(-1) if threshold else None
 
 
 def _bisect_threshold(w: torch.Tensor, beta: float, n_iter: int) -> torch.Tensor:
@@ -584,9 +611,18 @@ def _newton_overflows(alpha: float, dtype: torch.dtype, n: int) -> bool:
     return inv * math.log2(inv) + math.log2(max(n, 1)) + 2 >= math.log2(torch.finfo(work).max)
 
 
-def _method(method: str, exact_only: bool = False) -> str:
-    check_choice(method, "method", ENTMAX_METHODS if not exact_only else ("newton", "sort"))
-    return method
+def _method(method: str, x: torch.Tensor, alpha: float, exact_only: bool = False) -> str:
+    """The solver ``method`` names for logits ``x``; ``"auto"`` is ``"sort"`` on a CUDA device
+    for alpha in {1.5, 2}, ``"bisect"`` for alpha > 2 and ``"newton"`` otherwise. (Measured,
+    benchmarks/results: on a 2-core CPU Newton takes 0.02-0.1x the time of a sort; on an H100,
+    at every size benchmarked, each call is bound by its kernel launches, and a sort needs
+    fewer than Newton's iterations.)"""
+    check_choice(method, "method", ENTMAX_METHODS if not exact_only else ("auto", "newton", "sort"))
+    if method != "auto":
+        return method
+    if alpha > 2:
+        return "bisect"
+    return "sort" if x.is_cuda and alpha in (1.5, 2.0) else "newton"
 
 
 def _jacobian_weights(p: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -601,8 +637,8 @@ class _Entmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, alpha, method, n_iter):
-        if method == "newton":
-            p, _ = _newton_parts(x, alpha)
+        if method in ("newton", "sort"):
+            p, _ = _fast_parts(x, alpha, method, threshold=False)
         else:
             p, _ = _entmax_parts(x, alpha, method, n_iter)
         ctx.save_for_backward(p)
@@ -617,7 +653,7 @@ class _Entmax(torch.autograd.Function):
         return sg - s * sg.sum(dim=-1, keepdim=True) / s.sum(dim=-1, keepdim=True), None, None, None
 
 
-def sparsemax(x, dim: int = -1, method: str = "newton") -> torch.Tensor:
+def sparsemax(x, dim: int = -1, method: str = "auto") -> torch.Tensor:
     r"""Sparsemax: the Euclidean projection of :math:`x` onto the simplex (exact).
 
     .. math:: \operatorname{sparsemax}(x) = \arg\min_{p\in\Delta^{n-1}}\|p - x\|^2
@@ -625,10 +661,11 @@ def sparsemax(x, dim: int = -1, method: str = "newton") -> torch.Tensor:
 
     with :math:`\lambda` from :func:`sparsemax_threshold`. Its backward pass is the
     hand-derived :math:`J = \operatorname{diag}(s) - ss^\top/|\Omega|`, :math:`s = 1_\Omega`.
-    ``method``: ``"newton"`` (sort-free, Michelot's iteration, exact finish) or ``"sort"``.
+    ``method``: ``"newton"`` (sort-free, Michelot's iteration, exact finish), ``"sort"``, or
+    ``"auto"`` (sort on a CUDA device, Newton elsewhere; see :func:`entmax`).
     """
-    x = _logits(x, dim, light=method == "newton")
-    return _Entmax.apply(x, 2.0, _method(method, True), None).movedim(-1, dim)
+    x = _logits(x, dim, light=True)
+    return _Entmax.apply(x, 2.0, _method(method, x, 2.0, True), None).movedim(-1, dim)
 
 
 def sparsemax_threshold(x, dim: int = -1, method: str = "sort") -> torch.Tensor:
@@ -636,23 +673,26 @@ def sparsemax_threshold(x, dim: int = -1, method: str = "sort") -> torch.Tensor:
     ``"newton"``).
 
     With :math:`x_{(1)}\ge\dots\ge x_{(n)}` and :math:`\lambda_k = (\sum_{i\le k}x_{(i)} - 1)/k`,
-    :math:`\lambda = \lambda_K` for the largest :math:`K` with :math:`x_{(K)} \ge \lambda_K`.
-    Shape: ``x`` without ``dim``. ``+inf`` where the slice holds a ``+inf`` logit.
+    :math:`\lambda = \lambda_K` for the largest :math:`K` with :math:`x_{(K)} \ge \lambda_K`,
+    which is also :math:`\max_k \lambda_k` (:math:`\lambda_k` rises while :math:`k` is in the
+    support and falls after). Shape: ``x`` without ``dim``. ``+inf`` where the slice holds a
+    ``+inf`` logit.
     """
-    x = _logits(x, dim)
-    return _entmax_parts(x, 2.0, _method(method, True), None)[1]
+    x = _logits(x, dim, light=True)
+    return _fast_parts(x, 2.0, _method(method, x, 2.0, True))[1]
 
 
-def entmax15(x, dim: int = -1, method: str = "newton") -> torch.Tensor:
-    r"""1.5-entmax, exact (``method``: ``"newton"``, sort-free, or ``"sort"``).
+def entmax15(x, dim: int = -1, method: str = "auto") -> torch.Tensor:
+    r"""1.5-entmax, exact (``method``: ``"newton"``, sort-free, ``"sort"``, or ``"auto"``:
+    sort on a CUDA device, Newton elsewhere).
 
     .. math:: \operatorname{entmax}_{1.5}(x) = \big[x/2 - \lambda(x)\big]_+^2,
 
     with :math:`\lambda` from :func:`entmax15_threshold`. Backward:
     :math:`J = \operatorname{diag}(s) - ss^\top/\sum s`, :math:`s = \sqrt{p}`.
     """
-    x = _logits(x, dim, light=method == "newton")
-    return _Entmax.apply(x, 1.5, _method(method, True), None).movedim(-1, dim)
+    x = _logits(x, dim, light=True)
+    return _Entmax.apply(x, 1.5, _method(method, x, 1.5, True), None).movedim(-1, dim)
 
 
 def entmax15_threshold(x, dim: int = -1, method: str = "sort") -> torch.Tensor:
@@ -667,16 +707,16 @@ def entmax15_threshold(x, dim: int = -1, method: str = "sort") -> torch.Tensor:
     where the slice holds a ``+inf`` logit. ``method="newton"`` gives the same threshold
     without sorting.
     """
-    x = _logits(x, dim)
-    return _entmax_parts(x, 1.5, _method(method, True), None)[1]
+    x = _logits(x, dim, light=True)
+    return _fast_parts(x, 1.5, _method(method, x, 1.5, True))[1]
 
 
-def entmax(x, alpha: float = 1.5, dim: int = -1, method: str = "newton") -> torch.Tensor:
+def entmax(x, alpha: float = 1.5, dim: int = -1, method: str = "auto") -> torch.Tensor:
     r""":math:`\alpha`-entmax with a choice of threshold solver.
 
     .. math:: \operatorname{entmax}_\alpha(x) = \big[(\alpha-1)x - \lambda(x)\big]_+^{1/(\alpha-1)}.
 
-    ``method="newton"`` (default, :math:`1 < \alpha \le 2`): Newton's method on
+    ``method="newton"`` (:math:`1 < \alpha \le 2`): Newton's method on
     :math:`\phi(\lambda) = g(\lambda)^{\alpha-1} - 1`,
     :math:`g(\lambda) = \sum_i [(\alpha-1)x_i - \lambda]_+^{1/(\alpha-1)}`, from a point where
     :math:`g \ge 1` (:math:`\lambda_0 = (\alpha-1)\max_i x_i - 1`, or for long rows a few Newton
@@ -691,11 +731,15 @@ def entmax(x, alpha: float = 1.5, dim: int = -1, method: str = "newton") -> torc
     :math:`\alpha < 1.04` in float32/float16/bfloat16, :math:`\alpha < 1.007` in float64),
     ``"newton"`` falls back to bisection, which works in units where they stay below 1.
     ``"sort"``: exact, :math:`\alpha \in \{1.5, 2\}` only. ``"bisect"``: any :math:`\alpha > 1`
-    (same as :func:`entmax_bisect`). Backward: :math:`s = p^{2-\alpha}` on the support.
+    (same as :func:`entmax_bisect`). ``"auto"`` (default): ``"sort"`` on a CUDA device for
+    :math:`\alpha \in \{1.5, 2\}` (there these calls are bound by kernel launches, and a sort
+    takes fewer than Newton's iterations: benchmarks/results), ``"bisect"`` for
+    :math:`\alpha > 2`, ``"newton"`` otherwise.
+    Backward: :math:`s = p^{2-\alpha}` on the support.
     """
-    x = _logits(x, dim, light=method == "newton")
+    x = _logits(x, dim, light=True)
     alpha = _alpha(alpha)
-    method = _method(method)
+    method = _method(method, x, alpha)
     if method == "sort" and alpha not in (1.5, 2.0):
         raise ValueError(f"method='sort' needs alpha in (1.5, 2.0), got {alpha}")
     if method == "newton" and alpha > 2:
@@ -704,6 +748,8 @@ def entmax(x, alpha: float = 1.5, dim: int = -1, method: str = "newton") -> torc
     if (method == "newton" and alpha not in (1.5, 2.0)
             and _newton_overflows(alpha, x.dtype, x.shape[-1])):
         method = "bisect"  # u^(1/beta) would overflow: nan instead of a distribution
+    if method == "bisect":  # the other solvers check through the row maxima
+        _check_slices(x, dim)
     return _Entmax.apply(x, alpha, method, None).movedim(-1, dim)
 
 
