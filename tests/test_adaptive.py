@@ -92,6 +92,9 @@ def test_ema_is_a_weighted_average_and_keeps_dim():
         ad.ema(x, 1.0)
     with pytest.raises(ValueError, match="dim"):
         ad.ema(x, 0.5, dim=2)
+    for bad in (None, 1.0):  # used to fail inside the range check or in movedim
+        with pytest.raises(TypeError, match="dim must be an int"):
+            ad.ema(x, 0.5, dim=bad)
 
 
 # -- Hessian heuristics ---------------------------------------------------------------------

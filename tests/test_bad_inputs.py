@@ -21,3 +21,15 @@ def test_spoiled_tensors_include_the_other_dtypes():
     assert {"float64", "float16", "bfloat16", "int dtype", "NaN entry"} <= set(labels)
     labels64 = [label for label, _ in bad_inputs.spoiled(torch.ones(2, dtype=torch.float64))]
     assert "float32" in labels64
+
+
+def test_a_string_or_flag_is_another_code_path():
+    """A method or a flag picks another path, which the replay spoils again; another shape does
+    not (entmax's bisection fallback skipped validation, and no replayed call reached it)."""
+    path, shape = bad_inputs._signatures_of_call((torch.ones(2, 3), 1.5), {"method": "sort"})
+    other_method = bad_inputs._signatures_of_call((torch.ones(2, 3), 1.5), {"method": "newton"})
+    other_shape = bad_inputs._signatures_of_call((torch.ones(4, 5), 2.0), {"method": "sort"})
+    other_flag = bad_inputs._signatures_of_call((torch.ones(2, 3), 1.5),
+                                                {"method": "sort", "exact": True})
+    assert other_method[0] != path and other_flag[0] != path
+    assert other_shape[0] == path and other_shape[1] != shape

@@ -166,6 +166,9 @@ def test_bad_input_messages():
         K.fixed_fraction_sampler(torch.tensor([0, 1]), 4.0, [0.5, 0.5])
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         K.fixed_fraction_sampler(torch.tensor([0, 1]), 4, [0.5, 0.5], generator=0)
+    for fracs in (torch.tensor(1.0), 0.5, "ab"):  # a 0-d tensor used to fail inside iteration
+        with pytest.raises(TypeError, match="fracs must be a sequence"):
+            K.fixed_fraction_sampler(torch.tensor([0, 1]), 4, fracs)
 
 
 def test_sampler_exact_composition_of_the_post():

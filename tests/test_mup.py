@@ -269,6 +269,25 @@ def test_matrix_norms_and_rms_values():
     (lambda: mup.train([torch.ones(2, 3), torch.ones(3, 1)], torch.ones(1, 2),
                        torch.ones(1, 1), [0.1], steps=1), ValueError,
      r"lrs must hold one learning rate per weight \(2\), got 1"),
+    # found by tools/bad_inputs.py once it replayed calls passing these arguments
+    (lambda: mup.train([torch.ones(2, 3), torch.ones(3, 1)], torch.ones(2, 1, 2),
+                       torch.ones(1, 1), [0.1, 0.1], steps=1), ValueError,
+     r"X and T must not carry leading dimensions beyond the weights' stack \(\)"),
+    (lambda: mup.train([torch.ones(2, 2, 3), torch.ones(2, 3, 1)], torch.ones(1, 2),
+                       torch.ones(3, 2, 1, 1), [0.1, 0.1], steps=1), ValueError, r"stack \(2,\)"),
+    (lambda: mup.train([torch.ones(2, 2, 3), torch.ones(2, 3, 1)], torch.ones(1, 2),
+                       torch.ones(3, 1, 1), [0.1, 0.1], steps=1), ValueError,
+     r"the shapes of Z \(2, 1, 1\) and T \(3, 1, 1\) do not broadcast"),
+    (lambda: mup.train([torch.ones(2, 3), torch.ones(3, 1)], torch.tensor([[0.0, math.nan]]),
+                       torch.ones(1, 1), [0.1, 0.1], steps=1), ValueError, "X must be finite"),
+    (lambda: mup.train([torch.ones(2, 3), torch.ones(3, 1)], torch.ones(1, 2),
+                       torch.tensor([[math.inf]]), [0.1, 0.1], steps=1), ValueError,
+     "T must be finite"),
+    (lambda: mup.rms(torch.ones(2, 3), dim=2), ValueError, "dim=2 is out of range"),
+    (lambda: mup.rms(torch.ones(2, 3), dim=1.0), TypeError, "dim"),
+    (lambda: mup.rms(torch.ones(2, 3), dim=(1, -1)), ValueError, "dim must not name"),
+    (lambda: mup.lr_multipliers("sgd", 8, 1, param="spectral", d0=0), ValueError, "d0"),
+    (lambda: mup.lr_multipliers("sgd", 8, 1, d0=None), TypeError, "d0"),
 ])
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):

@@ -285,6 +285,17 @@ def test_taylor_softmax():
         N.taylor_softmax(x, 3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_perturb_max_half_precision(dtype):
+    """The normal cdf has no half kernels on a CPU: computed in float32 and cast back."""
+    x = randn(3, 4, seed=48, dtype=torch.float32)
+    for noise in ("normal", "gumbel"):
+        p = N.perturb_max(x.to(dtype), noise, 500, dim=0)
+        assert p.dtype == dtype
+        torch.testing.assert_close(p, N.perturb_max(x.to(dtype).float(), noise, 500, dim=0)
+                                   .to(dtype), atol=0, rtol=0)
+
+
 def test_perturb_max():
     x = randn(10, 5, seed=16)
     torch.testing.assert_close(N.perturb_max(x, "gumbel"), torch.softmax(x, -1), atol=1e-6,

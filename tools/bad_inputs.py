@@ -8,13 +8,16 @@ edge cases have a defined behaviour. This tool tests the rule where nobody wrote
     python tools/bad_inputs.py --replay dlmath.moe dlmath.lse   # some modules only
 
 1. *Record*: the test suite runs with every public function of ``dlmath`` wrapped (as a pytest
-   plugin, this module itself); up to four successful top-level calls per function, with small
-   arguments, are saved to ``_build/bad_inputs/calls.pt``.
+   plugin, this module itself); per function, successful top-level calls with small arguments
+   that take up to eight code paths (types, dimensions, dtypes, keywords, the values of strings
+   and flags), and other shapes until there are eight calls, are saved to
+   ``_build/bad_inputs/calls.pt``.
 2. *Replay*: each saved call is repeated with one argument replaced by a bad value: a tensor with
    a NaN or an inf entry, all zeros, times 1e30, an integer dtype, the other float precision
    (float32 for float64 and back: a reader mixing the two), float16, bfloat16, empty, 0-d, one
    dimension more or less, a batch of two copies; for numbers NaN, inf, 0, a negative one,
-   ``None``, a float where an int was; a bogus string. Each outcome is one of
+   ``None``, a float where an int was; a bogus string. Each spoil is tried once per code path
+   (the strings and flags a call passes), on the first call of that path. Each outcome is one of
 
    ``named``      a ``ValueError``/``TypeError`` whose message names the argument: the rule;
    ``other-arg``  a dlmath error naming another argument (fine when that one is at fault:
@@ -56,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "_build" / "bad_inputs"
 CALLS = OUT / "calls.pt"
 SKIP_MODULES = {"dlmath._checks", "dlmath.plotting", "dlmath.device", "dlmath.optim._fused"}
-PER_FUNCTION = 4
+PER_FUNCTION = 8
 MAX_ELEMENTS = 20_000
 TIMEOUT_S = 15
 
@@ -95,19 +98,28 @@ def _small(v) -> bool:
     return True
 
 
-def _signature_of_call(args, kwargs) -> str:
+def _signatures_of_call(args, kwargs) -> tuple[str, str]:
+    """(path, shape) signatures of a call. The path: argument types, tensor dimensions and
+    dtypes, keyword names, and the values of string and bool arguments (a ``method`` or a flag
+    picks another code path); the shape signature adds the tensors' shapes."""
     import torch
 
-    kinds = [(type(a).__name__, tuple(a.shape) if isinstance(a, torch.Tensor) else None)
-             for a in args]
-    return repr(kinds) + repr(sorted(kwargs))
+    def kind(a, shape):
+        if isinstance(a, torch.Tensor):
+            return "Tensor", tuple(a.shape) if shape else a.ndim, str(a.dtype)
+        return type(a).__name__, a if isinstance(a, (str, bool)) else None
+
+    return tuple(repr([kind(a, shape) for a in args])
+                 + repr(sorted((k, kind(v, shape)) for k, v in kwargs.items()))
+                 for shape in (False, True))
 
 
 def _recording(key: str, f):
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         calls = _records.setdefault(key, [])
-        top = _depth[0] == 0 and len(calls) < PER_FUNCTION and _small(args) and _small(kwargs)
+        top = _depth[0] == 0 and len(calls) < 2 * PER_FUNCTION and _small(args) and \
+            _small(kwargs)
         saved = None
         if top:
             try:
@@ -119,10 +131,12 @@ def _recording(key: str, f):
             result = f(*args, **kwargs)
         finally:
             _depth[0] -= 1
-        if saved is not None:
-            sig = _signature_of_call(*saved)
-            if sig not in (s for s, _ in calls):
-                calls.append((sig, saved))
+        if saved is not None:  # up to PER_FUNCTION code paths, and other shapes until as many
+            path, shape = _signatures_of_call(*saved)
+            paths, shapes = {c[0] for c in calls}, {c[1] for c in calls}
+            if (path not in paths and len(paths) < PER_FUNCTION) or \
+                    (shape not in shapes and len(calls) < PER_FUNCTION):
+                calls.append((path, shape, saved))
         return result
 
     return wrapper
@@ -143,7 +157,7 @@ def pytest_unconfigure(config):
 
     keep = {}
     for key, calls in _records.items():
-        for _, saved in calls:
+        for _, _, saved in calls:
             try:
                 torch.save(saved, io.BytesIO())  # closures over test locals cannot be saved
             except Exception:
@@ -282,11 +296,15 @@ def replay(prefixes: list[str]) -> int:
         if prefixes and not any(key.startswith(p) for p in prefixes):
             continue
         sig, tried = inspect.signature(f), set()
-        for args, kwargs in calls.get(key, [])[:3]:
+        for args, kwargs in calls.get(key, []):
             try:
                 bound = sig.bind(*args, **kwargs)
             except TypeError:
                 continue
+            # each spoil once per code path (the strings and flags passed), on the first call
+            # that passes the argument
+            path = tuple(sorted((k, v) for k, v in bound.arguments.items()
+                                if isinstance(v, (str, bool))))
             status, valid = _call(f, *copy.deepcopy((bound.args, bound.kwargs)))
             if status != "returned":
                 continue
@@ -296,9 +314,9 @@ def replay(prefixes: list[str]) -> int:
                                                      inspect.Parameter.VAR_KEYWORD):
                     continue
                 for label, bad in spoiled(value):
-                    if (argument, label) in tried:
+                    if (argument, label, path) in tried:
                         continue
-                    tried.add((argument, label))
+                    tried.add((argument, label, path))
                     b = sig.bind(*copy.deepcopy(bound.args), **copy.deepcopy(bound.kwargs))
                     b.arguments[argument] = bad
                     status, result = _call(f, b.args, b.kwargs)

@@ -39,6 +39,7 @@ from ._checks import (
     check_broadcast,
     check_callable,
     check_choice,
+    check_dim,
     check_finite,
     check_int,
     check_matrix,
@@ -108,8 +109,7 @@ def ema(x, beta: float, *, bias_correct: bool = True, dim: int = 0,
     if init == "first" and bias_correct:
         raise ValueError("init='first' needs bias_correct=False: an average that starts at the "
                          "first value has no bias towards 0")
-    if not -x.ndim <= dim < x.ndim:
-        raise ValueError(f"dim={dim} is out of range for x with {x.ndim} dimension(s)")
+    dim = check_dim(x, dim)
     xs = x.movedim(dim, 0)
     out = torch.empty_like(xs)
     s = xs[0].clone() if init == "first" else torch.zeros_like(xs[0])

@@ -184,6 +184,11 @@ def fixed_fraction_sampler(labels, batch: int, fracs: Sequence[float],
     ``ValueError``; a class with :math:`f_c = 0` is never drawn.
     """
     batch = check_int(batch, "batch", low=1)
+    if isinstance(fracs, (str, bytes)) or (isinstance(fracs, torch.Tensor) and fracs.ndim != 1) \
+            or not hasattr(fracs, "__iter__"):
+        raise TypeError(f"fracs must be a sequence of fractions, one per class, got "
+                        f"{type(fracs).__name__}"
+                        + (f" of shape {tuple(fracs.shape)}" if hasattr(fracs, "shape") else ""))
     f = torch.as_tensor([check_real(v, f"fracs[{i}]", nonnegative=True)
                          for i, v in enumerate(fracs)], dtype=torch.float64)
     if f.numel() == 0:

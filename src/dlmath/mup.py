@@ -27,7 +27,9 @@ import torch
 
 from ._checks import (
     as_float_tensor,
+    check_broadcast,
     check_choice,
+    check_dim,
     check_finite,
     check_int,
     check_matrix,
@@ -236,6 +238,11 @@ def rms(x, dim: int | tuple[int, ...] | None = None) -> torch.Tensor:
     x = as_float_tensor(x, "x", min_ndim=0)
     if dim is None:
         x, dim = x.reshape(-1), 0
+    else:
+        dims = dim if isinstance(dim, tuple) else (dim,)
+        dims = [check_dim(x.reshape(1) if x.ndim == 0 else x, k) for k in dims]
+        if len(set(dims)) < len(dims):
+            raise ValueError(f"dim must not name a dimension twice, got {dim}")
     top = x.abs().amax(dim=dim, keepdim=True)
     scale = torch.where((top > 0) & torch.isfinite(top), top, torch.ones_like(top))
     return ((x / scale).pow(2).mean(dim=dim, keepdim=True).sqrt() * scale).squeeze(dim)
@@ -363,6 +370,7 @@ def mse_loss(Z, T) -> torch.Tensor:
     if Z.shape[-2:] != T.shape[-2:]:
         raise ValueError(f"Z and T must end in the same (b, d_out), got {tuple(Z.shape)} and "
                          f"{tuple(T.shape)}")
+    check_broadcast(Z=Z.shape, T=T.shape)
     return 0.5 * (Z - T).pow(2).sum(dim=-1).mean(dim=-1)
 
 
@@ -396,6 +404,8 @@ def lr_multipliers(optimizer: str, d: int, n_hidden: int, *, param: str = "mup",
     """
     check_choice(param, "param", _PARAMS)
     kinds = layer_kinds(n_hidden)
+    d, d0 = _positive_int(d, "d"), _positive_int(d0, "d0")
+    d_in, d_out = _positive_int(d_in, "d_in"), _positive_int(d_out, "d_out")
     if param == "sp":
         check_choice(optimizer, "optimizer", OPTIMIZERS)
         return [1.0] * len(kinds)
@@ -467,7 +477,8 @@ def train(weights, X, T, lrs, steps: int, optimizer: str = "sgd", activation=tor
     Returns the losses before every step and after the last, shape ``(steps + 1, ...)``. A
     model diverges when its loss is not finite or when one of its updates overflows (an entry
     of :math:`\eta_l U` not finite while the loss still is); from then on its weights stay
-    as they are and its loss is reported as ``inf``. The inputs are not modified. Chapter 19
+    as they are and its loss is reported as ``inf``. ``X`` and ``T`` must be finite and add no
+    leading dimensions to the weights' stack. The inputs are not modified. Chapter 19
     (the learning-rate sweep).
     """
     check_choice(optimizer, "optimizer", ("sgd", "adam"))
@@ -480,11 +491,19 @@ def train(weights, X, T, lrs, steps: int, optimizer: str = "sgd", activation=tor
         if bool(torch.isnan(lr).any() | (lr < 0).any()):
             raise ValueError("lrs must hold learning rates >= 0 (floats or tensors), not NaN "
                              "or negative ones")
+    for t, name in ((X, "X"), (T, "T")):  # else every model would be reported as diverged
+        check_finite(as_float_tensor(t, name, min_ndim=2), name)
     params = [W.detach().clone().requires_grad_(True) for W in weights]
     losses, diverged = [], None  # diverged: per model (the loss's shape)
     for step in range(steps + 1):
         with torch.enable_grad():
             loss = mse_loss(mlp_features(params, X, activation)[-1], T)
+            if step == 0:  # one loss per model: X and T may not add models of their own
+                stack = torch.broadcast_shapes(*(W.shape[:-2] for W in params))
+                if loss.shape != stack:
+                    raise ValueError(f"X and T must not carry leading dimensions beyond the "
+                                     f"weights' stack {tuple(stack)}: the loss would have shape "
+                                     f"{tuple(loss.shape)}")
             alive = torch.isfinite(loss) if diverged is None else torch.isfinite(loss) & ~diverged
             losses.append(torch.where(alive, loss.detach(), math.inf))
             if step == steps:

@@ -273,11 +273,14 @@ def perturb_max(x, noise: str = "gumbel", n_grid: int = 20_000, dim: int = -1) -
     gives exactly softmax; ``"normal"``: standard normal). The expectation is a deterministic
     quadrature on the inverse-cdf grid :math:`\varepsilon_k = \Phi^{-1}((k+\tfrac12)/N)`,
     :math:`k<N=` ``n_grid``, evaluated in log space; the result is renormalised to sum to 1.
-    Cost :math:`O(n^2 N)` per slice (chunked over the grid).
+    Cost :math:`O(n^2 N)` per slice (chunked over the grid). float16/bfloat16 logits are
+    computed in float32 and the result cast back.
     """
     x = _logits(x, dim)
     check_choice(noise, "noise", _NOISES)
     n_grid = check_int(n_grid, "n_grid", low=1)
+    if x.dtype in HALF_DTYPES:  # the normal cdf has no half-precision kernels
+        return perturb_max(x.float().movedim(-1, dim), noise, n_grid, dim).to(x.dtype)
     pos = torch.isposinf(x)
     xf = torch.where(pos, torch.zeros_like(x), x)
     u = (torch.arange(n_grid, device=x.device, dtype=torch.float64) + 0.5) / n_grid
