@@ -311,6 +311,25 @@ def test_ratio_decomposition_and_edge_cases():
         F.within_between_ratio(h, torch.zeros(30, dtype=torch.long))
 
 
+def test_ratio_edge_cases_are_exact_and_scale_safe():
+    y = torch.tensor([0, 0, 0, 1, 1])
+    # all rows equal: nan, decided exactly (rounded class and overall means used to give 1.0)
+    assert math.isnan(F.within_between_ratio(torch.full((5, 1), 0.1, dtype=F64), y))
+    # class means both exactly 0.1: inf (the rounding of the overall mean used to give 3e21)
+    h = torch.tensor([[0.1], [0.1], [0.1], [0.1 - 2**-20], [0.1 + 2**-20]], dtype=F64)
+    assert F.within_between_ratio(h, y) == math.inf
+    # means 0.2 = (0.1 + 0.2 + 0.3)/3 = (0.2 + 0.7 - 0.3)/3 differ only by rounding: inf, not 1e32
+    h2 = torch.tensor([[0.1], [0.2], [0.3], [0.2], [0.7], [-0.3]], dtype=F64)
+    assert F.within_between_ratio(h2, torch.tensor([0, 0, 0, 1, 1, 1])) == math.inf
+    # scale invariance down to 1e-300 and up to 1e300 (the squares used to give nan)
+    g = _gen(31)
+    h = torch.randn(10, 3, generator=g, dtype=F64)
+    y = torch.arange(10) % 3
+    r = F.within_between_ratio(h, y)
+    for scale in (1e-300, 1e-200, 1e200, 1e300):
+        assert F.within_between_ratio(scale * h, y) == pytest.approx(r, rel=1e-12)
+
+
 def test_inclusion_matches_the_posts_numpy_choice():
     # the post draws classes with numpy.random.choice(C, k, False, p): in law the same successive
     # sampling, although numpy draws in rounds and drops repeats

@@ -457,3 +457,74 @@ _GF = lambda w: w - torch.tensor([0.0, 0.0, 1.0], dtype=w.dtype)  # noqa: E731
 def test_fuzz_riemannian_sgd_sphere_bad_input(call, err, text):
     with pytest.raises(err, match=text):
         call()
+
+
+@pytest.mark.parametrize("dtype,n", [(torch.bfloat16, 16), (torch.bfloat16, 300),
+                                     (torch.float16, 200)])
+def test_sphere_functions_move_in_half_precision(dtype, n):
+    # computed in float32: with the half dtype's eps the default rtol reached 1 (bf16 n >= 13)
+    w, g = torch.zeros(n, dtype=dtype), torch.zeros(n, dtype=dtype)
+    w[0], g[1] = 1, 1
+    e1 = torch.zeros(n, dtype=dtype)
+    e1[1] = 1
+    assert torch.equal(mf.sphere_direction(w, g), e1)
+    assert torch.equal(mf.sphere_direction(w, g), mf.lp_sphere_direction(w, g, 2.0))
+    phi = mf.sphere_exact_direction(w, g, 0.5)
+    assert phi.dtype == dtype and float(phi[1]) == pytest.approx(math.sqrt(1 - 1 / 16), rel=1e-2)
+    step = mf.sphere_step(w, g, 0.5)
+    assert step.dtype == dtype and float(step[1]) == pytest.approx(-0.5 / math.sqrt(1.25), rel=1e-2)
+    path = mf.riemannian_sgd_sphere(lambda v: g.expand_as(v), w, 2, 0.5)
+    assert path.dtype == dtype and float(path[-1, 1]) < -0.5
+
+
+def test_sphere_functions_at_extreme_scales():
+    g = torch.tensor([1.0, 1.0, 0.0])
+    for s in (1e20, 1e38, 1e-30, 1e-45):   # ||w||^2 overflows / underflows (1e-45: subnormal)
+        w = torch.tensor([s, 0.0, 0.0])
+        assert torch.equal(mf.sphere_project(w, g), torch.tensor([0.0, 1.0, 0.0]))
+        assert torch.equal(mf.sphere_direction(w, g), torch.tensor([0.0, 1.0, 0.0]))
+        assert torch.allclose(mf.sphere_step(w, g, 0.1), unit(torch.tensor([1.0, -0.1, 0.0])))
+    # a huge eta rotates by arctan(eta) -> pi/2 and stays on the sphere (float16: no 70000 * t)
+    e0, e1 = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    for eta in (1e20, 1e300):
+        assert torch.allclose(mf.sphere_step(e0, e1, eta), -e1, atol=1e-7)
+    half = mf.sphere_step(e0.half(), e1.half(), 70000.0)
+    assert half.isfinite().all() and float(half[1]) == -1.0
+
+
+def test_l2_and_fro_directions_at_extreme_scales():
+    for s in (1e-30, 1e-45, 1e30, 3e38):
+        assert torch.equal(mf.steepest_direction(torch.full((4,), s), "l2"), torch.full((4,), 0.5))
+        assert torch.equal(mf.steepest_direction(torch.full((2, 2), s), "fro"),
+                           torch.full((2, 2), 0.5))
+    assert torch.equal(mf.steepest_direction(torch.zeros(2, 2), "fro"), torch.zeros(2, 2))
+
+
+def test_linf_direction_is_zero_when_the_tangent_part_vanishes():
+    # a tied largest |w_i| used to give [1, -1, ...] for a zero gradient or at a critical point
+    cases = [([1.0, 1.0, 0.5], [0.0, 0.0, 0.0]), ([1.0, 1.0], [1.0, 1.0]),
+             ([1.0, -1.0, 0.2], [0.3, -0.3, 0.0]), ([0.1, 0.1, 0.1], [0.1, 0.1, 0.1])]
+    for w, g in cases:
+        w, g = torch.tensor(w, dtype=F64), torch.tensor(g, dtype=F64)
+        zero = torch.zeros_like(w)
+        assert torch.equal(mf.linf_sphere_direction(w, g), zero)
+        assert torch.equal(mf.lp_sphere_direction(w, g, math.inf), zero)
+        assert torch.equal(mf.lp_sphere_direction(w, g, 1000.0), zero)
+    # a non-zero tangent part still moves: within rtol of flat only through lp_sphere_direction
+    w, g = torch.tensor([1.0, 1.0], dtype=F64), torch.tensor([1.0, 1.0 + 1e-9], dtype=F64)
+    assert torch.equal(mf.linf_sphere_direction(w, g), torch.tensor([-1.0, 1.0], dtype=F64))
+    assert torch.equal(mf.lp_sphere_direction(w, g, math.inf, rtol=1e-6), torch.zeros(2, dtype=F64))
+
+
+def test_lp_sphere_rtol_is_relative_to_g():
+    # ||P_w g|| / ||g|| = 0.0499: rtol = 0.1 zeroes it, like sphere_direction; rtol = 0.01 does not
+    n = 100
+    w = torch.full((n,), 0.1, dtype=F64)
+    t = torch.zeros(n, dtype=F64)
+    t[0], t[1] = 1 / math.sqrt(2), -1 / math.sqrt(2)
+    g = torch.ones(n, dtype=F64) + 0.5 * t
+    for rtol in (0.1, 0.01):
+        expected = mf.sphere_direction(w, g, rtol=rtol)
+        assert torch.allclose(mf.lp_sphere_direction(w, g, 2.0, rtol=rtol), expected, atol=1e-12)
+    zero = torch.zeros(n, dtype=F64)
+    assert torch.equal(mf.lp_sphere_direction(w, 1e30 * g, 2.0, rtol=0.1), zero)

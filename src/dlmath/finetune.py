@@ -387,23 +387,33 @@ def within_between_ratio(features, labels) -> float:
                           {\tfrac1N\sum_n\|\mu_{y_n} - \mu\|^2},
 
     the two terms adding up to the total scatter :math:`\tfrac1N\sum_n\|h_n-\mu\|^2`. Computed
-    in float64. Shapes: ``features`` ``(N, d)``, ``labels`` ``(N,)`` with at least two distinct
-    classes (else ``ValueError``). Returns ``inf`` when all class means coincide but features
-    vary, and ``nan`` when all features are equal.
+    in float64 after centring by :math:`\mu` and dividing by the largest centred entry, so that
+    the squares neither overflow nor underflow (scale invariance holds from 1e-300 to 1e300).
+    Shapes: ``features`` ``(N, d)``, ``labels`` ``(N,)`` with at least two distinct classes
+    (else ``ValueError``). Returns ``nan`` when all feature rows are equal (exact comparison), and
+    ``inf`` when the class means coincide up to rounding: the between-class scatter is at most
+    :math:`N^3\varepsilon^2` times the total (:math:`\varepsilon` of float64; the rounding of
+    means of :math:`N` terms), so ratios beyond :math:`1/(N^3\varepsilon^2)` read as ``inf``.
     """
     h, labels = _features_labels(features, labels, "features")
     classes, inv = torch.unique(labels, return_inverse=True)
     if classes.numel() < 2:
         raise ValueError("within_between_ratio needs at least two classes in labels")
+    if bool((h == h[0]).all()):
+        return float("nan")
     h = h.to(torch.float64) if h.device.type != "mps" else h
+    h = h / h.abs().amax()                               # no overflow in the mean
+    h = h - h.mean(dim=0)
+    h = h / h.abs().amax()                               # > 0: the rows are not all equal
     n = torch.bincount(inv).to(h.dtype)
     means = torch.zeros(classes.numel(), h.shape[1], dtype=h.dtype, device=h.device)
     means.index_add_(0, inv, h)
     means = means / n[:, None]
-    within = ((h - means[inv]) ** 2).sum() / h.shape[0]
-    between = ((means[inv] - h.mean(dim=0)) ** 2).sum() / h.shape[0]
-    if float(between) == 0.0:
-        return float("nan") if float(within) == 0.0 else float("inf")
+    within = ((h - means[inv]) ** 2).sum()
+    between = ((means[inv] - h.mean(dim=0)) ** 2).sum()
+    N, eps = h.shape[0], torch.finfo(h.dtype).eps
+    if float(between) <= N**3 * eps**2 * float(within + between):
+        return float("inf")
     return float(within / between)
 
 

@@ -13,7 +13,9 @@ and the step is :math:`-\eta\varphi^*`. On the sphere :math:`\lVert w\rVert_2 = 
 must also keep :math:`w - \eta\varphi` on the sphere: to first order, be tangent.
 
 Conventions: vectors live along ``dim=-1`` (matrices, for ``"fro"`` and ``"spectral"``, in the
-last two dimensions), leading dimensions are a batch, results keep the input's device and dtype.
+last two dimensions), leading dimensions are a batch, results keep the input's device and dtype
+(the sphere functions compute float16/bfloat16 in float32 and round once at the end). Norms are
+taken after dividing by the largest entry, so huge and tiny (even subnormal) inputs are exact.
 Inputs must be finite. Where the answer is undefined (a zero gradient, a gradient with no tangent
 component) the direction is the zero vector and a step leaves the point where it is.
 """
@@ -32,6 +34,7 @@ from ._checks import (
     check_finite,
     check_int,
     check_real,
+    upcast_half,
 )
 from .msign import polar
 
@@ -71,9 +74,22 @@ def _pair(w, g) -> tuple[torch.Tensor, torch.Tensor]:
     return w, g
 
 
+def _work_pair(w, g) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+    """:func:`_pair` in the working dtype (float32 for float16/bfloat16), and the input dtype."""
+    w, g = _pair(w, g)
+    return upcast_half(w), upcast_half(g), w.dtype
+
+
 def _safe_div(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """x / d where d > 0, and 0 where d == 0."""
     return torch.where(d > 0, x / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(x))
+
+
+def _normalise(x: torch.Tensor, dim=-1) -> torch.Tensor:
+    """x / ||x||_2 over ``dim``, divided by max |x_i| first (so that the squares neither overflow
+    nor underflow); 0 where x is 0."""
+    x = _safe_div(x, x.abs().amax(dim=dim, keepdim=True))
+    return _safe_div(x, torch.linalg.vector_norm(x, dim=dim, keepdim=True))
 
 
 def _check_p(p) -> float:
@@ -113,7 +129,9 @@ def steepest_direction(g, norm: str = "l2", p: float | None = None) -> torch.Ten
 
     The optimal value :math:`\langle g, \varphi\rangle` is the dual norm of ``g``. Vectors along
     ``dim=-1`` (``(..., n) -> (..., n)``), matrices in the last two dimensions
-    (``(..., n, m) -> (..., n, m)``). A zero ``g`` gives a zero direction. Chapters 08 and 21.
+    (``(..., n, m) -> (..., n, m)``). A zero ``g`` gives a zero direction; every norm is taken
+    after dividing ``g`` by its largest entry, so tiny and huge gradients give the same direction
+    as moderate ones. Chapters 08 and 21.
     """
     check_choice(norm, "norm", NORMS)
     if norm in ("fro", "spectral"):
@@ -123,7 +141,7 @@ def steepest_direction(g, norm: str = "l2", p: float | None = None) -> torch.Ten
         check_finite(G, "g")
         if norm == "spectral":
             return polar(G)
-        return _safe_div(G, torch.linalg.matrix_norm(G, keepdim=True))
+        return _normalise(G, dim=(-2, -1))
     g = _vector(g, "g")
     if norm == "lp":
         if p is None:
@@ -134,7 +152,7 @@ def steepest_direction(g, norm: str = "l2", p: float | None = None) -> torch.Ten
     elif p is not None:
         raise ValueError(f"p is only used with norm='lp', got p={p} with norm={norm!r}")
     if norm == "l2":
-        return _safe_div(g, torch.linalg.vector_norm(g, dim=-1, keepdim=True))
+        return _normalise(g)
     if norm == "linf":
         return torch.sign(g)
     if norm == "l1":
@@ -148,10 +166,9 @@ def steepest_direction(g, norm: str = "l2", p: float | None = None) -> torch.Ten
 
 
 def _unit(w: torch.Tensor, name: str = "w") -> torch.Tensor:
-    norm = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
-    if (norm == 0).any():
+    if (w == 0).all(dim=-1).any():
         raise ValueError(f"{name} must be non-zero (a point of the sphere, or a multiple of one)")
-    return w / norm
+    return _normalise(w)
 
 
 def sphere_project(w, g) -> torch.Tensor:
@@ -161,11 +178,12 @@ def sphere_project(w, g) -> torch.Tensor:
 
     which is :math:`g - \langle g, w\rangle w` on the unit sphere. Normalising ``w`` first makes
     the result orthogonal to ``w`` even when ``w`` has drifted off the sphere (the formula
-    without it is not). Shapes ``(..., n)`` broadcast; ``w`` must be non-zero. Chapter 21.
+    without it is not). Shapes ``(..., n)`` broadcast; ``w`` must be non-zero (any finite scale,
+    subnormal to near overflow). Chapter 21.
     """
-    w, g = _pair(w, g)
+    w, g, dtype = _work_pair(w, g)
     u = _unit(w)
-    return g - (g * u).sum(-1, keepdim=True) * u
+    return (g - (g * u).sum(-1, keepdim=True) * u).to(dtype)
 
 
 def _tangent_unit(w: torch.Tensor, g: torch.Tensor, rtol: float | None) -> torch.Tensor:
@@ -196,11 +214,13 @@ def sphere_direction(w, g, *, rtol: float | None = None) -> torch.Tensor:
     level even when :math:`P_w g` is tiny next to :math:`g` (near a critical point, where one
     pass leaves a relative error :math:`\varepsilon\lVert g\rVert/\lVert P_w g\rVert`). If
     :math:`\lVert P_w g\rVert \le \texttt{rtol}\,\lVert g\rVert` (a zero gradient, or one parallel
-    to ``w``: a critical point) the direction is 0. Default ``rtol`` is :math:`10\,n\,\varepsilon`.
-    Shapes ``(..., n)`` broadcast. Chapter 21.
+    to ``w``: a critical point) the direction is 0. Default ``rtol`` is :math:`10\,n\,\varepsilon`
+    with :math:`\varepsilon` of the working dtype: float16/bfloat16 are computed in float32 (with
+    their own :math:`\varepsilon` the default would reach 1 at :math:`n = 13` in bfloat16 and
+    every direction would be 0). Shapes ``(..., n)`` broadcast. Chapter 21.
     """
-    w, g = _pair(w, g)
-    return _tangent_unit(w, g, rtol)
+    w, g, dtype = _work_pair(w, g)
+    return _tangent_unit(w, g, rtol).to(dtype)
 
 
 def sphere_exact_direction(w, g, eta, *, rtol: float | None = None) -> torch.Tensor:
@@ -217,10 +237,10 @@ def sphere_exact_direction(w, g, eta, *, rtol: float | None = None) -> torch.Ten
     step :math:`w - \eta\varphi` scales ``w`` by :math:`1 - \eta^2/2` (see :func:`sphere_step`,
     which leaves a critical point alone instead). Chapter 21.
     """
-    w, g = _pair(w, g)
+    w, g, dtype = _work_pair(w, g)
     eta = check_real(eta, "eta", nonnegative=True, high=2.0)
     t = _tangent_unit(w, g, rtol)
-    return 0.5 * eta * _unit(w) + math.sqrt(1 - eta * eta / 4) * t
+    return (0.5 * eta * _unit(w) + math.sqrt(1 - eta * eta / 4) * t).to(dtype)
 
 
 def sphere_step(w, g, eta, *, retraction: str = "normalize", rtol: float | None = None
@@ -238,19 +258,23 @@ def sphere_step(w, g, eta, *, retraction: str = "normalize", rtol: float | None 
       along :func:`sphere_exact_direction`: a rotation by :math:`2\arcsin(\eta/2)` along the
       great circle, chord length :math:`\eta` (requires :math:`\eta \le 2`).
 
-    ``eta >= 0``. At a critical point (``t = 0``) the result is :math:`\hat w`. Shapes
-    ``(..., n)`` broadcast. Chapter 21.
+    ``eta >= 0`` (finite; for :math:`\eta > 1` the normalised step is formed as
+    :math:`\hat w/\eta - t`, the same direction, so a huge ``eta`` rotates by :math:`\pi/2`
+    instead of overflowing). At a critical point (``t = 0``) the result is :math:`\hat w`. Shapes
+    ``(..., n)`` broadcast; float16/bfloat16 are computed in float32 (see
+    :func:`sphere_direction`). Chapter 21.
     """
     check_choice(retraction, "retraction", _RETRACTIONS)
-    w, g = _pair(w, g)
+    w, g, dtype = _work_pair(w, g)
     eta = check_real(eta, "eta", nonnegative=True, high=2.0 if retraction == "exact" else None)
     u = _unit(w)
     t = _tangent_unit(w, g, rtol)
     if retraction == "exact":
         step = (1 - eta * eta / 2) * u - eta * math.sqrt(1 - eta * eta / 4) * t
         critical = (t == 0).all(dim=-1, keepdim=True)
-        return torch.where(critical, u, step)
-    return _unit(u - eta * t)
+        return torch.where(critical, u, step).to(dtype)
+    a, b = (1.0, eta) if eta <= 1 else (1.0 / eta, 1.0)   # (u - eta t) / eta for eta > 1
+    return _normalise(a * u - b * t).to(dtype)
 
 
 def linf_sphere_direction(w, g) -> torch.Tensor:
@@ -271,10 +295,19 @@ def linf_sphere_direction(w, g) -> torch.Tensor:
     :math:`\ell_\infty` sphere for small :math:`\eta`. With ties (:math:`|T| \ge 2`) it is the
     limit of the :math:`\ell_p` directions but a step leaves the :math:`\ell_\infty` sphere (a
     tied coordinate with :math:`s_i\varphi_i = -1` grows). Ties among the :math:`c_i` make the
-    LP's maximiser non-unique; this returns one of them. Shapes ``(..., n)``; ``w`` non-zero.
-    Chapter 21.
+    LP's maximiser non-unique; this returns one of them. If the tangent part of ``g`` vanishes,
+    :math:`g_i = 0` off :math:`T` and all :math:`c_i` equal (exact comparisons; a zero gradient,
+    or a critical point), every feasible :math:`\varphi` has :math:`\langle g,\varphi\rangle=0`
+    and the direction is 0, the limit of the :math:`\ell_p` rule. Shapes ``(..., n)``; ``w``
+    non-zero. Chapter 21.
     """
     w, g = _pair(w, g)
+    return _linf_direction(w, g, 0.0)
+
+
+def _linf_direction(w: torch.Tensor, g: torch.Tensor, rtol: float) -> torch.Tensor:
+    """linf_sphere_direction; 0 also where the residual of g off s * 1_T (least squares, in
+    float64 after dividing g by max |g_i|) is <= rtol * ||g||."""
     _unit(w)  # refuses zero w
     absw = w.abs()
     tied = absw == absw.amax(dim=-1, keepdim=True)
@@ -285,7 +318,20 @@ def linf_sphere_direction(w, g) -> torch.Tensor:
         w.shape[-1], device=w.device).expand_as(order))
     k = tied.sum(-1, keepdim=True)
     psi = torch.where(rank < k // 2, 1.0, torch.where(rank >= k - k // 2, -1.0, 0.0)).to(w.dtype)
-    return torch.where(tied, s * psi + 0.0, torch.sign(g))  # + 0.0: no -0.0 for s = -1
+    phi = torch.where(tied, s * psi + 0.0, torch.sign(g))  # + 0.0: no -0.0 for s = -1
+    # the tangent part vanishes: g = lambda * s on T, 0 off T (then every feasible phi scores 0)
+    sg = s * g
+    flat = ((torch.where(tied, 0.0, g) == 0).all(-1, keepdim=True)
+            & (torch.where(tied, sg, -math.inf).amax(-1, keepdim=True)
+               == torch.where(tied, sg, math.inf).amin(-1, keepdim=True)))
+    if rtol > 0:
+        G = _safe_div(g.double(), g.abs().amax(-1, keepdim=True).double())
+        S, Tm = s.double(), tied.double()
+        lam = (S * G * Tm).sum(-1, keepdim=True) / k
+        r = G - lam * S * Tm
+        flat |= (torch.linalg.vector_norm(r, dim=-1, keepdim=True)
+                 <= rtol * torch.linalg.vector_norm(G, dim=-1, keepdim=True))
+    return torch.where(flat, torch.zeros_like(phi), phi)
 
 
 def lp_sphere_direction(w, g, p, *, rtol: float | None = None, return_lambda: bool = False,
@@ -312,15 +358,20 @@ def lp_sphere_direction(w, g, p, *, rtol: float | None = None, return_lambda: bo
     ``p = 2`` gives :func:`sphere_direction`; ``p = math.inf`` gives
     :func:`linf_sphere_direction` (and :math:`\lambda` is then ``nan``). If the tangent part of
     ``g`` vanishes (:math:`\lVert g + \lambda u\rVert \le \texttt{rtol}\lVert g\rVert`, default
-    :math:`10^{3}\varepsilon`) the direction is 0. Shapes ``(..., n)``. The result carries no
+    :math:`10^{3}\varepsilon` of float64; at ``p = math.inf`` the residual of ``g`` after
+    removing its least-squares multiple of :math:`s\,1_T`, see :func:`linf_sphere_direction`)
+    the direction is 0. Shapes ``(..., n)``. The result carries no
     gradient (autograd through the bisection would miss :math:`\lambda`'s dependence on ``w``
     and ``g``). Chapter 21.
     """
     w, g = (t.detach() for t in _pair(w, g))
     p = _check_p(p)
     iters = check_int(iters, "iters", low=1)
+    if rtol is None:
+        rtol = 1e3 * torch.finfo(torch.float64).eps
+    rtol = check_real(rtol, "rtol", nonnegative=True)
     if math.isinf(p):
-        phi = linf_sphere_direction(w, g)
+        phi = _linf_direction(w, g, rtol)
         return (phi, torch.full(phi.shape[:-1], math.nan, dtype=phi.dtype,
                                 device=phi.device)) if return_lambda else phi
     _unit(w)
@@ -353,15 +404,13 @@ def lp_sphere_direction(w, g, p, *, rtol: float | None = None, return_lambda: bo
             break
     lam = 0.5 * (lo + hi)
     r = Gs + lam * u
-    if rtol is None:
-        rtol = 1e3 * torch.finfo(work).eps
-    rtol = check_real(rtol, "rtol", nonnegative=True)
     v = signed_power(r, a)
     # At the root a coordinate of r may cross zero; for p > 2 the power 1/(p-1) < 1 turns its
     # rounding error eps into eps^(1/(p-1)). Removing the component along u restores tangency.
     v = v - _safe_div((v * u).sum(-1, keepdim=True), (u * u).sum(-1, keepdim=True)) * u
     size = torch.linalg.vector_norm(v, ord=p, dim=-1, keepdim=True)
-    keep = torch.linalg.vector_norm(r, dim=-1, keepdim=True) > rtol
+    gsize = torch.linalg.vector_norm(Gs, dim=-1, keepdim=True)   # >= 1 unless g = 0
+    keep = (torch.linalg.vector_norm(r, dim=-1, keepdim=True) > rtol * gsize) & (gsize > 0)
     phi = torch.where(keep, _safe_div(v, size), torch.zeros_like(v)).to(w.dtype)
     if not return_lambda:
         return phi
@@ -382,7 +431,8 @@ def riemannian_sgd_sphere(grad_fn: Callable[[torch.Tensor], torch.Tensor], w0, s
     check_callable(grad_fn, "grad_fn", "grad_fn(w)")
     steps = check_int(steps, "steps", low=0)
     check_choice(retraction, "retraction", _RETRACTIONS)
-    w = _unit(_vector(w0, "w0"), "w0")
+    w0 = _vector(w0, "w0")
+    w = _unit(upcast_half(w0), "w0").to(w0.dtype)
     high = 2.0 if retraction == "exact" else None   # the exact step's chord is at most 2
 
     def eta_at(t):   # lr, or lr(t), checked under the caller's name
