@@ -665,3 +665,53 @@ def test_power_iteration_refuses_a_non_generator():
         linalg.power_iteration(torch.eye(3, dtype=F64), 3, generator=5)
     with pytest.raises(TypeError, match="generator"):
         linalg.PowerIteration(generator="seed")
+
+
+def test_spectral_norm_grad_cheap_path_validates_v_like_power_iteration():
+    W = torch.randn(3, 4, dtype=F64, generator=gen(30))
+    with pytest.raises(ValueError, match="v must be non-zero"):
+        linalg.spectral_norm_grad(W, v=torch.zeros(4, dtype=F64))
+    with pytest.raises(ValueError, match="v must be non-zero"):  # one zero slice is enough
+        linalg.spectral_norm_grad(W.expand(2, 3, 4), v=torch.stack(
+            [torch.ones(4, dtype=F64), torch.zeros(4, dtype=F64)]))
+    with pytest.raises(ValueError, match=r"v of shape \(5, 4\) .*batch shape \(\)"):
+        linalg.spectral_norm_grad(W, v=torch.randn(5, 4, dtype=F64))
+    with pytest.raises(ValueError, match=r"v of shape \(3, 4\) .*batch shape \(2,\)"):
+        linalg.spectral_norm_grad(torch.randn(2, 3, 4), v=torch.randn(3, 4))
+    # what broadcasts is accepted, and the result has W's shape
+    G = linalg.spectral_norm_grad(W.expand(2, 3, 4), v=torch.ones(1, 4, dtype=F64))
+    assert G.shape == (2, 3, 4)
+    torch.testing.assert_close(G[1], linalg.spectral_norm_grad(W, v=torch.ones(4, dtype=F64)))
+
+
+def _diag(*values):
+    return torch.diag(torch.tensor(values, dtype=F64))
+
+
+def test_power_iteration_class_tol_zero_and_exact_tie_fall_back():
+    tracker = linalg.PowerIteration(tol=0.0, generator=gen(0))
+    assert tracker(2 * torch.eye(3, dtype=F64))[0].item() == 2 and tracker.fallbacks == 1
+    # an exact tie (eta = 0) passes but stores the unknown rate 1, not rho^2 = 0 ...
+    tracker = linalg.PowerIteration(generator=gen(0))
+    tracker(_diag(2.0, 2.0))
+    assert tracker.fallbacks == 0 and tracker.contraction.item() == 1
+    # ... so the next warm call on a near-tie falls back instead of returning sigma_2
+    sigma = tracker(_diag(2.0, 1.999))[0]
+    assert tracker.fallbacks == 1 and sigma.item() == 2
+
+
+def test_power_iteration_class_check_limits_as_documented():
+    # the documented limits: a faster-decaying component fools the cold rate estimate, and a
+    # warm call reuses a rate measured before the gap shrank; sigma_2 passes with no fallback
+    cold = linalg.PowerIteration(cold_iters=10, tol=1e-6, generator=gen(9))
+    sigma = cold(_diag(1.0, 0.999, 0.8))[0].item()
+    assert cold.fallbacks == 0 and 5e-4 < 1 - sigma < 2e-3
+    c, s = math.cos(0.3), math.sin(0.3)
+    R = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=F64)
+    warm = linalg.PowerIteration(cold_iters=10, tol=1e-6, generator=gen(0))
+    warm(_diag(1.0, 0.5, 0.3))
+    sigma = warm(R @ _diag(1.0, 0.999, 0.3) @ R.T)[0].item()
+    assert warm.fallbacks == 0 and 1e-6 < 1 - sigma < 2e-4
+    # tol=0 is the safe setting
+    exact = linalg.PowerIteration(tol=0.0, generator=gen(9))
+    assert exact(_diag(1.0, 0.999, 0.8))[0].item() == 1

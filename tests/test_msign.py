@@ -350,6 +350,20 @@ def test_optimal_quintic_equioscillates():
     assert abs(a2 - a / 2) < 1e-12 and abs(b2 - b / 8) < 1e-12 and abs(c2 - c / 32) < 1e-12
 
 
+@pytest.mark.parametrize("lower", [1e-12, 1e-16, 1e-100, 5e-324])
+def test_optimal_quintic_tiny_lower_converges_to_the_limit(lower):
+    """E ~ 1 - a*lower is pinned near 1 for a tiny lower: the stopping rule must also wait
+    for the nodes, or p dips below 0 (sign flips) and max|p - 1| exceeds 1."""
+    a, b, c = optimal_quintic(lower)
+    assert abs(a - 8.514302273849) < 1e-9 and abs(c - 18.767448231046) < 1e-9
+    x = torch.cat([torch.logspace(-300, 0, 20_001, dtype=F64), torch.tensor([lower], dtype=F64)])
+    p = a * x + b * x**3 + c * x**5
+    assert p.min().item() >= 0 and (p - 1).abs().max().item() <= 1.0
+    for got, want in zip(polar_express_coefficients(1, lower, cushion=0.0)[0], (a, b, c),
+                         strict=True):  # inherits it (recentring factor 1 up to rounding)
+        assert abs(got - want) <= 1e-12 * abs(want)
+
+
 PRINTED_PE = [  # the paper's table (before the 1.01 safety factor), as printed
     ("8.28721", "-23.5959", "17.3004"),
     ("4.10706", "-2.94785", "0.544843"),
@@ -375,6 +389,9 @@ def test_polar_express_table_to_printed_digits():
     assert sched[0] == (a / f, b / f**3, c / f**5)
     assert sched[7] == coeffs[7] and sched[9] == coeffs[7]
     assert with_safety(coeffs, keep_last=False)[7] != coeffs[7]
+    # the table is the cushioned one (PE_CUSHION ~ 0.024), not the greedy cushion=0 optimum
+    assert abs(sched[0][0] - 8.205160414) < 1e-8
+    assert abs(polar_express_coefficients(1, cushion=0.0)[0][0] - 8.470328804) < 1e-8
 
 
 # ---------------------------------------------------------------- Marchenko–Pastur and Su's table
@@ -597,3 +614,47 @@ def test_fuzz_fit_quintic_refuses_non_finite_x(bad):
     x[0] = bad
     with pytest.raises(ValueError, match="x must be finite"):
         fit_quintic(x, steps=3)
+
+
+@pytest.mark.parametrize("dtype, inside, above, below", [
+    (torch.float32, (1e-18, 1e18), 1e20, 1e-21), (F64, (1e-150, 1e150), 1e155, 1e-160)])
+def test_msign_validate_false_range_of_the_norm(dtype, inside, above, below):
+    """validate=False scales by the unscaled norm: exact inside [sqrt(tiny), sqrt(max)];
+    above, the norm overflows and the output is the zero matrix; below, accuracy is lost."""
+    B = torch.randn(16, 24, generator=gen(31), dtype=F64)
+    B = (B / B.norm()).to(dtype)
+    want = msign(B)
+    for c in inside:
+        torch.testing.assert_close(msign(B * c, validate=False), want, rtol=0, atol=1e-5)
+    assert torch.equal(msign(B * above, validate=False), torch.zeros_like(B))
+    assert not (msign(B * below, validate=False) - want).abs().max() <= 1e-5
+    for c in (*inside, above, below):  # the validated default rescales every one of them
+        torch.testing.assert_close(msign(B * c), want, rtol=0, atol=1e-5)
+
+
+def _spread(lo: float, seed: int = 0, rank: int | None = None) -> torch.Tensor:
+    """A 64 x 256 float64 matrix with singular values logspace(0, lo) (or rank-``rank``)."""
+    s = torch.logspace(0, lo, 64, dtype=F64)
+    if rank is not None:
+        s = torch.cat([torch.linspace(1, 0.5, rank, dtype=F64), torch.zeros(64 - rank, dtype=F64)])
+    return planted(64, 256, s, seed)
+
+
+@pytest.mark.parametrize("M", [_spread(-6), _spread(-3), _spread(0, rank=8)],
+                         ids=["spread1e-6", "spread1e-3", "rank8"])
+def test_gram_path_accuracy_as_documented(M):
+    """float32 Gram path (the CPU default at aspect 4): within 1e-3 of the float64 result for
+    the 5-step schedules, 100x below their own distance from polar; for 8-step polar_express
+    it is the limiting error (the plain path, gram=False, is far more accurate)."""
+    P, X = polar(M), M.float()
+    for sched in ("jordan", "polar_express"):
+        ref = msign(M, 5, sched)
+        gram = msign(X, 5, sched)  # gram=None takes the Gram path here
+        assert torch.equal(gram, msign(X, 5, sched, gram=True))
+        assert rel(gram.double(), ref) <= 1e-3
+        assert rel(gram.double(), ref) <= rel(ref, P) / 100
+        assert rel(msign(X, 5, sched, gram=False).double(), ref) <= 3e-5
+    ref = msign(M, 8, "polar_express")
+    gram_err = rel(msign(X, 8, "polar_express").double(), ref)
+    plain_err = rel(msign(X, 8, "polar_express", gram=False).double(), ref)
+    assert 1e-4 <= gram_err <= 5e-2 and plain_err <= 2.5e-4 and plain_err <= gram_err / 4
