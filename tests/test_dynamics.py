@@ -257,3 +257,20 @@ def test_gda_zero_steps_and_dtype():
     assert out.shape == (1, 2) and torch.equal(out[0], y0)
     out = dy.gda(dy.dirac_gan_field("non-saturating"), y0, 0.1, 7, scheme="alternating", every=3)
     assert out.shape == (3, 2) and out.dtype == torch.float32
+
+
+def test_integrate_rejects_nonfinite_or_unsorted_t_eval():
+    """NaN passes every range comparison: before, t_eval=[0, nan, 2] silently dropped t=2 and
+    [0, nan, 1, 2] gave a NaN row. Non-finite, unsorted, repeated or 2-d t_eval raise a
+    ValueError naming t_eval; a valid one is returned exactly."""
+    f = dy.dirac_gan_field("vanilla")
+    y0 = torch.tensor([1.0, 0.5], dtype=F64)
+    nan, inf = float("nan"), float("inf")
+    for ts, what in (([0.0, nan, 2.0], "finite"), ([0.0, nan, 1.0, 2.0], "finite"),
+                     ([nan], "finite"), ([0.0, inf], "finite"), ([0.0, 2.0, 1.0], "increasing"),
+                     ([0.0, 1.0, 1.0], "increasing"), ([[0.0, 1.0], [1.5, 2.0]], "1-d")):
+        with pytest.raises(ValueError, match=f"t_eval.*{what}"):
+            dy.integrate(f, y0, 2.0, t_eval=torch.tensor(ts, dtype=F64))
+    ts = torch.tensor([0.0, 1.0, 2.0], dtype=F64)
+    t, Y = dy.integrate(f, y0, 2.0, t_eval=ts)
+    assert torch.equal(t, ts) and Y.shape == (3, 2) and torch.isfinite(Y).all()

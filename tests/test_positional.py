@@ -357,3 +357,13 @@ def test_feasible_exactly_up_to_the_first_negative_offset():
 def test_fuzz_bad_input_is_named(call, err, text):
     with pytest.raises(err, match=text):
         call()
+
+
+def test_min_feasible_base_start_must_exceed_one():
+    """A base must be > 1: start=1.0 passed the old inclusive check and the error came from
+    first_negative_offset naming "base"; now every start <= 1 raises naming start."""
+    for start in (1.0, 0.5, -3.0):
+        with pytest.raises(ValueError, match=r"start must be a base > 1"):
+            P.min_feasible_base(100, 16, start=start)
+    with pytest.raises(ValueError, match="start must be finite"):
+        P.min_feasible_base(100, 16, start=float("nan"))

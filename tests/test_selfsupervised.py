@@ -432,3 +432,29 @@ def test_fuzz_anisotropy_matrix_broadcasts_batches_of_different_rank():
     assert Q.anisotropy_matrix(A.expand(3, 4, 4), B).shape == (3, 4, 4)
     with pytest.raises(ValueError, match="A of shape .* B of shape"):
         Q.anisotropy_matrix(A.expand(3, 4, 4), B.expand(2, 4, 4))
+
+
+# -- fourth reading: the pseudo-inverse cutoff ------------------------------------------------
+
+def test_fit_cutoff_depends_on_d_not_on_the_number_of_images():
+    """A well-determined feature 1000x smaller than the others is fitted in float32 (and in
+    half precision, computed in float32) whatever the batch size; before, pinv's default
+    cutoff eps * n_rows zeroed it once 16 images gave ~16 000 rows. ridge > 0 is the
+    closed form (X^T X + lam I)^{-1} X^T Y of the same data in float64."""
+    M = torch.tensor([[0.99, 0.05, 0.0], [-0.05, 0.99, 0.0], [0.0, 0.0, 0.97]])
+    Z = torch.zeros(16, 32, 32, 3)
+    Z[:, 0] = torch.randn(16, 32, 3, generator=_gen(30)) * torch.tensor([1.0, 1.0, 1e-3])
+    for i in range(1, 32):
+        Z[:, i] = Z[:, i - 1] @ M.T
+    for images in (1, 16):
+        fit = Q.fit_shift_operator(Z[:images], "x")
+        assert fit.dtype == torch.float32 and torch.allclose(fit, M, atol=1e-4)
+    half = Q.fit_shift_operator(Z.half(), "x")
+    assert half.dtype == torch.float16 and abs(float(half[2, 2]) - 0.97) < 5e-3
+    X, Y = Z.double()[:, :-1].reshape(-1, 3), Z.double()[:, 1:].reshape(-1, 3)
+    lam = 1e-6
+    ref = torch.linalg.solve(X.T @ X + lam * torch.eye(3, dtype=F64), X.T @ Y).T
+    assert abs(float(ref[2, 2]) - 0.97) > 1e-4                       # the ridge term matters
+    ridge = Q.fit_shift_operator(Z, "x", ridge=lam)
+    assert torch.allclose(ridge.double(), ref, atol=1e-4)
+    assert abs(float(ridge[2, 2]) - float(ref[2, 2])) < 1e-5

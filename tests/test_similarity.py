@@ -321,3 +321,21 @@ def test_block_quantities_scale_as_they_should(data, log_s):
     assert torch.allclose(c2, c, atol=1e-13, rtol=0)  # cosines are scale invariant
     assert torch.allclose(a2, s * a, rtol=1e-13, atol=0) and torch.equal(b2, b)
     assert abs(S.cosine(s * x, -y) + S.cosine(x, y)) < 1e-13
+
+
+def test_block_weights_do_not_underflow_when_the_overlap_is_tiny():
+    """w_k = a_k b_k / sum_j a_j b_j is scale-free. Before, a_k b_k = 1e-340 underflowed and
+    the only overlapping block got weight 0 (mean 0 instead of its cosine 0.8); now the
+    weights survive products far below the float64 range, and shrink underflows to 0."""
+    c = torch.tensor([0.3, 0.8, -0.5], dtype=F64)
+    for eps in (1e-150, 1e-170, 1e-300, 1e-320):
+        a = torch.tensor([1.0, eps, 0.0], dtype=F64)
+        b = torch.tensor([0.0, eps, 1.0], dtype=F64)
+        shrink, mean = S.block_decomposition(a, b, c)
+        assert float(mean) == pytest.approx(0.8, rel=1e-12)
+        assert float(shrink) == pytest.approx(eps * eps, rel=1e-9, abs=0.0)
+    a = torch.tensor([[1e-200, 1e-200, 0.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], dtype=F64)
+    b = torch.tensor([[1e-200, 3e-200, 1.0], [3.0, 2.0, 1.0], [1.0, 1.0, 1.0]], dtype=F64)
+    c = torch.tensor([[0.2, 0.6, 1.0], [0.1, 0.2, 0.3], [1.0, 1.0, 1.0]], dtype=F64)
+    _, mean = S.block_decomposition(a, b, c)          # weights 1/4, 3/4; 3/10, 4/10, 3/10
+    assert torch.allclose(mean, torch.tensor([0.5, 0.2, 0.0], dtype=F64), rtol=1e-14, atol=0)

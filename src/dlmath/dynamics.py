@@ -148,8 +148,10 @@ def integrate(field: Field, y0, T: float, *, t_eval=None, rtol: float = 1e-8,
 
     ``y0`` may be batched, ``(..., n)``: all initial states are integrated together (the
     field must broadcast over leading dimensions, as those of :func:`dirac_gan_field` do).
-    ``t_eval`` (times in ``[0, T]``) defaults to the solver's own steps. Returns ``(t, Y)``
-    in float64 on ``y0``'s device, ``t`` of shape ``(m,)`` and ``Y`` of shape ``(m, ..., n)``.
+    ``t_eval`` (finite, strictly increasing times in ``[0, T]``; anything else, NaN included,
+    raises ``ValueError`` naming ``t_eval``) defaults to the solver's own steps. Returns
+    ``(t, Y)`` in float64 on ``y0``'s device, ``t`` of shape ``(m,)`` and ``Y`` of shape
+    ``(m, ..., n)``.
     Raises ``RuntimeError`` if the solver fails, or if it has evaluated the field ``max_evals``
     times (``None``: no limit) before reaching ``T``: a path that runs into a singularity of
     the field (the WGAN critic shrinking to 0 under an L2 penalty turns ever faster) would
@@ -161,10 +163,12 @@ def integrate(field: Field, y0, T: float, *, t_eval=None, rtol: float = 1e-8,
     T = check_real(T, "T", positive=True)
     shape, dev = y0.shape, y0.device
     if t_eval is not None:
-        t_eval = as_float_tensor(t_eval, "t_eval", dtype=torch.float64)
+        t_eval = check_finite(as_float_tensor(t_eval, "t_eval", dtype=torch.float64), "t_eval")
         t_eval = t_eval.detach().cpu().double().numpy()
         if t_eval.min() < 0 or t_eval.max() > T:
             raise ValueError(f"t_eval must lie in [0, T={T}]")
+        if t_eval.ndim != 1 or (t_eval[1:] <= t_eval[:-1]).any():
+            raise ValueError("t_eval must be a 1-d tensor of strictly increasing times")
 
     if max_evals is not None:
         max_evals = check_int(max_evals, "max_evals", low=1)

@@ -252,13 +252,15 @@ def min_feasible_base(L: int, d: int = 128, *, levels: int = 5, steps: int = 10,
     The cost is about :math:`s^{\text{levels}}` feasibility tests at the last level, most of
     which end early.
 
-    Raises ``ValueError`` if ``start`` is not feasible.
+    Raises ``ValueError`` naming ``start`` if it is not a base ``> 1`` or not feasible.
     """
     L = check_int(L, "L", low=1)
     d = _check_d(d)
     levels = check_int(levels, "levels", low=1, high=7)
     steps = check_int(steps, "steps", low=2)
-    B = 1000.0 * L if start is None else check_real(start, "start", low=1.0)
+    B = 1000.0 * L if start is None else check_real(start, "start")
+    if not B > 1:
+        raise ValueError(f"start must be a base > 1, got {B}")
     if not bool(is_feasible_base(B, L, d)):
         raise ValueError(f"start={B:g} is not a feasible base for L={L}, d={d}")
     chunk = 4096

@@ -185,12 +185,19 @@ def fit_shift_operator(Z, axis: str, *, ridge: float = 0.0) -> torch.Tensor:
 
     where :math:`e` is one step along ``axis`` (``"x"``: ``dim=-3``, ``"y"``: ``dim=-2``) and
     the sum runs over every image and every pair of neighbours inside ``Z``
-    (shape ``(..., H, W, d)``). Returns ``(d, d)``. Computed as
-    :math:`\hat M^\top = X^{+}Y` with the pseudo-inverse of the stacked sources (augmented by
-    :math:`\sqrt\lambda I` when ``ridge`` :math:`=\lambda>0`), so a rank-deficient problem
-    returns the minimum-norm solution instead of failing. With :math:`X` the ``(n, d)`` stacked
-    sources and :math:`Y` their right/lower neighbours, ``ridge > 0`` gives
-    :math:`\hat M^\top=(X^\top X+\lambda I)^{-1}X^\top Y`. Raises ``ValueError`` if ``Z`` has
+    (shape ``(..., H, W, d)``). Returns ``(d, d)``. With :math:`X` the ``(n, d)`` stacked
+    sources, :math:`Y` their right/lower neighbours and :math:`X=U\Sigma V^\top` (thin SVD),
+
+    .. math:: \hat M^\top = V\,\mathrm{diag}(f(\sigma_i))\,U^\top Y, \qquad
+              f(\sigma) = \frac{\sigma}{\sigma^2+\lambda},
+
+    i.e. :math:`\hat M^\top=(X^\top X+\lambda I)^{-1}X^\top Y` for ``ridge`` :math:`=\lambda>0`
+    (without forming :math:`X^\top X`), and :math:`\hat M^\top = X^{+}Y` for ``ridge=0``: the
+    least-squares solution, minimum-norm when :math:`X` is rank-deficient. There singular
+    values :math:`\sigma_i \le d\,\varepsilon\,\sigma_{\max}` (:math:`\varepsilon` of the
+    working dtype, float32 for half inputs) count as zero: the cutoff depends on ``d`` only,
+    not on ``n``, so the number of images never zeroes a well-determined direction (a feature
+    1000x smaller than the others is kept in float32). Raises ``ValueError`` if ``Z`` has
     fewer than two positions along ``axis`` or is empty.
     """
     Z = _field(Z, "Z")
@@ -204,11 +211,13 @@ def fit_shift_operator(Z, axis: str, *, ridge: float = 0.0) -> torch.Tensor:
     W = Z.to(work_dtype(Z.dtype))
     X = W.narrow(dim, 0, n - 1).reshape(-1, d)
     Y = W.narrow(dim, 1, n - 1).reshape(-1, d)
+    U, sv, Vh = torch.linalg.svd(X, full_matrices=False)
     if ridge > 0:
-        eye = torch.eye(d, dtype=W.dtype, device=W.device)
-        X = torch.cat([X, ridge ** 0.5 * eye])
-        Y = torch.cat([Y, torch.zeros_like(eye)])
-    return (torch.linalg.pinv(X) @ Y).mT.to(Z.dtype)
+        f = 1 / (sv + ridge / sv)                        # sigma / (sigma^2 + lam); 0 at sigma=0
+    else:
+        keep = sv > d * torch.finfo(sv.dtype).eps * sv[0]
+        f = torch.where(keep, 1 / torch.where(keep, sv, 1), 0)
+    return (Vh.mT @ (f[:, None] * (U.mT @ Y))).mT.to(Z.dtype)
 
 
 def extrapolate_block(Zv, Mx, My, H: int, W: int, *, order: str = "yx") -> torch.Tensor:

@@ -80,6 +80,16 @@ def _unit_scale(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x / torch.where(m > 0, m, torch.ones_like(m))
 
 
+def _scaled_product(x: torch.Tensor, y: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x * y`` times the power of two that brings its largest entry along ``dim`` to
+    ``[1/4, 1)``, from mantissas and exponents, so tiny factors cannot underflow the product
+    (zero slices stay zero)."""
+    (mx, ex), (my, ey) = torch.frexp(x), torch.frexp(y)
+    m, e = mx * my, ex + ey
+    top = torch.where(m != 0, e, -(1 << 20)).amax(dim=dim, keepdim=True)  # |e| < 2300
+    return m * torch.exp2((e - top).clamp(max=0).to(m.dtype))     # zeros: any exponent <= 0
+
+
 def _norm(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Euclidean norm along ``dim`` that neither overflows nor underflows (scaled first)."""
     m = x.abs().amax(dim=dim)
@@ -183,14 +193,17 @@ def block_decomposition(a, b, c, dim: int = -1) -> tuple[torch.Tensor, torch.Ten
     .. math:: \text{shrink} = \cos(a, b) \in [0, 1], \qquad
               \text{mean} = \sum_k w_k c_k,\quad w_k = \frac{a_k b_k}{\sum_j a_j b_j},
 
-    with ``mean = 0`` when every :math:`a_k b_k = 0`. Their product is
+    with ``mean = 0`` when every :math:`a_k b_k = 0`. The weights are computed without
+    underflow: a block that is the only overlap of the two profiles has weight 1 even where
+    :math:`a_k b_k` itself is below the float64 range (``a = [1, 1e-170, 0]``,
+    ``b = [0, 1e-170, 1]`` give ``mean = c_2``; ``shrink`` then underflows to 0). Their product is
     :func:`global_from_blocks`. Shapes: ``a``, ``b``, ``c`` broadcast to ``(..., K)``;
     outputs ``(...)``.
     """
     a, b, c = _check_blocks(a, b, c, dim)
     aw, bw, cw = _unit_scale(_work(a), dim), _unit_scale(_work(b), dim), _work(c)
     shrink = _cosine(aw, bw, dim)
-    ab = aw * bw
+    ab = _scaled_product(aw, bw, dim)     # w_k is scale-free: rescale so tiny a_k b_k survive
     total = ab.sum(dim=dim)
     mean = torch.where(total > 0, (ab * cw).sum(dim=dim) / torch.where(total > 0, total, 1.0),
                        torch.zeros_like(total))
