@@ -484,3 +484,15 @@ def test_selection_scores_promote_mixed_dtypes():
         assert out.dtype == torch.float64
         torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
     assert D.selection_weights(C, c).dtype == torch.float64
+
+
+# -- referee findings --------------------------------------------------------------------------
+
+def test_selection_weights_tiny_temperature_is_one_hot_not_nan():
+    gen = torch.Generator().manual_seed(0)
+    C = torch.randn(4, 3, generator=gen)
+    c = torch.randn(3, generator=gen) * 5
+    hard = D.selection_weights(C.double(), c.double(), "is", 0.0)
+    for dt, tau in ((torch.float16, 1e-4), (torch.float64, 1e-310), (torch.float32, 1e-30)):
+        w = D.selection_weights(C.to(dt), c.to(dt), "is", tau)
+        assert w.dtype == dt and torch.equal(w.double(), hard)

@@ -437,3 +437,26 @@ def test_multistep_consistency_sample_refuses_bad_ts_generator_and_f():
     with pytest.raises(ValueError,
                        match=r"f\(x, t\) must return a tensor of shape \(.*\), got float"):
         D.multistep_consistency_sample(lambda x, t: 0.0, x1, [1.0, 0.5])
+
+
+# -- referee findings --------------------------------------------------------------------------
+
+def test_consistency_1d_follows_the_ode_between_separated_modes():
+    # between two narrow modes both CDFs equal 1/2 to float64 rounding: the map must still
+    # follow the probability-flow ODE there, and be odd for a symmetric mixture
+    g = D.GaussianMixture([0.5, 0.5], [-2.0, 2.0], [0.1, 0.1])
+    x = torch.tensor([-0.7, -0.3, 0.0, 0.3, 0.7], dtype=F64)
+    ref = torch.tensor([-0.8822, -0.5096, 0.0, 0.5096, 0.8822], dtype=F64)  # flow_map, 1e-9 tol
+    assert torch.allclose(D.consistency_function_1d(g, x, 0.05), ref, atol=1e-4)
+    for t in (0.05, 0.5, 1.0):
+        assert float(D.consistency_function_1d(g, torch.tensor(0.0, dtype=F64), t)) == 0.0
+        f = D.consistency_function_1d(g, torch.tensor([-1e-15, 1e-15], dtype=F64), t)
+        assert float(f[0]) == -float(f[1]) and float(f[1]) > 0  # steep, odd, increasing
+    with pytest.raises(ValueError, match="x is too large"):
+        D.consistency_function_1d(g, torch.tensor([1e155], dtype=F64), 0.5)
+
+
+def test_consistency_gaussian_rejects_non_finite_points():
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="x must be finite"):
+            D.consistency_function_gaussian(0.0, 1.0, torch.tensor([0.0, bad]), 0.5)

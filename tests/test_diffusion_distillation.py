@@ -159,7 +159,7 @@ def test_sid_losses_bad_input():
     theta = torch.tensor([0.3, 0.9, 0.5], dtype=F64)
     with pytest.raises(TypeError, match="teacher"):
         D.sid_losses(theta, theta, "gmm", gen, ZR, ER, 0.8, 0.6)
-    with pytest.raises(ValueError, match="zrule's weights must be non-negative"):
+    with pytest.raises(ValueError, match="zrule's weights must sum to 1"):
         D.sid_losses(theta, theta, TEACHER, gen, (ZR[0], 2 * ZR[1]), ER, 0.8, 0.6)
     with pytest.raises(ValueError, match="bbar"):
         D.sid_losses(theta, theta, TEACHER, gen, ZR, ER, 0.8, -0.6)
@@ -364,3 +364,32 @@ def test_train_sid_checks_levels_and_theta0():
         D.train_sid(1.0, [0.5, 0.5], BIMODAL, gen, ZR, ER, [(0.8, 0.6), (0.8,)])
     with pytest.raises(ValueError, match="theta0 must be finite"):
         D.train_sid(1.0, [math.nan, 0.5], BIMODAL, gen, ZR, ER, [(0.8, 0.6)])
+
+
+# -- referee findings --------------------------------------------------------------------------
+
+def test_discrete_eps_far_from_every_atom_stays_finite():
+    atoms = torch.tensor([-1.0, 0.0, 1.0])
+    w = torch.tensor([0.25, 0.5, 0.25])
+    half = D.discrete_generator_eps(torch.tensor([4.0, 300.0], dtype=torch.float16),
+                                    atoms.half(), w.half(), 1.0, 1.0)
+    assert half.dtype == torch.float16 and half.tolist() == [3.056640625, 299.0]
+    big = D.discrete_generator_eps(torch.tensor([1e20]), atoms, w, 1.0, 1.0)
+    assert torch.equal(big, torch.tensor([1e20 - 1]))
+    tiny = D.discrete_generator_eps(torch.tensor([4.0]), atoms, w, 1.0, 1e-19)
+    assert torch.allclose(tiny, torch.tensor([3e19]))
+    # the nearest atom of zero weight is skipped
+    zero = D.discrete_generator_eps(torch.tensor([1e20]), atoms, torch.tensor([0.5, 0.5, 0.0]),
+                                    1.0, 1e-10)
+    assert torch.equal(zero, torch.tensor([1e30]))  # (x - 0) / bbar: atom 0 takes it all
+
+
+def test_rule_accepts_float32_weights_normalised_to_rounding():
+    gen = torch.Generator().manual_seed(1)
+    w = torch.softmax(torch.randn(50, generator=gen), 0)
+    assert abs(float(w.sum(dtype=F64)) - 1) > 1e-9  # off by float32 rounding
+    atoms = torch.randn(50, generator=gen)
+    eps = D.discrete_generator_eps(torch.tensor([0.3]), atoms, w, 0.5, 0.8)
+    assert torch.isfinite(eps).all()
+    with pytest.raises(ValueError, match="weights must sum to 1"):
+        D.discrete_generator_eps(torch.tensor([0.3]), atoms, 1.05 * w, 0.5, 0.8)

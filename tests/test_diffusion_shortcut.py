@@ -320,3 +320,23 @@ def test_shortcut_sample_names_z_for_a_shortcut_net():
     with pytest.raises(ValueError, match="z must have shape \\(n, 2\\)"):
         D.shortcut_sample(net2, torch.zeros(5), 2)
     assert D.shortcut_sample(net2, torch.zeros(5, 2), 2).shape == (5, 2)
+
+
+# -- referee findings --------------------------------------------------------------------------
+
+def test_shortcut_mlp_rejects_a_float_level():
+    net = D.ShortcutMLP(1, 8, 3)
+    x = torch.linspace(-1, 1, 4)
+    for k in (0.25, torch.full((4,), 0.25), True):
+        with pytest.raises(TypeError, match="k must be an int"):
+            net(x, 0.5, k)
+    assert torch.equal(net(x, 0.5, torch.full((4,), 2, dtype=torch.int32)), net(x, 0.5, 2))
+
+
+def test_euler_and_shortcut_ideal_reject_non_finite_points():
+    for bad in (math.nan, math.inf):
+        pts = torch.tensor([0.0, bad], dtype=F64)
+        with pytest.raises(ValueError, match="x must be finite"):
+            D.euler(lambda y, t: -y, pts, [0.0, 1.0])
+        with pytest.raises(ValueError, match="x must be finite"):
+            D.shortcut_ideal(lambda y, t: -y, pts, 0.0, 0, 1)

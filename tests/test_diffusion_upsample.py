@@ -405,3 +405,29 @@ def test_snr_squares_in_the_wider_dtype():
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, 1.0 / bbar.double() ** 2 * torch.tensor([1.0, 0.25],
                                                                              dtype=torch.float64))
+
+
+# -- referee findings --------------------------------------------------------------------------
+
+def test_tau_cosine_stays_in_unit_interval_in_every_dtype():
+    for dt in (torch.float16, torch.bfloat16, torch.float32, F64):
+        t = torch.tensor([0.0, 1.0], dtype=dt)
+        tau = D.tau_cosine(t, 64)
+        assert tau.dtype == dt and tau.tolist() == [0.0, 1.0]
+        D.tau_cosine(tau, 64)  # its own output is a valid input
+
+
+def test_pool_matrices_reject_integer_dtypes():
+    for f in (D.avg_pool_matrix, D.nearest_upsample_matrix):
+        with pytest.raises(TypeError, match="dtype must be a floating"):
+            f(4, 2, 1, dtype=torch.int64)
+
+
+def test_torus_covariance_in_half_precision():
+    def spec(f2):
+        return 1 / (1 + f2)
+
+    ref = D.torus_covariance(4, spec)
+    for dt in (torch.float16, torch.bfloat16):
+        S = D.torus_covariance(4, spec, dtype=dt)
+        assert S.dtype == dt and torch.allclose(S.double(), ref, atol=1e-2)

@@ -48,9 +48,12 @@ from ._checks import (
     check_generator,
     check_int,
     check_matrix,
+    check_probability,
     check_real,
     check_returned,
     promote,
+    upcast_half,
+    work_dtype,
 )
 
 __all__ = [
@@ -254,6 +257,7 @@ def euler(v: Callable, x, ts: Sequence[float]) -> torch.Tensor:
     (increasing or decreasing, at least two); ``v(x, t)`` returns a tensor shaped like ``x``."""
     check_callable(v, "v")
     x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
+    check_finite(x, "x")
     ts = [check_real(t, "ts") for t in ts]
     if len(ts) < 2:
         raise ValueError(f"ts must hold at least two times, got {len(ts)}")
@@ -352,6 +356,7 @@ def shortcut_ideal(v: Callable, x, t: float, k: int, K: int) -> torch.Tensor:
     k = check_int(k, "k", low=0, high=K)
     t = check_real(t, "t")
     x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
+    check_finite(x, "x")
 
     def s(y, tau, level):
         if level == K:
@@ -381,7 +386,8 @@ class ShortcutMLP(torch.nn.Module):
     stands for :math:`d=0` (the literal reading of the post's flow-matching term).
 
     ``forward(x, t, k)``: ``x`` of shape ``(n, dim)``, or ``(n,)`` when ``dim == 1``; ``t`` a
-    float or a tensor of shape ``(n,)``; ``k`` an int or a long tensor of shape ``(n,)``.
+    float or a tensor of shape ``(n,)``; ``k`` an int or a long tensor of shape ``(n,)`` (a float
+    or a floating tensor, e.g. the step size :math:`d` itself, raises ``TypeError``).
     Returns a velocity shaped like ``x``, in the net's dtype.
 
     Chapter: *Shortcut models: the step size as a conditional input*.
@@ -413,7 +419,11 @@ class ShortcutMLP(torch.nn.Module):
         n, p = xx.shape[0], self.x_in.weight
         xx = xx.to(p.dtype)
         tt = torch.as_tensor(t, dtype=p.dtype, device=p.device)
-        kk = torch.as_tensor(k, dtype=torch.long, device=p.device)
+        kk = torch.as_tensor(k, device=p.device)
+        if kk.is_floating_point() or kk.is_complex() or kk.dtype == torch.bool:
+            raise TypeError(f"k must be an int or an integer tensor (the level k of d = 2**-k, "
+                            f"not the step size d), got {kk.dtype}")
+        kk = kk.long()
         if tt.ndim and tt.shape != (n,):
             raise ValueError(f"t must be a number or have shape ({n},), got {tuple(tt.shape)}")
         if kk.ndim and kk.shape != (n,):
@@ -734,6 +744,7 @@ def consistency_function_gaussian(mu: float, sigma: float, x, t: float) -> torch
     sigma = check_real(sigma, "sigma", positive=True)
     t = check_real(t, "t", low=0.0, high=1.0)
     x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
+    check_finite(x, "x")
     return mu + sigma * (x - (1 - t) * mu) / math.hypot((1 - t) * sigma, t)
 
 
@@ -748,11 +759,17 @@ def consistency_function_1d(gmm: GaussianMixture, x, t: float, *,
 
     with :math:`F_t` the CDF of :math:`x_t` (a mixture of normal CDFs). In one dimension the
     flow map is increasing and pushes the law of :math:`x_t` to the data's, and the increasing
-    map between two laws is unique. :math:`F_0^{-1}` is found by ``iters`` bisection steps;
-    points right of the median are matched through the survival functions, so the tails keep
-    their precision. ``x`` any shape (dtype and device kept); ``t`` in [0, 1]. The result carries
-    no gradient (autograd through the bisection would differentiate its bracket); the exact
-    derivative is :math:`\partial_x f^* = p_t(x)/p_0(f^*(x))`.
+    map between two laws is unique. :math:`F_0^{-1}` is found by ``iters`` bisection steps on
+    the sign of :math:`F_0(y)-F_t(x)=\sum_jw_j[\Phi(u_j)-\Phi(v_j)]`, each term formed in log
+    space from the normal tail it lies in, so the tails keep their precision and so does the
+    gap between well-separated modes, where both CDFs equal 1/2 to float64 rounding (there the
+    map is steep, :math:`\partial_x f^*=p_t/p_0`, but follows the ODE). The result is averaged
+    with that of the mirrored problem, so a symmetric mixture gives an odd map and
+    :math:`f^*(0,t)=0` exactly. ``x`` any shape (dtype and device kept), with
+    :math:`|x|/s_{\min}` up to about :math:`10^{150}` (``ValueError`` beyond: the normal tails
+    underflow); ``t`` in [0, 1]. The result carries no gradient (autograd through the
+    bisection would differentiate its bracket); the exact derivative is
+    :math:`\partial_x f^* = p_t(x)/p_0(f^*(x))`.
 
     Chapter: *Consistency models, step by step*.
     """
@@ -766,27 +783,47 @@ def consistency_function_1d(gmm: GaussianMixture, x, t: float, *,
     y = pts[..., 0].detach()
     mu, w = gmm.means[:, 0], gmm.weights
 
-    logw = w.log()
+    logw, sd_t = w.log(), torch.sqrt(a * a * gmm.stds**2 + b * b)
+    # F_0(y) - F_t(x) = sum_j w_j [Phi(u_j) - Phi(v_j)], u_j = (y - mu_j) / s_j: every term is
+    # formed in log space from the tails it lies in and the positive and negative terms are
+    # compared as logsumexps, so no 1/2 is ever added or subtracted and the comparison keeps
+    # its relative precision even where both CDFs equal 1/2 to float64 rounding
 
-    def log_tail(z, sgn, a, b):  # log F (sgn = +1) or log(1 - F) (sgn = -1), both tails exact
-        sd = torch.sqrt(a * a * gmm.stds**2 + b * b)
-        z = sgn[..., None] * (z[..., None] - a * mu) / sd
-        return torch.logsumexp(logw + torch.special.log_ndtr(z), dim=-1)
+    def log_abs_diff(u, v):  # log|Phi(u) - Phi(v)|, in the lower tail (reflected if needed)
+        flip = u + v > 0  # Phi(u) - Phi(v) = Phi(-v) - Phi(-u)
+        p, q = torch.where(flip, -v, u), torch.where(flip, -u, v)
+        hi = torch.special.log_ndtr(torch.maximum(p, q))
+        d = torch.special.log_ndtr(torch.minimum(p, q)) - hi  # <= 0
+        log1mexp = torch.where(d > -math.log(2), torch.log(-torch.expm1(d)),
+                               torch.log1p(-torch.exp(d)))
+        return (hi + log1mexp).nan_to_num(nan=-math.inf)  # both tails 0 (|x| > 1e154)
 
-    # left of the median match the CDFs, right of it the survival functions
-    sgn = torch.where(log_tail(y, torch.ones_like(y), a, b) <= math.log(0.5), 1.0, -1.0)
-    target = log_tail(y, sgn, a, b)
     # the root lies within the data's components pushed out as far as x lies in its own
     m_abs, s_max = float(mu.abs().max()), float(gmm.stds.max())
-    ratio = s_max / float(torch.sqrt(a * a * gmm.stds**2 + b * b).min())
-    width = 2 * (m_abs + ratio * (y.abs() + m_abs) + 10 * s_max + 1.0)
-    lo = -0.5 * width
-    for _ in range(iters):
-        width = 0.5 * width
-        mid = lo + width
-        # F_0(mid) < F_t(x) (or S_0(mid) > S_t(x)): the root is right of mid
-        lo = torch.where(sgn * (log_tail(mid, sgn, 1.0, 0.0) - target) < 0, mid, lo)
-    return (lo + 0.5 * width).to(device, dtype)
+    ratio = s_max / float(sd_t.min())
+    reach = m_abs + ratio * (float(y.abs().max()) + m_abs) + 10 * s_max + 1.0 if y.numel() else 0
+    if reach / float(gmm.stds.min()) > 1e150:
+        raise ValueError("x is too large for this mixture: the bisection needs "
+                         "|x| / min(stds) below about 1e150 (the normal tails underflow)")
+
+    def bisect(mu, y):
+        v = (y[..., None] - a * mu) / sd_t  # x standardised in each component of x_t
+        width = 2 * (m_abs + ratio * (y.abs() + m_abs) + 10 * s_max + 1.0)
+        lo = -0.5 * width
+        for _ in range(iters):
+            width = 0.5 * width
+            mid = lo + width
+            u = (mid[..., None] - mu) / gmm.stds
+            terms = logw + log_abs_diff(u, v)
+            above = torch.logsumexp(terms.masked_fill(u <= v, -math.inf), dim=-1)
+            below = torch.logsumexp(terms.masked_fill(u >= v, -math.inf), dim=-1)
+            # F_0(mid) < F_t(x): the root is right of mid
+            lo = torch.where(above < below, mid, lo)
+        return lo + 0.5 * width
+
+    # averaged with the mirrored problem (-x for the mirrored mixture), so a symmetric mixture
+    # gives an odd map, f*(0, t) = 0 included, even where the map is steeper than rounding
+    return (0.5 * (bisect(mu, y) - bisect(-mu, -y))).to(device, dtype)
 
 
 def multistep_consistency_sample(f: Callable, x1, ts: Sequence[float],
@@ -1099,7 +1136,8 @@ def selection_weights(codebook, c, rule: str = "is", temperature: float = 1.0) -
     maximal score. With ``rule="is"`` and :math:`\tau=1` these are the self-normalised
     importance weights that turn draws from :math:`\mathcal N(0,I)` into draws from
     :math:`\mathcal N(c,I)` as :math:`K\to\infty`; with ``rule="post"`` the limit law is
-    :math:`\mathcal N(c/2,I/2)`.
+    :math:`\mathcal N(c/2,I/2)`. A tiny positive :math:`\tau` approaches the one-hot limit
+    (ties share the weight) without overflow; float16/bfloat16 scores are weighted in float32.
 
     Chapter: *Discrete codes from DDPM*.
     """
@@ -1108,7 +1146,9 @@ def selection_weights(codebook, c, rule: str = "is", temperature: float = 1.0) -
     if tau == 0:
         k = logits.argmax(-1, keepdim=True)
         return torch.zeros_like(logits).scatter_(-1, k, 1.0)
-    return torch.softmax(logits / tau, dim=-1)
+    z = upcast_half(logits)  # float16 overflows at 65504
+    # shifted first, so a tiny tau sends the others to -inf, never the maximum to +inf
+    return torch.softmax((z - z.amax(-1, keepdim=True)) / tau, dim=-1).to(logits.dtype)
 
 
 def ddcm_encode(den: Callable, sched: VPSchedule, codebooks, x0, rule: str = "is",
@@ -1344,7 +1384,8 @@ def tau_cosine(t, m) -> torch.Tensor:
     :math:`\bar\alpha_t=\cos\frac{\pi t}2`, :math:`t\in[0,1]`:
     :math:`\tan\frac{\pi\tau}2=\tan\frac{\pi t}2/\sqrt m`, i.e.
     :math:`\tau=\frac2\pi\arctan\!\big(\tan\frac{\pi t}{2}/\sqrt m\big)` (``tau(1) = 1``).
-    ``t`` any shape; ``m >= 1`` pixels pooled.
+    ``t`` any shape; ``m >= 1`` pixels pooled. Computed in float64 and rounded to ``t``'s dtype,
+    so :math:`\tau` stays in [0, 1] in every dtype (``tau(0) = 0``, ``tau(1) = 1``).
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
@@ -1352,9 +1393,13 @@ def tau_cosine(t, m) -> torch.Tensor:
     if ((t < 0) | (t > 1)).any():
         raise ValueError("t must lie in [0, 1]")
     m = check_real(m, "m", low=1.0)
-    th = 0.5 * math.pi * t
-    # atan2 keeps t = 1 exact (tan(pi/2) is not inf in floating point)
-    return torch.atan2(torch.sin(th), math.sqrt(m) * torch.cos(th)) * (2 / math.pi)
+    t64 = t.to(torch.float64)  # pi/2 rounded to float32 has cos < 0: tau(1) > 1
+    # tan(pi t / 2) = num / den with cos(pi t / 2) = sin(pi (1 - t) / 2), so den is exactly 0 at
+    # t = 1 (cos(pi/2) is not); the smaller angle of atan2 is taken so both ends come out exact
+    num, den = torch.sin(0.5 * math.pi * t64), math.sqrt(m) * torch.sin(0.5 * math.pi * (1 - t64))
+    tau = torch.where(num <= den, torch.atan2(num, den) * (2 / math.pi),
+                      1 - torch.atan2(den, num) * (2 / math.pi))
+    return tau.to(t.dtype)
 
 
 def _pool_1d(n: int, s: int, dtype, device) -> torch.Tensor:
@@ -1367,12 +1412,15 @@ def avg_pool_matrix(n: int, s: int, dim: int = 2, *, dtype=torch.float64,
     r"""The matrix :math:`\mathcal D` of :math:`s^{\text{dim}}` average pooling of an
     ``n**dim`` image flattened row-major (``x.reshape(-1)``): shape
     ``((n//s)**dim, n**dim)``, each row averaging one block of :math:`m=s^{\text{dim}}` pixels.
-    ``n`` must be a multiple of ``s``. :math:`\mathcal D\mathcal D^\top=I/m`.
+    ``n`` must be a multiple of ``s``; ``dtype`` floating (an integer one raises ``TypeError``:
+    :math:`1/s` would truncate to 0). :math:`\mathcal D\mathcal D^\top=I/m`.
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
     n, s = check_int(n, "n", low=1), check_int(s, "s", low=1)
     dim = check_int(dim, "dim", low=1, high=3)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
     if n % s:
         raise ValueError(f"n must be a multiple of s, got n={n}, s={s}")
     P1 = _pool_1d(n, s, dtype, device)
@@ -1388,7 +1436,7 @@ def nearest_upsample_matrix(n: int, s: int, dim: int = 2, *, dtype=torch.float64
     ``dim`` axes, from ``(n//s)**dim`` to ``n**dim`` pixels (row-major), i.e.
     :math:`\mathcal U=m\,\mathcal D^\top` with :math:`m=s^{\text{dim}}`; shape
     ``(n**dim, (n//s)**dim)``. :math:`\mathcal D\mathcal U=I` and :math:`\mathcal U\mathcal D`
-    is the orthogonal projector onto block-constant images.
+    is the orthogonal projector onto block-constant images. ``dtype`` must be floating.
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
@@ -1424,7 +1472,8 @@ def torus_covariance(n: int, spectrum: Callable, *, dtype=torch.float64,
     (:func:`torus_conv_matrix`) of the autocovariance :math:`c=\operatorname{IFFT}(S)`.
     ``spectrum(f2)`` maps the squared integer frequency :math:`|f|^2` (tensor ``(n, n)``,
     frequencies folded to ``-n/2..n/2``) to non-negative powers. Returns ``(n*n, n*n)``,
-    symmetric positive semidefinite, eigenvalues = the spectrum values.
+    symmetric positive semidefinite, eigenvalues = the spectrum values. For ``dtype`` float16 or
+    bfloat16 it is computed in float32 (``spectrum`` sees float32 ``f2``) and rounded at the end.
 
     Chapter: *Signal-to-noise ratio and upsample guidance*.
     """
@@ -1432,13 +1481,14 @@ def torus_covariance(n: int, spectrum: Callable, *, dtype=torch.float64,
     check_callable(spectrum, "spectrum")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
-    f = torch.fft.fftfreq(n, d=1.0 / n, dtype=dtype, device=device)
+    wd = work_dtype(dtype)  # the FFT has no float16/bfloat16 kernels on the CPU
+    f = torch.fft.fftfreq(n, d=1.0 / n, dtype=wd, device=device)
     f2 = f[:, None] ** 2 + f[None, :] ** 2
-    S = as_float_tensor(spectrum(f2), "spectrum(f2)").to(device=f2.device, dtype=dtype)
+    S = as_float_tensor(spectrum(f2), "spectrum(f2)").to(device=f2.device, dtype=wd)
     check_finite(S, "spectrum(f2)")
     if S.shape != f2.shape or (S < 0).any():
         raise ValueError("spectrum must return non-negative values of shape (n, n)")
-    return torus_conv_matrix(torch.fft.ifft2(S).real)
+    return torus_conv_matrix(torch.fft.ifft2(S).real).to(dtype)
 
 
 class GaussianEpsPredictor:
@@ -1623,9 +1673,7 @@ def _check_rule(nodes, weights, name: str, nodes_name: str = "nodes",
         raise ValueError(f"{nn} and {wn} must be 1-D of equal length, got "
                          f"{tuple(nodes.shape)} and {tuple(weights.shape)}")
     check_finite(nodes, nn)
-    check_finite(weights, wn)
-    if (weights < 0).any() or abs(float(weights.sum()) - 1.0) > 1e-9:
-        raise ValueError(f"{wn} must be non-negative and sum to 1")
+    check_probability(weights, wn)  # the sum's tolerance scales with the dtype's eps
     return nodes, weights
 
 
@@ -1651,8 +1699,10 @@ def discrete_generator_eps(x, atoms, weights, abar: float, bbar: float) -> torch
 
     ``x`` any shape (finite), ``atoms`` and ``weights`` ``(K,)``; returns the shape of ``x``
     on its device, in the dtype torch promotes ``x``, ``atoms`` and ``weights`` to (float64
-    with the rule of :func:`gauss_hermite`). Far from every atom one responsibility takes all
-    the weight and the result stays finite. Differentiable in ``x`` and ``atoms`` (this is
+    with the rule of :func:`gauss_hermite`; float16/bfloat16 are computed in float32). The
+    squares are taken relative to the nearest atom, so far from every atom (``x = 1e20``,
+    ``bbar = 1e-19``) one responsibility takes all the weight and the result stays finite
+    wherever :math:`(x-\bar\alpha g_k)/\bar\beta` is. Differentiable in ``x`` and ``atoms`` (this is
     the student denoiser :math:`\epsilon_{\psi^*(\theta)}` as an explicit function of
     :math:`\theta`).
 
@@ -1663,9 +1713,17 @@ def discrete_generator_eps(x, atoms, weights, abar: float, bbar: float) -> torch
     atoms, weights = _check_rule(atoms, weights, "", "atoms")
     abar = check_real(abar, "abar", nonnegative=True)
     bbar = check_real(bbar, "bbar", positive=True)
+    x, atoms, weights = promote(x, atoms, weights)
+    dtype = x.dtype
+    x, atoms, weights = upcast_half(x), upcast_half(atoms), upcast_half(weights)
     resid = x[..., None] - abar * atoms  # (..., K)
-    r = torch.softmax(weights.log() - 0.5 * resid**2 / bbar**2, dim=-1)
-    return (r * resid).sum(-1) / bbar
+    # squares relative to the nearest atom of positive weight, (r_k - r_*)(r_k + r_*) >= 0:
+    # its logit is finite, the others go to -inf instead of overflowing to NaN
+    dist = resid.detach().abs().masked_fill(weights == 0, math.inf)
+    near = resid.gather(-1, dist.argmin(-1, keepdim=True))
+    quad = ((resid - near) * (resid + near) / bbar).nan_to_num(0.0, math.inf) / bbar
+    r = torch.softmax(weights.log() - 0.5 * quad, dim=-1)
+    return ((r * resid).sum(-1) / bbar).to(dtype)
 
 
 def gaussian_generator_eps(x, mean, std, abar: float, bbar: float) -> torch.Tensor:
