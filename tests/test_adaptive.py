@@ -618,3 +618,113 @@ def test_eta_opt_meanfield_refuses_a_beta_that_does_not_broadcast():
     assert ad.eta_opt_meanfield(u, g, H, torch.tensor([[0.5], [1.0]])).shape == (2, 2)
     with pytest.raises(ValueError, match="u and g must have the same length"):
         ad.eta_opt_meanfield(u.reshape(-1), g, H, 0.5)
+
+
+# -- referee findings: overflow, half precision, far from the step, shapes -------------------
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_ema_of_half_inputs_reproduces_a_constant(half):
+    """Averaged in float32: a half-precision running sum stalled (bfloat16 gave 1.05 for 3)."""
+    x = torch.full((3000,), 3.0, dtype=half)
+    out = ad.ema(x, 0.999)
+    assert out.dtype == half and torch.equal(out, x)
+    plain = ad.ema(x, 0.999, bias_correct=False)[-1].float()   # 3 (1 - 0.999^3000)
+    assert plain.item() == pytest.approx(3 * (1 - 0.999 ** 3000), rel=8e-3)
+
+
+def test_noisy_quadratic_half_precision_accumulates_in_float32():
+    """The sums over time are float32: in bfloat16 they stalled at 0.13 for an exact 1.05."""
+    out = ad.noisy_quadratic(torch.tensor([1.0]), torch.tensor([1.0]), lr=0.1, steps=2000,
+                             burn_in=200, chains=64, generator=generator(0, "cpu"),
+                             dtype=torch.bfloat16)
+    _, exact = ad.sgd_stationary_moments(torch.tensor([1.0]), torch.tensor([1.0]), 0.1)
+    assert out["mean_sq_grad"].dtype == torch.bfloat16
+    assert out["mean_sq_grad"].float().item() == pytest.approx(exact.item(), rel=0.06)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
+def test_softsign_and_its_approximate_moments_do_not_overflow(dtype):
+    big = torch.finfo(dtype).max / 1.1
+    x = torch.tensor([big, -big, 300.0], dtype=dtype)
+    out = ad.softsign(x, x.abs())                            # x and eps both near the max
+    torch.testing.assert_close(out.double(), torch.tensor([1, -1, 1], dtype=F64) / math.sqrt(2),
+                               rtol=4 * torch.finfo(dtype).eps, atol=0)
+    # huge a: E[u] -> +-1, E[u^2] -> 1; huge a = b: (1/sqrt 2, 1/2); the squares overflowed
+    m1, m2 = ad.softsign_moments_approx(x, torch.ones_like(x))
+    assert m1.tolist() == [1.0, -1.0, pytest.approx(1.0, abs=1e-2)] and m2.tolist()[:2] == [1, 1]
+    m1, m2 = ad.softsign_moments_approx(x, x.abs())
+    q = 2 * 300.0**2 + math.pi / 2                          # the a = b = 300 entry
+    tol = 4 * torch.finfo(dtype).eps
+    torch.testing.assert_close(m1.double(), torch.tensor(
+        [2**-0.5, -(2**-0.5), 300 / math.sqrt(q)], dtype=F64), rtol=tol, atol=0)
+    torch.testing.assert_close(m2.double(), torch.tensor([0.5, 0.5, 1 - 300.0**2 / q],
+                                                         dtype=F64), rtol=tol, atol=0)
+
+
+def test_softsign_moments_far_from_the_step():
+    """|a| or b large: the Taylor branch, not a cap on |a| that ignored b (1e8, 1e8 gave 0.01)
+    nor a float32 trapezoid rule whose nodes lose digits like eps |a| (1e6, 10 gave 1.019)."""
+    a = torch.tensor([1e8, 1e8, -1e12, math.inf, -math.inf], dtype=F64)
+    b = torch.tensor([1e8, 1e10, 3.0, 1e-8, 5.0], dtype=F64)
+    m1, m2 = ad.softsign_moments(a, b)
+    r = torch.hypot(a[:3], b[:3])                          # E u = a/r, E u^2 = 1 - b^2/r^2
+    want1 = torch.cat([a[:3] / r, torch.tensor([1.0, -1.0], dtype=F64)])
+    want2 = torch.cat([1 - (b[:3] / r) ** 2, torch.ones(2, dtype=F64)])
+    torch.testing.assert_close(m1, want1, rtol=1e-15, atol=0)
+    torch.testing.assert_close(m2, want2, rtol=1e-15, atol=0)
+    # float32 against the float64 reference over seven decades, across the switch at r = 64
+    grid = torch.cat([torch.logspace(0, 7, 36, dtype=F64), torch.tensor([63.0, 65.0], dtype=F64)])
+    for bb in (0.0, 1.0, 40.0, 1e4):
+        ref = ad.softsign_moments(grid, torch.full_like(grid, bb))
+        got = ad.softsign_moments(grid.float(), torch.full_like(grid, bb).float())
+        for x, y in zip(got, ref, strict=True):
+            torch.testing.assert_close(x.double(), y, rtol=0, atol=1e-6)
+            assert x.max() <= 1
+    for half in (torch.float16, torch.bfloat16):
+        m1, m2 = ad.softsign_moments(torch.tensor([math.inf, 6e4], dtype=half), 1.0)
+        assert m1.tolist() == [1.0, 1.0] and m2.tolist() == [1.0, 1.0]
+
+
+def test_softsign_moments_quad_and_sinh_agree_for_huge_a():
+    """The quad reference integrates in z: its window [a - 14, a + 14] in x collapsed."""
+    a = torch.tensor([3e3, -2e4, 1e16, 1e17, math.inf], dtype=F64)
+    b = torch.tensor([2e3, 1.0, 1.0, 1e17, 1.0], dtype=F64)
+    q1, q2 = ad.softsign_moments(a, b, method="quad")
+    s1, s2 = ad.softsign_moments(a, b)
+    torch.testing.assert_close(q1, s1, rtol=0, atol=1e-13)
+    torch.testing.assert_close(q2, s2, rtol=0, atol=1e-13)
+    assert q1[2:].tolist() == pytest.approx([1.0, 1 / math.sqrt(2), 1.0], rel=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, F64])
+def test_surge_overshoot_depends_only_on_the_ratio(dtype):
+    """C/(2 sqrt(D(C-D))) is scale-free; the product D(C-D) overflowed or underflowed."""
+    fi = torch.finfo(dtype)
+    for scale in (fi.tiny * 64, 1e-3, 1.0, 1e3 if dtype == torch.float16 else 1e30,
+                  fi.max / 8):
+        C = torch.tensor([10 / 3 * scale], dtype=dtype)
+        D = torch.tensor([scale], dtype=dtype)
+        exact = (C.double() / D.double()) / (2 * (C.double() / D.double() - 1).sqrt())
+        got = ad.surge_overshoot(C, D)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), exact, rtol=8 * fi.eps, atol=0)
+
+
+def test_random_spd_for_d_1_and_half_or_integer_dtypes():
+    one = ad.random_spd(1, cond=100.0)
+    assert one.tolist() == [[1.0]]                          # det 1; a number has cond 1
+    for half in (torch.float16, torch.bfloat16):
+        H = ad.random_spd(4, cond=9.0, generator=generator(0, "cpu"), dtype=half)
+        ref = ad.random_spd(4, cond=9.0, generator=generator(0, "cpu"), dtype=torch.float32)
+        assert H.dtype == half and torch.equal(H, ref.to(half))
+    with pytest.raises(TypeError, match="dtype"):
+        ad.random_spd(3, dtype=torch.int64)
+
+
+def test_eta_opt_and_eta_opt_sgd_name_shapes_that_do_not_broadcast():
+    with pytest.raises(ValueError, match="mean_u.*g"):
+        ad.eta_opt(torch.rand(2, 3), torch.rand(2, 3), torch.rand(4, 3), torch.eye(3))
+    with pytest.raises(ValueError, match="batch"):
+        ad.eta_opt_sgd(torch.rand(2, 3), torch.eye(3), torch.rand(3), torch.tensor([1.0, 2, 3]))
+    assert ad.eta_opt_sgd(torch.rand(2, 3), torch.eye(3), torch.rand(3),
+                          torch.tensor([[1.0], [2.0]])).shape == (2, 2)

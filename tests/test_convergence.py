@@ -605,3 +605,51 @@ def test_regret_refuses_shapes_that_do_not_broadcast():
     with pytest.raises(ValueError, match=r"traj_losses \(2, 3, 2\) and comp_losses"):
         C.regret(torch.ones(2, 3, 2), torch.ones(16, 3, 2))
     assert C.regret(torch.ones(3, 2), torch.zeros(16, 3, 2)).shape == (16, 3)
+
+
+# -- referee findings -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, F64])
+def test_sgd_run_accepts_starts_projected_in_their_own_dtype(dtype):
+    """The feasibility check follows the dtype's eps: a float32 point projected by the library
+    moves by an ulp when projected again, which the old absolute 1e-9 refused."""
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(200, 5, generator=g, dtype=F64).mul(3).to(dtype)
+    batches = torch.randn(2, 5, generator=g, dtype=F64).to(dtype)
+    etas = torch.full((2,), 0.1, dtype=dtype)
+    for proj in (C.project_ball, C.project_simplex):
+        th = proj(v)
+        C.sgd_run(lambda t, x: (t * x).sum(-1), th, etas, batches, project=proj)
+        with pytest.raises(ValueError, match="theta1 must lie in the feasible set"):
+            C.sgd_run(lambda t, x: (t * x).sum(-1), th * 1.5, etas, batches, project=proj)
+
+
+def test_harmonic_numbers_of_small_real_n():
+    """Below n = 1/4 a series replaces psi(n+1) + gamma, which cancelled (1e-6 gave 1.19e-6)."""
+    z2, z3, z4 = math.pi**2 / 6, 1.2020569031595942, math.pi**4 / 90
+    for dtype in (torch.float32, F64):
+        n = torch.tensor([1e-30, 1e-6, 1e-4], dtype=dtype)
+        x = n.double()
+        want = (z2 * x - z3 * x**2 + z4 * x**3).to(dtype)          # + O(n^4)
+        torch.testing.assert_close(C.harmonic(n), want, rtol=1e-12 if dtype == F64 else 1e-6,
+                                   atol=0)
+    # the two branches join: H_{1/4} = 4 - pi/2 - 3 ln 2, the digamma value at 1/4
+    quarter = 4 - math.pi / 2 - 3 * math.log(2)
+    for n in (0.25 - 1e-13, 0.25):
+        assert C.harmonic(n).item() == pytest.approx(quarter, rel=1e-14)
+
+
+def test_ball_projection_of_an_offset_that_overflows():
+    v = torch.tensor([[3e38, 0.0], [1.0, 2.0]])
+    c = torch.tensor([[-3e38, 0.0], [0.0, 0.0]])
+    out = C.project_ball(v, 2.0, center=c)
+    assert torch.equal(out[0], c[0])              # c + 2 e_1 rounds to c in float32
+    torch.testing.assert_close(out[1], torch.tensor([1.0, 2.0]) / math.sqrt(5) * 2)
+
+
+def test_schedules_refuse_a_non_floating_dtype():
+    for bad in (torch.int64, torch.bool, "float64"):
+        with pytest.raises(TypeError, match="dtype"):
+            C.lr_schedule("constant", 3, 0.5, dtype=bad)
+        with pytest.raises(TypeError, match="dtype"):
+            C.power_sums(3, 1.0, dtype=bad)

@@ -47,6 +47,7 @@ from ._checks import (
     check_real,
     check_returned,
     upcast_half,
+    work_dtype,
 )
 
 __all__ = [
@@ -97,7 +98,9 @@ def ema(x, beta: float, *, bias_correct: bool = True, dim: int = 0,
     ``x`` holds the sequence along ``dim`` (time first by default, as a recorded trajectory
     of shape ``(steps, ...)``); the result has the same shape, device and dtype. Without bias
     correction the early averages are pulled towards 0 by the weight :math:`\beta^t` still
-    sitting on :math:`s_0=0`; with it, a constant sequence is reproduced exactly at every step.
+    sitting on :math:`s_0=0`; with it, a constant sequence is reproduced exactly at every step
+    (float16/bfloat16 are averaged in float32 and rounded once: a half-precision running sum
+    would stall when :math:`(1-\beta)x_t` falls below half an ulp of :math:`s`).
     ``init="first"`` starts the average at the first value instead (:math:`s_1 = x_1`, an EMA
     copy of weights made at initialisation, as in the GAN chapter); it needs
     ``bias_correct=False``, since there is no bias to correct. ``beta`` must lie in ``[0, 1)``
@@ -110,13 +113,13 @@ def ema(x, beta: float, *, bias_correct: bool = True, dim: int = 0,
         raise ValueError("init='first' needs bias_correct=False: an average that starts at the "
                          "first value has no bias towards 0")
     dim = check_dim(x, dim)
-    xs = x.movedim(dim, 0)
+    xs = upcast_half(x.movedim(dim, 0))
     out = torch.empty_like(xs)
     s = xs[0].clone() if init == "first" else torch.zeros_like(xs[0])
     for t in range(xs.shape[0]):
         s = beta * s + (1.0 - beta) * xs[t]
         out[t] = s / (1.0 - beta ** (t + 1)) if bias_correct else s
-    return out.movedim(0, dim)
+    return out.movedim(0, dim).to(x.dtype)
 
 
 def _adam_update(theta, g, m, v, t, lr, beta1, beta2, eps, centered):
@@ -202,18 +205,23 @@ def random_spd(d: int, *, cond: float = 10.0, generator: torch.Generator | None 
     :math:`H = Q\,\operatorname{diag}(\lambda)\,Q^\top` with :math:`Q` Haar-orthogonal (QR of a
     Gaussian matrix, signs fixed) and eigenvalues log-spaced from :math:`1/\sqrt{\kappa}` to
     :math:`\sqrt{\kappa}` (so :math:`\det H = 1`). Deterministic given the generator.
+    ``d = 1`` gives ``[[1]]`` whatever ``cond`` (a 1x1 matrix has condition number 1); float16
+    and bfloat16 are built in float32 and rounded; a non-floating ``dtype`` raises ``TypeError``.
     """
     d = check_int(d, "d", low=1)
     cond = check_real(cond, "cond", low=1.0)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    out_dtype, dtype = dtype, work_dtype(dtype)   # no QR in half precision
     dev = generator.device if generator is not None else (device or torch.device("cpu"))
     A = torch.randn(d, d, generator=generator, dtype=dtype, device=dev)
     Q, R = torch.linalg.qr(A)
     Q = Q * torch.sign(torch.diagonal(R)).where(torch.diagonal(R) != 0, torch.ones((), dtype=dtype,
                                                                                   device=dev))
-    half = 0.5 * math.log(cond)
+    half = 0.5 * math.log(cond) if d > 1 else 0.0   # linspace(-h, h, 1) would be [-h]
     lam = torch.exp(torch.linspace(-half, half, d, dtype=dtype, device=dev))
     H = (Q * lam) @ Q.mT
-    return 0.5 * (H + H.mT)
+    return (0.5 * (H + H.mT)).to(out_dtype)
 
 
 def gauss_newton(jac) -> torch.Tensor:
@@ -288,7 +296,9 @@ def noisy_quadratic(h, c, *, lr: float, steps: int, burn_in: int, chains: int,
 
     Each step draws one ``(chains, d)`` block of noise from ``generator`` (on its device), so
     results are reproducible. Shapes: ``h`` and ``c`` are ``(d,)``; results are ``(d,)`` in
-    ``dtype``. ``method="sgd"`` needs ``lr * h < 2`` (otherwise SGD diverges and the moments
+    ``dtype``. The chains run in ``dtype``; the time averages are accumulated in float32 for
+    float16/bfloat16 (a half-precision running sum stalls after a few hundred steps).
+    ``method="sgd"`` needs ``lr * h < 2`` (otherwise SGD diverges and the moments
     would be ``inf``/``nan``): a larger step raises ``ValueError``. ``betas`` (Adam only) is a
     pair in ``[0, 1)``.
     """
@@ -320,19 +330,19 @@ def noisy_quadratic(h, c, *, lr: float, steps: int, burn_in: int, chains: int,
     delta = torch.zeros(chains, h.numel(), dtype=dtype, device=dev)
     m = torch.zeros_like(delta)
     v = torch.zeros_like(delta)
-    sum_d2 = torch.zeros_like(h)
-    sum_g2 = torch.zeros_like(h)
+    sum_d2 = upcast_half(torch.zeros_like(h))
+    sum_g2 = torch.zeros_like(sum_d2)
     for t in range(1, burn_in + steps + 1):
         noise = torch.randn(delta.shape, generator=generator, dtype=dtype, device=dev)
         g = h * delta + sd * noise
         if t > burn_in:
-            sum_d2 += (delta * delta).mean(dim=0)
-            sum_g2 += (g * g).mean(dim=0)
+            sum_d2 += upcast_half(delta * delta).mean(dim=0)
+            sum_g2 += upcast_half(g * g).mean(dim=0)
         if method == "sgd":
             delta = delta - lr * g
         else:
             delta, m, v = _adam_update(delta, g, m, v, t, lr, beta1, beta2, eps, False)
-    out = {"var_delta": sum_d2 / steps, "mean_sq_grad": sum_g2 / steps}
+    out = {"var_delta": (sum_d2 / steps).to(dtype), "mean_sq_grad": (sum_g2 / steps).to(dtype)}
     if method == "adam":
         out["v_hat"] = (v / (1.0 - beta2 ** (burn_in + steps))).mean(dim=0)
     return out
@@ -345,7 +355,8 @@ def noisy_quadratic(h, c, *, lr: float, steps: int, burn_in: int, chains: int,
 def softsign(x, eps) -> torch.Tensor:
     r"""The soft sign :math:`\operatorname{softsign}(x,\epsilon) = x/\sqrt{x^2+\epsilon^2}`.
 
-    Computed as ``x / hypot(x, eps)``, so huge ``x`` or ``eps`` do not overflow. At
+    Computed as ``x / hypot(x, eps)``, both halved first when one exceeds 1 (exact), so huge
+    ``x`` or ``eps`` do not overflow, even both near the dtype's largest value. At
     ``eps = 0`` it is :math:`\operatorname{sign}(x)` with :math:`\operatorname{sign}(0)=0`;
     :math:`\epsilon\operatorname{softsign}(x,\epsilon)\to x` as :math:`\epsilon\to\infty`.
     ``eps`` is a number or a tensor (broadcast) and must be >= 0.
@@ -353,6 +364,14 @@ def softsign(x, eps) -> torch.Tensor:
     x = as_float_tensor(x, "x", min_ndim=0)
     check_no_nan(x, "x")
     eps = _nonneg_tensor(eps, "eps", x)
+    return _softsign(x, eps)
+
+
+def _softsign(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """:func:`softsign` without the checks: ``x / hypot(x, eps)``, overflow-free."""
+    # hypot overflows when both are near the largest float: halving is exact above 1
+    big = torch.maximum(x.abs(), eps.abs()) > 1
+    x, eps = torch.where(big, 0.5 * x, x), torch.where(big, 0.5 * eps, eps)
     r = torch.hypot(x, eps)
     out = torch.where(r > 0, x / r.where(r > 0, torch.ones_like(r)), torch.zeros_like(r))
     # x = +-inf: hypot is inf, the ratio is nan; the limit is +-1
@@ -519,8 +538,16 @@ def softsign_moments(a, b, *, method: str = "sinh") -> tuple[torch.Tensor, torch
     :math:`b<10^{-8}` the expansion :math:`(\operatorname{erf}(a/\sqrt2),\ 1-\pi b\varphi(a))`
     is used (error :math:`O(b^2\log(1/b))` for the mean and :math:`O(b^2)` for the second
     moment, below :math:`10^{-14}` there); ``b = 0`` gives the sign function's moments exactly.
-    ``method="quad"`` is the slow reference: ``scipy.integrate.quad`` in :math:`x=a+z` with a
-    break point at 0, one call per element (float64 numpy under the hood).
+    Far from the step, :math:`r = \sqrt{a^2+b^2}\ge(2/\epsilon_{\rm mach})^{1/4}` (about
+    :math:`10^4` in float64, 64 in float32), the Taylor expansion
+    :math:`\mathbb E f(a+z) = f(a) + f''(a)/2 + O(r^{-4})` is used instead, with
+    :math:`f = \operatorname{softsign}(\cdot, b)` for the mean and :math:`1-f^2` for the second
+    moment; its error is below rounding there, while the trapezoid rule in :math:`t` would
+    lose digits like :math:`\epsilon_{\rm mach}|a|` (and no cap on :math:`|a|` is needed:
+    :math:`a=\pm\infty` gives :math:`(\pm1, 1)`).
+    ``method="quad"`` is the slow reference: ``scipy.integrate.quad`` in :math:`z` over
+    :math:`|z|\le 14` with break points where :math:`a+z` is 0 or :math:`\pm b4^k`, one call per
+    element (float64 numpy under the hood; any finite or infinite :math:`a`).
 
     Shapes broadcast; ``b`` must be finite and >= 0. Float16/bfloat16 inputs are integrated in
     float32 and the moments returned in the input's dtype.
@@ -530,8 +557,8 @@ def softsign_moments(a, b, *, method: str = "sinh") -> tuple[torch.Tensor, torch
     if method == "quad":
         return _softsign_moments_quad(a, b)
     dtype = a.dtype
-    a, b = upcast_half(a), upcast_half(b)   # float16 holds neither the cap 1e6 nor fine nodes
-    x = a.abs().clamp_max(1e6)  # E[u] odd in a; |a| > 1e6 is saturated to rounding
+    a, b = upcast_half(a), upcast_half(b)   # float16 cannot hold fine nodes
+    x = a.abs()  # E[u] odd in a, E[u^2] even
     sgn = torch.where(a < 0, -torch.ones_like(a), torch.ones_like(a))
     # integrate each distinct (|a|, b) pair once (coordinates often share them)
     pairs, inverse = torch.unique(torch.stack([x.reshape(-1), b.reshape(-1)], -1), dim=0,
@@ -542,8 +569,11 @@ def softsign_moments(a, b, *, method: str = "sinh") -> tuple[torch.Tensor, torch
     m2f = torch.empty_like(xf)
     chunk = 2048
     k = torch.arange(_SINH_NODES, dtype=a.dtype, device=a.device)
+    r_asym = (2.0 / torch.finfo(a.dtype).eps) ** 0.25
     for lo in range(0, xf.numel(), chunk):
         xs, bs = xf[lo:lo + chunk], bf[lo:lo + chunk]
+        far = torch.hypot(xs, bs) >= r_asym
+        xs = torch.where(far, torch.zeros_like(xs), xs)   # the trapezoid rule sees no huge x
         bsafe = torch.where(bs < SOFTSIGN_TINY, torch.ones_like(bs), bs).unsqueeze(-1)
         xc = xs.unsqueeze(-1)
         t_lo = torch.asinh((xc - _WINDOW) / bsafe)
@@ -557,11 +587,23 @@ def softsign_moments(a, b, *, method: str = "sinh") -> tuple[torch.Tensor, torch
         v1 = (wts * th * dens).sum(-1) * dt.squeeze(-1)
         v2 = (wts * th * th * dens).sum(-1) * dt.squeeze(-1)
         tn = tf[lo:lo + chunk]
-        m1f[lo:lo + chunk] = torch.where(tn, torch.erf(xs / _SQRT2), v1)
-        m2f[lo:lo + chunk] = torch.where(tn, 1.0 - math.pi * bs * _phi(xs), v2)
+        v1 = torch.where(tn, torch.erf(xs / _SQRT2), v1)
+        v2 = torch.where(tn, 1.0 - math.pi * bs * _phi(xs), v2)
+        e1, e2 = _softsign_moments_far(xf[lo:lo + chunk], bs)
+        m1f[lo:lo + chunk] = torch.where(far, e1, v1)
+        m2f[lo:lo + chunk] = torch.where(far, e2, v2)
     m1 = m1f[inverse].reshape(a.shape)
     m2 = m2f[inverse].reshape(a.shape)
     return (sgn * m1).to(dtype), m2.to(dtype)
+
+
+def _softsign_moments_far(x: torch.Tensor, b: torch.Tensor):
+    """E f(x+z) = f + f''/2 + O(r^-4) for f = softsign(., b) and 1 - f^2, r = hypot(x, b)."""
+    u, w = _softsign(x, b), _softsign(b, x)      # x/r and b/r, overflow-free
+    inv_r2 = torch.hypot(x, b).pow(-2)           # 0 where r overflows: the term vanishes there
+    m1 = u - 1.5 * w * w * u * inv_r2
+    m2 = 1.0 - w * w - w * w * (3.0 * u * u - w * w) * inv_r2
+    return m1, m2
 
 
 def _softsign_moments_quad(a: torch.Tensor, b: torch.Tensor):
@@ -574,13 +616,16 @@ def _softsign_moments_quad(a: torch.Tensor, b: torch.Tensor):
     def one(av: float, bv: float):
         if bv == 0.0:
             return math.erf(av / _SQRT2), 1.0
-        lo, hi = av - _WINDOW - 2.0, av + _WINDOW + 2.0
-        # break points at 0 and at +-b*4^k: every scale of the step gets its own panels
+        if math.isinf(av):
+            return math.copysign(1.0, av), 1.0
+        # in z = x - a (a window [a-14, a+14] in x collapses in floats for huge |a|)
+        lo, hi = -_WINDOW - 2.0, _WINDOW + 2.0
+        # break points where x = a + z is 0 or +-b*4^k: every scale of the step gets its panels
         scales = [bv * 4.0 ** k for k in range(60) if bv * 4.0 ** k < 2 * _WINDOW + 4]
-        pts = [p for p in [0.0, *scales, *(-q for q in scales)] if lo < p < hi]
+        pts = [p - av for p in [0.0, *scales, *(-q for q in scales)] if lo < p - av < hi]
         opts = dict(points=sorted(pts) or None, limit=800, epsabs=1e-15, epsrel=1e-13)
-        m1 = quad(lambda x: x / math.hypot(x, bv) * phi(x - av), lo, hi, **opts)[0]
-        dip = quad(lambda x: bv * bv / (x * x + bv * bv) * phi(x - av), lo, hi, **opts)[0]
+        m1 = quad(lambda z: (av + z) / math.hypot(av + z, bv) * phi(z), lo, hi, **opts)[0]
+        dip = quad(lambda z: (bv / math.hypot(av + z, bv)) ** 2 * phi(z), lo, hi, **opts)[0]
         return m1, 1.0 - dip
 
     import warnings
@@ -606,10 +651,13 @@ def softsign_moments_approx(a, b) -> tuple[torch.Tensor, torch.Tensor]:
     The first follows from the clip surrogate and :math:`\operatorname{erf}(x)\approx
     x/\sqrt{x^2+\pi/4}`; the second is chosen only to share the shape of the exact one. Shapes
     broadcast; ``b`` finite and >= 0; :math:`a=\pm\infty` gives the limit :math:`(\pm1, 1)`.
+    Computed as :math:`\operatorname{softsign}(a, c)` and :math:`1-(\tfrac bc
+    \operatorname{softsign}(c, a))^2` with :math:`c = \sqrt{b^2+\pi/2}` (by ``hypot``), so that
+    no square overflows: huge :math:`|a|` or :math:`b` stay right in every dtype.
     """
     a, b = _ab(a, b)
-    q = a * a + b * b + math.pi / 2
-    return torch.where(torch.isinf(a), torch.sign(a), a / q.sqrt()), 1.0 - b * b / q
+    c = torch.hypot(b, torch.full_like(b, math.sqrt(math.pi / 2)))
+    return _softsign(a, c), 1.0 - (b / c * _softsign(c, a.abs())) ** 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,6 +694,7 @@ def eta_opt(mean_u, second_u, g, H) -> torch.Tensor:
     check_finite(s, "second_u")
     if m.shape[-1] != g.shape[-1] or s.shape[-1] != g.shape[-1]:
         raise ValueError("mean_u, second_u and g must have the same length along dim=-1")
+    check_broadcast(mean_u=m.shape[:-1], second_u=s.shape[:-1], g=g.shape[:-1], H=H.shape[:-2])
     num = (m * g).sum(-1)
     quad_form = (m.unsqueeze(-2) @ H @ m.unsqueeze(-1)).squeeze(-1).squeeze(-1)
     var = (s - m * m).clamp_min(0.0)
@@ -677,8 +726,9 @@ def eta_opt_sgd(g, H, noise_var, batch) -> torch.Tensor:
         raise ValueError(f"noise_var must be (..., {n}) or (..., {n}, {n}) to match g, got "
                          f"{tuple(S.shape)}")
     matrix = S.ndim >= 2 and S.shape[-2] == n
-    check_broadcast(noise_var=S.shape[:-2] if matrix else S.shape[:-1], H=H.shape[:-2],
-                    g=g.shape[:-1])
+    lead = check_broadcast(noise_var=S.shape[:-2] if matrix else S.shape[:-1], H=H.shape[:-2],
+                           g=g.shape[:-1])
+    check_broadcast(batch=batch.shape, **{"the leading dimensions of noise_var, H and g": lead})
     if matrix:  # Tr(Sigma H) = sum_ij Sigma_ij H_ji
         tr = (S * H.transpose(-2, -1)).sum((-2, -1))
     else:
@@ -765,7 +815,10 @@ def surge_peak_beta(C, D) -> torch.Tensor:
 def surge_overshoot(C, D) -> torch.Tensor:
     r"""How far the optimal learning rate overshoots its large-batch limit:
     :math:`\max_{\beta\le1}\eta^*(\beta)/\eta^*(1) = C/(2\sqrt{D(C-D)})` if :math:`C>2D`,
-    else 1 (no surge)."""
+    else 1 (no surge). Evaluated as :math:`\tfrac12\sqrt C/\sqrt D\cdot\sqrt{C/(C-D)}`,
+    which depends only on :math:`C/D` and forms no product, so huge or tiny :math:`C, D`
+    neither overflow nor underflow (float16 included)."""
     C, D = _cd(C, D)
-    val = C / (2.0 * torch.sqrt(D * (C - D).clamp_min(torch.finfo(C.dtype).tiny)))
+    gap = (C - D).clamp_min(torch.finfo(C.dtype).tiny)
+    val = 0.5 * (C.sqrt() / D.sqrt()) * (C / gap).sqrt()
     return torch.where(C > 2 * D, val, torch.ones_like(C))

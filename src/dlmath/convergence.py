@@ -79,17 +79,21 @@ def project_ball(v, radius: float = 1.0, center=None) -> torch.Tensor:
     ``v``: ``(..., d)``; ``center`` (default 0) broadcasts against ``v``; ``radius >= 0``
     (``radius = 0`` projects everything onto the centre). Returns ``(..., d)``. The offset
     :math:`v-c` is divided by its largest entry before its norm is taken, so huge offsets
-    (whose squares overflow) and tiny ones (whose squares underflow) are projected correctly.
+    (whose squares overflow) and tiny ones (whose squares underflow) are projected correctly;
+    an offset that itself overflows (``v`` and ``c`` of opposite signs near the dtype's largest
+    value) is formed from the halves :math:`v/2 - c/2` instead, and is outside any ball.
     """
     v = _points(v)
     r = check_real(radius, "radius", nonnegative=True)
     c = torch.zeros((), dtype=v.dtype, device=v.device) if center is None else _broadcasts(
         check_finite(as_float_tensor(center, "center", min_ndim=0), "center"), "center", v).to(v)
     w = v - c
+    huge = torch.isinf(w).any(dim=-1, keepdim=True)              # v - c overflowed
+    w = torch.where(huge, 0.5 * v - 0.5 * c, w)                  # same direction, finite
     top = w.abs().amax(dim=-1, keepdim=True)
     unit = w / torch.where(top > 0, top, torch.ones_like(top))   # entries in [-1, 1]
     nu = torch.linalg.vector_norm(unit, dim=-1, keepdim=True)    # in [1, sqrt(d)], or 0
-    outside = top * nu > r                                      # ||w|| > r (inf > r is right)
+    outside = huge | (top * nu > r)                              # ||w|| > r (inf > r is right)
     on_sphere = unit * (r / nu.clamp_min(1.0))                   # nu >= 1 wherever outside
     return torch.where(outside, c + on_sphere, v)                # inside: v itself
 
@@ -170,7 +174,9 @@ def sgd_run(loss_fn: Callable, theta1, etas, batches, *, grad_fn: Callable | Non
     ``loss_fn(theta, x) -> (...)`` is the loss of each chain on batch ``x``; ``grad_fn(theta,
     x) -> (..., d)`` its (sub)gradient, by default taken with autograd (which gives 0 as the
     subgradient of :math:`|\cdot|` at 0). ``theta1``: ``(..., d)``, the start, which must lie
-    in :math:`\Theta` when ``project`` is given (``project(theta1) == theta1``); ``etas``:
+    in :math:`\Theta` when ``project`` is given (``project(theta1) == theta1`` up to rounding:
+    a move of at most :math:`\max(8, d/8)\,\epsilon\max(1,\|\theta_1\|_\infty)`, with
+    :math:`\epsilon` the dtype's machine epsilon, since a projection's sums round too); ``etas``:
     ``(T,)``, one schedule for all chains, or ``(..., T)``, one per chain (broadcasting against
     the leading dimensions of ``theta1``), positive; ``batches[t-1]`` is :math:`x_t` (a tensor
     with leading dimension ``>= T`` or any sequence). Without ``project`` this is plain SGD on
@@ -199,7 +205,8 @@ def sgd_run(loss_fn: Callable, theta1, etas, batches, *, grad_fn: Callable | Non
                          f"{len(batches)}")
     if project is not None:
         gap = (project(theta) - theta).abs().max().item()
-        if gap > 1e-9 * max(1.0, theta.abs().max().item()):
+        ulps = max(8.0, theta.shape[-1] / 8) * torch.finfo(theta.dtype).eps
+        if gap > ulps * max(1.0, theta.abs().max().item()):
             raise ValueError(f"theta1 must lie in the feasible set (project moved it by {gap:.3g})")
 
     def grad_by_autograd(th, x):
@@ -364,6 +371,12 @@ SCHEDULES = {
 }
 
 
+def _float_dtype(dtype) -> torch.dtype:
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    return dtype
+
+
 def lr_schedule(kind: str, T: int, alpha: float = 1.0, *, p: float | None = None,
                 dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
     r"""The learning rates :math:`\eta_1,\dots,\eta_T` of a named schedule, shape ``(T,)``.
@@ -375,9 +388,11 @@ def lr_schedule(kind: str, T: int, alpha: float = 1.0, *, p: float | None = None
     ``linear_decay`` :math:`\alpha(T-t+1)/T` (ends at :math:`\alpha/T>0`);
     ``linear_warmup`` :math:`\alpha t/T` (increasing: it violates the monotonicity the
     average-loss bound needs). For a tuned constant rate pass e.g. ``alpha = D/(G*sqrt(T))``.
+    A non-floating ``dtype`` raises ``TypeError`` (integer rates would truncate to 0).
     """
     check_choice(kind, "kind", list(SCHEDULES))
     T = check_int(T, "T", low=1)
+    _float_dtype(dtype)
     alpha = check_real(alpha, "alpha", positive=True)
     if (kind == "power") != (p is not None):
         raise ValueError("p is required for kind='power' and only for it")
@@ -407,6 +422,7 @@ def power_sums(T: int, p: float, *, dtype: torch.dtype = torch.float64,
     """
     T = check_int(T, "T", low=1)
     p = check_real(p, "p")
+    _float_dtype(dtype)
     t = torch.arange(1, T + 1, dtype=dtype, device=device)
     return torch.cumsum(t.pow(-p), dim=-1)
 
@@ -415,15 +431,24 @@ def harmonic(n) -> torch.Tensor:
     r"""Harmonic numbers :math:`H_n = \sum_{t=1}^n 1/t = \psi(n+1) + \gamma` for real ``n >= 0``.
 
     Exact to rounding for any size through the digamma function :math:`\psi`
-    (:math:`H_0 = 0`); ``n`` is a number (computed in float64) or a floating tensor of any
-    shape (its dtype is kept).
+    (:math:`H_0 = 0`); below :math:`n = 1/4`, where :math:`\psi(n+1)+\gamma` cancels, through
+    the series :math:`H_n = \sum_{k\ge2}(-1)^k\zeta(k)\,n^{k-1}` (40 terms). ``n`` is a number
+    (computed in float64) or a floating tensor of any shape (its dtype is kept).
     """
     n = as_float_tensor(n, "n", min_ndim=0, dtype=None if isinstance(n, torch.Tensor)
                         else torch.float64)
     check_finite(n, "n")
     if (n < 0).any():
         raise ValueError("n must be >= 0")
-    return torch.where(n == 0, 0.0, torch.special.digamma(n + 1) + EULER_GAMMA)
+    x = torch.where(n < 0.25, n, torch.zeros_like(n))
+    acc = torch.zeros_like(x)
+    for z in reversed(_ZETA):                  # Horner: zeta(2) - x (zeta(3) - x (...))
+        acc = z - x * acc
+    return torch.where(n < 0.25, x * acc, torch.special.digamma(n + 1) + EULER_GAMMA)
+
+
+#: zeta(2), ..., zeta(41), the coefficients of harmonic's series at small n
+_ZETA = torch.special.zeta(torch.arange(2.0, 42.0, dtype=torch.float64), 1.0).tolist()
 
 
 def gaussian_abs_risk(theta) -> torch.Tensor:
