@@ -159,6 +159,16 @@ def test_attention_errors():
         at.attention_matrix(q, q, scale="big")
 
 
+@pytest.mark.parametrize("fn", [at.attention_matrix, at.linear_attention_matrix])
+def test_mask_whose_batch_dimensions_do_not_broadcast_is_named(fn):
+    q = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(0))
+    for shape in ((2, 3, 3), (5, 4, 3, 3)):      # (2,) vs (4,); would grow the batch (4,)
+        with pytest.raises(ValueError, match=r"mask of shape .* does not broadcast"):
+            fn(q, q, torch.ones(shape, dtype=torch.bool))
+    ok = fn(q, q, torch.ones(1, 3, 3, dtype=torch.bool))   # broadcasts: the unmasked weights
+    assert torch.allclose(ok, fn(q, q))
+
+
 # -- the causal determinant and the prefix corollary -------------------------------------------
 
 @SETTINGS

@@ -87,6 +87,16 @@ def test_empirical_receptive_field_errors_and_zero_width():
     assert V.empirical_receptive_field(lambda x: x, 8, position=2)[1].argmax().item() == 2
 
 
+def test_empirical_receptive_field_of_an_output_not_connected_to_the_input():
+    # a constant, a detached input, a layer fed something else: width 0 and a zero footprint,
+    # as for an output whose gradient is zero (not torch's "does not require grad" error)
+    conv = nn.Conv1d(1, 1, 3).double()
+    for model in (lambda x: torch.zeros(1, 1, 5), lambda x: x.detach() + 1,
+                  lambda x: conv(torch.ones_like(x))):
+        width, fp = V.empirical_receptive_field(model, 5)
+        assert width == 0 and torch.equal(fp, torch.zeros(5, dtype=torch.float64))
+
+
 def test_split_sum_equals_two_relu_convolutions():
     torch.manual_seed(0)
     block = V.SplitSumBlock(3, 5, dilations=(1, 2, 4)).double()
@@ -125,7 +135,8 @@ def test_network_shapes_and_parameter_count():
     assert net(x).shape == (2, 4)
 
 
-def test_spatial_dropout_shares_the_mask_across_channels():
+def test_position_dropout_shares_the_mask_across_channels():
+    # the post's Dropout(0.5, noise_shape=(batch, L, 1)): whole positions, not channels
     net = V.SpectraNet((4, 4), hidden=3, dropout=0.5)
     net.head = nn.Identity()  # expose the pooled features
     torch.manual_seed(1)

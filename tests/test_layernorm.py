@@ -64,6 +64,19 @@ def test_rms_norm_zero_vector_is_zero_for_every_eps():
     assert torch.allclose(out[1], math.sqrt(3) * torch.tensor([0.6, 0.0, 0.8], dtype=F64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
+def test_rms_norm_zero_vector_is_zero_when_sqrt_eps_underflows(dtype):
+    # sqrt(1e-100) = 1e-50 is 0 in float32 (the working dtype of the half types): not 0 / 0
+    z = torch.zeros(2, 4, dtype=dtype)
+    assert torch.equal(L.rms_norm(z, eps=1e-100), z)
+    J = L.rms_norm_jacobian(z, eps=1e-100)       # I / sqrt(eps): inf where that overflows
+    eye = torch.eye(4, dtype=torch.bool).expand(2, 4, 4)
+    if dtype == F64:
+        assert torch.allclose(J, 1e50 * eye.to(F64))
+    else:
+        assert bool(torch.isposinf(J[eye]).all()) and bool((J[~eye] == 0).all())
+
+
 @pytest.mark.parametrize("dtype,big,tiny", [(torch.float16, 300.0, 1e-4),
                                             (torch.float32, 1e30, 1e-35),
                                             (F64, 1e300, 1e-300)])
@@ -181,6 +194,15 @@ def test_dyt_formula_parameters_and_limits():
     inf = torch.tensor([float("inf"), -float("inf"), float("nan")])
     out = L.dyt(inf, 2.0, gamma=3.0, beta=1.0)
     assert out[0].item() == 4.0 and out[1].item() == -2.0 and math.isnan(out[2].item())
+
+
+def test_dyt_with_alpha_zero_is_the_constant_beta_at_infinity_too():
+    x = torch.tensor([math.inf, -math.inf, 3.0, math.nan])
+    out = L.dyt(x, 0.0, gamma=2.0, beta=0.5)
+    assert out[:3].tolist() == [0.5, 0.5, 0.5] and math.isnan(out[3].item())
+    alpha = torch.tensor([0.0, 1.0, 0.0, 1.0])    # a zero entry of a tensor alpha
+    out = L.dyt(x.half(), alpha, gamma=2.0, beta=0.5)
+    assert out[:3].tolist() == [0.5, -1.5, 0.5] and math.isnan(out[3].item())
 
 
 def test_dyt_and_dyisru_parameters_are_learnable():

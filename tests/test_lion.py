@@ -218,6 +218,21 @@ def test_bad_param_group():
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "betas": (2, 0)})
 
 
+@pytest.mark.parametrize("bad, exc", [(dict(lr=-1.0), ValueError), (dict(betas=(2, 0)), ValueError),
+                                      (dict(weight_decay=-0.1), ValueError),
+                                      (dict(lazy=1), TypeError)])
+def test_rejected_param_group_is_not_kept(bad, exc):
+    # the group is removed again, so the next step does not use it (lr=-1 would move b uphill)
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = Lion([a], lr=0.1)
+    with pytest.raises(exc):
+        opt.add_param_group({"params": [b], **bad})
+    assert len(opt.param_groups) == 1
+    b.grad = torch.ones(2)
+    opt.step()
+    assert torch.equal(b, torch.ones(2))
+
+
 def test_functional_bad_input():
     x = torch.zeros(3)
     with pytest.raises(ValueError, match="m must match theta"):

@@ -107,6 +107,17 @@ def test_signsgd_validates_added_param_groups():
                       (dict(weight_decay=-0.1), "weight_decay")):
         with pytest.raises(ValueError, match=text):
             opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], **bad})
+        assert len(opt.param_groups) == 1  # the rejected group is not kept
+
+
+def test_signsgd_rejected_param_group_is_not_stepped():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = SignSGD([a], lr=0.1)
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        opt.add_param_group({"params": [b], "lr": -1.0})
+    b.grad = torch.ones(2)
+    opt.step()
+    assert len(opt.param_groups) == 1 and torch.equal(b, torch.ones(2))
 
 
 def test_closed_form_edge_cases_dtype_and_negative_steps():

@@ -106,5 +106,9 @@ def test_bad_input():
         spectral_decay_(torch.ones(3), 0.1, 0.1)
     with pytest.raises(TypeError, match="W"):
         spectral_decay_(torch.eye(3, dtype=torch.int32), 0.1, 0.1)
+    nested = [[1.0, 2.0], [3.0, 4.0]]           # could only be decayed as a copy: refused
+    with pytest.raises(TypeError, match="W must be a torch.Tensor"):
+        spectral_decay_(nested, 0.5, 1.0, iters=10)
+    assert nested == [[1.0, 2.0], [3.0, 4.0]]
     with pytest.raises(ValueError, match="v must be"):
         spectral_decay_(W, 0.1, 0.1, v=torch.ones(2))

@@ -363,6 +363,24 @@ def test_lazy_option_of_a_group_must_be_a_bool():
         Tiger([{"params": [p], "lazy": 1}])
 
 
+@pytest.mark.parametrize("bad, exc, text", [
+    (dict(lr=-1.0), ValueError, "lr must be >= 0"),
+    (dict(lazy=True, accumulate=2), ValueError, "lazy=True needs accumulate=1"),
+    (dict(kind="nope"), ValueError, "kind"),
+    (dict(lazy=1), TypeError, "lazy must be a bool"),
+])
+def test_rejected_param_group_is_not_kept(bad, exc, text):
+    # the group is removed again, so the next step does not use it (lr=-1 would move b uphill)
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = Tiger([a], lr=0.1)
+    with pytest.raises(exc, match=text):
+        opt.add_param_group({"params": [b], **bad})
+    assert len(opt.param_groups) == 1
+    b.grad = torch.ones(2)
+    opt.step()
+    assert torch.equal(b, torch.ones(2))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_matrix_lr_is_finite_and_matches_tiger_lr(dtype):
     # a float16 matrix whose norm (90,000) exceeds float16's 65504: the learning rate must not

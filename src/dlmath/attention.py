@@ -35,6 +35,7 @@ import torch
 from ._checks import (
     all_finite,
     as_float_tensor,
+    broadcasts_to,
     check_choice,
     check_finite,
     check_int,
@@ -99,8 +100,10 @@ def _qk(q, k) -> tuple[torch.Tensor, torch.Tensor]:
     return q.to(dtype), k.to(dtype)
 
 
-def _mask(mask, n: int, m: int, device) -> torch.Tensor | None:
-    """The mask as a boolean tensor broadcastable to ``(..., n, m)``, or None (all visible)."""
+def _mask(mask, shape, device) -> torch.Tensor | None:
+    """The mask as a boolean tensor broadcastable to the logits' ``shape`` ``(..., n, m)``, or
+    None (all visible)."""
+    n, m = shape[-2:]
     if mask is None:
         return None
     if isinstance(mask, str):
@@ -114,6 +117,9 @@ def _mask(mask, n: int, m: int, device) -> torch.Tensor | None:
     if mask.ndim < 2 or mask.shape[-2:] != (n, m):
         raise ValueError(f"mask must end in the shape ({n}, {m}) of the logits, got "
                          f"{tuple(mask.shape)}")
+    if not broadcasts_to(mask.shape, shape):
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the shape "
+                         f"{tuple(shape)} of the logits")
     return mask.to(device)
 
 
@@ -126,7 +132,8 @@ def attention_matrix(q, k, mask=None, *, scale: float | None = None) -> torch.Te
     Shapes: ``q`` is ``(..., n, d)``, ``k`` is ``(..., m, d)``; the result is ``(..., n, m)``
     with rows summing to 1. ``mask`` is None (bidirectional), a kind name (``"causal"``,
     ``"anticausal"``, ``"bidirectional"``; needs ``n == m``) or a boolean tensor
-    broadcastable to ``(..., n, m)`` with ``True`` = visible. ``scale`` is :math:`\tau`,
+    broadcastable to the logits' ``(..., n, m)`` with ``True`` = visible (``ValueError``
+    naming ``mask`` otherwise). ``scale`` is :math:`\tau`,
     default :math:`1/\sqrt d`. The maximum is taken over visible entries only, so no row
     overflows, and a row with no visible entry is returned as zeros. float16/bfloat16 inputs
     are computed in float32 (their logits overflow at 65504 and 3.4e38, where a float16
@@ -139,7 +146,7 @@ def attention_matrix(q, k, mask=None, *, scale: float | None = None) -> torch.Te
     s = tau * (q @ k.transpose(-1, -2))
     if not all_finite(s):
         raise ValueError(f"the logits scale * q k^T overflow {s.dtype}: rescale q, k or scale")
-    visible = _mask(mask, q.shape[-2], k.shape[-2], q.device)
+    visible = _mask(mask, s.shape, q.device)
     if visible is None:
         return torch.softmax(s, dim=-1).to(out_dtype)
     visible = visible.expand_as(s)
@@ -187,7 +194,7 @@ def linear_attention_matrix(q, k, mask=None, *, feature=None) -> torch.Tensor:
     w = fq @ fk.transpose(-1, -2)
     if not all_finite(w):
         raise ValueError(f"the weights phi(q) phi(k)^T overflow {w.dtype}: rescale q or k")
-    visible = _mask(mask, q.shape[-2], k.shape[-2], q.device)
+    visible = _mask(mask, w.shape, q.device)
     if visible is not None:
         w = torch.where(visible.expand_as(w), w, torch.zeros_like(w))
     total = w.sum(dim=-1, keepdim=True)

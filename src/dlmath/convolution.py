@@ -104,7 +104,8 @@ def empirical_receptive_field(model: Callable, length: int, *, in_channels: int 
     element per window, so its footprint can be narrower (see the chapter). Zeros *inside* the
     span (``[1, 1, 1]`` then ``[1, -1, 1]`` gives taps ``[1, 0, 1, 0, 1]``, width 5) are not
     reported by the width; look at ``footprint``. Width 0 means the output does not depend on
-    the input at all.
+    the input at all: a zero gradient, or an output that autograd does not connect to ``x``
+    (a constant, ``x.detach() + 1``); the footprint is then all zeros.
     """
     length = check_int(length, "length", low=1)
     in_channels = check_int(in_channels, "in_channels", low=1)
@@ -126,7 +127,10 @@ def empirical_receptive_field(model: Callable, length: int, *, in_channels: int 
         raise ValueError("model must return a tensor of shape (1, C_out, L_out)")
     pos = y.shape[-1] // 2 if position is None else check_int(position, "position", low=0,
                                                                high=y.shape[-1] - 1)
-    (grad,) = torch.autograd.grad(y[0, :, pos].sum(), x)
+    out = y[0, :, pos].sum()
+    grad = torch.autograd.grad(out, x, allow_unused=True)[0] if out.requires_grad else None
+    if grad is None:                               # not connected to x by autograd: width 0
+        grad = torch.zeros_like(x)
     footprint = grad.abs().sum(dim=1)[0].detach()
     nz = torch.nonzero(footprint > 0).flatten()
     width = 0 if nz.numel() == 0 else int(nz[-1] - nz[0]) + 1
@@ -176,15 +180,17 @@ class SplitSumBlock(nn.Module):
 
 
 class SpectraNet(nn.Module):
-    r"""The post's classifier: split-sum blocks with pooling, spatial dropout, global max pool.
+    r"""The post's classifier: split-sum blocks with pooling, position dropout, global max pool.
 
     ``features``: blocks of widths ``widths`` (input ``in_channels``), each but the last followed
     by a pool of size 2 (``pool="max"`` as in the post, or ``"avg"``);
     ``(B, in_channels, L) -> (B, widths[-1], L_out)`` with :math:`L_{\mathrm{out}} =
     \lfloor L / 2^{n-1}\rfloor` after :math:`n-1` floor halvings. ``forward``: dropout of whole
-    positions (one Bernoulli mask of shape ``(B, 1, L_out)`` shared by all channels), the max
-    over positions, a hidden dense layer with ReLU and a final dense layer:
-    ``(B, in_channels, L) -> (B, num_classes)`` logits (no softmax). ``forward`` raises
+    positions (one Bernoulli mask of shape ``(B, 1, L_out)`` shared by all channels, as the
+    post's Keras ``Dropout(0.5, noise_shape=(batch, L, 1))``; this drops positions, *not*
+    channels as Keras's ``SpatialDropout1D`` does), the max over positions, a hidden dense
+    layer with ReLU and a final dense layer: ``(B, in_channels, L) -> (B, num_classes)`` logits
+    (no softmax). ``forward`` raises
     ``ValueError`` naming ``x`` unless it is ``(B, in_channels, L)`` with
     :math:`L \ge 2^{n-1}` (shorter inputs leave no position after the pools).
     """

@@ -30,13 +30,17 @@ Conventions:
   range (e.g. a DyISRU constant :math:`C > 65504`, an :math:`\alpha` near ``1e5``).
 * **Zero vector.** Without ``eps``, RMSNorm maps :math:`x = 0` to :math:`0`. That is the
   value of the ``eps > 0`` map at 0 for every ``eps``, so it is the limit ``eps -> 0`` taken
-  at the zero vector (the map itself is discontinuous there: it has no direction to keep).
-  Its Jacobian does not exist there, and :func:`rms_norm_jacobian` raises ``ValueError``.
+  at the zero vector (the map itself is discontinuous there: it has no direction to keep),
+  also when :math:`\sqrt\epsilon` underflows to 0 in the working dtype (float32 below
+  ``eps ~ 1e-90``). Its Jacobian does not exist there, and :func:`rms_norm_jacobian` raises
+  ``ValueError``; with ``eps > 0`` it is :math:`I/\sqrt\epsilon`, whose diagonal is ``inf``
+  (off-diagonal 0) where :math:`1/\sqrt\epsilon` overflows the dtype.
 * RMSNorm and its Jacobian refuse NaN and infinities (``ValueError``): an infinite vector has
   no well-defined direction. They also refuse empty input (a vector needs a width).
   The elementwise maps act like ``torch.tanh``: NaN propagates, :math:`\pm\infty` maps to
   the saturation value (:math:`\pm\gamma + \beta`, :math:`\pm\gamma\sqrt d + \beta`,
-  :math:`\pm t`), and an empty tensor gives an empty tensor.
+  :math:`\pm t`; DyT with :math:`\alpha = 0` is the constant :math:`\beta`, at
+  :math:`\pm\infty` too), and an empty tensor gives an empty tensor.
 """
 
 from __future__ import annotations
@@ -110,7 +114,8 @@ def rms_norm(x, dim: int = -1, *, eps: float = 0.0) -> torch.Tensor:
         # 0). vector_norm, unlike sqrt(mean(u^2)), has a finite backward at the zero vector.
         r = torch.linalg.vector_norm(u, dim=dim, keepdim=True) / math.sqrt(u.shape[dim])
         rho = torch.hypot(safe * r, torch.tensor(math.sqrt(eps), dtype=w.dtype, device=w.device))
-        return (w / rho).to(x.dtype)               # the zero vector: 0 / sqrt(eps) = 0
+        # the zero vector: 0 / sqrt(eps) = 0, also where sqrt(eps) underflows to 0 (rho = 0)
+        return (w / torch.where(rho > 0, rho, torch.ones_like(rho))).to(x.dtype)
     r = u.square().mean(dim=dim, keepdim=True).sqrt()   # rms(x) / m, in [1/sqrt(d), 1]
     return torch.where(m > 0, u / r, torch.zeros_like(u)).to(x.dtype)
 
@@ -127,7 +132,9 @@ def rms_norm_jacobian(x, *, eps: float = 0.0) -> torch.Tensor:
     (so :math:`Jx = 0`).
 
     Shapes: ``x`` is ``(..., d)``; the output is ``(..., d, d)`` with the device and dtype of
-    ``x``. Raises ``ValueError`` at a zero vector when ``eps == 0`` (no derivative there).
+    ``x``. Raises ``ValueError`` at a zero vector when ``eps == 0`` (no derivative there);
+    with ``eps > 0`` it is :math:`I/\sqrt\epsilon` there, ``inf`` on the diagonal where that
+    overflows (see the module notes).
     """
     x, _ = _vectors(x, -1)
     eps = _eps(eps)
@@ -143,7 +150,9 @@ def rms_norm_jacobian(x, *, eps: float = 0.0) -> torch.Tensor:
     if eps > 0:
         rho = torch.hypot(rho, torch.tensor(math.sqrt(eps), dtype=rho.dtype, device=rho.device))
     eye = torch.eye(d, dtype=w.dtype, device=w.device)
-    jac = (eye - y.unsqueeze(-1) * y.unsqueeze(-2) / d) / rho.unsqueeze(-1)
+    proj = eye - y.unsqueeze(-1) * y.unsqueeze(-2) / d
+    # zero entries stay 0 where rho underflowed to 0 (the zero vector, sqrt(eps) below the dtype)
+    jac = torch.where(proj == 0, proj, proj / rho.unsqueeze(-1))
     return jac.to(x.dtype)
 
 
@@ -183,13 +192,15 @@ def dyt(x, alpha, *, gamma=1.0, beta=0.0) -> torch.Tensor:
     Shapes: ``x`` any floating tensor; ``alpha``, ``gamma``, ``beta`` real numbers or tensors
     that broadcast against ``x`` (tensors are cast to the device and dtype of ``x`` and stay in
     the autograd graph, so they can be learned). The output has the broadcast shape and the
-    dtype of ``x``.
+    dtype of ``x``. ``alpha = 0`` (or a zero entry of ``alpha``) gives the constant
+    :math:`\beta`, also at :math:`x = \pm\infty`.
     """
     x = as_float_tensor(x, "x", min_ndim=0, allow_empty=True)
     w = upcast_half(x)                             # a half alpha of 1e5 is inf, and inf * 0 nan
     alpha = _parameter(alpha, "alpha", w)
     gamma = _parameter(gamma, "gamma", w)
     beta = _parameter(beta, "beta", w)
+    w = torch.where(torch.isinf(w) & (torch.as_tensor(alpha) == 0), 0.0, w)  # not 0 * inf = nan
     return (gamma * torch.tanh(alpha * w) + beta).to(x.dtype)
 
 

@@ -140,13 +140,19 @@ class Lion(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, lazy=lazy))
 
     def add_param_group(self, param_group: dict) -> None:
+        """Add a group as ``torch.optim`` does, then check it; a bad group is removed again."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        check_real(group["lr"], "lr", nonnegative=True)
-        group["betas"] = check_betas(group["betas"])
-        check_real(group["weight_decay"], "weight_decay", nonnegative=True)
-        if not isinstance(group["lazy"], bool):
-            raise TypeError(f"lazy must be a bool, got {type(group['lazy']).__name__}")
+        try:
+            check_real(group["lr"], "lr", nonnegative=True)
+            betas = check_betas(group["betas"])
+            check_real(group["weight_decay"], "weight_decay", nonnegative=True)
+            if not isinstance(group["lazy"], bool):
+                raise TypeError(f"lazy must be a bool, got {type(group['lazy']).__name__}")
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+        group["betas"] = betas
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):

@@ -51,11 +51,16 @@ class SignSGD(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     def add_param_group(self, param_group: dict) -> None:
+        """Add a group as ``torch.optim`` does, then check it; a bad group is removed again."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        check_real(group["lr"], "lr", nonnegative=True)
-        check_real(group["momentum"], "momentum", low=0.0, high=1.0)
-        check_real(group["weight_decay"], "weight_decay", nonnegative=True)
+        try:
+            check_real(group["lr"], "lr", nonnegative=True)
+            check_real(group["momentum"], "momentum", low=0.0, high=1.0)
+            check_real(group["weight_decay"], "weight_decay", nonnegative=True)
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):

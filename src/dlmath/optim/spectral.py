@@ -28,7 +28,7 @@ def spectral_decay_(W, lr: float, weight_decay: float, v=None, iters: int = 1,
 
     Args:
         W: ``(..., n, m)`` floating tensor (a parameter is fine: the update runs under
-            ``torch.no_grad()``), modified in place.
+            ``torch.no_grad()``), modified in place; anything else (a list) is a ``TypeError``.
         lr, weight_decay: :math:`\eta \ge 0` and :math:`\lambda \ge 0`.
         v: warm start of shape ``(..., m)``, normally the value returned by the previous call.
         iters: power-iteration steps per call (``>= 0``).
@@ -36,6 +36,9 @@ def spectral_decay_(W, lr: float, weight_decay: float, v=None, iters: int = 1,
     Returns:
         The unit vector(s) ``v`` used, shape ``(..., m)``, to pass back in at the next step.
     """
+    if not isinstance(W, torch.Tensor):            # a list would be decayed as a copy
+        raise TypeError(f"W must be a torch.Tensor (it is modified in place), got "
+                        f"{type(W).__name__}")
     W = check_matrix(W, "W")
     lr = check_real(lr, "lr", nonnegative=True)
     weight_decay = check_real(weight_decay, "weight_decay", nonnegative=True)
