@@ -928,3 +928,115 @@ def test_routing_refuses_a_bias_that_does_not_broadcast():
     with pytest.raises(ValueError, match="bias"):
         moe.route_threshold(scores, torch.zeros(2, 8))
     assert moe.route_topk(scores, torch.zeros(2, 1, 8), 2).shape == (2, 64, 8)
+
+
+# -- referee's findings: rounding and range edge cases ----------------------------------------
+
+
+def _mask_from_counts(counts, T):
+    """A (T, n) top-1 mask whose expert i has counts[i] tokens."""
+    mask = torch.zeros(T, len(counts), dtype=torch.bool)
+    start = 0
+    for i, c in enumerate(counts):
+        mask[start:start + c, i] = True
+        start += c
+    return mask
+
+
+def test_threshold_bias_init_between_neighbouring_floats_and_near_overflow():
+    # rho_(1), rho_(2) neighbouring floats: the midpoint rounds onto rho_(1); -rho_(2) is returned
+    s = torch.tensor([[1 + 2**-22, 1 + 2**-23, 0.0]])
+    b0 = moe.threshold_bias_init(s, 1.0)
+    assert b0.item() == -(1 + 2**-23) and moe.route_threshold(s, b0.expand(3)).sum() == 1
+    # a + b would overflow: the midpoint is formed in float64
+    h = torch.tensor([[40000.0, 30000.0, 0.0]], dtype=torch.float16)
+    assert moe.threshold_bias_init(h, 1.0).item() == -35008.0  # 35000 rounded to float16
+    big = moe.threshold_bias_init(torch.tensor([[3e38, 2e38, 0.0]]), 1.0)
+    assert big.item() == torch.tensor(-2.5e38).item()
+    assert moe.threshold_bias_init(torch.tensor([[1e308, -1e308]], dtype=F64), 0.5).item() == 0
+    # sigmoid scores in half precision often have neighbouring rho_(m), rho_(m+1)
+    g = _gen(3)
+    for dtype in (torch.float16, torch.bfloat16):
+        for _ in range(12):
+            rho = torch.sigmoid(torch.randn(64, 16, generator=g)).to(dtype)
+            b0 = moe.threshold_bias_init(rho, 2)
+            assert b0.dtype == dtype
+            flat = rho.flatten().sort(descending=True).values
+            expect = 128 if flat[127] > flat[128] else (flat > flat[127]).sum().item()
+            assert moe.route_threshold(rho, b0.expand(16)).sum().item() == expect
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
+def test_lossfree_update_gives_no_step_to_an_exactly_balanced_expert(dtype):
+    # n = 10, T = 100: eight experts at exactly 1/n, two off by one token
+    st_ = moe.load_stats(_mask_from_counts([10] * 8 + [11, 9], 100), dtype=dtype)
+    new = moe.lossfree_update(torch.zeros(10, dtype=dtype), st_.load, 0.01, "sign")
+    assert torch.equal(new[:8], torch.zeros(8, dtype=dtype))
+    assert new[8] < 0 < new[9]
+    for n in (10, 11, 12, 7):  # a perfectly balanced load: no step at all
+        load = moe.load_stats(torch.eye(n, dtype=torch.bool), dtype=dtype).load
+        for mode in ("sign", "rms", "sgd"):
+            step = moe.lossfree_update(torch.zeros(n, dtype=dtype), load, 1.0, mode)
+            assert torch.equal(step, torch.zeros(n, dtype=dtype)), (n, mode)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
+def test_load_stats_maxvio_is_exactly_zero_for_uniform_loads(dtype):
+    for n in (3, 7, 11, 41):
+        assert moe.load_stats(torch.zeros(3, n, dtype=torch.bool), dtype=dtype).maxvio == 0
+        assert moe.load_stats(torch.eye(n, dtype=torch.bool), dtype=dtype).maxvio == 0
+        ones = moe.load_stats(torch.ones(5, n, dtype=torch.bool), dtype=dtype)
+        assert ones.maxvio == 0 and ones.budget == n
+    # a float16 mask with T > 2048 tokens still counts exactly (its own sum would not)
+    big = moe.load_stats(_mask_from_counts([3000, 1000], 4000).half())
+    assert big.rates.dtype == torch.float16 and big.rates.tolist() == [0.75, 0.25]
+    assert big.maxvio.item() == 0.5
+    with pytest.raises(TypeError, match="dtype must be a floating"):
+        moe.load_stats(torch.eye(3, dtype=torch.bool), dtype=torch.int64)
+
+
+def test_balance_by_bias_keeps_a_float32_bias_for_half_scores():
+    g = _gen(0)
+    s = torch.rand(8, 4, generator=g) * 0.1
+    s[:, 0] += 0.5
+    # a common offset of 8 changes no routing, but a bfloat16 bias there moves in steps of
+    # 2**-4: b - 0.003 would round back to b and the iteration would stall
+    offset = torch.full((4,), 8.0)
+    ref = moe.balance_by_bias(s, 1, 3e-3, max_steps=400, bias=offset)
+    res = moe.balance_by_bias(s.bfloat16(), 1, 3e-3, max_steps=400, bias=offset)
+    assert ref.steps is not None and res.steps is not None
+    assert res.bias.dtype == torch.float32 and (res.mask.sum(0) == 2).all()
+    given = moe.balance_by_bias(s.half(), 1, 0.1, max_steps=0, bias=torch.zeros(4, dtype=F64))
+    assert given.bias.dtype == torch.float32
+
+
+def test_expert_outputs_and_split_refuse_nan():
+    W_A, W_B, W_G, x = _ffn(0)
+    for i, name in enumerate(("W_A", "W_B", "W_gate", "x")):
+        args = [W_A, W_B, W_G, x]
+        args[i] = args[i].clone()
+        args[i][0, 0] = math.nan
+        with pytest.raises(ValueError, match=f"{name} contains NaN"):
+            moe.expert_outputs(args[3], args[0], args[1], 3, W_gate=args[2])
+    bad = W_A.clone()
+    bad[1, 2] = math.nan
+    with pytest.raises(ValueError, match="W_A contains NaN"):
+        moe.split_ffn_experts(bad, W_B, 3)
+
+
+def test_small_vectors_next_to_large_ones_keep_their_norms():
+    V = torch.tensor([[1.0, 0.0], [1e-25, 0.0], [3e-25, 0.0]])
+    assert moe.topk_by_norm(V, 2).tolist() == [0, 2]
+    tiny = torch.tensor([[1.0, 0.0], [1e-30, 0.0]])
+    assert moe.importance_sampling_variance(tiny, torch.tensor([1.0, 0.0])).item() == math.inf
+    assert moe.importance_sampling_variance(tiny * torch.tensor([[1.0], [0.0]]),
+                                            torch.tensor([1.0, 0.0])).item() == 0
+
+
+def test_batch_shape_mismatches_raise_value_errors():
+    with pytest.raises(ValueError, match="bias .* and load .* do not broadcast"):
+        moe.lossfree_update(torch.zeros(2, 4), torch.full((3, 4), 0.25), 0.1)
+    with pytest.raises(ValueError, match="bias .* and rates .* do not broadcast"):
+        moe.dynamic_k_update(torch.zeros(2, 4), torch.full((3, 4), 0.25), 1.0, 0.1)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        moe.subset_error(torch.randn(2, 4, 3), torch.tensor([[0, 1], [1, 2], [0, 2]]))

@@ -479,3 +479,49 @@ def test_one_step_takes_one_model_and_one_batch():
         mup.one_step(Ws, X, torch.stack([T, T]), "sgd", [0.1, 0.1])
     with pytest.raises(ValueError, match="weights must be single matrices"):
         mup.one_step([torch.stack([W, W]) for W in Ws], X, T, "sgd", [0.1, 0.1])
+
+
+# -- referee's findings: half precision, range and validation ---------------------------------
+
+
+@pytest.mark.parametrize(("dtype", "value"), [(torch.float16, 40000.0), (torch.float16, 1e-6),
+                                              (torch.bfloat16, 1e30), (torch.float32, 1e-40),
+                                              (torch.float32, 3e38), (F64, 1e-310)])
+def test_spectral_normalize_and_update_neither_overflow_nor_underflow(dtype, value):
+    W = torch.full((2, 2), value, dtype=dtype)
+    half = torch.full((2, 2), 0.5, dtype=dtype)  # the all-equal 2 x 2 matrix has norm 2 * value
+    assert torch.equal(mup.spectral_normalize(W), half)
+    assert torch.equal(mup.spectral_update(W, 2, 2, mode="sn"), half)
+    torch.testing.assert_close(mup.spectral_update(W, 2, 2, mode="svc"), half)  # SVD rounding
+    assert mup.spectral_normalize(W, 3.0).dtype == dtype
+
+
+def test_svc_drops_the_rounding_noise_of_a_rank_deficient_matrix():
+    g = _gen(0)
+    W = torch.randn(4, 1, generator=g) @ torch.randn(1, 3, generator=g)
+    for lam in (1.0, 1e6, 1e8):
+        s = torch.linalg.svdvals(mup.svc(lam * W))
+        assert s[1:].max() < 1e-5, (lam, s)  # rank 1, as polar(W)
+    torch.testing.assert_close(mup.svc(1e8 * W), polar(W), atol=1e-6, rtol=0)
+    full = torch.diag(torch.tensor([1.0, 1e-3, 1e-5]))  # resolvable small values are clipped
+    assert torch.linalg.svdvals(mup.svc(1e6 * full)).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_matrix_norms_of_half_matrices_beyond_their_range_are_finite():
+    assert mup.matrix_norms(torch.ones(256, 256, dtype=torch.float16))["l1"] == 65536.0
+    norms = mup.matrix_norms(torch.eye(700, dtype=torch.float16) * 100)
+    assert norms["nuclear"] == 70000.0 and norms["l1"] == 70000.0
+    assert norms["fro"] == pytest.approx(100 * math.sqrt(700), rel=1e-6)
+
+
+def test_list_inputs_and_mismatched_weights_are_named():
+    g = _gen(2)
+    Ws = [torch.randn(3, 4, generator=g), torch.randn(4, 2, generator=g)]
+    X, T = torch.randn(5, 3, generator=g), torch.randn(5, 2, generator=g)
+    ref = mup.one_step(Ws, X, T, "sgd", [0.1, 0.1])["loss"]
+    assert mup.one_step(Ws, X.tolist(), T.tolist(), "sgd", [0.1, 0.1])["loss"] == ref
+    bad = [Ws[0], torch.randn(5, 4, generator=g), Ws[1]]
+    with pytest.raises(ValueError, match=r"weights\[1\] must have 4 rows"):
+        mup.mlp_features(bad, X)
+    with pytest.raises(ValueError, match=r"weights\[1\] must have 4 rows"):
+        mup.one_step(bad, X, T, "sgd", [0.1] * 3)

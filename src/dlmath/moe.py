@@ -50,6 +50,7 @@ from ._checks import (
     check_probability,
     check_real,
     upcast_half,
+    work_dtype,
 )
 
 __all__ = [
@@ -111,8 +112,8 @@ def split_ffn_experts(W_A, W_B, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     returns ``(A, B)`` with ``A[i]`` of shape ``(d, c)`` and ``B[i]`` of shape ``(c, d_out)``
     (views of the inputs when they are contiguous, copies otherwise).
     """
-    W_A = as_float_tensor(W_A, "W_A", min_ndim=2)
-    W_B = as_float_tensor(W_B, "W_B", min_ndim=2)
+    W_A = check_no_nan(as_float_tensor(W_A, "W_A", min_ndim=2), "W_A")
+    W_B = check_no_nan(as_float_tensor(W_B, "W_B", min_ndim=2), "W_B")
     if W_A.ndim != 2 or W_B.ndim != 2:
         raise ValueError(f"W_A and W_B must be matrices, got shapes {tuple(W_A.shape)} and "
                          f"{tuple(W_B.shape)}")
@@ -144,7 +145,7 @@ def expert_outputs(x, W_A, W_B, n: int, activation: Callable = torch.relu, W_gat
     (that is what makes the split exact).
     """
     A, B = split_ffn_experts(W_A, W_B, n)
-    x = as_float_tensor(x, "x")
+    x = check_no_nan(as_float_tensor(x, "x"), "x")
     if x.shape[-1] != A.shape[1]:
         raise ValueError(f"x must have last dimension d = {A.shape[1]} (the rows of W_A), "
                          f"got {x.shape[-1]}")
@@ -154,7 +155,7 @@ def expert_outputs(x, W_A, W_B, n: int, activation: Callable = torch.relu, W_gat
     check_callable(activation, "activation")
     hidden = x @ W_A
     if W_gate is not None:
-        W_gate = as_float_tensor(W_gate, "W_gate", min_ndim=2)
+        W_gate = check_no_nan(as_float_tensor(W_gate, "W_gate", min_ndim=2), "W_gate")
         if W_gate.shape != W_A.shape:
             raise ValueError(f"W_gate must have the shape {tuple(W_A.shape)} of W_A, got "
                              f"{tuple(W_gate.shape)}")
@@ -186,12 +187,16 @@ def topk_by_norm(V, k: int) -> torch.Tensor:
 
     This is the optimal subset of :func:`best_subset` when the :math:`v_i` are pairwise
     orthogonal, and a heuristic otherwise. Shapes: ``V`` ``(..., n, d)`` -> ``(..., k)``,
-    ascending, ties to the lower index. The norms are compared after an exact power-of-two
-    rescaling of each set, so vectors whose squared entries would overflow or underflow the
-    dtype (float32 beyond about 1e19 or below 1e-23) are still ranked correctly.
+    ascending, ties to the lower index. Each norm is computed as
+    :math:`m_i\|v_i/m_i\|` with :math:`m_i = \max_j|v_{ij}|` (after an exact power-of-two
+    rescaling of the set), so vectors whose squared entries would overflow or underflow the
+    dtype (float32 beyond about 1e19 or below 1e-23) are still ranked correctly, also next to
+    much larger vectors of the same set.
     """
     V, _ = _scaled(_vectors(V))
-    return topk_indices(torch.linalg.vector_norm(V, dim=-1), k)
+    m = V.abs().amax(dim=-1, keepdim=True)
+    norms = torch.linalg.vector_norm(V / torch.where(m > 0, m, 1), dim=-1) * m.squeeze(-1)
+    return topk_indices(norms, k)
 
 
 def _kept_mask(idx: torch.Tensor, n: int, dtype) -> torch.Tensor:
@@ -225,7 +230,7 @@ def subset_error(V, idx) -> torch.Tensor:
     srt = idx.sort(dim=-1).values
     if (srt[..., 1:] == srt[..., :-1]).any():
         raise ValueError("idx must not repeat an index within a subset")
-    batch = torch.broadcast_shapes(V.shape[:-2], idx.shape[:-1])
+    batch = check_broadcast(V_batch=V.shape[:-2], idx_batch=idx.shape[:-1])
     idx = idx.expand(*batch, idx.shape[-1])
     dropped = 1.0 - _kept_mask(idx, n, V.dtype)
     rest = (dropped.unsqueeze(-1) * V).sum(dim=-2)
@@ -386,8 +391,9 @@ def importance_sampling_variance(V, p) -> torch.Tensor:
     p = p.to(V.device)
     sq = V.square().sum(dim=-1)
     safe = torch.where(p > 0, p, torch.ones_like(p))
+    nonzero = (V != 0).any(dim=-1)  # not sq > 0: a tiny v_i's square underflows to 0
     terms = torch.where(p > 0, sq / safe,
-                        torch.where(sq > 0, torch.full_like(sq, math.inf), torch.zeros_like(sq)))
+                        torch.where(nonzero, torch.full_like(sq, math.inf), torch.zeros_like(sq)))
     var = (terms.sum(dim=-1) - V.sum(dim=-2).square().sum(dim=-1)).clamp_min(0.0)
     scale = scale.squeeze(-1).squeeze(-1)
     return (var * scale * scale).to(torch.promote_types(V0.dtype, p.dtype))
@@ -468,6 +474,12 @@ def load_stats(mask, *, dtype: torch.dtype | None = None) -> LoadStats:
     :math:`f_{ti} = \mathbb{1}[i\in S_t]/k`. A mask that selects nothing at all (:math:`B = 0`)
     carries no imbalance: its :math:`F` is uniform and its MaxVio 0.
 
+    Everything is computed from the integer counts :math:`c_i = T\tilde F_i` in float64 and
+    rounded once to ``dtype``: :math:`F_i = c_i/\sum_j c_j` and
+    :math:`\operatorname{MaxVio} = n\max_i c_i/\sum_j c_j - 1`. So an expert with exactly
+    :math:`1/n` of the selections gets :math:`F_i` = ``1/n`` rounded to ``dtype``, bit for bit
+    (which :func:`lossfree_update` compares against), and a uniform load has MaxVio exactly 0.
+
     Shapes: ``mask`` ``(..., T, n)``, boolean or floating 0/1; results as in
     :class:`LoadStats`, in ``dtype`` (default: the mask's floating dtype, else torch's default).
     """
@@ -482,13 +494,16 @@ def load_stats(mask, *, dtype: torch.dtype | None = None) -> LoadStats:
         raise ValueError("mask must hold only 0 and 1")
     if dtype is None:
         dtype = mask.dtype if mask.is_floating_point() else torch.get_default_dtype()
-    n = mask.shape[-1]
-    rates = mask.to(dtype).mean(dim=-2)
-    budget = rates.sum(dim=-1)
-    b = budget.unsqueeze(-1)
-    load = torch.where(b > 0, rates / torch.where(b > 0, b, torch.ones_like(b)),
-                       torch.full_like(rates, 1.0 / n))
-    return LoadStats(rates, budget, load, n * load.amax(dim=-1) - 1)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
+    T, n = mask.shape[-2:]
+    counts = mask.to(torch.float64).sum(dim=-2)  # exact integers
+    total = counts.sum(dim=-1, keepdim=True)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    load = torch.where(total > 0, counts / safe, torch.full_like(counts, 1.0 / n))
+    maxvio = torch.where(total > 0, n * counts.amax(dim=-1, keepdim=True) / safe - 1, 0.0)
+    return LoadStats((counts / T).to(dtype), (total / T).squeeze(-1).to(dtype), load.to(dtype),
+                     maxvio.squeeze(-1).to(dtype))
 
 
 def _alpha(alpha) -> float:
@@ -511,6 +526,12 @@ def lossfree_update(bias, load, alpha: float, mode: str = "sign") -> torch.Tenso
     gives 0 when :math:`z = 0`; it divides by :math:`\max_i|z_i|` first, so that
     :math:`z_i^2` cannot underflow in half precision).
 
+    :math:`Q` is ``1/n`` rounded to the load's dtype and :math:`z` is formed in that dtype, so
+    :math:`z_i = 0` exactly (no step in ``"sign"``; all-zero step in ``"rms"``) iff
+    :math:`F_i` equals it bit for bit, as :func:`load_stats` makes it for an expert with exactly
+    :math:`1/n` of the selections. (``1.0/n`` as a Python float would leave
+    :math:`z_i` at a rounding error of about ``eps/n`` and give a balanced expert a full step.)
+
     Shapes: ``bias`` ``(..., n)``, ``load`` ``(..., n)`` (broadcast), a load distribution such
     as :attr:`LoadStats.load`; returns the new bias (a new tensor).
     """
@@ -524,7 +545,9 @@ def lossfree_update(bias, load, alpha: float, mode: str = "sign") -> torch.Tenso
     if bias.shape[-1] != n:
         raise ValueError(f"bias and load must have the same last dimension, got "
                          f"{bias.shape[-1]} and {n}")
-    z = load.to(bias.device) - 1.0 / n
+    check_broadcast(bias=bias.shape, load=load.shape)
+    load = load.to(bias.device)
+    z = load - torch.tensor(1.0 / n, dtype=load.dtype, device=load.device)
     if mode == "sign":
         step = torch.sign(z)
     elif mode == "sgd":
@@ -569,6 +592,7 @@ def dynamic_k_update(bias, rates, k: float, alpha: float, rule: str = "budget", 
     if bias.shape[-1] != rates.shape[-1]:
         raise ValueError(f"bias and rates must have the same last dimension, got "
                          f"{bias.shape[-1]} and {rates.shape[-1]}")
+    check_broadcast(bias=bias.shape, rates=rates.shape)
     if (rates < 0).any() or (rates > 1).any():
         raise ValueError("rates are fractions of tokens and must lie in [0, 1]")
     n = rates.shape[-1]
@@ -610,9 +634,14 @@ def threshold_bias_init(scores, k: float) -> torch.Tensor:
 
     for which :math:`N(b_0) = m` exactly unless :math:`\rho_{(m)} = \rho_{(m+1)}` (a tie that
     no bias can split; then :math:`N(b_0) < m`). Any :math:`b` with :math:`N(b) = m` lies in
-    :math:`(-\rho_{(m)}, -\rho_{(m+1)}]`; the midpoint is the most robust choice.
+    :math:`(-\rho_{(m)}, -\rho_{(m+1)}]`; the midpoint is the most robust choice. It is formed
+    in float64 and rounded to the scores' dtype, so it neither overflows (float32 scores near
+    ``3e38``) nor rounds onto :math:`\rho_{(m)}`: when no value of the dtype lies strictly
+    between the two scores (neighbouring floats, common in float16/bfloat16) the result is
+    :math:`b_0 = -\rho_{(m+1)}`, which still gives :math:`N(b_0) = m`.
 
-    Shapes: ``scores`` ``(..., T, n)``, finite; ``0 < k < n``; returns ``(...)``.
+    Shapes: ``scores`` ``(..., T, n)``, finite; ``0 < k < n``; returns ``(...)`` in the scores'
+    dtype.
     """
     scores = as_float_tensor(scores, "scores", min_ndim=2)
     check_finite(scores, "scores")
@@ -623,7 +652,12 @@ def threshold_bias_init(scores, k: float) -> torch.Tensor:
     m = min(max(round(k * T), 1), n * T - 1)
     flat = scores.reshape(*scores.shape[:-2], n * T)
     top = torch.topk(flat, m + 1, dim=-1).values
-    return -0.5 * (top[..., m - 1] + top[..., m])
+    hi, lo = top[..., m - 1], top[..., m]
+    a, b = hi.to(torch.float64), lo.to(torch.float64)
+    # a + (b - a)/2 cannot overflow for scores of one sign, (a + b)/2 for scores of both signs
+    mid = torch.where((a > 0) == (b > 0), a + (b - a) / 2, (a + b) / 2)
+    c = torch.minimum(torch.maximum(mid.to(scores.dtype), lo), hi)
+    return -torch.where(c < hi, c, lo)  # rounded onto rho_(m): take rho_(m+1) instead
 
 
 def sigmoid_bias_init(n: int, k: float, mean: float = 0.0, std: float = 1.0) -> float:
@@ -674,6 +708,9 @@ def balance_by_bias(scores, k: int, alpha: float, max_steps: int = 10_000,
     *up*. A balanced result is an optimal balanced routing (chapter 27).
 
     Shapes: ``scores`` ``(T, n)`` with :math:`Tk/n` an integer, ``bias`` ``(n,)`` (default 0).
+    The bias is kept in float32 for float16/bfloat16 scores (else in the scores' dtype): in
+    bfloat16, :math:`b - \alpha` would stop changing once :math:`\alpha` is below half an ulp
+    of :math:`b` (``alpha = 1e-4`` at :math:`|b| \approx 0.05`), and the iteration would stall.
     """
     scores = as_float_tensor(scores, "scores", min_ndim=2)
     check_finite(scores, "scores")
@@ -687,10 +724,11 @@ def balance_by_bias(scores, k: int, alpha: float, max_steps: int = 10_000,
     alpha = _alpha(alpha)
     check_int(max_steps, "max_steps", low=0)
     cap = T * k // n
+    dtype = work_dtype(scores.dtype)
     if bias is None:
-        b = torch.zeros(n, dtype=scores.dtype, device=scores.device)
+        b = torch.zeros(n, dtype=dtype, device=scores.device)
     else:
-        b = as_float_tensor(bias, "bias").to(scores)
+        b = as_float_tensor(bias, "bias").to(device=scores.device, dtype=dtype)
         check_finite(b, "bias")
         if b.shape != (n,):
             raise ValueError(f"bias must have shape ({n},), got {tuple(b.shape)}")
@@ -700,5 +738,5 @@ def balance_by_bias(scores, k: int, alpha: float, max_steps: int = 10_000,
         if not over.any():
             return BalancedRouting(mask, b, step)
         if step < max_steps:
-            b = b - alpha * torch.sign(over).to(scores.dtype)
+            b = b - alpha * torch.sign(over).to(dtype)
     return BalancedRouting(mask, b, None)

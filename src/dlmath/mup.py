@@ -182,22 +182,36 @@ def spectral_lr(optimizer: str, d_in: int, d_out: int) -> float:
 def spectral_normalize(W, target: float = 1.0) -> torch.Tensor:
     r"""Spectral normalisation :math:`\operatorname{SN}(W) = \text{target}\cdot W/\|W\|_2`
     (exact, by SVD), shape ``(..., n, m)`` kept. The zero matrix is returned unchanged (it has
-    no direction to rescale). Chapter 20."""
+    no direction to rescale). Computed as :math:`A/\|A\|_2` with :math:`A = W/\max_{ij}|W_{ij}|`
+    (in float32 for float16/bfloat16) and cast back, so a norm that would overflow (float16
+    entries of ``4e4``) or underflow (float16 ``1e-6``, float32 subnormals) does not turn the
+    result into 0 or inf. Chapter 20."""
     W = check_matrix(W, "W")
     target = check_real(target, "target", nonnegative=True)
-    s = spectral_norm(W).unsqueeze(-1).unsqueeze(-1)
-    return torch.where(s > 0, W * (target / torch.where(s > 0, s, 1)), W)
+    A = upcast_half(W)
+    m = A.abs().amax(dim=(-2, -1), keepdim=True)
+    A = A / torch.where(m > 0, m, 1)
+    s = spectral_norm(A).unsqueeze(-1).unsqueeze(-1)
+    return torch.where(s > 0, A * (target / torch.where(s > 0, s, 1)), A).to(W.dtype)
 
 
 def svc(W, cap: float = 1.0) -> torch.Tensor:
     r"""Singular-value clipping :math:`\operatorname{SVC}(W) = U \min(\Sigma, \text{cap}) V^\top`
     (Su's addition in chapter 20). :math:`\operatorname{SVC}(\lambda W) \to
     \text{cap}\cdot\operatorname{msign}(W)` as :math:`\lambda \to \infty`, exactly once
-    :math:`\lambda\sigma_{\min>0} \ge \text{cap}`. Shape ``(..., n, m)`` kept."""
+    :math:`\lambda\sigma_{\min>0} \ge \text{cap}`. Shape ``(..., n, m)`` kept.
+
+    As in :func:`dlmath.msign.polar`, singular values :math:`\sigma_i \le \max(n, m)\,
+    \varepsilon\,\sigma_1` (:math:`\varepsilon` of the working dtype, float32 for half
+    precision) count as zero: they are the SVD's rounding noise, and clipping them up to
+    ``cap`` would make a rank-deficient :math:`\lambda W` full rank."""
     W = check_matrix(W, "W")
     cap = check_real(cap, "cap", positive=True)
-    U, S, Vh = torch.linalg.svd(upcast_half(W), full_matrices=False)
-    return ((U * S.clamp(max=cap).unsqueeze(-2)) @ Vh).to(W.dtype)
+    A = upcast_half(W)
+    U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+    rtol = max(W.shape[-2:]) * torch.finfo(A.dtype).eps
+    S = torch.where(S > rtol * S[..., :1], S.clamp(max=cap), 0.0)
+    return ((U * S.unsqueeze(-2)) @ Vh).to(W.dtype)
 
 
 def spectral_update(U, d_in: int, d_out: int, eta: float = 1.0, mode: str = "sn"
@@ -293,14 +307,18 @@ def matrix_norms(W, rank: int | None = None) -> dict[str, float]:
     r"""The norms the two chapters compare, for one matrix ``(n, m)``: ``rms``, ``fro``
     (:math:`\|W\|_F`), ``fro2`` (:math:`\|W\|_F^2`), ``spectral`` (:math:`\sigma_1`),
     ``nuclear`` (:math:`\sum_i\sigma_i`) and ``l1`` (:math:`\sum_{ij}|W_{ij}|`), as Python
-    floats. Singular values come from :func:`singular_values` (``rank`` as there)."""
+    floats. Singular values come from :func:`singular_values` (``rank`` as there, in ``W``'s
+    dtype). ``nuclear`` and ``l1`` are summed in float64 and ``fro`` is computed in float32 for
+    float16/bfloat16, so a norm beyond a half dtype's range (``l1`` of a 256 x 256 float16
+    matrix of ones, 65536) is still finite."""
     W = check_matrix(W, "W")
     if W.ndim != 2:
         raise ValueError(f"W must be a single matrix (n, m), got shape {tuple(W.shape)}")
     s = singular_values(W, rank)
-    fro = float(torch.linalg.vector_norm(W))
+    fro = float(torch.linalg.vector_norm(upcast_half(W)))
     return {"rms": float(rms(W)), "fro": fro, "fro2": fro * fro, "spectral": float(s[0]),
-            "nuclear": float(s.sum()), "l1": float(W.abs().sum())}
+            "nuclear": float(s.sum(dtype=torch.float64)),
+            "l1": float(W.abs().sum(dtype=torch.float64))}
 
 
 def layer_kinds(n_hidden: int) -> list[str]:
@@ -350,9 +368,15 @@ def mlp_features(weights, X, activation=torch.relu) -> list[torch.Tensor]:
     X = as_float_tensor(X, "X", min_ndim=2)
     if len(weights) < 2:
         raise ValueError(f"weights must hold at least W_in and W_out, got {len(weights)}")
+    weights = [as_float_tensor(W, f"weights[{i}]", min_ndim=2) for i, W in enumerate(weights)]
     if X.shape[-1] != weights[0].shape[-2]:
         raise ValueError(f"X must have last dimension d_in = {weights[0].shape[-2]}, got "
                          f"shape {tuple(X.shape)}")
+    for i in range(1, len(weights)):
+        if weights[i].shape[-2] != weights[i - 1].shape[-1]:
+            raise ValueError(f"weights[{i}] must have {weights[i - 1].shape[-1]} rows (the "
+                             f"columns of weights[{i - 1}]), got shape "
+                             f"{tuple(weights[i].shape)}")
     X, *weights = promote(X, *weights)
     feats = [X @ weights[0]]
     for W in weights[1:-1]:
@@ -435,8 +459,10 @@ def one_step(weights, X, T, optimizer: str, lrs, activation=torch.relu) -> dict:
         raise ValueError(f"lrs must hold one learning rate per weight ({len(weights)}), got "
                          f"{len(lrs)}")
     lrs = [check_real(lr, "lrs", nonnegative=True) for lr in lrs]
-    for t, name in ((X, "X"), (T, "T")):  # else the gradients' NaN is reported as G's
-        t = check_finite(as_float_tensor(t, name, min_ndim=2), name)
+    # checked here, else the gradients' NaN is reported as G's; the tensors are used below
+    X = check_finite(as_float_tensor(X, "X", min_ndim=2), "X")
+    T = check_finite(as_float_tensor(T, "T", min_ndim=2), "T")
+    for t, name in ((X, "X"), (T, "T")):
         if t.ndim != 2:   # one model, one batch: its loss must be a scalar
             raise ValueError(f"{name} must be a single batch (b, d), got shape {tuple(t.shape)}")
     if any(as_float_tensor(W, "weights").ndim != 2 for W in weights):
