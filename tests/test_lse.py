@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from dlmath import lse
+from dlmath import lse, normalizers
 
 F64 = torch.float64
 SETTINGS = settings(max_examples=150, deadline=None)
@@ -305,3 +305,47 @@ def test_kl_divergence_needs_equal_lengths():
     with pytest.raises(ValueError, match="p and q must have the same length along dim=-1, got 2 "
                                          "and 3"):
         lse.kl_divergence(torch.tensor([0.5, 0.5]), torch.ones(3) / 3)
+
+
+@pytest.mark.parametrize("x, tau, dtype, want", [
+    ([1.0, 0.0], 1e-39, torch.float32, 1.0),
+    ([1e38, 0.0], 0.1, torch.float32, 1e38),
+    ([6e4, 0.0], 0.5, torch.float16, 6e4),
+    ([1000.0, 999.0], 0.01, torch.float16, 1000.0),
+    ([1000.0, 992.0], 0.01, torch.bfloat16, 1000.0),  # 999 rounds to 1000 in bfloat16
+])
+def test_temperature_shifts_before_dividing(x, tau, dtype, want):
+    # the max is subtracted before dividing by tau: x / tau alone overflowed to inf (softmax
+    # nan) for a tiny tau or huge logits, in half precision already at 6e4 / 0.5
+    x = torch.tensor(x, dtype=dtype)
+    value = lse.logsumexp(x, tau=tau)
+    assert value.dtype == dtype and float(value) == pytest.approx(want, rel=1e-6)
+    p = lse.softmax(x, tau=tau)
+    assert p.dtype == dtype and p.tolist() == [1.0, 0.0]
+    jac = normalizers.softmax_jacobian(x.float(), tau=tau)
+    assert torch.isfinite(jac).all()
+    # and where it is not saturated it is the plain formula, with keepdim and -inf/+inf slices
+    y = torch.tensor([[3.0, 1.0, -2.0], [-math.inf, 0.5, 0.5], [math.inf, 0.0, 1.0]], dtype=F64)
+    v = lse.logsumexp(y, tau=0.3, keepdim=True)
+    assert v.shape == (3, 1) and v[2, 0] == math.inf
+    torch.testing.assert_close(v[:2, 0], 0.3 * torch.logsumexp(y[:2] / 0.3, -1))
+    torch.testing.assert_close(lse.softmax(y, tau=0.3)[:2], torch.softmax(y[:2] / 0.3, -1))
+
+
+def test_renyi_of_large_order_does_not_underflow():
+    # sum p^t underflowed to 0 for large t (H_t = +inf, and a lower bound above logsumexp);
+    # H_t is non-increasing in t and tends to H_inf = -log max p
+    p = torch.full((1000,), 1e-3)
+    assert float(lse.renyi_entropy(p, 20.0)) == pytest.approx(math.log(1000), rel=1e-6)
+    assert float(lse.renyi_entropy(torch.tensor([0.5, 0.5], dtype=F64), 1100.0)) == \
+        pytest.approx(math.log(2), rel=1e-12)
+    assert float(lse.lse_lower_bound(torch.zeros(1000), p, t=20.0)) <= \
+        float(lse.logsumexp(torch.zeros(1000))) + 1e-5
+    q = torch.tensor([0.6, 0.3, 0.1, 0.0], dtype=F64)
+    ts = [2.0, 50.0, 500.0, 5000.0, 1e6, math.inf]
+    values = [float(lse.renyi_entropy(q, t)) for t in ts]
+    assert all(math.isfinite(v) for v in values) and values == sorted(values, reverse=True)
+    assert values[-2] == pytest.approx(-math.log(0.6), rel=1e-5)
+    r = q.clone().requires_grad_()
+    lse.renyi_entropy(r, 30.0).backward()  # no NaN from the zero entry
+    assert torch.isfinite(r.grad).all()

@@ -21,7 +21,14 @@ import math
 
 import torch
 
-from ._checks import as_float_tensor, check_dim, check_no_nan, check_probability, check_real
+from ._checks import (
+    as_float_tensor,
+    check_dim,
+    check_no_nan,
+    check_probability,
+    check_real,
+    upcast_half,
+)
 
 __all__ = [
     "logsumexp",
@@ -48,19 +55,32 @@ def _prepare(x, name: str, dim: int) -> torch.Tensor:
     return x
 
 
+def _shifted(x: torch.Tensor, tau: float, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``((x - m) / tau, m)`` in :func:`upcast_half` precision, ``m`` the slices' maxima (kept
+    dim, no gradient: the maps are shift-invariant), or 0 where a slice's max is infinite;
+    shifting first keeps ``x / tau`` from overflowing when ``tau`` is small."""
+    x = upcast_half(x)
+    m = x.detach().amax(dim=dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return (x - m) / tau, m
+
+
 def logsumexp(x, tau: float = 1.0, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
     r"""Temperature logsumexp, a smooth maximum.
 
     .. math:: \operatorname{lse}_\tau(x) = \tau \log \sum_{i=1}^n e^{x_i/\tau}
 
     computed stably as :math:`m + \tau\log\sum_i e^{(x_i - m)/\tau}` with :math:`m=\max_i x_i`
-    (via ``torch.logsumexp``), so it never overflows. ``tau`` must be a finite number > 0.
+    (subtracted before dividing by :math:`\tau`, float16/bfloat16 in float32), so it never
+    overflows for any ``tau``, however small. ``tau`` must be a finite number > 0.
     """
     x = _prepare(x, "x", dim)
     tau = check_real(tau, "tau", positive=True)
     if tau == 1.0:
         return torch.logsumexp(x, dim=dim, keepdim=keepdim)
-    return tau * torch.logsumexp(x / tau, dim=dim, keepdim=keepdim)
+    z, m = _shifted(x, tau, dim)
+    out = m + tau * torch.logsumexp(z, dim=dim, keepdim=True)
+    return (out if keepdim else out.squeeze(dim)).to(x.dtype)
 
 
 def softmax(x, tau: float = 1.0, dim: int = -1) -> torch.Tensor:
@@ -69,9 +89,10 @@ def softmax(x, tau: float = 1.0, dim: int = -1) -> torch.Tensor:
     .. math:: \operatorname{softmax}_\tau(x)_i = \frac{e^{x_i/\tau}}{\sum_j e^{x_j/\tau}}
               = \frac{\partial}{\partial x_i}\operatorname{lse}_\tau(x)
 
-    A slice containing ``+inf`` returns the uniform distribution over its ``+inf`` entries
-    (the limit of softmax as those logits grow together). A slice that is ``-inf``
-    everywhere raises ``ValueError``.
+    Computed as :math:`\operatorname{softmax}((x - \max_i x_i)/\tau)` (float16/bfloat16 in
+    float32), so no ``tau`` overflows it. A slice containing ``+inf`` returns the uniform
+    distribution over its ``+inf`` entries (the limit of softmax as those logits grow
+    together). A slice that is ``-inf`` everywhere raises ``ValueError``.
     """
     x = _prepare(x, "x", dim)
     tau = check_real(tau, "tau", positive=True)
@@ -80,9 +101,10 @@ def softmax(x, tau: float = 1.0, dim: int = -1) -> torch.Tensor:
                          f"along dim={dim}")
     top = torch.isposinf(x)
     if not top.any():
-        return torch.softmax(x / tau, dim=dim)
+        return torch.softmax(_shifted(x, tau, dim)[0], dim=dim).to(x.dtype)
     certain = top.any(dim=dim, keepdim=True)
-    finite_part = torch.softmax(torch.where(top, torch.zeros_like(x), x) / tau, dim=dim)
+    finite = torch.where(top, torch.zeros_like(x), x)
+    finite_part = torch.softmax(_shifted(finite, tau, dim)[0], dim=dim).to(x.dtype)
     on_top = top.to(x.dtype) / top.sum(dim=dim, keepdim=True).clamp_min(1).to(x.dtype)
     return torch.where(certain, on_top, finite_part)
 
@@ -120,8 +142,10 @@ def renyi_entropy(p, t: float, dim: int = -1) -> torch.Tensor:
     accurate to a few ulps in any dtype (the plain formula loses :math:`\epsilon/|t-1|`: 0.08
     nats in float32 at :math:`t = 1+2\cdot10^{-6}`), except in slices where
     :math:`\sum_i p_i^t < 1/2` (then :math:`t>1` and :math:`(t-1)H_t > \log 2`), where the
-    plain :math:`\log\sum_i p_i^t` is the accurate one and is used. A one-hot ``p`` gives
-    ``+0.0`` for every order.
+    plain :math:`\log\sum_i p_i^t` is the accurate one and is used. That sum is taken as
+    :math:`t\log\max_i p_i + \log\sum_i (p_i/\max_j p_j)^t`, so it never underflows: large
+    ``t`` (e.g. ``t = 1100`` for ``p = (1/2, 1/2)`` in float64) stays finite and tends to
+    :math:`H_\infty`. A one-hot ``p`` gives ``+0.0`` for every order.
     """
     p = check_probability(p, "p", dim=dim)
     t = check_real(t, "t", nonnegative=True, finite=False)
@@ -140,10 +164,19 @@ def renyi_entropy(p, t: float, dim: int = -1) -> torch.Tensor:
         # (float32: 1e-5 relative error in H_t instead of 3e-8)
         far = excess < -0.5
         if t > 1.0 and bool(far.any()):
-            plain = torch.log(torch.pow(p, t).sum(dim=dim))
-            numerator = torch.where(far, plain, numerator)
+            numerator = torch.where(far, _log_power_sum(p, t, dim), numerator)
         return numerator / (1.0 - t) + 0.0  # + 0.0: a one-hot p gives +0.0, not -0.0
-    return torch.log(torch.pow(p, t).sum(dim=dim)) / (1.0 - t) + 0.0
+    return _log_power_sum(p, t, dim) / (1.0 - t) + 0.0
+
+
+def _log_power_sum(p: torch.Tensor, t: float, dim: int) -> torch.Tensor:
+    r""":math:`\log\sum_i p_i^t = t\log m + \log\sum_i (p_i/m)^t`, :math:`m = \max_i p_i`: the
+    second sum lies in :math:`[1, n]`, so it neither underflows for large ``t`` nor overflows.
+    In float64, cast back: in float32, :math:`t\log m` would carry :math:`t\epsilon|\log m|`."""
+    q = p.to(torch.float64)
+    m = q.amax(dim=dim, keepdim=True)  # > 0: p sums to 1
+    out = t * torch.log(m.squeeze(dim)) + torch.log(torch.pow(q / m, t).sum(dim=dim))
+    return out.to(p.dtype)
 
 
 def kl_divergence(p, q, dim: int = -1) -> torch.Tensor:

@@ -240,8 +240,10 @@ def topk_softmax_loss(x, target, k: int, dim: int = -1) -> torch.Tensor:
     When :math:`t\in\Omega_k` this is :math:`-\log p_t`; when :math:`t\notin\Omega_k` the
     formula still applies and pushes :math:`x_t` up. Its gradient is
     :math:`\operatorname{topk\_softmax}(x) - e_t`, so logits outside :math:`\Omega_k`, other
-    than the target, receive no gradient. Slices with ``+inf`` logits give
-    :math:`-\log p_t` (``+inf`` when the target is not certain).
+    than the target, receive no gradient. Slices with ``+inf`` logits take the formula's limit
+    as those logits grow together: :math:`\log c`, :math:`c` the number of ``+inf`` logits in
+    :math:`\Omega_k`, when the target's logit is ``+inf`` (in :math:`\Omega_k` or left out
+    by the tie-break, as for finite ties), ``+inf`` otherwise; no gradient flows through them.
     """
     x = _logits(x, dim)
     t = _target(target, x)
@@ -253,8 +255,9 @@ def topk_softmax_loss(x, target, k: int, dim: int = -1) -> torch.Tensor:
     finite = torch.logsumexp(kept, dim=-1) - xs.gather(-1, t.unsqueeze(-1)).squeeze(-1)
     if not certain.any():
         return finite
-    p = softmax(torch.where(mask, x, torch.full_like(x, -math.inf)), dim=-1)
-    sure = -torch.log(p.gather(-1, t.unsqueeze(-1)).squeeze(-1))
+    pos = torch.isposinf(x)
+    c = (pos & mask).sum(dim=-1).to(x.dtype)  # >= 1 where the target's logit is +inf
+    sure = torch.where(pos.gather(-1, t.unsqueeze(-1)).squeeze(-1), c.log(), math.inf)
     return torch.where(certain, sure, finite)
 
 
@@ -273,6 +276,11 @@ def perturb_max(x, noise: str = "gumbel", n_grid: int = 20_000, dim: int = -1) -
     gives exactly softmax; ``"normal"``: standard normal). The expectation is a deterministic
     quadrature on the inverse-cdf grid :math:`\varepsilon_k = \Phi^{-1}((k+\tfrac12)/N)`,
     :math:`k<N=` ``n_grid``, evaluated in log space; the result is renormalised to sum to 1.
+    Accuracy: an absolute error of order :math:`1/N` per entry (measured in float64 below
+    :math:`0.4/N` for up to 10 classes, against softmax and the two-class probit). The grid
+    reaches noise only up to :math:`\Phi^{-1}(1-\tfrac1{2N})`, so probabilities below about
+    :math:`1/N` are not resolved: ``x = [0, 15]`` (Gumbel, :math:`N = 20000`) gives
+    :math:`p_0 \approx 10^{-40}`, softmax :math:`3\cdot10^{-7}`.
     Cost :math:`O(n^2 N)` per slice (chunked over the grid). float16/bfloat16 logits are
     computed in float32 and the result cast back.
     """
@@ -334,18 +342,23 @@ def _sort_threshold(w: torch.Tensor, alpha: float) -> torch.Tensor:
     the threshold is the largest of those lambda_k. For alpha = 2 it is the largest of all:
     lambda_k - lambda_(k-1) = (w_(k) - lambda_(k-1))/k, so lambda_k falls after the support.
     Written in as few kernels as it takes (on a GPU each costs about the same at these sizes).
+    For alpha = 1.5 the running sums are taken in float64 and the threshold cast back: the
+    discriminant 1 - S2_k + S_k mu_k cancels to about k * eps * S2_k, which in float32 moved
+    the threshold by 2e-5 (sum p off by 3e-3) for 32000 entries 1.8 below the max.
     """
     ws = torch.sort(w, dim=-1, descending=True).values
-    k = torch.arange(1, w.shape[-1] + 1, device=w.device, dtype=w.dtype)
-    cs = ws.cumsum(dim=-1)
     if alpha == 2.0:
-        return cs.sub_(1).div_(k).amax(dim=-1, keepdim=True)
+        k = torch.arange(1, w.shape[-1] + 1, device=w.device, dtype=w.dtype)
+        return ws.cumsum(dim=-1).sub_(1).div_(k).amax(dim=-1, keepdim=True)
+    ws = ws.to(torch.float64)  # two more ops (this cast and the one back) for exactness
+    k = torch.arange(1, w.shape[-1] + 1, device=w.device, dtype=ws.dtype)
+    cs = ws.cumsum(dim=-1)
     mean = cs / k
     # k (1/k - sigma_k^2) = 1 - S2_k + S_k mu_k
     disc = torch.addcmul(torch.rsub(ws.square().cumsum_(dim=-1), 1), cs, mean)
     lam = mean.sub_(disc.clamp_min_(0).div_(k).sqrt_())
     # (past the support S2_k can overflow, and lambda_k be NaN: "ws >= lam" is False there)
-    return torch.where(ws >= lam, lam, -math.inf).amax(dim=-1, keepdim=True)
+    return torch.where(ws >= lam, lam, -math.inf).amax(dim=-1, keepdim=True).to(w.dtype)
 
 
 def _default_iters(dtype: torch.dtype) -> int:
@@ -679,9 +692,10 @@ def sparsemax_threshold(x, dim: int = -1, method: str = "sort") -> torch.Tensor:
     :math:`\lambda = \lambda_K` for the largest :math:`K` with :math:`x_{(K)} \ge \lambda_K`,
     which is also :math:`\max_k \lambda_k` (:math:`\lambda_k` rises while :math:`k` is in the
     support and falls after). Shape: ``x`` without ``dim``. ``+inf`` where the slice holds a
-    ``+inf`` logit.
+    ``+inf`` logit. The result carries no gradient (as :func:`entmax_bisect_threshold`);
+    :func:`sparsemax` has the exact backward.
     """
-    x = _logits(x, dim, light=True)
+    x = _logits(x, dim, light=True).detach()
     return _fast_parts(x, 2.0, _method(method, x, 2.0, True))[1]
 
 
@@ -708,9 +722,10 @@ def entmax15_threshold(x, dim: int = -1, method: str = "sort") -> torch.Tensor:
     :math:`z_{(K)} \ge \lambda_K` (a "≥" rule: it never fails on ties or when the threshold
     lands exactly on a logit, e.g. ``x = [2, 0]``). Shape: ``x`` without ``dim``; ``+inf``
     where the slice holds a ``+inf`` logit. ``method="newton"`` gives the same threshold
-    without sorting.
+    without sorting. The result carries no gradient (as :func:`entmax_bisect_threshold`);
+    :func:`entmax15` has the exact backward.
     """
-    x = _logits(x, dim, light=True)
+    x = _logits(x, dim, light=True).detach()
     return _fast_parts(x, 1.5, _method(method, x, 1.5, True))[1]
 
 
@@ -826,27 +841,37 @@ def tsallis_entropy(p, alpha: float, dim: int = -1) -> torch.Tensor:
               \quad(\alpha>1),\qquad H^{\mathrm T}_1(p) = -\sum_i p_i\log p_i
 
     (Shannon is the limit :math:`\alpha\to1`); :math:`\alpha=2` gives
-    :math:`\tfrac12(1-\|p\|^2)`. Reduces ``dim``.
+    :math:`\tfrac12(1-\|p\|^2)`. Reduces ``dim``. Computed as
+    :math:`-\sum_i p_i\operatorname{expm1}((\alpha-1)\log p_i)/(\alpha(\alpha-1))` (terms with
+    :math:`p_i = 0` are 0), which does not cancel as :math:`\alpha\to1`: the plain
+    :math:`1-\sum_i p_i^\alpha` loses :math:`\epsilon/(\alpha-1)` (0.5 nats in float32 at
+    :math:`\alpha = 1+10^{-6}`).
     """
     p = check_probability(p, "p", dim=dim)
     alpha = _alpha(alpha, allow_one=True)
+    return _tsallis(p, alpha, dim)
+
+
+def _tsallis(p: torch.Tensor, alpha: float, dim: int = -1) -> torch.Tensor:
+    """Tsallis entropy of a valid ``p`` (Shannon at alpha = 1), cancellation-free."""
     if alpha == 1.0:
         return -torch.special.xlogy(p, p).sum(dim=dim)
-    return (1 - p.pow(alpha).sum(dim=dim)) / (alpha * (alpha - 1))
+    log_p = torch.log(torch.where(p > 0, p, 1.0))  # p_i = 0 contributes 0 (and no NaN grad)
+    return -(p * torch.expm1((alpha - 1) * log_p)).sum(dim=dim) / (alpha * (alpha - 1))
 
 
 def _fy_value(x: torch.Tensor, p: torch.Tensor, onehot: torch.Tensor, alpha: float):
-    r"""(p - e_t)^T x + H_alpha(p), with 0 * (±inf) = 0 and certain slices rewritten."""
+    r"""(p - e_t)^T (x - max x) + H_alpha(p), with 0 * (±inf) = 0 and certain slices rewritten.
+
+    The shift is exact when sum p = 1, and keeps the rounding of sum p (times |x|) out of the
+    loss for large logits."""
     pos = torch.isposinf(x)
     certain = pos.any(dim=-1, keepdim=True)
     xs = torch.where(certain, torch.where(pos, 0.0, -math.inf), x)  # +inf -> 0, rest -> -inf
+    xs = xs - xs.amax(dim=-1, keepdim=True)  # the max is finite: 0 in certain slices
     coef = p - onehot
     dot = torch.where(coef != 0, coef * xs, torch.zeros_like(xs)).sum(dim=-1)
-    if alpha == 1.0:
-        ent = -torch.special.xlogy(p, p).sum(dim=-1)
-    else:
-        ent = (1 - p.pow(alpha).sum(dim=-1)) / (alpha * (alpha - 1))
-    return dot + ent
+    return (dot + _tsallis(p, alpha)).clamp_min(0)  # rounding can dip a few ulps below 0
 
 
 class _FenchelYoung(torch.autograd.Function):
@@ -875,7 +900,9 @@ def entmax_loss(x, target, alpha: float = 1.5, n_iter: int | None = None,
     :math:`\alpha = 1` is cross-entropy :math:`\operatorname{lse}(x) - x_t`; :math:`\alpha=2`
     is :func:`sparsemax_loss`. It is convex, :math:`\ge 0`, and 0 exactly when
     :math:`p = e_t`. ``+inf`` when the target's logit is ``-inf``, or when the slice has a
-    ``+inf`` logit and the target's is not one.
+    ``+inf`` logit and the target's is not one. The dot product is taken on
+    :math:`x - \max_i x_i` (the same value when :math:`\sum_i p_i = 1`), so large logits
+    do not bring the rounding of :math:`\sum_i p_i` into the loss; the value is clamped at 0.
     """
     x = _logits(x, dim)
     t = _target(target, x)
