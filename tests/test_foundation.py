@@ -24,6 +24,14 @@ def test_as_float_tensor_keeps_tensors_and_converts_array_likes():
         _checks.as_float_tensor([True, False], "x", dtype=torch.float64)   # still refused
 
 
+def test_check_float_dtype_names_the_argument():
+    for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        assert _checks.check_float_dtype(dt) is dt
+    for bad in (torch.int64, torch.bool, "float32", None):
+        with pytest.raises(TypeError, match="ddt must be a floating torch.dtype"):
+            _checks.check_float_dtype(bad, "ddt")
+
+
 @pytest.mark.parametrize("value, error, match", [
     (torch.tensor([1, 2]), TypeError, "x must have a floating dtype"),
     (torch.tensor([True]), TypeError, "floating dtype"),

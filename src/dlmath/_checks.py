@@ -46,6 +46,14 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in HALF_DTYPES else dtype
 
 
+def check_float_dtype(dtype, name: str = "dtype") -> torch.dtype:
+    """``dtype`` if it is a floating ``torch.dtype``, else ``TypeError`` (an integer dtype would
+    truncate fractions such as learning rates or averaging weights to 0)."""
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"{name} must be a floating torch.dtype, got {dtype!r}")
+    return dtype
+
+
 def upcast_half(x: torch.Tensor) -> torch.Tensor:
     """``x`` in :func:`work_dtype` (float32 if it is float16/bfloat16, else ``x`` itself)."""
     return x.to(work_dtype(x.dtype))

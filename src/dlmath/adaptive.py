@@ -41,6 +41,7 @@ from ._checks import (
     check_choice,
     check_dim,
     check_finite,
+    check_float_dtype,
     check_int,
     check_matrix,
     check_no_nan,
@@ -210,8 +211,7 @@ def random_spd(d: int, *, cond: float = 10.0, generator: torch.Generator | None 
     """
     d = check_int(d, "d", low=1)
     cond = check_real(cond, "cond", low=1.0)
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    check_float_dtype(dtype)
     out_dtype, dtype = dtype, work_dtype(dtype)   # no QR in half precision
     dev = generator.device if generator is not None else (device or torch.device("cpu"))
     A = torch.randn(d, d, generator=generator, dtype=dtype, device=dev)

@@ -30,6 +30,7 @@ from ._checks import (
     check_callable,
     check_choice,
     check_finite,
+    check_float_dtype,
     check_int,
     check_real,
 )
@@ -371,12 +372,6 @@ SCHEDULES = {
 }
 
 
-def _float_dtype(dtype) -> torch.dtype:
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    return dtype
-
-
 def lr_schedule(kind: str, T: int, alpha: float = 1.0, *, p: float | None = None,
                 dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
     r"""The learning rates :math:`\eta_1,\dots,\eta_T` of a named schedule, shape ``(T,)``.
@@ -392,7 +387,7 @@ def lr_schedule(kind: str, T: int, alpha: float = 1.0, *, p: float | None = None
     """
     check_choice(kind, "kind", list(SCHEDULES))
     T = check_int(T, "T", low=1)
-    _float_dtype(dtype)
+    check_float_dtype(dtype)
     alpha = check_real(alpha, "alpha", positive=True)
     if (kind == "power") != (p is not None):
         raise ValueError("p is required for kind='power' and only for it")
@@ -422,7 +417,7 @@ def power_sums(T: int, p: float, *, dtype: torch.dtype = torch.float64,
     """
     T = check_int(T, "T", low=1)
     p = check_real(p, "p")
-    _float_dtype(dtype)
+    check_float_dtype(dtype)
     t = torch.arange(1, T + 1, dtype=dtype, device=device)
     return torch.cumsum(t.pow(-p), dim=-1)
 

@@ -45,6 +45,7 @@ from ._checks import (
     check_callable,
     check_choice,
     check_finite,
+    check_float_dtype,
     check_generator,
     check_int,
     check_matrix,
@@ -1419,8 +1420,7 @@ def avg_pool_matrix(n: int, s: int, dim: int = 2, *, dtype=torch.float64,
     """
     n, s = check_int(n, "n", low=1), check_int(s, "s", low=1)
     dim = check_int(dim, "dim", low=1, high=3)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
+    check_float_dtype(dtype)
     if n % s:
         raise ValueError(f"n must be a multiple of s, got n={n}, s={s}")
     P1 = _pool_1d(n, s, dtype, device)
@@ -1479,8 +1479,7 @@ def torus_covariance(n: int, spectrum: Callable, *, dtype=torch.float64,
     """
     n = check_int(n, "n", low=1)
     check_callable(spectrum, "spectrum")
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
+    check_float_dtype(dtype)
     wd = work_dtype(dtype)  # the FFT has no float16/bfloat16 kernels on the CPU
     f = torch.fft.fftfreq(n, d=1.0 / n, dtype=wd, device=device)
     f2 = f[:, None] ** 2 + f[None, :] ** 2

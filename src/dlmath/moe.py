@@ -45,6 +45,7 @@ from ._checks import (
     check_choice,
     check_dim,
     check_finite,
+    check_float_dtype,
     check_int,
     check_no_nan,
     check_probability,
@@ -494,8 +495,7 @@ def load_stats(mask, *, dtype: torch.dtype | None = None) -> LoadStats:
         raise ValueError("mask must hold only 0 and 1")
     if dtype is None:
         dtype = mask.dtype if mask.is_floating_point() else torch.get_default_dtype()
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
+    check_float_dtype(dtype)
     T, n = mask.shape[-2:]
     counts = mask.to(torch.float64).sum(dim=-2)  # exact integers
     total = counts.sum(dim=-1, keepdim=True)

@@ -35,6 +35,7 @@ from ._checks import (
     check_callable,
     check_choice,
     check_finite,
+    check_float_dtype,
     check_generator,
     check_real,
     upcast_half,
@@ -67,8 +68,7 @@ def random_mlp(widths: Sequence[int], *, generator: torch.Generator, scale: floa
     ``(Ws, bs)``.
     """
     check_generator(generator)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch dtype, got {dtype!r}")
+    check_float_dtype(dtype)
     if (isinstance(widths, (str, torch.Tensor)) or not isinstance(widths, Sequence)
             or len(widths) < 2):
         raise ValueError(f"widths must be a sequence of at least two ints, got {widths!r}")

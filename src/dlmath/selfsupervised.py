@@ -34,6 +34,7 @@ from ._checks import (
     as_float_tensor,
     check_choice,
     check_finite,
+    check_float_dtype,
     check_int,
     check_matrix,
     check_real,
@@ -83,8 +84,7 @@ def commuting_pair(d: int, *, scale: float = 0.1, coeffs=(0.0, 0.5, 1.0), genera
     :math:`A=\pm\text{scale}`.
     """
     check_int(d, "d", low=1)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
+    check_float_dtype(dtype)
     scale = check_real(scale, "scale", nonnegative=True)
     coeffs = [check_real(c, f"coeffs[{k}]") for k, c in enumerate(coeffs)]
     if not coeffs:

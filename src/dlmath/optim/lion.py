@@ -60,6 +60,19 @@ def dense_grads(optimizer: torch.optim.Optimizer, group: dict):
     return params, grads
 
 
+def add_checked_group(optimizer: torch.optim.Optimizer, param_group: dict,
+                      check: Callable[[dict], None]) -> None:
+    """``torch.optim``'s ``add_param_group``, then ``check(group)`` on the group as stored
+    (defaults filled in); a group that fails is removed again before the error propagates, so a
+    refused group is never stepped."""
+    torch.optim.Optimizer.add_param_group(optimizer, param_group)
+    try:
+        check(optimizer.param_groups[-1])
+    except (TypeError, ValueError):
+        optimizer.param_groups.pop()
+        raise
+
+
 def run_closure(closure: Callable | None):
     """Evaluate ``closure`` with gradients enabled (a step itself runs under no_grad)."""
     if closure is None:
@@ -141,18 +154,7 @@ class Lion(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group as ``torch.optim`` does, then check it; a bad group is removed again."""
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        try:
-            check_real(group["lr"], "lr", nonnegative=True)
-            betas = check_betas(group["betas"])
-            check_real(group["weight_decay"], "weight_decay", nonnegative=True)
-            if not isinstance(group["lazy"], bool):
-                raise TypeError(f"lazy must be a bool, got {type(group['lazy']).__name__}")
-        except (TypeError, ValueError):
-            self.param_groups.pop()
-            raise
-        group["betas"] = betas
+        add_checked_group(self, param_group, _check_group)
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -280,3 +282,13 @@ def _same_shape(**tensors):
                 f"{tuple(out[0].shape)}/{out[0].dtype}/{out[0].device}"
             )
     return out
+
+
+def _check_group(group: dict) -> None:
+    """A Lion group's hyperparameters, checked as the constructor's arguments are (``betas``
+    stored as the checked pair)."""
+    check_real(group["lr"], "lr", nonnegative=True)
+    group["betas"] = check_betas(group["betas"])
+    check_real(group["weight_decay"], "weight_decay", nonnegative=True)
+    if not isinstance(group["lazy"], bool):
+        raise TypeError(f"lazy must be a bool, got {type(group['lazy']).__name__}")

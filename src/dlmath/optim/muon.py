@@ -36,6 +36,7 @@ import torch
 
 from .._checks import check_choice, check_generator, check_int, check_real
 from ..msign import _schedule_table, msign, ns_schedule
+from .lion import add_checked_group
 
 __all__ = ["Muon", "lr_ratio"]
 
@@ -128,12 +129,7 @@ class Muon(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         """Add a group as ``torch.optim`` does, then check its hyperparameters and parameters
         (a group's own values get the same checks as the constructor's arguments)."""
-        super().add_param_group(param_group)
-        try:
-            _check_group(self.param_groups[-1])
-        except (TypeError, ValueError):
-            self.param_groups.pop()
-            raise
+        add_checked_group(self, param_group, _check_group)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -18,7 +18,7 @@ import torch
 
 from .._checks import as_float_tensor, check_int, check_real
 from ._fused import check_fused
-from .lion import lion_update, run_closure, sign_group_step
+from .lion import add_checked_group, lion_update, run_closure, sign_group_step
 
 __all__ = [
     "SignSGD",
@@ -52,15 +52,7 @@ class SignSGD(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group as ``torch.optim`` does, then check it; a bad group is removed again."""
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        try:
-            check_real(group["lr"], "lr", nonnegative=True)
-            check_real(group["momentum"], "momentum", low=0.0, high=1.0)
-            check_real(group["weight_decay"], "weight_decay", nonnegative=True)
-        except (TypeError, ValueError):
-            self.param_groups.pop()
-            raise
+        add_checked_group(self, param_group, _check_group)
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -145,3 +137,10 @@ def sign_decay_closed_form(theta0, s, *, lr: float, weight_decay: float, t) -> t
     if not bool((t >= 0).all()):
         raise ValueError("t must be >= 0 (a number of steps)")
     return star + (1.0 - lr * weight_decay) ** t * (theta0 - star)
+
+
+def _check_group(group: dict) -> None:
+    """A SignSGD group's hyperparameters, checked as the constructor's arguments are."""
+    check_real(group["lr"], "lr", nonnegative=True)
+    check_real(group["momentum"], "momentum", low=0.0, high=1.0)
+    check_real(group["weight_decay"], "weight_decay", nonnegative=True)

@@ -30,12 +30,20 @@ from .._checks import (
     all_finite,
     as_float_tensor,
     check_choice,
+    check_float_dtype,
     check_int,
     check_real,
     work_dtype,
 )
 from ._fused import check_fused, fused_sign_step, use_fused
-from .lion import _apply_lazy, dense_grads, lazy_rows, lion_update, run_closure
+from .lion import (
+    _apply_lazy,
+    add_checked_group,
+    dense_grads,
+    lazy_rows,
+    lion_update,
+    run_closure,
+)
 
 __all__ = ["Tiger", "tiger_update", "tiger_lr", "fraction_unchanged", "TIGER_KINDS"]
 
@@ -88,8 +96,7 @@ def fraction_unchanged(theta: torch.Tensor, update: torch.Tensor, dtype: torch.d
     """
     theta = as_float_tensor(theta, "theta", min_ndim=0)
     update = as_float_tensor(update, "update", min_ndim=0)
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    check_float_dtype(dtype)
     t = theta.to(dtype)
     return (t - update.to(dtype) == t).double().mean().item()
 
@@ -145,12 +152,7 @@ class Tiger(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group as ``torch.optim`` does, then check it; a bad group is removed again."""
-        super().add_param_group(param_group)
-        try:
-            _check_group(self.param_groups[-1])
-        except (TypeError, ValueError):
-            self.param_groups.pop()
-            raise
+        add_checked_group(self, param_group, _check_group)
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
