@@ -121,6 +121,56 @@ def test_huge_points_do_not_overflow():
     assert post.responsibilities[0].argmax().item() == 1  # far right: the right mode
 
 
+def _mp_mixture(g, x, a, b):
+    """Responsibilities and log-density of the noisy mixture at one point, in 60 digits."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    w, s = [mpmath.mpf(float(v)) for v in g.weights], [mpmath.mpf(float(v)) for v in g.stds]
+    mu = [[mpmath.mpf(float(v)) for v in row] for row in g.means]
+    logs = []
+    for j in range(len(w)):
+        V = a * a * s[j] ** 2 + b * b
+        D2 = sum((mpmath.mpf(xi) - a * m) ** 2 for xi, m in zip(x, mu[j], strict=True)) / V
+        logs.append(mpmath.log(w[j]) - g.dim * mpmath.log(2 * mpmath.pi * V) / 2 - D2 / 2)
+    total = mpmath.log(sum(mpmath.exp(v) for v in logs))
+    return [float(mpmath.exp(v - total)) for v in logs], float(total)
+
+
+@pytest.mark.parametrize("g", [
+    D.GaussianMixture([0.3, 0.5, 0.2], [-1.0, 0.5, 2.0], [0.4, 0.4, 0.9]),
+    D.GaussianMixture([0.6, 0.4], [[0.0, 1.0], [2.0, -1.0]], [0.5, 0.5])])
+def test_responsibilities_and_log_prob_match_60_digits(g):
+    # Far from the modes |r_j|^2/V_j is large and nearly equal across components: their
+    # difference, which sets the responsibilities, is formed without it (at x = 3e7 subtracting
+    # the two squares put 0.006 on a responsibility).
+    for x in (-3.0, 0.1, 1.7, 40.0, -1e3, 1e5, 3e7):
+        pt = [x] if g.scalar else [x, -0.5 * x]
+        for a, b in ((1.0, 0.0), (0.6, 0.8), (0.1, 0.99), (0.0, 1.0)):
+            r, logp = _mp_mixture(g, pt, a, b)
+            t = torch.tensor(pt if not g.scalar else pt[0], dtype=torch.float64)
+            got = g.posterior(t, a, b).responsibilities
+            assert torch.allclose(got, torch.tensor(r, dtype=torch.float64), rtol=0, atol=1e-14)
+            assert g.log_prob(t, a, b).item() == pytest.approx(logp, rel=1e-14, abs=1e-14)
+
+
+def test_points_whose_squares_overflow_keep_defined_posteriors():
+    # |x|^2 = 1e310 overflows; the responsibilities depend only on x * (mu_2 - mu_1) = 10 here.
+    g = D.GaussianMixture([0.5, 0.5], [0.0, 1e-154], [1.0, 1.0])
+    post = g.posterior(torch.tensor([1e155], dtype=torch.float64), 1.0, 0.0)
+    assert post.responsibilities[0, 1].item() == pytest.approx(1 / (1 + math.exp(-10)), rel=1e-14)
+    assert g.log_prob(torch.tensor([1e155], dtype=torch.float64)).item() == -math.inf
+    # Unequal widths: far out, all the mass is on the widest component, means stay finite.
+    g3 = D.GaussianMixture([0.3, 0.5, 0.2], [-1.0, 0.5, 2.0], [0.4, 0.4, 0.9])
+    x = torch.tensor([1e155, -1e155, 1e300], dtype=torch.float64)
+    post = g3.posterior(x, 0.6, 0.8)
+    assert torch.equal(post.responsibilities, torch.tensor([[0.0, 0.0, 1.0]] * 3,
+                                                           dtype=torch.float64))
+    assert torch.isfinite(post.data_mean).all() and torch.isfinite(post.noise_mean).all()
+    assert torch.allclose(0.6 * post.data_mean + 0.8 * post.noise_mean, x, rtol=1e-14)
+    vp = D.velocity_posterior(g3, x, 0.5)
+    assert torch.isfinite(vp.responsibilities).all() and torch.isfinite(vp.means).all()
+
+
 def test_w1_of_a_shift():
     x = torch.randn(100, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     assert D.w1_1d(x, x + 0.25) == pytest.approx(0.25, abs=1e-12)

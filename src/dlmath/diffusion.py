@@ -192,21 +192,43 @@ class GaussianMixture:
         return (y[..., 0] if self.scalar else y).to(device, dtype)
 
     def _components(self, x: torch.Tensor, a: float, b: float):
-        """Per-component log-joint and residual of the noisy mixture at points x (…, d)."""
+        r"""Per-component log-joints of the noisy mixture at points x (…, d), relative to one
+        reference component, with the residuals :math:`r_j=x-a\mu_j` and variances
+        :math:`V_j=a^2s_j^2+b^2`.
+
+        Returns ``(rel, ref, resid, var)`` with :math:`\ell_j=\text{rel}_j+\text{ref}`, where
+        :math:`\ell_j=\log w_j-\tfrac d2\log(2\pi V_j)-\tfrac12 D_j`,
+        :math:`D_j=|r_j|^2/V_j`. The reference :math:`k` is the widest component of positive
+        weight, and the differences are formed without :math:`|x|^2`:
+
+        .. math:: D_j-D_k=\frac{a(\mu_k-\mu_j)\cdot(r_j+r_k)}{V_j}
+                  +|r_k|^2\Big(\frac1{V_j}-\frac1{V_k}\Big),
+
+        the second term :math:`\ge0`. So :math:`\text{rel}_k=0` even where :math:`|x|^2`
+        overflows (there ``ref`` is :math:`-\infty`, the rounded log-density), and the
+        responsibilities stay defined: one-hot or mixed, as the finite differences say.
+        """
         var = a * a * self.stds**2 + b * b  # V_j
         resid = x[..., None, :] - a * self.means  # (…, m, d)
+        k = int(torch.where(self.weights > 0, var, -math.inf).argmax())
+        rk = resid[..., k, :]
+        cross = ((a * (self.means[k] - self.means)) * (resid + rk[..., None, :])).sum(-1) / var
+        wider = ((rk[..., None, :] * (1 / var - 1 / var[k]).sqrt()[:, None]) ** 2).sum(-1)
         d = self.dim
-        logp = (self.weights.log() - 0.5 * d * torch.log(2 * math.pi * var)
-                - 0.5 * (resid**2).sum(-1) / var)
-        return logp, resid, var
+        rel = ((self.weights.log() - self.weights[k].log())
+               - 0.5 * d * torch.log(var / var[k]) - 0.5 * (cross + wider))
+        ref = (self.weights[k].log() - 0.5 * d * torch.log(2 * math.pi * var[k])
+               - 0.5 * (rk**2).sum(-1) / var[k])
+        return rel, ref, resid, var
 
     def log_prob(self, x, a: float = 1.0, b: float = 0.0) -> torch.Tensor:
         r"""Log-density of :math:`x_t = a x_{\text{data}} + b z` at ``x``; the default
-        ``a=1, b=0`` is the data's own density."""
+        ``a=1, b=0`` is the data's own density; :math:`-\infty` where it is below the most
+        negative double, as far out as :math:`|x|^2` overflows."""
         a, b = _coeffs(a, b)
         pts, dtype, device = self._points(x)
-        logp, _, _ = self._components(pts, a, b)
-        return torch.logsumexp(logp, dim=-1).to(device, dtype)
+        rel, ref, _, _ = self._components(pts, a, b)
+        return (torch.logsumexp(rel, dim=-1) + ref).to(device, dtype)
 
     def posterior(self, x, a: float, b: float) -> Posterior:
         r"""Responsibilities and posterior means of data and noise given
@@ -214,8 +236,8 @@ class GaussianMixture:
         :math:`a\,\mathbb E[x_{\text{data}}\mid x] + b\,\mathbb E[z\mid x] = x`."""
         a, b = _coeffs(a, b)
         pts, dtype, device = self._points(x)
-        logp, resid, var = self._components(pts, a, b)
-        r = torch.softmax(logp, dim=-1)  # (…, m)
+        rel, _, resid, var = self._components(pts, a, b)
+        r = torch.softmax(rel, dim=-1)  # (…, m)
         data = ((self.means + (a * self.stds**2 / var)[:, None] * resid) * r[..., None]).sum(-2)
         noise = (((b / var)[:, None] * resid) * r[..., None]).sum(-2)
         return Posterior(r.to(device, dtype), self._out(data, dtype, device),
@@ -640,8 +662,8 @@ def velocity_posterior(gmm: GaussianMixture, x, t: float) -> VelocityPosterior:
         raise TypeError(f"gmm must be a GaussianMixture, got {type(gmm).__name__}")
     a, b = path_coefficients(t, data_at=0)
     pts, dtype, device = gmm._points(x)
-    logp, resid, var = gmm._components(pts, a, b)  # resid = x - a mu_j, var = V_j
-    r = torch.softmax(logp, dim=-1)
+    rel, _, resid, var = gmm._components(pts, a, b)  # resid = x - a mu_j, var = V_j
+    r = torch.softmax(rel, dim=-1)
     s2 = gmm.stds**2
     c = b - a * s2
     means = -gmm.means + (c / var)[:, None] * resid  # (..., m, d)
