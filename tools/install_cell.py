@@ -1,12 +1,13 @@
 """The first code cell of every chapter: on Colab, install dlmath before the chapter imports it.
 
 The book's launch buttons open a chapter's notebook on Binder (whose environment, built from
-``environment.yml``, has dlmath) or on Colab, whose Python has torch, numpy, scipy, sympy and
-matplotlib but not dlmath. So each chapter starts with the cell below, hidden from the book
-(tag ``remove-cell``). Where dlmath imports, it does nothing. On Colab it pip-installs dlmath
-from the book's repository (``repository.url`` of ``_config.yml``), with the torch it pins,
-before the chapter's first ``import torch``. Anywhere else it refuses, naming the way in: it
-does not install a torch into a reader's own environment behind their back.
+``binder/environment.yml`` and ``binder/postBuild``, has dlmath) or on Colab, whose Python has
+torch, numpy, scipy, sympy and matplotlib but not dlmath. So each chapter starts with the cell
+below, hidden from the book (tag ``remove-cell``). Where dlmath imports, it does nothing. On
+Colab it pip-installs dlmath from the book's repository (``repository.url`` of
+``_config.yml``), with the torch it pins, before the chapter's first ``import torch``. Anywhere
+else it refuses, naming the way in: it does not install a torch into a reader's own environment
+behind their back.
 
     python tools/install_cell.py notebooks/*.ipynb   # insert the cell, or bring it up to date
     nbstripout notebooks/*.ipynb                       # then, as after any edit
