@@ -267,20 +267,37 @@ def test_bad_input():
         Muon(emb.parameters()).step()
 
 
-def test_bf16_newton_schulz_matches_torch_optim_muon():
+@pytest.mark.parametrize("shape", [(48, 32), (32, 48), (64, 64)])
+def test_bf16_newton_schulz_matches_torch_optim_muon(shape):
     # with ns_dtype=bfloat16 (allowed on every device) both optimizers run the same bf16
-    # products: the updates agree far more closely than the float32-vs-bf16 comparison above
-    W = torch.randn(48, 32, generator=gen(40))
+    # products, so up to aspect 1.5 (where msign takes its plain path) three steps with
+    # momentum are bit-identical; the performance appendix says so
+    W = torch.randn(*shape, generator=gen(40))
     ours, theirs = W.clone().requires_grad_(), W.clone().requires_grad_()
     opt_a = Muon([ours], lr=0.02, ns_dtype=torch.bfloat16)
     opt_b = torch.optim.Muon([theirs], lr=0.02)
-    G = torch.randn(48, 32, generator=gen(41))
+    g = gen(41)
+    for _ in range(3):
+        G = torch.randn(*shape, generator=g)
+        ours.grad, theirs.grad = G.clone(), G.clone()
+        opt_a.step()
+        opt_b.step()
+    assert torch.equal(ours, theirs)
+    assert ours.dtype == torch.float32
+
+
+def test_bf16_gram_path_stays_close_to_torch_optim_muon():
+    # beyond aspect 1.5 msign's Gram path forms other bf16 products: about 2% apart
+    W = torch.randn(200, 64, generator=gen(42))
+    ours, theirs = W.clone().requires_grad_(), W.clone().requires_grad_()
+    opt_a = Muon([ours], lr=0.02, ns_dtype=torch.bfloat16)
+    opt_b = torch.optim.Muon([theirs], lr=0.02)
+    G = torch.randn(200, 64, generator=gen(43))
     ours.grad, theirs.grad = G.clone(), G.clone()
     opt_a.step()
     opt_b.step()
     da, db = ours.detach() - W, theirs.detach() - W
-    assert ((da - db).norm() / db.norm()).item() < 2e-3
-    assert ours.dtype == torch.float32
+    assert ((da - db).norm() / db.norm()).item() < 0.05
 
 
 def test_step_with_a_closure_returns_the_loss_and_takes_the_same_step():

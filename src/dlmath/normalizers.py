@@ -630,7 +630,7 @@ def _newton_overflows(alpha: float, dtype: torch.dtype, n: int) -> bool:
 def _method(method: str, x: torch.Tensor, alpha: float, exact_only: bool = False) -> str:
     """The solver ``method`` names for logits ``x``; ``"auto"`` is ``"sort"`` on a CUDA device
     for alpha in {1.5, 2}, ``"bisect"`` for alpha > 2 and ``"newton"`` otherwise. (Measured,
-    benchmarks/results: on a 2-core CPU Newton takes 0.02-0.1x the time of a sort; on an H100,
+    benchmarks/results: on a 2-core CPU Newton takes 0.03-0.13x the time of a sort; on an H100,
     at every size benchmarked, each call is bound by its kernel launches, and a sort needs
     fewer than Newton's iterations.)"""
     check_choice(method, "method", ENTMAX_METHODS if not exact_only else ("auto", "newton", "sort"))
