@@ -31,6 +31,48 @@ def test_a_garbled_paragraph_and_unparsed_roles_are_caught():
         "see {eq}`x-eq-a` and {cite:p}`key`"]
 
 
+def numbering(html: str, chapter: int) -> list[str]:
+    main = BeautifulSoup(f"<main><div><h1>print copy</h1></div><section>{html}</section></main>",
+                         "html.parser").main
+    return browser_check.numbering_problems(main, chapter)
+
+
+def test_a_chapters_numbers_carry_the_chapter():
+    page = ('<h1><span class="section-number">5. </span>Softmax</h1>'
+            '<span class="eqno">(5.3)<a class="headerlink">#</a></span>'
+            '<p class="admonition-title"><span class="caption-number">Proposition 5.12 </span></p>'
+            '<a href="#x"><span>Proposition 7.1</span></a>')  # a reference elsewhere: not checked
+    assert numbering(page, 5) == []
+    assert numbering(page.replace("(5.3)", "(22)"), 5) == ["numbered '(22) #', not 5.k"]
+    assert numbering(page.replace("5.12", "51.2"), 5) == ["numbered 'Proposition 51.2', not 5.k"]
+    assert numbering(page.replace('<span class="section-number">5. </span>', ""), 5) == [
+        "title not numbered 5.: 'Softmax'"]
+
+
+def test_a_numbered_link_must_name_the_number_its_target_shows(tmp_path):
+    target = tmp_path / "ch.html"
+    target.write_text('<main><div id="thm-a" class="proof theorem admonition"><p class="admonition-'
+                      'title"><span class="caption-number">Theorem 5.2 </span>(A)</p></div>'
+                      '<div id="equation-e" class="math"><span class="eqno">(5.3)<a>#</a></span>'
+                      '</div></main>')
+    cache = {}
+
+    def problems(links: str) -> list[str]:
+        page = tmp_path / "ledger.html"
+        main = BeautifulSoup(f"<main>{links}</main>", "html.parser").main
+        return browser_check.numbered_reference_problems(
+            main, page, lambda p: browser_check.soup_of(p, cache))
+
+    good = ('<a class="reference internal" href="ch.html#thm-a">Theorem 5.2</a>'
+            '<a class="reference internal" href="ch.html#equation-e">(5.3)</a>'
+            '<a class="reference internal" href="ch.html#thm-a">check cell</a>')
+    assert problems(good) == []
+    assert problems(good.replace(">Theorem 5.2<", ">Theorem 5.1<")) == [
+        "link 'Theorem 5.1' points to ch.html#thm-a, which shows 'Theorem 5.2'"]
+    assert problems(good.replace(">(5.3)<", ">(22)<")) == [
+        "link '(22)' points to ch.html#equation-e, which shows '(5.3)'"]
+
+
 def fake_run(hangs: int):
     """A stand-in for subprocess.run that times out ``hangs`` times, then succeeds."""
     calls = []

@@ -12,6 +12,10 @@ when
 * an internal link points to a missing page or a missing anchor,
 * the page logged a JavaScript error or a resource failed to load,
 * a chapter page lacks a Binder or Colab launch button opening its own notebook,
+* a chapter's title, equation numbers or numbered boxes, figures and tables do not carry the
+  chapter's number (``notebooks/05-...``: "5. Title", "(5.3)", "Proposition 5.2"), or a link
+  that names a number ("Theorem 5.2", "(5.3)", the ledger's links too) points to a box,
+  equation, figure or table that shows another,
 * a figure's text stand-in (``<Figure size ...>``) is shown instead of, or beside, the figure,
 * the reader's text shows markup that should have been rendered: a TeX dollar or a MyST role
   such as ``{eq}`` outside math and code (a ``$$`` display opened inside a paragraph once
@@ -68,6 +72,43 @@ def stray_markup(main) -> list[str]:
     """The text snippets of ``main`` (a BeautifulSoup node) that show unrendered markup."""
     return [text.strip()[:80] for text in main.find_all(string=STRAY_MARKUP)
             if text.find_parent(NOT_TEXT) is None and text.find_parent(class_="math") is None]
+
+
+def numbering_problems(main, chapter: int) -> list[str]:
+    """The chapter's own numbers (title, equations, captions) that do not start with ``chapter``."""
+    h1 = main.select_one("section > h1")  # the page's title (a print-only copy comes first)
+    number = h1.find("span", class_="section-number") if h1 else None
+    problems = [] if number and number.get_text(strip=True) == f"{chapter}." else [
+        f"title not numbered {chapter}.: {h1.get_text(' ', strip=True)[:60] if h1 else None!r}"]
+    for span in main.select("span.eqno, span.caption-number"):
+        found = re.search(r"(\d+)\.\d+", span.get_text(" ", strip=True))
+        if not found or int(found.group(1)) != chapter:
+            problems.append(f"numbered {span.get_text(' ', strip=True)[:30]!r}, not {chapter}.k")
+    return problems
+
+
+NUMBERED_REF = re.compile(r"(?:(?:Theorem|Lemma|Proposition|Corollary|Definition|Exercise|"
+                          r"Fig\.|Table) \d+(?:\.\d+)?|\(\d+(?:\.\d+)?\))")
+
+
+def numbered_reference_problems(main, page: Path, soup_of) -> list[str]:
+    """Links reading "Theorem 5.2" or "(5.3)" whose target shows another number.
+    ``soup_of(path)`` parses a built page (cached by the caller)."""
+    problems = []
+    for a in main.select("a.reference.internal[href]"):
+        text = " ".join(a.get_text(" ", strip=True).split())
+        parts = urlsplit(a["href"])
+        if not NUMBERED_REF.fullmatch(text) or not parts.fragment:
+            continue
+        target = page if not parts.path else (page.parent / unquote(parts.path)).resolve()
+        if not target.is_file():
+            continue  # reported as a broken link
+        element = soup_of(target).find(id=unquote(parts.fragment))
+        shown = element.find(class_=["caption-number", "eqno"]) if element else None
+        shown = " ".join(shown.get_text(" ", strip=True).rstrip("#").split()) if shown else None
+        if element is not None and shown != text:
+            problems.append(f"link {text!r} points to {a['href']}, which shows {shown!r}")
+    return problems
 
 
 def find_chromium() -> str:
@@ -135,9 +176,16 @@ def dump_dom(chromium: str, page: Path) -> str:
     return result.stdout
 
 
-def ids_of(path: Path, cache: dict[Path, set[str]]) -> set[str]:
+def soup_of(path: Path, cache: dict) -> BeautifulSoup:
+    """A built page as written by Sphinx (before any script ran), parsed once."""
+    if ("soup", path) not in cache:
+        cache["soup", path] = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
+    return cache["soup", path]
+
+
+def ids_of(path: Path, cache: dict) -> set[str]:
     if path not in cache:
-        soup = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
+        soup = soup_of(path, cache)
         cache[path] = {el["id"] for el in soup.find_all(id=True)} | {
             el["name"] for el in soup.find_all("a", attrs={"name": True})}
     return cache[path]
@@ -166,6 +214,7 @@ def check_page(chromium: str, root: Path, page: Path, id_cache) -> list[str]:
     for undefined in main.select('mtext[mathcolor="red"]'):  # MathJax's noundefined extension
         problems.append(f"undefined TeX macro: {undefined.get_text(strip=True)[:80]!r}")
     if page.parent.name == "notebooks":  # launch buttons must open this very notebook
+        problems += numbering_problems(main, int(page.stem.split("-")[0]))
         notebook = f"notebooks/{page.stem}.ipynb"
         for service, prefix in (("Binder", "https://mybinder.org/"),
                                 ("Colab", "https://colab.research.google.com/")):
@@ -176,6 +225,7 @@ def check_page(chromium: str, root: Path, page: Path, id_cache) -> list[str]:
             problems += [f"{service} launch button opens {href}, not {notebook}"
                          for href in links if not href.endswith(notebook)]
     problems += [f"unrendered markup in the text: {snippet!r}" for snippet in stray_markup(main)]
+    problems += numbered_reference_problems(main, page, lambda path: soup_of(path, id_cache))
     leaked = [pre for pre in main.find_all("pre") if "<Figure size" in pre.get_text()]
     problems += ["a figure's text stand-in (<Figure size ...>) is shown" for _ in leaked[:1]]
     for img in main.find_all("img"):
@@ -252,7 +302,7 @@ def main(argv=None) -> int:
                     if "_static" not in p.parts and "_sources" not in p.parts
                     and p.name not in SKIP and p.name != "index.html"})
     chromium = find_chromium()
-    id_cache: dict[Path, set[str]] = {}
+    id_cache: dict = {}  # parsed pages and their ids, shared by the workers
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda p: check_page(chromium, root, p, id_cache), pages))
     failures = [line for lines in results for line in lines if not line.startswith("ok ")]

@@ -14,6 +14,12 @@ Usage: ``python tools/build_pdf.py [--check-only] [--no-strict]`` (``make pdf`` 
    error fails the build instead of waiting for input; then fails if a reference of the PDF is
    undefined (a dead link). Before that it fails if a box of the .tex has no title (an empty
    title bar). ``--no-strict`` keeps Sphinx warnings, untitled boxes and dead links non-fatal.
+
+The chapters keep the numbers they have in the HTML book (``tools/chapter_numbers.py``: the
+NN of ``notebooks/NN-slug``, which the boxes' "Proposition 5.2" already carry): the part
+openers become unnumbered chapters (each part already has its own page and entry in the contents)
+and the appendices are lettered. The build fails if a numbered chapter then differs from its
+notebook's NN.
 """
 
 from __future__ import annotations
@@ -133,6 +139,21 @@ def untitled_boxes(tex: Path) -> int:
     return len(re.findall(r"\\begin\{sphinxadmonition\}\{\w+\}(?!\{)", tex.read_text()))
 
 
+PART_OPENER = re.compile(r"\\chapter\{(Part [IVXLC]+: )")
+CHAPTER_DOC = re.compile(r"\\chapter\{.*?\n\\label\{\\detokenize\{([^}:]*)")
+
+
+def number_like_the_html(tex: str) -> tuple[str, list[str]]:
+    """The .tex with unnumbered part openers and lettered appendices, and the numbered
+    chapters whose number would differ from their notebook's NN (empty when all agree)."""
+    tex = PART_OPENER.sub(r"\\chapter*{\1", tex)
+    tex = tex.replace("\\part{Appendices}", "\\appendix\n\\part{Appendices}", 1)
+    body = tex.split("\\appendix\n", 1)[0]
+    wrong = [f"chapter {k} is {doc}" for k, doc in enumerate(CHAPTER_DOC.findall(body), 1)
+             if not doc.startswith(f"notebooks/{k:02d}-")]
+    return tex, wrong
+
+
 def page_count(pdf: Path) -> str:
     if shutil.which("pdfinfo") is None:
         return "?"
@@ -163,6 +184,12 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     t1 = time.monotonic()
+    tex, wrong = number_like_the_html((OUT / f"{NAME}.tex").read_text())
+    (OUT / f"{NAME}.tex").write_text(tex)
+    if wrong and not args.no_strict:
+        print(f"make pdf: the PDF's chapter numbers would differ from the HTML's: {wrong[:3]}",
+              file=sys.stderr)
+        return 1
     untitled = untitled_boxes(OUT / f"{NAME}.tex")
     if untitled and not args.no_strict:
         print(f"make pdf: {untitled} boxes of {OUT / NAME}.tex have no title (an empty title "

@@ -175,10 +175,19 @@ def warn_unchecked(app, env) -> None:
                                    f"this chapter has that label", location=docname)
 
 
+def _number(env, doc: str, label: str) -> str:
+    """The statement's number as its box shows it ("5.2", see chapter_numbers), or ''."""
+    for numbers in env.toc_fignumbers.get(doc, {}).values():
+        if label in numbers:
+            return ".".join(map(str, numbers[label]))
+    return ""
+
+
 def _ledger_row(app, fromdoc, doc, rec, st) -> tuple:
     """A statement's link (with its name) and, per check, the cell's link and what it printed."""
     para = nodes.paragraph()
-    para += _link(app, fromdoc, doc, st["label"], st["kind"].capitalize())
+    text = f"{st['kind'].capitalize()} {_number(app.env, doc, st['label'])}".rstrip()
+    para += _link(app, fromdoc, doc, st["label"], text)
     names = st.get("name_nodes") or []
     if names:  # the title reads " (Name)": keep its inline math
         for child in names:
