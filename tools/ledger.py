@@ -183,6 +183,13 @@ def _number(env, doc: str, label: str) -> str:
     return ""
 
 
+def _chapter_text(env, doc: str, rec) -> str:
+    """The chapter's title as the sidebar shows it: "5. Softmax ..." (see chapter_numbers)."""
+    number = env.toc_secnumbers.get(doc, {}).get("")
+    title = rec["title"] or doc
+    return f"{'.'.join(map(str, number))}. {title}" if number else title
+
+
 def _ledger_row(app, fromdoc, doc, rec, st) -> tuple:
     """A statement's link (with its name) and, per check, the cell's link and what it printed."""
     para = nodes.paragraph()
@@ -264,7 +271,7 @@ def render(app, doctree, fromdoc) -> None:
             if not rec["statements"]:
                 continue
             section = nodes.rubric()
-            section += _link(app, fromdoc, doc, "", rec["title"] or doc)
+            section += _link(app, fromdoc, doc, "", _chapter_text(app.env, doc, rec))
             out.append(section)
             rows = [_ledger_row(app, fromdoc, doc, rec, st) for st in rec["statements"]]
             out.append(_ledger_list(rows) if app.builder.name == "latex" else _ledger_table(rows))
@@ -279,7 +286,7 @@ def render(app, doctree, fromdoc) -> None:
                 para += _link(app, fromdoc, doc, erratum["anchor"], erratum["title"],
                               erratum.get("title_nodes"))
                 para += nodes.Text(" — in ")
-                para += _link(app, fromdoc, doc, "", records[doc]["title"] or doc)
+                para += _link(app, fromdoc, doc, "", _chapter_text(app.env, doc, records[doc]))
                 item += para
                 items += item
                 count += 1
