@@ -47,6 +47,8 @@ def test_a_chapters_numbers_carry_the_chapter():
     assert numbering(page.replace("5.12", "51.2"), 5) == ["numbered 'Proposition 51.2', not 5.k"]
     assert numbering(page.replace('<span class="section-number">5. </span>', ""), 5) == [
         "title not numbered 5.: 'Softmax'"]
+    assert numbering(page + '<h2><span class="section-number">5. </span>Margin</h2>', 5) == [
+        "section heading numbered: '5. Margin'"]
 
 
 def test_a_numbered_link_must_name_the_number_its_target_shows(tmp_path):

@@ -84,6 +84,9 @@ def numbering_problems(main, chapter: int) -> list[str]:
         found = re.search(r"(\d+)\.\d+", span.get_text(" ", strip=True))
         if not found or int(found.group(1)) != chapter:
             problems.append(f"numbered {span.get_text(' ', strip=True)[:30]!r}, not {chapter}.k")
+    for heading in main.select("h2, h3, h4, h5, h6"):  # only the title carries the number
+        if heading.find("span", class_="section-number"):
+            problems.append(f"section heading numbered: {heading.get_text(' ', strip=True)[:40]!r}")
     return problems
 
 
