@@ -8,8 +8,11 @@ in the sidebar: "5. Softmax and its alternatives"), and Sphinx's own figure numb
 reads that number, then gives "(5.3)", "Proposition 5.2", "Fig. 5.1" and "Table 5.1". Pages
 that are not chapters keep their numbers unprefixed.
 
-Sphinx numbers sections and figures in one handler of ``env-get-updated``; this one runs after
-it (priority 900), writes the chapters' numbers and numbers the figures again.
+Sphinx numbers figures right after sections, in the handler of ``env-get-updated`` of its
+toctree collector, and rewrites the pages whose numbers differ from the last build's. This
+extension wraps that numbering step: it writes the chapters' numbers first, then lets Sphinx
+number the figures with them, so the comparison with the last build stays meaningful (an
+unchanged book rewrites no page for its numbers).
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ def chapter_number(docname: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def number_chapters(app, env) -> list[str]:
-    numbered = []
+def number_chapters(env) -> None:
+    """Give every chapter its number, for its title alone (see the module's docstring)."""
     for docname in sorted(env.found_docs):
         n = chapter_number(docname)
         if n is None or docname not in env.tocs:
@@ -44,12 +47,17 @@ def number_chapters(app, env) -> list[str]:
         refs = list(env.tocs[docname].findall(nodes.reference))
         if refs:
             refs[0]["secnumber"] = (n,)  # the sidebar's entry
-        numbered.append(docname)
-    changed = TocTreeCollector().assign_figure_numbers(env)
-    return sorted(set(numbered) | set(changed))
+
+
+_assign_figure_numbers = TocTreeCollector.assign_figure_numbers
+
+
+def assign_figure_numbers(self, env) -> list[str]:
+    number_chapters(env)
+    return _assign_figure_numbers(self, env)
 
 
 def setup(app):
-    app.connect("env-get-updated", number_chapters, priority=900)
+    TocTreeCollector.assign_figure_numbers = assign_figure_numbers
     return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True,
             "env_version": 1}
