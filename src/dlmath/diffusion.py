@@ -155,6 +155,9 @@ class GaussianMixture:
         self.scalar = mu.ndim == 1
         self.means = mu.to(torch.float64).reshape(mu.shape[0], -1)
         self.stds = s.to(dev, torch.float64)
+        # the widest component of positive weight: the reference of _components on every path
+        # (V_j = a^2 s_j^2 + b^2 rounds monotonically in s_j), found once, not at each call
+        self._widest = int(torch.where(w > 0, s, -math.inf).argmax())
 
     @property
     def dim(self) -> int:
@@ -210,7 +213,7 @@ class GaussianMixture:
         """
         var = a * a * self.stds**2 + b * b  # V_j
         resid = x[..., None, :] - a * self.means  # (…, m, d)
-        k = int(torch.where(self.weights > 0, var, -math.inf).argmax())
+        k = self._widest
         rk = resid[..., k, :]
         cross = ((a * (self.means[k] - self.means)) * (resid + rk[..., None, :])).sum(-1) / var
         wider = ((rk[..., None, :] * (1 / var - 1 / var[k]).sqrt()[:, None]) ** 2).sum(-1)
