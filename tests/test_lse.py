@@ -349,3 +349,114 @@ def test_renyi_of_large_order_does_not_underflow():
     r = q.clone().requires_grad_()
     lse.renyi_entropy(r, 30.0).backward()  # no NaN from the zero entry
     assert torch.isfinite(r.grad).all()
+
+
+# -- gaps found by mutation testing ---------------------------------------------------------
+
+def test_bounds_use_the_documented_defaults():
+    # lse_bounds defaults to tau = 1 and lse_lower_bound to t = 1 (the Shannon bound); every
+    # other test passes them explicitly, so a wrong default went unnoticed
+    x = torch.tensor([0.3, -1.2, 2.5, 0.0], dtype=F64)
+    lower, upper = lse.lse_bounds(x)
+    assert float(lower) == 2.5
+    assert float(upper) == pytest.approx(2.5 + math.log(4), rel=1e-15)
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64)
+    shannon = -sum(v * math.log(v) for v in p.tolist())
+    mean = sum(a * b for a, b in zip(p.tolist(), x.tolist(), strict=True))
+    assert float(lse.lse_lower_bound(x, p)) == pytest.approx(mean + shannon, rel=1e-14)
+
+
+def test_lower_bound_reduces_along_the_last_dim_by_default():
+    # a 2-D batch: one bound per row (dim = -1), each the closed form sum p x + H_2(p)
+    x = torch.tensor([[0.0, 1.0, -2.0], [3.0, 0.5, 0.5]], dtype=F64)
+    p = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.4, 0.0]], dtype=F64)
+    got = lse.lse_lower_bound(x, p, t=2.0)
+    want = [sum(a * b for a, b in zip(pr, xr, strict=True)) - math.log(sum(a * a for a in pr))
+            for pr, xr in zip(p.tolist(), x.tolist(), strict=True)]
+    assert got.shape == (2,)
+    assert got.tolist() == pytest.approx(want, rel=1e-14)
+
+
+@pytest.mark.parametrize("t", [1.0, 2.0, math.inf])
+def test_lower_bound_ignores_minus_inf_where_p_is_zero(t):
+    # documented: terms with p_i = 0 contribute 0 to the mean even where x_i = -inf
+    # (0 * -inf would be NaN)
+    x = torch.tensor([-math.inf, 1.0, 3.0], dtype=F64)
+    p = torch.tensor([0.0, 0.25, 0.75], dtype=F64)
+    renyi = {1.0: -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)),
+             2.0: -math.log(0.25**2 + 0.75**2), math.inf: -math.log(0.75)}[t]
+    value = float(lse.lse_lower_bound(x, p, t=t))
+    assert value == pytest.approx(0.25 * 1.0 + 0.75 * 3.0 + renyi, rel=1e-14)
+    assert value <= scipy.special.logsumexp([-np.inf, 1.0, 3.0])
+
+
+def test_softmax_with_a_single_plus_inf_is_one_hot():
+    # the uniform distribution over the +inf entries: with one +inf entry, all mass on it
+    x = torch.tensor([[2.0, math.inf, -1.0], [math.inf, 0.0, math.inf], [0.0, 1.0, 2.0]],
+                     dtype=F64)
+    want = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5],
+                         scipy.special.softmax([0.0, 1.0, 2.0]).tolist()], dtype=F64)
+    torch.testing.assert_close(lse.softmax(x), want, rtol=0, atol=1e-15)
+    torch.testing.assert_close(lse.softmax(x, tau=0.3)[:2], want[:2], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype, tiny", [(torch.float64, 5e-324), (torch.float32, 1e-45)])
+def test_renyi_small_order_with_a_subnormal_entry(dtype, tiny):
+    # RENYI_NEAR_ONE = 1/2 keeps p_i^(t-1) <= p_i^(-1/2): for small t the expm1 route would
+    # need p_i^(t-1) ~ 1/p_i, which overflows for a subnormal p_i (H_t = +inf). Reference:
+    # the closed form log(2 * 0.5^t + tiny^t) / (1 - t) in Python floats.
+    p = torch.tensor([0.5, 0.5, tiny], dtype=dtype)
+    tiny = float(p[2])  # the value the dtype actually holds
+    eps = torch.finfo(dtype).eps
+    for t in [0.01, 0.2, 0.4]:
+        want = math.log(2 * 0.5**t + math.exp(t * math.log(tiny))) / (1 - t)
+        assert float(lse.renyi_entropy(p, t)) == pytest.approx(want, rel=8 * eps)
+
+
+@pytest.mark.parametrize("t", [1.2, 1.5, 2.5])
+def test_renyi_gradient_on_the_simplex_matches_the_closed_form(t):
+    # dH_t/dp_i = t p_i^(t-1) / ((1 - t) sum_j p_j^t), which is 0 at p_i = 0 for t > 1, on
+    # both routes (the expm1 form near t = 1 and the plain sum). Reference in Python floats.
+    vals = [0.5, 0.3, 0.2, 0.0]
+    p = torch.tensor(vals, dtype=F64, requires_grad=True)
+    lse.renyi_entropy(p, t).backward()
+    s = sum(v**t for v in vals)
+    want = [t * v ** (t - 1) / ((1 - t) * s) for v in vals[:3]] + [0.0]
+    assert p.grad.tolist() == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("tau", [0.5, 2.0, 10.0])
+def test_logsumexp_at_round_temperatures(tau):
+    # tau == 1 takes torch.logsumexp; any other round tau must use the temperature (only the
+    # derandomized hypothesis draws in test_against_scipy_and_torch happened to hit tau = 2)
+    x = np.array([[0.3, -1.2, 2.5, 0.0], [10.0, 9.0, -5.0, 1.0]])
+    want = tau * scipy.special.logsumexp(x / tau, axis=-1)
+    np.testing.assert_allclose(lse.logsumexp(torch.from_numpy(x), tau=tau).numpy(), want,
+                               rtol=1e-14)
+
+
+def test_kl_divergence_reduces_along_the_last_dim_by_default():
+    # one divergence per row; the reference is scipy's elementwise rel_entr summed per row
+    p = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    q = np.array([[0.25, 0.25, 0.5], [0.4, 0.4, 0.2]])
+    got = lse.kl_divergence(torch.from_numpy(p), torch.from_numpy(q))
+    assert got.shape == (2,)
+    np.testing.assert_allclose(got.numpy(), scipy.special.rel_entr(p, q).sum(-1), rtol=1e-14)
+
+
+@pytest.mark.parametrize("t", [0.7, 1.2, 1.5, 2.0])
+def test_renyi_gradient_moving_mass_onto_a_zero_entry_matches_the_plain_formula(t):
+    # the expm1 form near t = 1 computes sum p^t - sum_{p>0} p: without its correction the
+    # gradient along this direction was 0.20 instead of 3.49 at t = 1.5. Reference: autograd
+    # through the plain log(sum p^t) / (1 - t) in float64 (d/dp p^t = 0 at p = 0 for t > 1;
+    # for t < 1 it is infinite there, so only mass moving within the support is compared)
+    p0 = torch.tensor([0.5, 0.3, 0.2, 0.0], dtype=torch.float64)
+    d = torch.tensor([-1.0, 0.0, 0.0, 1.0] if t > 1 else [-1.0, 1.0, 0.0, 0.0],
+                     dtype=torch.float64)
+    p = p0.clone().requires_grad_()
+    lse.renyi_entropy(p, t).backward()
+    q = p0.clone().requires_grad_()
+    (torch.log((q**t).sum()) / (1 - t)).backward()
+    along = d != 0  # (the plain formula's infinite gradient at a zero entry for t < 1)
+    assert float(p.grad[along] @ d[along]) == pytest.approx(float(q.grad[along] @ d[along]),
+                                                          rel=1e-12)

@@ -158,6 +158,11 @@ def renyi_entropy(p, t: float, dim: int = -1) -> torch.Tensor:
     if abs(t - 1.0) <= RENYI_NEAR_ONE:  # p_i^(t-1) <= p_i^(-1/2): expm1 cannot overflow
         log_p = torch.log(torch.where(p > 0, p, 1.0))  # p_i = 0 contributes 0 (and no NaN grad)
         excess = (p * torch.expm1((t - 1.0) * log_p)).sum(dim=dim)  # = sum p^t - 1, no cancel
+        # that is sum p^t - sum_{p>0} p, whose gradient is t p^(t-1) - 1 on the support and 0
+        # off it: add the support's sum minus itself (0 in value) to restore the gradient of
+        # sum p^t, or a step moving mass onto a zero entry is off (0.20 for 3.49 at t = 1.5)
+        support = torch.where(p > 0, p, 0.0).sum(dim=dim)
+        excess = excess + (support - support.detach())
         numerator = torch.log1p(excess)
         # log1p(s) carries the error eps*|s|/(1+s), the plain log(sum p^t) eps: for t > 1 and a
         # sum p^t below 1/2 (high entropy, e.g. t = 1.5 and n = 1e6) the plain sum is better
