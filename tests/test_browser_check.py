@@ -57,13 +57,11 @@ def test_a_numbered_link_must_name_the_number_its_target_shows(tmp_path):
                       'title"><span class="caption-number">Theorem 5.2 </span>(A)</p></div>'
                       '<div id="equation-e" class="math"><span class="eqno">(5.3)<a>#</a></span>'
                       '</div></main>')
-    cache = {}
 
     def problems(links: str) -> list[str]:
         page = tmp_path / "ledger.html"
         main = BeautifulSoup(f"<main>{links}</main>", "html.parser").main
-        return browser_check.numbered_reference_problems(
-            main, page, lambda p: browser_check.soup_of(p, cache))
+        return browser_check.numbered_reference_problems(main, page)
 
     good = ('<a class="reference internal" href="ch.html#thm-a">Theorem 5.2</a>'
             '<a class="reference internal" href="ch.html#equation-e">(5.3)</a>'

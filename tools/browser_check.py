@@ -32,6 +32,7 @@ Exit status 0 when every page passes; otherwise each problem is printed with its
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -44,6 +45,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from bs4 import BeautifulSoup
+from chapter_numbers import chapter_number
 
 # Console messages of the book theme itself, harmless and outside this project's control; each is
 # matched exactly, so any other error still fails the check.
@@ -94,9 +96,8 @@ NUMBERED_REF = re.compile(r"(?:(?:Theorem|Lemma|Proposition|Corollary|Definition
                           r"Fig\.|Table) \d+(?:\.\d+)?|\(\d+(?:\.\d+)?\))")
 
 
-def numbered_reference_problems(main, page: Path, soup_of) -> list[str]:
-    """Links reading "Theorem 5.2" or "(5.3)" whose target shows another number.
-    ``soup_of(path)`` parses a built page (cached by the caller)."""
+def numbered_reference_problems(main, page: Path) -> list[str]:
+    """Links reading "Theorem 5.2" or "(5.3)" whose target shows another number."""
     problems = []
     for a in main.select("a.reference.internal[href]"):
         text = " ".join(a.get_text(" ", strip=True).split())
@@ -179,16 +180,15 @@ def dump_dom(chromium: str, page: Path) -> str:
     return result.stdout
 
 
-def soup_of(path: Path, cache: dict) -> BeautifulSoup:
+@functools.cache
+def soup_of(path: Path) -> BeautifulSoup:
     """A built page as written by Sphinx (before any script ran), parsed once."""
-    if ("soup", path) not in cache:
-        cache["soup", path] = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
-    return cache["soup", path]
+    return BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
 
 
-def ids_of(path: Path, cache: dict) -> set[str]:
+def ids_of(path: Path, cache: dict[Path, set[str]]) -> set[str]:
     if path not in cache:
-        soup = soup_of(path, cache)
+        soup = soup_of(path)
         cache[path] = {el["id"] for el in soup.find_all(id=True)} | {
             el["name"] for el in soup.find_all("a", attrs={"name": True})}
     return cache[path]
@@ -217,7 +217,7 @@ def check_page(chromium: str, root: Path, page: Path, id_cache) -> list[str]:
     for undefined in main.select('mtext[mathcolor="red"]'):  # MathJax's noundefined extension
         problems.append(f"undefined TeX macro: {undefined.get_text(strip=True)[:80]!r}")
     if page.parent.name == "notebooks":  # launch buttons must open this very notebook
-        problems += numbering_problems(main, int(page.stem.split("-")[0]))
+        problems += numbering_problems(main, chapter_number(f"notebooks/{page.stem}"))
         notebook = f"notebooks/{page.stem}.ipynb"
         for service, prefix in (("Binder", "https://mybinder.org/"),
                                 ("Colab", "https://colab.research.google.com/")):
@@ -228,7 +228,7 @@ def check_page(chromium: str, root: Path, page: Path, id_cache) -> list[str]:
             problems += [f"{service} launch button opens {href}, not {notebook}"
                          for href in links if not href.endswith(notebook)]
     problems += [f"unrendered markup in the text: {snippet!r}" for snippet in stray_markup(main)]
-    problems += numbered_reference_problems(main, page, lambda path: soup_of(path, id_cache))
+    problems += numbered_reference_problems(main, page)
     leaked = [pre for pre in main.find_all("pre") if "<Figure size" in pre.get_text()]
     problems += ["a figure's text stand-in (<Figure size ...>) is shown" for _ in leaked[:1]]
     for img in main.find_all("img"):
@@ -305,7 +305,7 @@ def main(argv=None) -> int:
                     if "_static" not in p.parts and "_sources" not in p.parts
                     and p.name not in SKIP and p.name != "index.html"})
     chromium = find_chromium()
-    id_cache: dict = {}  # parsed pages and their ids, shared by the workers
+    id_cache: dict[Path, set[str]] = {}
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda p: check_page(chromium, root, p, id_cache), pages))
     failures = [line for lines in results for line in lines if not line.startswith("ok ")]
