@@ -134,6 +134,13 @@ def test_device_defaults_and_overrides(monkeypatch):
     monkeypatch.setenv("DLMATH_DEVICE", "not-a-device")
     with pytest.raises(ValueError, match="DLMATH_DEVICE"):
         device.default_device()
+    # MPS has no float64, which every chapter's checks use: refused up front, not deep in a cell
+    for name in ("mps", "mps:0"):
+        monkeypatch.setenv("DLMATH_DEVICE", name)
+        with pytest.raises(ValueError, match=f"DLMATH_DEVICE='{name}'.*float64.*use 'cpu'"):
+            device.default_device()
+    monkeypatch.setenv("DLMATH_DEVICE", "cuda:1")
+    assert device.default_device() == torch.device("cuda", 1)   # named, not checked for presence
 
 
 def test_generators_are_seeded_and_independent():

@@ -10,7 +10,8 @@ CPU (and in CI) and larger on a GPU::
 Two environment variables override the automatic choice:
 
 ``DLMATH_DEVICE``
-    a torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+    a torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``). ``"mps"`` is refused: the
+    chapters check their claims in float64, which Apple's MPS backend does not have.
 ``DLMATH_SIZE``
     ``"small"`` or ``"large"``: force the preset whatever the device.
 """
@@ -33,9 +34,13 @@ def default_device() -> torch.device:
     name = os.environ.get("DLMATH_DEVICE")
     if name:
         try:
-            return torch.device(name)
+            dev = torch.device(name)
         except RuntimeError as exc:
             raise ValueError(f"DLMATH_DEVICE={name!r} is not a valid torch device") from exc
+        if dev.type == "mps":
+            raise ValueError(f"DLMATH_DEVICE={name!r}: the chapters check in float64, which MPS "
+                             "does not support; use 'cpu' (each chapter runs in seconds there)")
+        return dev
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
