@@ -658,3 +658,130 @@ def test_gram_path_accuracy_as_documented(M):
     gram_err = rel(msign(X, 8, "polar_express").double(), ref)
     plain_err = rel(msign(X, 8, "polar_express", gram=False).double(), ref)
     assert 1e-4 <= gram_err <= 5e-2 and plain_err <= 2.5e-4 and plain_err <= gram_err / 4
+
+
+# -- gaps found by mutation testing ---------------------------------------------------------
+
+def test_schedule_and_scalar_map_default_to_msigns_five_jordan_steps():
+    # ns_schedule and newton_schulz_map default to msign's own default, Jordan's quintic 5
+    # times (torch.optim.Muon's); every other test passed coefficients and steps explicitly
+    assert ns_schedule() == JORDAN * 5
+    M = torch.randn(9, 14, generator=gen(70), dtype=F64)
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    x = S / S.norm()
+    a, b, c = JORDAN[0]
+    y = x.clone()
+    for _ in range(5):  # the composition written out
+        y = a * y + b * y**3 + c * y**5
+    torch.testing.assert_close(newton_schulz_map(x), y, atol=1e-14, rtol=0)
+    torch.testing.assert_close(msign(M), (U * newton_schulz_map(x)) @ Vh, atol=1e-12, rtol=0)
+
+
+def _mp_quantiles_by_quadrature(n: int, m: int, k: int) -> torch.Tensor:
+    """The k MP quantiles at levels (i - 1/2)/k, independently: the quarter-circle law of
+    sqrt(lambda) in closed form when n = m, else scipy's quad of the density in lambda."""
+    from scipy.integrate import quad
+    from scipy.optimize import brentq
+
+    q = min(n, m) / max(n, m)
+    lo, hi = (1 - math.sqrt(q)) ** 2, (1 + math.sqrt(q)) ** 2
+    if n == m:  # density sqrt(4 - u^2)/pi on [0, 2]
+        def cdf(u):
+            return (u * math.sqrt(4 - u * u) / 2 + 2 * math.asin(u / 2)) / math.pi
+        lo_u, hi_u, root = 0.0, 2.0, lambda u: u
+    else:  # the (lambda - lo)^(1/2) factor as quad's algebraic weight
+        def cdf(x):
+            return quad(lambda t: math.sqrt(hi - t) / (2 * math.pi * q * t), lo, x,
+                        weight="alg", wvar=(0.5, 0.0), epsabs=1e-14)[0]
+        lo_u, hi_u, root = lo, hi, math.sqrt
+    s = torch.tensor([root(brentq(lambda v, p=(i + 0.5) / k: cdf(v) - p, lo_u, hi_u,
+                                  xtol=1e-15)) for i in range(k)], dtype=F64)
+    return s / s.norm()
+
+
+@pytest.mark.parametrize("n, m, k", [(50, 50, 9), (300, 100, 7), (100, 400, 6)])
+def test_marchenko_pastur_quantiles_to_quadrature_accuracy(n, m, k):
+    # the quantiles are interpolated between the theta grid's nodes, which makes them exact to
+    # ~1e-10; the nodes alone (spacing ~8e-6) or a wrong density at lambda = 0 (the square
+    # case) are off by ~1e-6..1e-5, inside the 5% of the sampled-matrix test above
+    got = marchenko_pastur_singular_values(n, m, k=k)
+    want = _mp_quantiles_by_quadrature(n, m, k)
+    assert ((got - want).abs() / want).max().item() < 1e-9
+
+
+def test_polar_rtol_boundary_counts_as_zero():
+    # "singular values sigma_i <= rtol * sigma_1 count as zero": with rtol = 1 every one does,
+    # sigma_1 included, whatever the rounding of the SVD; just below 1 only sigma_1 is kept
+    M = planted(7, 5, torch.tensor([3.0, 2.0, 1.0], dtype=F64), seed=71)
+    assert torch.equal(polar(M, rtol=1.0), torch.zeros_like(M))
+    U, _, Vh = torch.linalg.svd(M, full_matrices=False)
+    torch.testing.assert_close(polar(M, rtol=0.9), torch.outer(U[:, 0], Vh[0]), atol=1e-12,
+                               rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (64, 96), (96, 64)])
+def test_default_takes_the_plain_path_up_to_aspect_1_5(shape):
+    # gram=None uses the Gram path only when the aspect ratio *exceeds* 1.5 (square and 1.5
+    # itself run the plain iteration); the two paths differ in the last bits in float32
+    M = torch.randn(*shape, generator=gen(72))
+    plain, fast = msign(M, gram=False), msign(M, gram=True)
+    assert not torch.equal(plain, fast)
+    assert torch.equal(msign(M), plain)
+
+
+def test_fit_quintic_default_init_is_the_posts_start():
+    # the documented start (kappa, x1, x2) = (1, 0.9, 1.1); the objective is not convex, and
+    # from other starts L-BFGS lands elsewhere (or on the same row, rounded differently)
+    x = marchenko_pastur_singular_values(1024, 1024, k=64)
+    assert fit_quintic(x, steps=5) == fit_quintic(x, steps=5, init=(1.0, 0.9, 1.1))
+
+
+def test_safety_factor_on_every_triple_but_the_last():
+    # with_safety maps (a, b, c) -> (a/f, b/f^3, c/f^5) on all triples but the last (keep_last),
+    # so Polar Express has the factor on its first 7 of 8 steps, the 7th included
+    seq = ((2.0, -1.0, 0.5), (3.0, -2.0, 1.0), (1.875, -1.25, 0.375))
+    assert with_safety(seq, 2.0) == ((1.0, -0.125, 0.015625), (1.5, -0.25, 0.03125), seq[2])
+    assert with_safety(seq, 2.0, keep_last=False)[2] == (0.9375, -0.15625, 0.01171875)
+    a, b, c = polar_express_coefficients(8)[6]
+    assert ns_schedule("polar_express", 8)[6] == (a / 1.01, b / 1.01**3, c / 1.01**5)
+
+
+def test_newton_schulz_map_of_an_empty_tensor_is_empty():
+    # elementwise: an empty input gives an empty output of the same shape and dtype
+    for x in (torch.empty(0, dtype=F64), torch.empty(3, 0)):
+        y = newton_schulz_map(x, "jordan", 5)
+        assert y.shape == x.shape and y.dtype == x.dtype
+
+
+def test_overflow_underflow_rescaling_with_zero_entries():
+    # a norm that overflows or underflows is recomputed after dividing by the *largest* entry;
+    # a matrix with zero entries is rescaled like any other
+    M = torch.randn(10, 6, generator=gen(73))
+    M[::3, ::2] = 0
+    ref = msign(M, 8, "polar_express")
+    for scale in (1e30, 1e-30):
+        torch.testing.assert_close(msign(M * scale, 8, "polar_express"), ref, atol=1e-5, rtol=0)
+
+
+def test_polar_default_rtol_is_the_longer_side_times_eps():
+    # default rtol = max(n, m) * eps, as torch.linalg.matrix_rank: on a 4 x 100 float64 matrix
+    # a singular value 30 eps * sigma_1 counts as zero, one of 300 eps * sigma_1 does not
+    eps = torch.finfo(F64).eps
+    for s2, rank in ((30 * eps, 1), (300 * eps, 2)):
+        M = planted(4, 100, torch.tensor([1.0, s2], dtype=F64), seed=74)
+        assert abs(polar(M).norm().item() ** 2 - rank) < 1e-9
+    # per matrix: batch dimensions do not enter it (30 eps > 8 eps is kept in each of 150)
+    M = planted(4, 8, torch.tensor([1.0, 30 * eps], dtype=F64), seed=75).expand(150, 4, 8)
+    assert torch.all((polar(M).norm(dim=(-2, -1)) ** 2 - 2).abs() < 1e-9)
+
+
+def test_a_schedule_of_exactly_three_triples_is_three_steps():
+    # three (a, b, c) triples are a 3-step schedule, not mistaken for one bare triple
+    seq = ((3.0, -3.2, 1.2), (2.0, -1.5, 0.5), (1.875, -1.25, 0.375))
+    assert ns_schedule(seq, 3) == seq
+    assert ns_schedule([list(t) for t in seq], 4) == (*seq, seq[2])
+    x = torch.tensor([0.2, 0.9], dtype=F64)
+    y = x.clone()
+    for a, b, c in seq:
+        y = a * y + b * y**3 + c * y**5
+    torch.testing.assert_close(newton_schulz_map(x, seq, 3), y, atol=1e-15, rtol=0)

@@ -367,3 +367,38 @@ def test_fuzz_muon_refuses_a_generator_that_is_not_one():
     W = torch.nn.Parameter(torch.randn(4, 3, generator=gen(0)))
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         Muon([W], spectral_decay=0.1, generator=3)
+
+
+# -- gaps found by mutation testing ---------------------------------------------------------
+
+def test_spectral_decay_defaults_to_one_power_iteration_per_step():
+    # spectral_iters defaults to 1 warm-started power-iteration step per optimizer step; the
+    # other spectral test passes spectral_iters=2 explicitly
+    g = gen(14)
+    W = torch.randn(12, 7, generator=g, dtype=torch.float64)
+    p = W.clone().requires_grad_()
+    opt = Muon([p], lr=0.1, weight_decay=0.0, spectral_decay=0.5)
+    one, two, v1, v2 = W.clone(), W.clone(), None, None
+    for _ in range(3):
+        p.grad = torch.zeros_like(W)  # isolate the decay: msign(0) = 0
+        opt.step()
+        v1 = spectral_decay_(one, 0.1, 0.5, v=v1, iters=1)
+        v2 = spectral_decay_(two, 0.1, 0.5, v=v2, iters=2)
+        torch.testing.assert_close(p.detach(), one, atol=1e-12, rtol=0)
+        torch.testing.assert_close(opt.state[p]["spectral_v"], v1, atol=1e-12, rtol=0)
+    assert (one - two).abs().max().item() > 1e-6  # the number of iterations is visible
+
+
+def test_a_group_loaded_without_the_validate_key_still_validates():
+    # a state dict whose groups lack "validate" (saved before the option existed) keeps the
+    # documented default validate=True: a NaN gradient raises instead of poisoning the weights
+    p = torch.nn.Parameter(torch.ones(3, 2))
+    opt = Muon([p])
+    sd = opt.state_dict()
+    del sd["param_groups"][0]["validate"]
+    opt.load_state_dict(sd)
+    assert "validate" not in opt.param_groups[0]
+    p.grad = torch.tensor([[1.0, float("nan")], [0.0, 0.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match="must be finite"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.ones(3, 2))
