@@ -715,3 +715,379 @@ def test_power_iteration_class_check_limits_as_documented():
     # tol=0 is the safe setting
     exact = linalg.PowerIteration(tol=0.0, generator=gen(9))
     assert exact(_diag(1.0, 0.999, 0.8))[0].item() == 1
+
+
+# -- gaps found by mutation testing ------------------------------------------------------------
+
+
+def _plain_power(W, x, steps):
+    """`steps` textbook power steps x <- W^T W x / |W^T W x| in float64, from x normalised."""
+    x = x / x.norm()
+    for _ in range(steps):
+        y = W.T @ (W @ x)
+        x = y / y.norm()
+    return x
+
+
+def test_power_iteration_and_spectral_norm_default_step_counts():
+    # defaults from the signatures: power_iteration 10 steps, spectral_norm(method="power") 20,
+    # both from the all-ones start; rho = 0.9 so that one step more or less shows
+    W = planted([1.0, 0.9, 0.5], 6, 4, seed=40)
+    ones = torch.ones(4, dtype=F64)
+    sigma, _, v = linalg.power_iteration(W)
+    x10 = _plain_power(W, ones, 10)
+    torch.testing.assert_close(v, x10, rtol=0, atol=1e-13)
+    assert abs(sigma.item() - (W @ x10).norm().item()) < 1e-13
+    x20 = _plain_power(W, ones, 20)
+    assert abs(linalg.spectral_norm(W, "power").item() - (W @ x20).norm().item()) < 1e-13
+
+
+def test_power_iteration_class_default_cold_steps_and_warm_vector():
+    # cold_iters defaults to 10: the call measures sigma at x_9 (nine steps from the normalised
+    # Gaussian start) and keeps the next iterate x_10 as its warm vector
+    W = planted([1.0, 0.9, 0.5], 6, 4, seed=41)
+    tracker = linalg.PowerIteration(tol=math.inf, generator=gen(3))
+    sigma, u, v = tracker(W)
+    x0 = torch.randn(4, dtype=F64, generator=gen(3))
+    x9, x10 = _plain_power(W, x0, 9), _plain_power(W, x0, 10)
+    torch.testing.assert_close(v, x9, rtol=0, atol=1e-13)
+    torch.testing.assert_close(tracker.v, x10, rtol=0, atol=1e-13)
+    assert abs(sigma.item() - (W @ x9).norm().item()) < 1e-13
+    torch.testing.assert_close(u, W @ x9 / (W @ x9).norm(), rtol=0, atol=1e-13)
+
+
+def test_power_iteration_class_default_tol_bounds_the_error():
+    # tol defaults to 1e-6: with the defaults, sigma is within 1e-6 relatively, also where the
+    # 10 cold steps cannot get there (rho = 0.95, so the check falls back)
+    W = planted([1.0, 0.95, 0.5], 30, 20, seed=42)
+    tracker = linalg.PowerIteration(generator=gen(0))
+    assert rel(tracker(W)[0], torch.linalg.svdvals(W)[0]) <= 1e-6
+    unchecked = linalg.PowerIteration(tol=math.inf, generator=gen(0))
+    assert rel(unchecked(W)[0], torch.linalg.svdvals(W)[0]) > 1e-6  # the steps alone are off
+
+
+def test_power_iteration_class_cold_residuals_and_contraction():
+    # the documented check on the last two steps: eta = |W^T u - sigma x| / sigma at x_0 and
+    # x_1 (cold_iters=2), contraction = eta_1 / eta_0, from the Gaussian start normalised
+    # slice by slice
+    W = torch.stack([planted([2.0, 1.0, 0.5], 6, 4, seed=43 + i) * c
+                     for i, c in enumerate((1.0, 0.25, 0.1))])  # sigma_1 = 2, 0.5, 0.2
+    tracker = linalg.PowerIteration(cold_iters=2, tol=math.inf, generator=gen(5))
+    tracker(W)
+    x = torch.randn(3, 4, dtype=F64, generator=gen(5))
+    for i in range(3):
+        etas = []
+        for t in range(2):
+            xt = _plain_power(W[i], x[i], t)
+            s = (W[i] @ xt).norm()
+            etas.append(((W[i].T @ (W[i] @ xt / s) - s * xt).norm() / s).item())
+        assert abs(tracker.residual[i].item() - etas[1]) < 1e-13
+        assert abs(tracker.contraction[i].item() - etas[1] / etas[0]) < 1e-12
+
+
+def test_power_iteration_class_batched_warm_call_starts_from_the_kept_vector():
+    # a second call on a batch of the same shape is warm: its one step measures at the vector
+    # kept by the first call
+    W = torch.stack([planted([2.0, 1.0, 0.5], 6, 4, seed=s) for s in range(3)])
+    tracker = linalg.PowerIteration(tol=math.inf, generator=gen(0))
+    tracker(W)
+    kept = tracker.v.clone()
+    assert kept.shape == (3, 4)
+    sigma, _, v = tracker(W)
+    torch.testing.assert_close(v, kept, rtol=0, atol=0)
+    torch.testing.assert_close(sigma, (W @ kept.unsqueeze(-1)).squeeze(-1).norm(dim=-1),
+                               rtol=1e-14, atol=0)
+
+
+def test_power_iteration_class_fallback_stores_the_exact_residual():
+    # a slice recomputed by the SVD is an exact singular pair: its residual is stored as 0
+    W = planted([1.0, 0.999, 0.5, 0.2], 40, 30, seed=16)
+    tracker = linalg.PowerIteration(generator=gen(0))
+    sigma, u, v = tracker(W)
+    assert tracker.fallbacks == 1
+    assert ((W.T @ u - sigma * v).norm() / sigma).item() < 1e-13  # it is exact ...
+    assert tracker.residual.item() == 0  # ... and recorded so
+
+
+@pytest.mark.parametrize("dtype, scale", [(torch.float32, 1e-22), (F64, 1e-160)])
+def test_power_iteration_class_warm_calls_far_below_unit_scale(dtype, scale):
+    # warm calls run split steps only (u = Wx/|Wx|, then W^T u), which square the scale once:
+    # in float32 a sigma_1 of 3e-22 (float64: 3e-160) loses precision there and must be redone
+    W = planted([3.0, 1.0, 0.5], 7, 5, seed=23).to(dtype) * scale
+    exact = torch.linalg.svdvals(W.double())[0].item()
+    tracker = linalg.PowerIteration(generator=gen(0))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for _ in range(3):
+        assert abs(tracker(W)[0].item() / exact - 1) < tol
+
+
+def test_power_iteration_float32_scale_sweep_below_unit():
+    # a plain step reaches the fourth power of the scale: a float32 sigma_1 of 3e-11 puts its
+    # squares in the subnormals, so it must be rescaled like the smaller ones (after one step too)
+    W = planted([3.0, 1.0, 0.5], 7, 5, seed=22)
+    for iters in (1, 30):
+        want = linalg.power_iteration(W, iters)[0].item()
+        for c in [1e-6, 1e-8, 1e-9, 1e-10, 3e-11, 1e-11, 1e-12, 1e-14]:
+            sigma = linalg.power_iteration(W.float() * c, iters)[0].item()
+            assert abs(sigma / (c * want) - 1) < 1e-5, (iters, c)
+
+
+@pytest.mark.parametrize("dtype, scale", [(torch.float32, 1e-30), (torch.float32, 1e20),
+                                          (F64, 1e-200), (F64, 1e200)])
+def test_power_iteration_rescales_a_matrix_with_zero_entries(dtype, scale):
+    # the rescaling divides by max|W_ij|: a zero entry (here most of them) must not stop it
+    W = torch.zeros(4, 3, dtype=dtype)
+    W[0, 0], W[1, 1], W[2, 2] = 3.0, 1.0, 0.5
+    sigma, u, v = linalg.power_iteration(W * scale, 30)
+    assert abs(sigma.item() / (3.0 * scale) - 1) < 1e-6
+    e = torch.eye(4, 3, dtype=F64)
+    torch.testing.assert_close(torch.outer(u, v).double(), torch.outer(e[:, 0], e[0]),
+                               rtol=0, atol=1e-6)
+
+
+def test_spectral_norm_grad_cheap_path_normalises_v():
+    # v may have any non-zero length (power_iteration's v is a unit vector, a warm vector
+    # need not be): the result is u1 v1^T for every multiple of v1
+    W = planted([2.0, 1.0, 0.5], 5, 4, seed=44)
+    U, _, Vh = torch.linalg.svd(W)
+    want = torch.outer(U[:, 0], Vh[0])
+    for c in (3.0, 0.25, -2.0):
+        torch.testing.assert_close(linalg.spectral_norm_grad(W, v=c * Vh[0]), want, rtol=0,
+                                   atol=1e-13)
+
+
+def test_effective_rank_exact_path_default_rtol_uses_the_longer_side():
+    # rank's default rtol is max(n, m) * eps like torch.linalg.matrix_rank, also with
+    # exact=True: sigma_2 = 1e-15 lies between 2 eps and 10 eps (float64, 10 x 2)
+    M = torch.zeros(10, 2, dtype=F64)
+    M[0, 0], M[1, 1] = 1.0, 1e-15
+    want = torch.linalg.matrix_rank(M).item()
+    assert want == 1
+    for exact in (False, True):
+        assert linalg.effective_rank(M, "rank", exact=exact).item() == want
+        assert linalg.effective_rank(M.T, "rank", exact=exact).item() == want
+
+
+def test_effective_rank_rtol_zero_counts_only_positive_values():
+    # "rank" counts sigma_i > rtol * sigma_1 strictly: with rtol=0 exact zeros do not count,
+    # as in torch.linalg.matrix_rank(..., rtol=0)
+    s = torch.tensor([2.0, 1.0, 0.0, 0.0], dtype=F64)
+    assert linalg.effective_rank(s, "rank", rtol=0.0, singular_values=True).item() == 2
+    D = torch.diag(s)
+    assert linalg.effective_rank(D, "rank", rtol=0.0).item() == \
+        torch.linalg.matrix_rank(D, rtol=0.0, atol=0.0).item() == 2
+    assert linalg.effective_rank(D, "rank", rtol=0.0, exact=True).item() == 2
+
+
+def test_schatten_default_order_is_one():
+    # k defaults to 1: the Schatten rank is then sum_i sigma_i / sigma_1 (the intrinsic rank)
+    s = torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=F64)
+    got = linalg.effective_rank(s, "schatten", singular_values=True)
+    assert abs(got.item() - (4 + 2 + 1 + 0.5) / 4) < 1e-15
+
+
+def test_effective_rank_accepts_singular_values_as_a_list():
+    # array-likes are converted like every dlmath input (to float32 for Python floats)
+    got = linalg.effective_rank([4.0, 2.0, 1.0, 0.5], "intrinsic", singular_values=True)
+    assert got.dtype == torch.float32 and abs(got.item() - 1.875) < 1e-6
+    assert linalg.effective_rank([1.0, 0.0], "rank", singular_values=True).item() == 1
+
+
+def test_effective_rank_of_a_scalar_names_the_matrix_shape():
+    for exact in (False, True):
+        with pytest.raises(ValueError, match=r"M must be a matrix \(\.\.\., n, m\), got shape "
+                                             r"\(\)"):
+            linalg.effective_rank(torch.tensor(3.0), exact=exact)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_cholesky_routing_is_scale_free(scale):
+    # the shift c = size eps ||G||_F is relative to the Gram matrix: scaling M does not change
+    # which slices clear the float32 rounding
+    good = planted([1.0, 0.9, 0.8, 0.7], 5, 4, seed=20).float()
+    bad = planted([1.0, 0.5, 0.0, 0.0], 5, 4, seed=21).float()
+    gram = linalg._small_gram(torch.stack([good, bad]) * scale)
+    assert linalg._clears_rounding(gram, 5).tolist() == [True, False]
+
+
+def test_effective_rank_cholesky_test_starts_above_aspect_two_thirds(monkeypatch):
+    # the Cholesky test runs only where the shorter side is more than 2/3 of the longer: at
+    # exactly 2/3 (6 x 4) a float32 matrix goes to the float32 eigenvalues first
+    M = planted([1.0, 0.5, 0.0, 0.0], 6, 4, seed=21).float()
+    calls = []
+    real = linalg._gram_rank
+
+    def spy(gram, args):
+        calls.append(gram.dtype)
+        return real(gram, args)
+
+    monkeypatch.setattr(linalg, "_gram_rank", spy)
+    assert linalg.effective_rank(M, "rank").item() == 2
+    assert calls == [torch.float32, torch.float64]  # unsure in float32, redone in float64
+
+
+def test_power_iteration_zero_steps_normalise_each_slice():
+    # iters=0 only normalises the start vector, slice by slice (here the all-ones start)
+    W = torch.randn(3, 5, 4, dtype=F64, generator=gen(45))
+    sigma, u, v = linalg.power_iteration(W, 0)
+    torch.testing.assert_close(v, torch.full((3, 4), 0.5, dtype=F64), rtol=0, atol=1e-15)
+    want = (W @ torch.full((4,), 0.5, dtype=F64)).norm(dim=-1)
+    torch.testing.assert_close(sigma, want, rtol=1e-14, atol=0)
+
+
+def test_power_iteration_class_zero_matrix_keeps_a_unit_vector():
+    # on the zero matrix W^T u = 0: the iterate stays where it is (a unit vector), it does not
+    # become the zero vector, which would leave every later warm call at sigma = 0
+    tracker = linalg.PowerIteration(generator=gen(0))
+    sigma, u, v = tracker(torch.zeros(4, 3, dtype=F64))
+    assert sigma.item() == 0 and (u == 0).all()
+    assert abs(v.norm().item() - 1) < 1e-15 and abs(tracker.v.norm().item() - 1) < 1e-15
+    assert tracker.residual.item() == 0  # no residual to measure, and no NaN stored
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+@pytest.mark.parametrize("n, m", [(5, 1), (1, 4), (4, 2), (2, 5), (6, 3)])
+def test_power_iteration_class_exact_path_stores_the_exact_contraction(n, m, scale):
+    # the exact fallback stores rho^2 = (sigma_2 / sigma_1)^2 (0 when there is no sigma_2), for
+    # any number of singular values and any scale
+    s = [2.0, 1.5, 0.5][:min(n, m)]
+    W = planted(s, n, m, seed=46) * scale
+    tracker = linalg.PowerIteration(tol=0.0, generator=gen(0))
+    sigma, u, v = tracker(W)
+    assert tracker.fallbacks == 1 and abs(sigma.item() - 2.0 * scale) < 1e-14
+    want = (s[1] / s[0]) ** 2 if len(s) > 1 else 0.0
+    assert abs(tracker.contraction.item() - want) < 1e-14
+
+
+def test_power_iteration_class_falls_back_where_the_bound_exceeds_tol():
+    # the check: fall back iff eta^2 / (2 (1 - rho^2)) > tol, with eta and rho^2 from the last
+    # two steps; the bound is computed here from the two residuals, and tol set on either side
+    W = planted([2.0, 1.0, 0.5], 6, 4, seed=43)
+    x = torch.randn(4, dtype=F64, generator=gen(5))
+    etas = []
+    for t in range(2):
+        xt = _plain_power(W, x, t)
+        s = (W @ xt).norm()
+        etas.append(((W.T @ (W @ xt / s) - s * xt).norm() / s).item())
+    bound = etas[1] ** 2 / (2 * (1 - etas[1] / etas[0]))
+    for factor, fallbacks in ((0.9, 1), (1.1, 0)):
+        tracker = linalg.PowerIteration(cold_iters=2, tol=factor * bound, generator=gen(5))
+        tracker(W)
+        assert tracker.fallbacks == fallbacks, factor
+
+
+def test_spectral_norm_grad_cheap_path_batched_and_small_scale():
+    # each slice's v is normalised on its own; sigma_1 below 1 changes nothing
+    W = torch.stack([planted([0.5, 0.2, 0.1], 5, 4, seed=s) for s in range(3)])
+    U, _, Vh = torch.linalg.svd(W)
+    v = Vh[:, 0] * torch.tensor([0.5, 2.0, 3.0], dtype=F64)[:, None]
+    want = U[:, :, :1] @ Vh[:, :1, :]
+    torch.testing.assert_close(linalg.spectral_norm_grad(W, v=v), want, rtol=0, atol=1e-13)
+
+
+def test_spectral_norm_grad_cheap_path_zero_image_gives_zero():
+    # W v = 0 (the zero matrix, or v in the null space): u = 0 and the result is 0, as the
+    # exact path returns 0 for the zero matrix; never NaN
+    assert (linalg.spectral_norm_grad(torch.zeros(3, 4, dtype=F64), v=torch.ones(4, dtype=F64))
+            == 0).all()
+    W = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=F64)
+    assert (linalg.spectral_norm_grad(W, v=torch.tensor([0.0, 1.0], dtype=F64)) == 0).all()
+
+
+def test_spectral_norm_grad_default_rtol_is_ten_times_the_longer_side_times_eps():
+    # sigma_2 counts as tied iff sigma_2 >= (1 - 10 max(n, m) eps) sigma_1: for 3 x 2 that is
+    # a gap of 30 eps; 29 eps is a tie (G = (u1 v1^T + u2 v2^T) / 2), 31 eps is not
+    # (of each matrix: a batch of 20 changes nothing)
+    eps = torch.finfo(F64).eps
+    for gap, tied in ((29, True), (31, False)):
+        M = torch.zeros(3, 2, dtype=F64)
+        M[0, 0], M[1, 1] = 1.0, 1.0 - gap * eps
+        want = torch.zeros(3, 2, dtype=F64)
+        want[0, 0], want[1, 1] = (0.5, 0.5) if tied else (1.0, 0.0)
+        torch.testing.assert_close(linalg.spectral_norm_grad(M), want, rtol=0, atol=0)
+        torch.testing.assert_close(linalg.spectral_norm_grad(M.expand(20, 3, 2)),
+                                   want.expand(20, 3, 2), rtol=0, atol=0)
+
+
+def test_effective_rank_last_tier_is_float64_svdvals():
+    # an exactly rank-2 float32 matrix (a repeated row): float32 rounding cannot separate its
+    # third singular value from 1e-7, so with rtol=1e-10 the fast path must end on float64
+    # svdvals (as exact=True and matrix_rank in float64 do)
+    a = torch.randn(2, 5, generator=gen(0))
+    M = torch.cat([a, a[:1]])
+    want = torch.linalg.matrix_rank(M.double(), rtol=1e-10).item()
+    assert want == 2
+    assert linalg.effective_rank(M, "rank", rtol=1e-10).item() == want
+    assert linalg.effective_rank(M, "threshold", eps=1e-10).item() == want
+
+
+def test_effective_rank_default_rtol_ignores_batch_dimensions():
+    # the default rtol is max(n, m) eps of each matrix (r eps for a vector of r singular
+    # values), whatever the batch size: sigma_2 = 2e-15 counts for a 3 x 2 matrix, 8e-16 for r = 2
+    M = torch.zeros(20, 3, 2, dtype=F64)
+    M[:, 0, 0], M[:, 1, 1] = 1.0, 2e-15
+    assert torch.linalg.matrix_rank(M).tolist() == [2] * 20
+    assert linalg.effective_rank(M, "rank").tolist() == [2.0] * 20
+    assert linalg.effective_rank(M, "rank", exact=True).tolist() == [2.0] * 20
+    s = torch.tensor([1.0, 8e-16], dtype=F64).expand(5, 2)
+    assert linalg.effective_rank(s, "rank", singular_values=True).tolist() == [2.0] * 5
+
+
+def test_power_iteration_u_is_a_unit_vector_below_unit_scale():
+    # u = W x_T / sigma also for sigma_1 < 1 (the scale-free redo path only sees sigma_1 >= 1)
+    W = planted([0.5, 0.1, 0.05], 6, 4, seed=47)
+    U, S, Vh = torch.linalg.svd(W)
+    sigma, u, v = linalg.power_iteration(W, 40)
+    assert abs(sigma.item() - 0.5) < 1e-14 and abs(u.norm().item() - 1) < 1e-14
+    torch.testing.assert_close(torch.outer(u, v), torch.outer(U[:, 0], Vh[0]), rtol=0,
+                               atol=1e-12)
+
+
+def test_effective_rank_gram_path_defers_a_small_normalized_entropy():
+    # the check is relative to the value: a normalized entropy of 2.5e-4 (one dominant
+    # direction) is too small for float32 eigenvalues to give to 1e-4, and must be redone
+    M = planted([1.0, 3e-3, 3e-3, 3e-3], 40, 4, seed=48).float()
+    fast = linalg.effective_rank(M, "normalized_entropy")
+    exact = linalg.effective_rank(M, "normalized_entropy", exact=True)
+    assert rel(fast, exact) <= 1e-4
+
+
+def test_gram_rank_is_unsure_when_either_end_of_the_intervals_moves_the_value():
+    # float32 Gram matrix diag(1, lambda_2), tau = 2 eps: at lambda_2 = 1.4e-6 raising the
+    # eigenvalues by tau moves the intrinsic rank by less than 1e-4 relatively, lowering them
+    # by more (sqrt is steeper below): the lower end alone makes the slice unsure
+    tau = 2 * torch.finfo(torch.float32).eps
+    args = (2, "intrinsic", None, True, 1.0, None, None, None, torch.float32)
+    for lam2, unsure in ((1.4e-6, True), (3e-6, False)):
+        value = 1 + math.sqrt(lam2)
+        high = (1 + math.sqrt(lam2 + tau)) / math.sqrt(1 + tau)
+        low = (1 + math.sqrt(lam2 - tau)) / math.sqrt(1 - tau)
+        assert abs(high - value) < 1e-4 * value
+        assert (abs(low - value) > 1e-4 * value) == unsure
+        got, flag = linalg._gram_rank(torch.diag(torch.tensor([1.0, lam2])), args)
+        assert abs(got.item() - value) < 1e-6 and flag.item() == unsure, lam2
+
+
+@pytest.mark.parametrize("cold_iters, cold_fallbacks", [(2, 0), (3, 1), (10, 1)])
+def test_power_iteration_class_floor_follows_the_kind_of_steps(cold_iters, cold_fallbacks):
+    # with tol=inf only over- or underflow falls back: a float32 sigma_1 of 3e-9 is below the
+    # floor of plain steps (about 1e-7: a cold call with a plain step, cold_iters > 2) but far
+    # above that of split steps (about 1e-15: cold_iters=2, and every warm call); the gap
+    # (rho = 0.01) makes two steps accurate
+    W = planted([3.0, 0.03, 0.01], 7, 5, seed=22).float() * 1e-9
+    exact = torch.linalg.svdvals(W.double())[0].item()
+    tracker = linalg.PowerIteration(cold_iters=cold_iters, tol=math.inf, generator=gen(0))
+    for _ in range(3):
+        assert abs(tracker(W)[0].item() / exact - 1) < 1e-5
+        assert tracker.fallbacks == cold_fallbacks
+
+
+def test_normalized_entropy_of_two_singular_values():
+    # H(p) / log r also for r = 2 (only r = 1 is defined as 1): gamma = 2, s = (2, 1) gives
+    # p = (0.8, 0.2)
+    got = linalg.effective_rank(torch.tensor([2.0, 1.0], dtype=F64), "normalized_entropy",
+                                singular_values=True)
+    want = -(0.8 * math.log(0.8) + 0.2 * math.log(0.2)) / math.log(2)
+    assert abs(got.item() - want) < 1e-14
+    assert linalg.effective_rank(torch.eye(2, dtype=F64), "normalized_entropy").item() == \
+        pytest.approx(1.0, abs=1e-14)

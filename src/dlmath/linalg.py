@@ -321,9 +321,10 @@ def spectral_norm_grad(W, v=None, rtol: float | None = None) -> torch.Tensor:
     ``rtol`` defaults to ``10 * max(n, m) * eps`` of the dtype, the rounding level of the SVD.
     For the zero matrix the subdifferential is the unit ball of the nuclear norm and ``G = 0``.
 
-    Cheap path (``v`` given, e.g. from :func:`power_iteration`): the rank-one form
-    :math:`W v v^\top / \|W v\|`, which equals :math:`u_1 v_1^\top` when :math:`v = \pm v_1`
-    and costs one matrix-vector product; ``v`` has shape ``(m,)`` or ``(..., m)`` with leading
+    Cheap path (``v`` given, e.g. from :func:`power_iteration`): with :math:`\hat v = v/\|v\|`,
+    the rank-one form :math:`W \hat v \hat v^\top / \|W \hat v\|` (zero where
+    :math:`W\hat v = 0`), which equals :math:`u_1 v_1^\top` when :math:`v \parallel v_1` and costs
+    one matrix-vector product; ``v`` has shape ``(m,)`` or ``(..., m)`` with leading
     dimensions broadcasting to ``W``'s batch shape, and must be non-zero (``ValueError``
     otherwise, as in :func:`power_iteration`).
 
