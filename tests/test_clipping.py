@@ -298,3 +298,28 @@ def test_fuzz_first_order_change_takes_a_single_tensor_and_a_generator_direction
     a2, p2 = cl.first_order_change(_loss, _P, lambda gs: (g for g in gs), etas)
     assert torch.equal(a1, a2) and torch.equal(p1, p2)
     assert torch.allclose(p1, torch.tensor([-2.0, -4.0], dtype=torch.float64))  # -eta |g|^2
+
+
+# -- gaps found by mutation testing ---------------------------------------------------------
+
+def test_sign_cosine_of_a_matrix_is_per_slice_along_dim():
+    # default dim = -1: one cosine per row, |g|_1 / (sqrt(nnz) |g|_2) of that row, each row
+    # rescaled by its own maximum (rows of very different scale, square so that a wrong
+    # broadcast of the row maxima would not raise); dim=0 is the same on the transpose
+    g = torch.tensor([[3.0, -4.0, 0.0], [1e-3, 2e-3, -2e-3], [5e4, 1e4, 1e4]], dtype=F64)
+
+    def by_hand(rows):
+        return torch.tensor([r.abs().sum().item() / (math.sqrt(int((r != 0).sum()))
+                                                     * math.sqrt((r * r).sum().item()))
+                             for r in rows], dtype=F64)
+
+    torch.testing.assert_close(cl.sign_cosine(g), by_hand(g), rtol=1e-14, atol=0)
+    torch.testing.assert_close(cl.sign_cosine(g, dim=0), by_hand(g.T), rtol=1e-14, atol=0)
+    assert cl.sign_cosine(g[:2]).shape == (2,)
+
+
+def test_clip_coefficient_when_the_norm_equals_eps():
+    # min(1, tau / (|g| + eps)) also at |g| = eps > 0 (only |g| + eps = 0 is special-cased)
+    eps = 1e-6
+    coef = cl.clip_coefficient(torch.tensor(eps, dtype=F64), 1e-7, eps=eps)
+    assert coef.item() == pytest.approx(1e-7 / (2 * eps), rel=1e-15)

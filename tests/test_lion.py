@@ -497,3 +497,121 @@ def test_a_group_on_several_devices_takes_the_foreach_path(monkeypatch):
         assert _fused.use_fused(opt, params) is False
     assert opt._fused_off == "the parameters of a group span several devices"
     assert _fused.use_fused(types.SimpleNamespace(fused=True), params[:1]) is True
+
+
+# -- gaps found by mutation testing ---------------------------------------------------------
+
+def test_defaults_are_lr_1e_4_betas_0_9_0_99_and_no_decay():
+    # Lion(params) and lion_update(..., lr=) default to betas (0.9, 0.99) and weight_decay 0;
+    # Lion's lr defaults to 1e-4. From m = 0: theta' = theta - lr sign(g), m' = 0.01 g
+    # (no shrinking of theta); then from that m the interpolation 0.9 m + 0.1 g decides
+    theta = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    g1 = torch.tensor([2.0, -4.0, 1.0], dtype=torch.float64)
+    p = torch.nn.Parameter(theta.clone())
+    opt = Lion([p])
+    p.grad = g1
+    opt.step()
+    assert torch.equal(p.detach(), torch.tensor([1.0 - 1e-4, -2.0 + 1e-4, 3.0 - 1e-4],
+                                                dtype=torch.float64))
+    m = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
+    g2 = torch.tensor([-8.0, 10.0, 1.0], dtype=torch.float64)  # 0.9 m + 0.1 g = 0.1, 0.1, 0.55
+    new, m_new = lion_update(theta, m, g2, lr=0.25)
+    assert torch.equal(new, torch.tensor([0.75, -2.25, 2.75], dtype=torch.float64))
+    torch.testing.assert_close(m_new, 0.99 * m + 0.01 * g2, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("wd", [1.0, 0.5])
+def test_weight_decay_of_one_shrinks_by_one_minus_lr(wd):
+    # theta' = (1 - lr wd) theta - lr sign(...), also at weight_decay = 1 (theta (1 - lr))
+    (p,) = _params([(4, 3)], torch.float64, seed=6)
+    theta = p.detach().clone()
+    g = torch.randn(p.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    lr = 0.125
+    want = (1 - lr * wd) * theta - lr * torch.sign(g)  # m = 0: sign(0.1 g) = sign(g)
+    new, _ = lion_update(theta, torch.zeros_like(theta), g, lr=lr, weight_decay=wd)
+    torch.testing.assert_close(new, want, rtol=0, atol=1e-15)
+    opt = Lion([p], lr=lr, weight_decay=wd, fused=False)
+    p.grad = g
+    opt.step()
+    torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-15)
+
+
+def test_foreach_keeps_a_large_non_contiguous_parameter_whole(monkeypatch):
+    # _waves cuts only contiguous tensors into flat chunks (a transposed one has no flat view):
+    # a non-contiguous parameter larger than a chunk is stepped whole, as lion_update does
+    import dlmath.optim.lion as lion_module
+
+    monkeypatch.setattr(lion_module, "CHUNK", 64)
+    gen = torch.Generator().manual_seed(8)
+    p = torch.nn.Parameter(torch.randn(30, 20, generator=gen, dtype=torch.float64).T)
+    assert not p.is_contiguous() and p.numel() > 64
+    theta, m = p.detach().clone(), torch.zeros(20, 30, dtype=torch.float64)
+    opt = Lion([p], lr=0.01, betas=(0.8, 0.95), weight_decay=0.1, fused=False)
+    for _ in range(3):
+        g = torch.randn(30, 20, generator=gen, dtype=torch.float64).T
+        p.grad = g
+        opt.step()
+        theta, m = lion_update(theta, m, g, lr=0.01, betas=(0.8, 0.95), weight_decay=0.1)
+    assert torch.equal(p.detach(), theta) and torch.equal(opt.state[p]["exp_avg"], m)
+
+
+@pytest.mark.parametrize("shapes", [[(8, 8)], [(8, 8), (16, 8)], [(4, 4), (48,)], [(200,)]])
+def test_foreach_waves_ending_on_a_chunk_boundary(monkeypatch, shapes):
+    # parameters that fill the chunks exactly: every wave holds a tensor (foreach ops refuse
+    # an empty list) and together they cover each element once; the step is lion_update's
+    import dlmath.optim.lion as lion_module
+
+    monkeypatch.setattr(lion_module, "CHUNK", 64)
+    ps = _params(shapes, torch.float64, seed=9)
+    waves = lion_module._waves(ps, ps, ps)
+    assert all(w[0] for w in waves)
+    assert sum(t.numel() for w in waves for t in w[0]) == sum(p.numel() for p in ps)
+    refs = [(p.detach().clone(), torch.zeros_like(p)) for p in ps]
+    opt = Lion(ps, lr=0.01, weight_decay=0.1, fused=False)
+    gen = torch.Generator().manual_seed(10)
+    for _ in range(2):
+        for i, p in enumerate(ps):
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            refs[i] = lion_update(*refs[i], p.grad, lr=0.01, weight_decay=0.1)
+        opt.step()
+    assert all(torch.equal(p.detach(), theta) for p, (theta, _) in zip(ps, refs, strict=True))
+
+
+def test_fused_single_parameter_group_runs_the_compiled_kernel():
+    # a group of one parameter takes the compiled kernel like any other (no fallback, no
+    # warning) and matches the foreach path bit for bit
+    import warnings
+
+    a = _params([(40, 30)], torch.float32, seed=11)
+    b = _clone(a)
+    fused = Lion(a, lr=0.03, betas=(0.8, 0.95), weight_decay=0.1, fused=True)
+    eager = Lion(b, lr=0.03, betas=(0.8, 0.95), weight_decay=0.1, fused=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        _step_both(a, b, fused, eager, 3)
+    assert getattr(fused, "_fused_off", None) is None
+    assert torch.equal(a[0], b[0])
+    assert torch.equal(fused.state[a[0]]["exp_avg"], eager.state[b[0]]["exp_avg"])
+
+
+def test_fused_recompile_limit_falls_back_to_foreach(monkeypatch):
+    # past RECOMPILE_LIMIT graphs Dynamo would run the kernel body eagerly (prims.fma rounds
+    # twice there); it is made an error instead: warn once, then the foreach path
+    from dlmath.optim import _fused
+
+    monkeypatch.setattr(_fused, "RECOMPILE_LIMIT", 1)
+    a = _params([(7, 3), (2, 9), (6,), (5,)], torch.float32, seed=12)  # two new shape lists
+    b = _clone(a)
+    spec = lambda ps: [{"params": ps[:2]}, {"params": ps[2:]}]  # noqa: E731
+    fused = Lion(spec(a), lr=0.03, weight_decay=0.1, fused=True)
+    eager = Lion(spec(b), lr=0.03, weight_decay=0.1, fused=False)
+    g = torch.Generator().manual_seed(13)
+    with pytest.warns(RuntimeWarning, match="fused"):
+        for _ in range(3):
+            for p, q in zip(a, b, strict=True):
+                p.grad = torch.randn(p.shape, generator=g)
+                q.grad = p.grad.clone()
+            fused.step()
+            eager.step()
+    assert "Recompile" in fused._fused_off or "recompile" in fused._fused_off
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))

@@ -167,3 +167,56 @@ def test_fuzz_sign_decay_closed_form_names_t_and_s():
     out = sign_decay_closed_form(theta0, torch.tensor([1, -1]), lr=0.1, weight_decay=0.1,
                                  t=torch.tensor([0, 2]))
     assert torch.allclose(out, torch.tensor([0.0, 10 * (1 - 0.99**2)], dtype=torch.float64))
+
+
+# -- gaps found by mutation testing ---------------------------------------------------------
+
+def test_signsgd_defaults_are_lr_1e_4_and_no_decay():
+    # SignSGD(params) is SignSGD with lr = 1e-4, momentum 0 and weight_decay 0: the step is
+    # exactly -1e-4 sign(g), the parameter is not shrunk
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=torch.float64))
+    p.grad = torch.tensor([0.5, 0.5, -0.5, 0.0], dtype=torch.float64)
+    SignSGD([p]).step()
+    assert torch.equal(p.detach(), torch.tensor([1.0 - 1e-4, -2.0 - 1e-4, 3.0 + 1e-4, 0.5],
+                                                dtype=torch.float64))
+
+
+def test_signum_update_defaults_are_momentum_0_9_and_no_decay():
+    # m' = 0.9 m + 0.1 g, theta' = theta - lr sign(m'); the m and g below disagree in sign so
+    # that 0.9 decides the step (coordinate 0: m wins, coordinate 1: g wins)
+    theta = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    m = torch.tensor([1.0, -0.1, 0.5], dtype=torch.float64)
+    g = torch.tensor([-8.0, 1.0, 2.0], dtype=torch.float64)
+    new, m_new = signum_update(theta, m, g, lr=0.25)
+    torch.testing.assert_close(m_new, 0.9 * m + 0.1 * g, rtol=0, atol=1e-15)
+    assert torch.equal(new, torch.tensor([0.75, -2.25, 2.75], dtype=torch.float64))
+
+
+def test_amos_rule_defaults_and_q():
+    # step defaults to 0 and kappa to 0, so eta = alpha0 sigma whatever the other; and the
+    # weight decay is alpha0 / (2 q sigma) for any q, not only q = 1
+    a0, sigma = 2e-3, 0.04
+    assert amos_sign_hparams(a0, sigma, kappa=0.5)[0] == pytest.approx(a0 * sigma, rel=1e-15)
+    assert amos_sign_hparams(a0, sigma, step=100)[0] == pytest.approx(a0 * sigma, rel=1e-15)
+    lr, wd = amos_sign_hparams(a0, sigma, q=4.0, kappa=0.5, step=2)
+    assert lr == pytest.approx(a0 * sigma / 2, rel=1e-15)
+    assert wd == pytest.approx(a0 / (8 * sigma), rel=1e-15)
+
+
+def test_signsgd_is_not_lazy():
+    # SignSGD has no lazy option: a row whose gradient is zero still takes the momentum's
+    # sign step and the weight decay (as signum_update does), unlike Lion(lazy=True)
+    gen = torch.Generator().manual_seed(2)
+    p = torch.nn.Parameter(torch.randn(3, 2, generator=gen, dtype=torch.float64))
+    theta, m = p.detach().clone(), torch.zeros_like(p)
+    opt = SignSGD([p], lr=0.01, momentum=0.9, weight_decay=0.1)
+    for step in range(3):
+        g = torch.randn(3, 2, generator=gen, dtype=torch.float64)
+        if step > 0:
+            g[0] = 0.0  # row 0 absent from the batch
+        before = p.detach().clone()
+        p.grad = g
+        opt.step()
+        theta, m = signum_update(theta, m, g, lr=0.01, momentum=0.9, weight_decay=0.1)
+        assert torch.equal(p.detach(), theta)
+    assert (p.detach()[0] != before[0]).all()

@@ -112,3 +112,18 @@ def test_bad_input():
     assert nested == [[1.0, 2.0], [3.0, 4.0]]
     with pytest.raises(ValueError, match="v must be"):
         spectral_decay_(W, 0.1, 0.1, v=torch.ones(2))
+
+
+# -- gaps found by mutation testing ---------------------------------------------------------
+
+def test_default_is_one_power_step_from_the_ones_vector():
+    # iters defaults to 1 and v=None starts from the ones vector: v = W^T W 1 / |W^T W 1| and
+    # W <- W - lr wd (W v) v^T, written out by hand (two power steps give another v)
+    W = planted([3.0, 2.0, 1.0], 6, 5, seed=5)
+    W0 = W.clone()
+    y = W0.T @ (W0 @ torch.ones(5, dtype=F64))
+    v_hand = y / torch.linalg.vector_norm(y)
+    v = spectral_decay_(W, 0.1, 0.5)
+    torch.testing.assert_close(v, v_hand, rtol=0, atol=1e-14)
+    torch.testing.assert_close(W, W0 - 0.05 * torch.outer(W0 @ v_hand, v_hand), rtol=0,
+                               atol=1e-14)

@@ -428,3 +428,82 @@ def test_box_holds_with_the_varying_matrix_learning_rate():
         opt.step()
         assert table.detach().abs().max() <= bound * (1 + 1e-15)
     assert table.detach().abs().max() > 0.45  # the wall 1/lambda = 0.5 is reached
+
+
+# -- gaps found by mutation testing ---------------------------------------------------------
+
+def test_defaults_are_relative_lr_1e_3_beta_0_965_and_no_decay():
+    # Tiger(params): alpha = 1e-3, so a vector moves by 0.5e-3 per entry and is not shrunk;
+    # tiger_update(..., lr=) defaults to beta = 0.965, weight_decay = 0
+    b = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+    b.grad = torch.tensor([2.0, -4.0, 0.5], dtype=torch.float64)
+    Tiger([b]).step()
+    assert torch.equal(b.detach(), torch.tensor([1.0 - 5e-4, -2.0 + 5e-4, 3.0 - 5e-4],
+                                                dtype=torch.float64))
+    theta = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    m = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
+    g = torch.tensor([-20.0, 30.0, 1.0], dtype=torch.float64)  # m wins, g wins, both agree
+    new, m_new = tiger_update(theta, m, g, lr=0.25)
+    torch.testing.assert_close(m_new, 0.965 * m + 0.035 * g, rtol=0, atol=1e-15)
+    assert torch.equal(new, torch.tensor([0.75, -2.25, 2.75], dtype=torch.float64))
+
+
+def test_fraction_unchanged_takes_0d_tensors_and_broadcasts():
+    # bfloat16 keeps 8 significant bits: the spacing below 1 is 2^-8 and below 256 is 1, so
+    # 256 - 0.01 rounds back to 256 while 1 - 0.01 does not; 0-d operands broadcast
+    assert fraction_unchanged(torch.tensor(256.0), torch.tensor(0.01), torch.bfloat16) == 1.0
+    assert fraction_unchanged(torch.tensor(1.0), torch.tensor(0.01), torch.bfloat16) == 0.0
+    assert fraction_unchanged(torch.tensor([1.0, 256.0]), torch.tensor(0.01),
+                              torch.bfloat16) == 0.5
+    assert fraction_unchanged(torch.tensor(256.0), torch.tensor([0.01, 4.0]),
+                              torch.bfloat16) == 0.5
+    # fl(theta - u), not fl(theta + u): 1 - 0.003 passes the midpoint 1 - 2^-9 and rounds
+    # to 1 - 2^-8, while 1 + 0.003 would round back to 1 (the spacing above 1 is 2^-7)
+    assert fraction_unchanged(torch.tensor(1.0), torch.tensor(0.003), torch.bfloat16) == 0.0
+    assert fraction_unchanged(torch.tensor(1.0), torch.tensor(-0.003), torch.bfloat16) == 1.0
+
+
+@pytest.mark.parametrize("wd", [1.0, 0.5])
+def test_weight_decay_of_one_shrinks_by_one_minus_eta(wd):
+    # theta' = (1 - eta wd) theta - eta sign(m), also at weight_decay = 1; element-wise kind,
+    # so eta = alpha / 2, and from m = 0 the sign is that of the gradient
+    b = _param((6,), seed=12)
+    theta = b.detach().clone()
+    b.grad = torch.randn(6, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    Tiger([b], lr=0.25, weight_decay=wd, fused=False).step()
+    want = (1 - 0.125 * wd) * theta - 0.125 * torch.sign(b.grad)
+    torch.testing.assert_close(b.detach(), want, rtol=0, atol=1e-15)
+
+
+def test_tiger_lr_of_a_0d_parameter():
+    # a scalar parameter (0-d) is element-wise under "auto": eta = alpha / 2; as a "matrix"
+    # its RMS is |theta|
+    assert tiger_lr(1e-3, torch.tensor(-3.0)) == 5e-4
+    assert tiger_lr(1e-3, torch.tensor(-3.0), "matrix") == pytest.approx(3e-3, rel=1e-15)
+
+
+def test_fused_micro_steps_that_neither_decay_nor_fire_leave_parameters_alone():
+    # accumulate=3: micro-step 2 of each cycle neither multiplies the momentum by beta nor
+    # moves the parameter; the compiled kernel must rewrite it unchanged (as foreach does).
+    # The groups, shapes and missing gradient of the fused test above (no new compile)
+    shapes = [(40, 30), (17,), (3, 4, 5), (), (1, 1)]
+    gen = torch.Generator().manual_seed(14)
+    a = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    kw = dict(lr=2e-2, beta=0.9, weight_decay=0.1, accumulate=3)
+    fused, eager = (Tiger([{"params": ps[:3]}, {"params": ps[3:], "kind": "elementwise"}],
+                          fused=f, **kw) for ps, f in ((a, True), (b, False)))
+    for step in range(1, 7):
+        before = [p.detach().clone() for p in a]
+        for i, (p, q) in enumerate(zip(a, b, strict=True)):
+            grad = None if i == 1 else torch.randn(p.shape, generator=gen)
+            p.grad, q.grad = grad, None if grad is None else grad.clone()
+        fused.step()
+        eager.step()
+        if step % 3 != 0:
+            assert all(torch.equal(p, p0) for p, p0 in zip(a, before, strict=True))
+    assert getattr(fused, "_fused_off", None) is None  # the compiled kernel really ran
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+    assert all(torch.equal(fused.state[p]["exp_avg"], eager.state[q]["exp_avg"])
+               for p, q in zip(a, b, strict=True) if p.grad is not None)
+    assert not torch.equal(a[0], before[0])  # the third micro-step did move
