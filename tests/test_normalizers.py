@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 import sys
 import types
+from fractions import Fraction
 from pathlib import Path
+from statistics import NormalDist
 
 import entmax
 import pytest
@@ -967,3 +969,174 @@ def test_thresholds_carry_no_gradient(threshold, method):
     lam = threshold(x, method=method)
     assert not lam.requires_grad
     torch.testing.assert_close(lam, threshold(x.detach(), method="sort"))
+
+
+# -- gaps found by mutation testing ---------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_taylor_softmax_order_limit_is_named_exactly(dtype):
+    # the refusal names the largest usable order: the largest even k with 1/k! >= tiny
+    # (documented: k <= 32 in float32, k <= 170 in float64), computed here in exact rationals;
+    # that order works and the next even one is refused
+    tiny = Fraction(torch.finfo(dtype).tiny)
+    kmax = 2
+    while Fraction(1, math.factorial(kmax + 2)) >= tiny:
+        kmax += 2
+    assert kmax == {torch.float32: 32, F64: 170}[dtype]
+    x = torch.tensor([3.0, 0.0, -1.0], dtype=dtype)
+    p = N.taylor_softmax(x, kmax)
+    assert torch.isfinite(p).all() and float(p.sum()) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match=f"use k <= {kmax} or a wider dtype"):
+        N.taylor_softmax(x, kmax + 2)
+
+
+def test_perturb_max_default_grid_is_the_documented_one():
+    # the default quadrature grid is N = 20000 points (the documented accuracy ~1/N and the
+    # p_0 ~ 1e-40 of x = [0, 15] are stated for it); every other test passes n_grid
+    x = torch.tensor([[0.3, -1.2, 2.5], [0.0, 15.0, 1.0]], dtype=F64)
+    for noise in ("gumbel", "normal"):
+        assert torch.equal(N.perturb_max(x, noise), N.perturb_max(x, noise, 20_000))
+
+
+def test_long_rows_see_their_leftover_tail():
+    # rows of n >= _WARM_MIN logits take their maxima over groups of _GROUP entries "plus the
+    # leftover tail": a row whose finite, +inf or NaN logits all sit in that tail (n = 4100 =
+    # 128 * 32 + 4) is still the 2-logit map, certain, or refused
+    n = 4100
+    assert n >= N._WARM_MIN and n % N._GROUP
+    x = torch.full((1, n), -math.inf, dtype=F64)
+    x[0, -2:] = torch.tensor([1.0, 0.5], dtype=F64)
+    # closed forms on (1, 0.5): sparsemax tau = 1/4; 1.5-entmax in z = x/2, the smaller root of
+    # (1/2 - t)^2 + (1/4 - t)^2 = 1; alpha = 1.25 against the `entmax` package
+    t = (1.5 - math.sqrt(2.25 - 8 * (0.3125 - 1))) / 4
+    maps = [(N.sparsemax, [0.75, 0.25]), (N.entmax15, [(0.5 - t) ** 2, (0.25 - t) ** 2]),
+            (lambda v: N.entmax(v, 1.25), entmax.entmax_bisect(x[0, -2:], 1.25, n_iter=100))]
+    for f, w in maps:
+        p = f(x)
+        torch.testing.assert_close(p[0, -2:], torch.as_tensor(w, dtype=F64), atol=1e-12, rtol=0)
+        assert torch.equal(p[0, :-2], torch.zeros(n - 2, dtype=F64))
+        y = torch.zeros(1, n, dtype=F64)
+        y[0, -1] = math.inf
+        assert torch.equal(f(y), torch.nn.functional.one_hot(torch.tensor([n - 1]), n).to(F64))
+        y[0, -1] = math.nan
+        with pytest.raises(ValueError, match="NaN"):
+            f(y)
+
+
+@pytest.mark.parametrize("name", list(ALL_MAPS))
+def test_a_lone_logit_is_validated_like_any_other(name):
+    # a tensor holding one logit is certain when finite or +inf, and refused when NaN or -inf,
+    # as every other slice is (test_bad_input and test_infinite_logits use longer rows)
+    f = ALL_MAPS[name]
+    for v in (3.0, math.inf):
+        assert f(torch.tensor([v], dtype=F64)).tolist() == [1.0]
+    with pytest.raises(ValueError, match="-inf everywhere"):  # Taylor's too (the module doc)
+        f(torch.tensor([-math.inf], dtype=F64))
+    with pytest.raises(ValueError, match="NaN"):
+        f(torch.tensor([math.nan], dtype=F64))
+
+
+def test_thresholds_of_a_lone_logit():
+    # one logit x: lambda = x - 1 in units of (alpha - 1) x, the top entry alone reaching 1
+    for method in ("sort", "newton"):
+        assert float(N.sparsemax_threshold(torch.tensor([3.0], dtype=F64), method=method)) == 2.0
+        assert float(N.entmax15_threshold(torch.tensor([3.0], dtype=F64), method=method)) == 0.5
+        for thr in (N.sparsemax_threshold, N.entmax15_threshold):
+            with pytest.raises(ValueError, match="NaN"):
+                thr(torch.tensor([math.nan], dtype=F64), method=method)
+            with pytest.raises(ValueError, match="-inf everywhere"):
+                thr(torch.tensor([-math.inf], dtype=F64), method=method)
+
+
+def test_entmax_family_defaults_to_alpha_one_and_a_half():
+    # alpha defaults to 1.5 in entmax, entmax_bisect, entmax_bisect_threshold, entmax_jacobian
+    # and entmax_loss. Closed form at x = (-2, 0, 0.5), z = x/2: the support is the top two,
+    # lambda the smaller root of (0 - t)^2 + (1/4 - t)^2 = 1, p = (z - lambda)_+^2
+    x = torch.tensor([-2.0, 0.0, 0.5], dtype=F64)
+    lam = (0.5 - math.sqrt(0.25 - 8 * (0.0625 - 1))) / 4
+    p = [0.0, (0.0 - lam) ** 2, (0.25 - lam) ** 2]
+    want = torch.tensor(p, dtype=F64)
+    torch.testing.assert_close(N.entmax(x), want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(N.entmax_bisect(x), want, atol=1e-12, rtol=0)
+    assert float(N.entmax_bisect_threshold(x)) == pytest.approx(lam, abs=1e-12)
+    s = torch.tensor([v**0.5 for v in p], dtype=F64)  # s = p^(2 - alpha) on the support
+    jac = torch.diag(s) - torch.outer(s, s) / s.sum()
+    torch.testing.assert_close(N.entmax_jacobian(x), jac, atol=1e-12, rtol=0)
+    tsallis = (1 - sum(v**1.5 for v in p)) / (1.5 * 0.5)
+    loss = sum(a * b for a, b in zip(p, x.tolist(), strict=True)) - 0.5 + tsallis  # target 2
+    assert float(N.entmax_loss(x, torch.tensor(2))) == pytest.approx(loss, abs=1e-12)
+
+
+def test_am_softmax_loss_defaults_are_wang_et_al():
+    # documented defaults m = 0.35, tau = 1/30; the loss in plain Python from the cosines
+    z = [[1.0, 2.0, -0.5], [0.3, -1.0, 0.8]]
+    centers = [[1.0, 0.0, 0.0], [0.5, 1.0, -1.0], [-1.0, 0.2, 0.4], [0.0, -2.0, 1.0]]
+    target = [1, 3]
+
+    def cos(a, b):
+        return sum(u * v for u, v in zip(a, b, strict=True)) / math.hypot(*a) / math.hypot(*b)
+
+    want = []
+    for zi, t in zip(z, target, strict=True):
+        logits = [(cos(zi, c) - (0.35 if j == t else 0.0)) * 30 for j, c in enumerate(centers)]
+        top = max(logits)
+        want.append(top + math.log(sum(math.exp(v - top) for v in logits)) - logits[t])
+    got = N.am_softmax_loss(torch.tensor(z, dtype=F64), torch.tensor(centers, dtype=F64),
+                            torch.tensor(target))
+    assert got.tolist() == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("noise", ["gumbel", "normal"])
+def test_perturb_max_is_the_documented_quadrature(noise):
+    # p_i proportional to sum_k prod_(j != i) Phi(x_i - x_j + eps_k) over the whole inverse-cdf
+    # grid eps_k = Phi^-1((k + 1/2)/N), k = 0..N-1, in plain Python (N small: each point counts)
+    if noise == "gumbel":
+        cdf, inv = (lambda e: math.exp(-math.exp(-e))), (lambda u: -math.log(-math.log(u)))
+    else:
+        cdf, inv = NormalDist().cdf, NormalDist().inv_cdf
+    x, n_grid = [0.5, -1.0, 2.0, 0.25], 7
+    eps = [inv((k + 0.5) / n_grid) for k in range(n_grid)]
+    w = [sum(math.prod(cdf(xi - xj + e) for j, xj in enumerate(x) if j != i) for e in eps)
+         for i, xi in enumerate(x)]
+    want = [v / sum(w) for v in w]
+    got = N.perturb_max(torch.tensor(x, dtype=F64), noise, n_grid)
+    assert got.tolist() == pytest.approx(want, rel=1e-12)
+
+
+def test_bisection_default_iterations_are_mantissa_bits_plus_three():
+    # documented: n_iter defaults to 55 halvings in float64 and 26 in float32. Thresholds near
+    # -1/2 reach the dtype's resolution before that (further halvings change nothing), so the
+    # flat rows put it at -n^-beta, close to 0, where every halving counts
+    x = torch.cat([randn(30, 7, seed=52), ties(30, 7, seed=53)])
+    flat = torch.zeros(2, 1000, dtype=F64)
+    for dtype, n_iter in ((F64, 55), (torch.float32, 26)):
+        for xd, alpha in [(x.to(dtype), a) for a in (1.25, 1.5, 3.0)] + [(flat.to(dtype), 3.0)]:
+            assert torch.equal(N.entmax_bisect(xd, alpha), N.entmax_bisect(xd, alpha, n_iter))
+            assert torch.equal(N.entmax_bisect_threshold(xd, alpha),
+                               N.entmax_bisect_threshold(xd, alpha, n_iter))
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_bisection_halves_the_documented_bracket(alpha):
+    # the bracket is [m - 1, m - n^-beta] (m = beta max x, width < 1): after n_iter halvings its
+    # midpoint is within (1 - n^-beta) / 2^(n_iter + 1) of the threshold (the textbook one here)
+    x = torch.cat([randn(10, 5, seed=54), ties(10, 5, seed=55)])
+    n, beta = x.shape[-1], alpha - 1
+    want = torch.tensor([_prefix_rule_threshold(r.tolist(), alpha) for r in x], dtype=F64)
+    for n_iter in range(1, 13):
+        err = (N.entmax_bisect_threshold(x, alpha, n_iter) - want).abs().max().item()
+        assert err <= (1 - n**-beta) / 2 ** (n_iter + 1) + 1e-15, n_iter
+
+
+def test_newton_falls_back_before_its_powers_can_overflow():
+    # equal logits are the worst case of the overflow bound: every entry reaches u = 1/beta at
+    # the start, and the sum of n powers u^(1/beta) is n (1/beta)^(1/beta). Across the switch
+    # from Newton to bisection (alpha about 1.04 in float32) the map stays the uniform one
+    for n in (2, 7, 100):
+        x = torch.zeros(1, n)
+        for i in range(12):
+            alpha = 1.035 + 0.0004 * i
+            p = N.entmax(x, alpha)
+            torch.testing.assert_close(p.double(), torch.full((1, n), 1 / n, dtype=F64), atol=0,
+                                       rtol=1e-2, msg=f"n = {n}, alpha = {alpha}")
+
