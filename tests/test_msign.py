@@ -734,6 +734,9 @@ def test_fit_quintic_default_init_is_the_posts_start():
     # from other starts L-BFGS lands elsewhere (or on the same row, rounded differently)
     x = marchenko_pastur_singular_values(1024, 1024, k=64)
     assert fit_quintic(x, steps=5) == fit_quintic(x, steps=5, init=(1.0, 0.9, 1.1))
+    for bad in ((), (1.0, 0.9), (1.0, 0.9, 1.1, 1.0), 1.0, "abc", torch.tensor(1.0)):
+        with pytest.raises(TypeError, match=r"init must be three numbers \(kappa, x1, x2\)"):
+            fit_quintic(x, steps=5, init=bad)
 
 
 def test_safety_factor_on_every_triple_but_the_last():
