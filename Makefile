@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 BOOK_FLAGS := -W -n --keep-going
 
-.PHONY: book pdf test lab execute page bench knobs bad-inputs clean lint stripout-check pytest book-strict rerun browser-check lab-check help
+.PHONY: book pdf test lab execute page bench knobs mutate bad-inputs clean lint stripout-check pytest book-strict rerun browser-check lab-check help
 
 help:
 	@echo "make book     build the HTML book (prints the path of index.html)"
@@ -21,6 +21,7 @@ help:
 	@echo "make rerun    run the built chapters again (nbval): same asserts, same outputs"
 	@echo "make bench    run the benchmarks (not part of CI)"
 	@echo "make knobs    run every chapter's Experiment with its knobs turned (not part of CI)"
+	@echo "make mutate MODULE=lse   mutation testing of src/dlmath/lse.py (not CI; tools/mutate.py)"
 	@echo "make bad-inputs  call every public function with one argument spoiled (part of make test)"
 	@echo "make clean    remove build outputs (keeps .venv)"
 
@@ -127,6 +128,13 @@ bench: $(VENV)/.stamp-test
 # half and twice its value, and to other seeds; the chapter is run to the end each time.
 knobs: $(VENV)/.stamp-test
 	$(ONE_THREAD) $(PY) tools/turn_knobs.py notebooks/*.ipynb
+
+# Mutation testing: does each small change to a module make some test fail? (slow: minutes to
+# hours per module; tools/mutate.py says how to read and act on the survivors.)
+mutate: $(VENV)/.stamp-mutation
+	@test -n "$(MODULE)" || { echo "usage: make mutate MODULE=lse (or optim/lion)"; exit 2; }
+	$(PY) tools/mutate.py run src/dlmath/$(MODULE).py
+	$(PY) tools/mutate.py survivors src/dlmath/$(MODULE).py
 
 # Bad input: every public function's recorded calls (from the test suite) repeated with one
 # argument spoiled; fails on an error raised from inside torch/Python instead of ours, or a hang.
