@@ -49,11 +49,8 @@ def exp_taylor(x, j: int) -> torch.Tensor:
     x = _values(x, "x")
     j = check_int(j, "j", low=0)
     out = torch.ones_like(x)
-    for i in range(j, 0, -1):  # 1 + x/1 (1 + x/2 (1 + ... (1 + x/j)))
-        out = 1 + out * x / i
-    if j > 0:  # Horner gives inf * 0 = nan at x = ±inf; the leading power decides there
-        lead = torch.where(x > 0, torch.ones_like(x), torch.full_like(x, (-1.0) ** j))
-        out = torch.where(torch.isinf(x), lead * math.inf, out)
+    for i in range(j, 0, -1):  # 1 + x/1 (1 + x/2 (1 + ... (1 + x/j))); at x = ±inf each
+        out = 1 + out * x / i  # step is ±inf (never inf - inf), the sign of x^j in the end
     return out
 
 
