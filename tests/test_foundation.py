@@ -93,6 +93,22 @@ def test_finiteness_fast_path_is_exact(dtype):
         _checks.check_no_nan(torch.tensor([1.0, math.nan, -math.inf], dtype=dtype), "x")
 
 
+def test_check_reals_takes_exactly_n_numbers():
+    pair = "a pair (beta1, beta2)"
+    assert _checks.check_reals([0.9, 1], "betas", 2, pair) == (0.9, 1.0)
+    assert _checks.check_reals(torch.tensor([0.5, 0.25]), "betas", 2, pair) == (0.5, 0.25)
+    assert _checks.check_reals(np.array([0.5, 0.25]), "betas", 2, pair) == (0.5, 0.25)
+    # no length (a number, a 0-d tensor), the wrong length or rank, text, an unordered set
+    for bad in (0.9, torch.tensor(0.9), (0.9,), (0.9, 0.9, 0.9), torch.zeros(2, 1), "09",
+                b"09", {0.9, 0.5}):
+        with pytest.raises(TypeError, match=r"betas must be a pair \(beta1, beta2\), got"):
+            _checks.check_reals(bad, "betas", 2, pair)
+    with pytest.raises(TypeError, match=r"betas\[1\] must be a real number, got bool"):
+        _checks.check_reals((0.9, True), "betas", 2, pair)
+    with pytest.raises(ValueError, match=r"betas\[0\] must be <= 1"):
+        _checks.check_reals((1.5, 0.9), "betas", 2, pair, high=1.0)
+
+
 def test_check_real_int_choice_probability():
     assert _checks.check_real(2, "lr", positive=True) == 2.0
     with pytest.raises(TypeError, match="lr must be a real number"):

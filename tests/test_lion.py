@@ -204,6 +204,7 @@ def test_zero_momentum_does_not_move():
     (dict(lr="x"), TypeError, "lr"),
     (dict(betas=(0.9, 1.5)), ValueError, r"betas\[1\]"),
     (dict(betas=0.9), TypeError, "betas"),
+    (dict(betas=torch.tensor(0.9)), TypeError, r"betas must be a pair \(beta1, beta2\)"),
     (dict(weight_decay=-0.1), ValueError, "weight_decay"),
     (dict(lazy=1), TypeError, "lazy"),
 ])

@@ -203,6 +203,16 @@ def check_real(
     return value
 
 
+def check_reals(values, name: str, n: int, what: str, **bounds) -> tuple[float, ...]:
+    """``n`` real numbers (a sequence or 1-d array; ``what`` describes them in the error), each
+    checked by :func:`check_real` with ``bounds``."""
+    ok = (not isinstance(values, (str, bytes))
+          and (isinstance(values, Sequence) or getattr(values, "ndim", None) == 1))
+    if not ok or len(values) != n:
+        raise TypeError(f"{name} must be {what}, got {values!r}")
+    return tuple(check_real(v, f"{name}[{i}]", **bounds) for i, v in enumerate(values))
+
+
 def check_int(value, name: str, *, low: int | None = None, high: int | None = None) -> int:
     """A Python integer (bools refused) within ``[low, high]``."""
     if isinstance(value, bool) or not isinstance(value, int):

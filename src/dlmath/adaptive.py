@@ -46,6 +46,7 @@ from ._checks import (
     check_matrix,
     check_no_nan,
     check_real,
+    check_reals,
     check_returned,
     upcast_half,
     work_dtype,
@@ -172,10 +173,8 @@ def adam_run(grad_fn: Callable[[torch.Tensor], torch.Tensor], theta0, *, lr: flo
     check_finite(theta, "theta0")
     lr = check_real(lr, "lr", nonnegative=True)
     steps = check_int(steps, "steps", low=1)
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    beta1 = _check_beta(betas[0], "betas[0]")
-    beta2 = _check_beta(betas[1], "betas[1]")
+    beta1, beta2 = check_reals(betas, "betas", 2, "a pair (beta1, beta2)")
+    beta1, beta2 = _check_beta(beta1, "betas[0]"), _check_beta(beta2, "betas[1]")
     eps = check_real(eps, "eps", nonnegative=True)
     m = torch.zeros_like(theta)
     v = torch.zeros_like(theta)
@@ -319,10 +318,8 @@ def noisy_quadratic(h, c, *, lr: float, steps: int, burn_in: int, chains: int,
     if method == "sgd" and float((lr * h).max()) >= 2:
         raise ValueError(f"lr * h must be < 2 for SGD to have a stationary law (it diverges "
                          f"otherwise); max lr*h = {float((lr * h).max()):.3g}")
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    beta1 = _check_beta(betas[0], "betas[0]")
-    beta2 = _check_beta(betas[1], "betas[1]")
+    beta1, beta2 = check_reals(betas, "betas", 2, "a pair (beta1, beta2)")
+    beta1, beta2 = _check_beta(beta1, "betas[0]"), _check_beta(beta2, "betas[1]")
     eps = check_real(eps, "eps", nonnegative=True)
     dev = generator.device if generator is not None else torch.device("cpu")
     h, c = h.to(dev), c.to(dev)

@@ -26,7 +26,7 @@ from numbers import Real
 
 import torch
 
-from ._checks import as_float_tensor, check_finite, check_int, check_matrix, check_real
+from ._checks import as_float_tensor, check_finite, check_int, check_matrix, check_real, check_reals
 
 __all__ = [
     "polar",
@@ -499,14 +499,8 @@ def fit_quintic(x, steps: int, init: tuple[float, float, float] = (1.0, 0.9, 1.1
     x = as_float_tensor(x, "x", dtype=torch.float64).to(torch.float64).detach()
     check_finite(x, "x")
     steps = check_int(steps, "steps", low=1)
-    try:
-        three = not isinstance(init, (str, bytes)) and len(init) == 3
-    except TypeError:  # no length: a number, a 0-d tensor
-        three = False
-    if not three:
-        raise TypeError(f"init must be three numbers (kappa, x1, x2), got {init!r}")
-    p = torch.tensor([check_real(v, "init") for v in init], dtype=torch.float64,
-                     requires_grad=True)
+    init = check_reals(init, "init", 3, "three numbers (kappa, x1, x2)")
+    p = torch.tensor(init, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([p], lr=1, max_iter=500, tolerance_grad=1e-12,
                             tolerance_change=1e-15, line_search_fn="strong_wolfe")
 

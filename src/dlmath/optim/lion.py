@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from .._checks import check_real
+from .._checks import check_real, check_reals
 from ._fused import check_fused, fused_sign_step
 
 __all__ = ["Lion", "lion_update", "check_betas", "dense_grads", "lazy_rows"]
@@ -38,9 +38,7 @@ __all__ = ["Lion", "lion_update", "check_betas", "dense_grads", "lazy_rows"]
 
 def check_betas(betas, name: str = "betas") -> tuple[float, float]:
     """A pair of momentum coefficients, each in ``[0, 1]``."""
-    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
-        raise TypeError(f"{name} must be a pair (beta1, beta2), got {betas!r}")
-    return tuple(check_real(b, f"{name}[{i}]", low=0.0, high=1.0) for i, b in enumerate(betas))
+    return check_reals(betas, name, 2, "a pair (beta1, beta2)", low=0.0, high=1.0)
 
 
 def dense_grads(optimizer: torch.optim.Optimizer, group: dict):
