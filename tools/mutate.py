@@ -13,8 +13,9 @@ expected value computed independently, and rerun with ``recheck``).
 
 Work happens in ``_build/mutation/<module>/``: a clone of HEAD with this tree's ``src/`` and
 ``tests/`` copied over by ``run`` and ``recheck`` (so uncommitted tests count; so do not start
-one while another runs on the same module), and cosmic-ray's session database; ``run``
-resumes an interrupted session. The default tests are ``tests/test_<module>*.py``. The
+one while another runs on the same module) except the module itself, kept as the session found
+it (mutants are numbered in it), and cosmic-ray's session database; ``run`` resumes an
+interrupted session. The default tests are ``tests/test_<module>*.py``. The
 operators are a subset of cosmic-ray's (the rest mostly make mutants no code could tell apart,
 such as ``+`` for ``|`` on floats, or ``+x`` for ``-x``, the same as ``x``). Mutants inside
 argument checks are skipped: a ``raise``, the test of an ``if`` whose body only raises, a
@@ -88,7 +89,21 @@ def skipped_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
                 spans.append(span(node))
         elif isinstance(node, ast.keyword) and node.arg in AXIS_KEYWORDS:
             spans.append(span(node.value))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            # the bare * and / of a signature, which cosmic-ray takes for operators
+            start = pos(node.lineno, node.col_offset)
+            spans += [((line, col), (line, col + 1)) for line, col in _markers(lines, start,
+                                                                                 node.body[0])]
     return spans
+
+
+def _markers(lines: list[str], start: tuple[int, int], first: ast.stmt):
+    """Positions of a bare ``*`` or ``/`` parameter in the header from ``start`` to ``first``."""
+    for line in range(start[0], first.lineno):
+        for m in re.finditer(r"(?<=[(,])\s*([*/])\s*(?=[,)])", lines[line - 1]):
+            yield line, m.start(1)
+        if lines[line - 1].lstrip().startswith(("*,", "/,")):
+            yield line, lines[line - 1].index(lines[line - 1].lstrip()[0])
 
 
 def skip_unmutated(session: Path, module: Path) -> int:
@@ -123,6 +138,15 @@ def prepare(module: Path, tests: list[str], refresh: bool) -> tuple[Path, Path, 
     for part in ("src", "tests") if refresh else ():
         shutil.copytree(ROOT / part, repo / part, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    # the mutants are numbered in the module as the session found it: keep that version
+    snapshot = work / "module.py"
+    if refresh and snapshot.exists():
+        if snapshot.read_bytes() != (ROOT / module).read_bytes():
+            print(f"note: {module} changed since this session began; the mutants are of the "
+                  f"version it began with ({snapshot}); remove {work} to start over")
+        shutil.copy(snapshot, repo / module)
+    elif refresh:
+        shutil.copy(repo / module, snapshot)
     command = (f"env PYTHONPATH=src OMP_NUM_THREADS=1 {BIN / 'python'} -m pytest -x -q "
                f"-p no:cacheprovider {PLUGINS_OFF} {' '.join(tests)}")
     return repo, work / "session.sqlite", command
@@ -192,7 +216,8 @@ def main(argv=None) -> int:
             run = subprocess.run([cr, "mutate-and-test", m["module_path"], m["operator_name"],
                                   str(m["occurrence"]), command], cwd=repo, capture_output=True,
                                  text=True)
-            outcome = json.loads(run.stdout)["test_outcome"]
+            result = json.loads(run.stdout)
+            outcome = result["test_outcome"] or result["worker_outcome"]
             alive += outcome == "survived"
             print(f"{outcome:9} {m['operator_name']} #{m['occurrence']} line "
                   f"{m['start_pos'][0]} ({m['definition_name']})")
