@@ -105,6 +105,7 @@ def test_projection_edge_cases():
     assert torch.equal(C.project_ball(torch.zeros(2), 0.0), torch.zeros(2))
     assert torch.equal(C.project_ball(x, 0.0), torch.zeros(2))
     assert torch.allclose(C.project_ball(torch.tensor([3.0, 4.0]), 1.0), torch.tensor([0.6, 0.8]))
+    assert torch.equal(C.project_ball(torch.tensor([0.0, 1.5])), torch.tensor([0.0, 1.0]))  # r = 1
     # dtype and device are kept
     for f in (lambda z: C.project_ball(z), lambda z: C.project_box(z, 0, 1), C.project_simplex):
         y = f(torch.randn(4, 3, dtype=torch.float32))
@@ -193,6 +194,55 @@ def test_sgd_run_matches_a_hand_loop_and_autograd():
         one = C.sgd_run(abs_loss, theta1[k:k + 1], etas * scales[k], batches[:, k:k + 1],
                         grad_fn=abs_grad)
         assert torch.allclose(per.thetas[k], one.thetas[0], atol=1e-14)
+
+
+def test_sgd_run_trace_shapes_follow_theta1():
+    # theta1 (d,), (chains, d) and (2, 3, d): the records are (..., T + 1, d), (..., T, d) and
+    # (..., T), each slice equal to a hand loop on that chain alone
+    T, d = 3, 2
+    etas = torch.tensor([0.5, 0.25, 0.125], dtype=F64)
+    batches = torch.arange(T * d, dtype=F64).reshape(T, d)
+    loss = lambda th, x: ((th - x) ** 2).sum(-1)  # noqa: E731
+    for lead in ((), (4,), (2, 3)):
+        theta1 = torch.linspace(-1, 1, math.prod(lead) * d, dtype=F64).reshape(*lead, d)
+        trace = C.sgd_run(loss, theta1, etas, batches)
+        assert trace.thetas.shape == (*lead, T + 1, d) and trace.grads.shape == (*lead, T, d)
+        assert trace.losses.shape == (*lead, T)
+        for chain in itertools.product(*map(range, lead)):
+            th = theta1[chain].clone()
+            for t in range(T):
+                assert torch.equal(trace.thetas[chain][t], th)
+                th = th - etas[t] * 2 * (th - batches[t])
+            assert torch.equal(trace.thetas[chain][T], th)
+    with pytest.raises(AttributeError):  # a frozen record
+        trace.etas = etas
+
+
+def test_sgd_run_feasibility_tolerance_is_the_documented_one():
+    # project may move theta1 by max(8, d/8) eps max(1, |theta1|_inf), no more; theta1 = 0 so the
+    # move is exactly k eps
+    eps = torch.finfo(F64).eps
+    for lead, d in (((), 3), ((2,), 800)):
+        ulps = max(8.0, d / 8)
+        for k, ok in ((0.99 * ulps, True), (1.01 * ulps, False)):
+            step = torch.zeros(d, dtype=F64)
+            step[0] = k * eps
+            args = (lambda th, x: th.sum(-1), torch.zeros(*lead, d, dtype=F64),
+                    torch.ones(1, dtype=F64), torch.zeros(1, d, dtype=F64))
+            if ok:
+                C.sgd_run(*args, project=lambda z, step=step: z + step)
+            else:
+                with pytest.raises(ValueError, match="theta1 must lie in the feasible set"):
+                    C.sgd_run(*args, project=lambda z, step=step: z + step)
+
+
+def test_bounds_refuse_schedules_that_rise_anywhere():
+    # non-increasing means each step <= the one before, not just <= the first
+    etas = torch.tensor([1.0, 0.5, 0.8], dtype=F64)
+    for bound in (C.average_loss_bound, C.unbounded_average_bound):
+        with pytest.raises(ValueError, match="etas must be non-increasing"):
+            bound(1.0, 1.0, etas)
+        bound(1.0, 1.0, etas, strict=False)
 
 
 def test_sgd_run_bad_input():
@@ -457,6 +507,15 @@ def test_schedules():
     assert torch.allclose(C.lr_schedule("inv_sqrt_log", 3)[:2], torch.tensor([1.0, 2**-0.5],
                                                                              dtype=F64))
     assert C.lr_schedule("linear_decay", 4, 2.0).tolist() == [2.0, 1.5, 1.0, 0.5]
+    by_hand = {  # t = 1..4, alpha = 0.5, each kind's formula in Python floats
+        "constant": lambda t: 0.5, "inv_sqrt": lambda t: 0.5 / math.sqrt(t),
+        "inv_sqrt_log": lambda t: 0.5 / math.sqrt(t * max(1.0, math.log(t))),
+        "inv": lambda t: 0.5 / t, "power": lambda t: 0.5 * t**-0.75,
+        "linear_decay": lambda t: 0.5 * (4 - t + 1) / 4, "linear_warmup": lambda t: 0.5 * t / 4}
+    assert by_hand.keys() == C.SCHEDULES.keys()
+    for kind, f in by_hand.items():
+        got = C.lr_schedule(kind, 4, 0.5, p=0.75 if kind == "power" else None).tolist()
+        assert got == pytest.approx([f(t) for t in range(1, 5)], rel=1e-15), kind
     assert C.lr_schedule("constant", 3, dtype=torch.float32).dtype == torch.float32
     with pytest.raises(ValueError, match="kind must be one of"):
         C.lr_schedule("cosine", 10)
@@ -494,6 +553,15 @@ def test_gaussian_abs_risk_against_quadrature(z):
                                    np.inf, points=None, epsabs=1e-13, epsrel=1e-13)
     got = C.gaussian_abs_risk(torch.tensor([z], dtype=F64)).item()
     assert math.isclose(got, quad, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_gaussian_abs_risk_of_a_batch_is_row_by_row():
+    # theta (..., d): the d in d^{-1/2} is the last dimension, not the batch
+    theta = torch.tensor([[0.7, -1.2, 0.1, 2.0], [0.0, 0.0, 0.0, 0.0], [3.0, 1.0, -2.0, 0.5]],
+                         dtype=F64)
+    got = C.gaussian_abs_risk(theta)
+    assert got.shape == (3,)
+    assert torch.equal(got, torch.stack([C.gaussian_abs_risk(row) for row in theta]))
 
 
 def test_gaussian_abs_risk_minimum_and_monte_carlo():
@@ -639,12 +707,27 @@ def test_harmonic_numbers_of_small_real_n():
         assert C.harmonic(n).item() == pytest.approx(quarter, rel=1e-14)
 
 
+def test_ball_projection_is_differentiable_inside_the_ball_even_at_its_centre():
+    # inside the ball the projection is the identity, so its Jacobian is I; at the centre the
+    # offset's largest entry is 0 and the unused unit vector must not turn the gradient to NaN
+    for v in (torch.zeros(3, dtype=F64), torch.tensor([0.1, -0.2, 0.0], dtype=F64)):
+        jac = torch.autograd.functional.jacobian(lambda z: C.project_ball(z, 1.0), v)
+        assert torch.equal(jac, torch.eye(3, dtype=F64))
+    v = torch.tensor([3.0, 4.0], dtype=F64)   # outside: d(v/|v|)/dv = (I - u u^T)/|v|
+    u = v / 5
+    jac = torch.autograd.functional.jacobian(lambda z: C.project_ball(z, 1.0), v)
+    torch.testing.assert_close(jac, (torch.eye(2, dtype=F64) - torch.outer(u, u)) / 5)
+
+
 def test_ball_projection_of_an_offset_that_overflows():
     v = torch.tensor([[3e38, 0.0], [1.0, 2.0]])
     c = torch.tensor([[-3e38, 0.0], [0.0, 0.0]])
     out = C.project_ball(v, 2.0, center=c)
     assert torch.equal(out[0], c[0])              # c + 2 e_1 rounds to c in float32
     torch.testing.assert_close(out[1], torch.tensor([1.0, 2.0]) / math.sqrt(5) * 2)
+    # a radius as huge as the offset: the direction e_1 of v - c must survive the halving,
+    # c + r e_1 = (-3e38 + 3e38, 0) = 0 exactly
+    assert torch.equal(C.project_ball(v[:1], 3e38, center=c[:1]), torch.zeros(1, 2))
 
 
 def test_schedules_refuse_a_non_floating_dtype():

@@ -133,8 +133,8 @@ def project_simplex(v, radius: float = 1.0) -> torch.Tensor:
     u = torch.sort(v, dim=-1, descending=True).values
     excess = torch.cumsum(u, dim=-1) - r
     j = torch.arange(1, n + 1, device=v.device, dtype=v.dtype)
-    # k >= 1 in exact arithmetic (j = 1 gives r > 0); the clamp guards huge |v| in floats
-    k = (u - excess / j > 0).sum(dim=-1, keepdim=True).clamp_min(1)
+    # k >= 1 even in floats: after the shift u_1 = 0 exactly, so j = 1 gives 0 + r > 0
+    k = (u - excess / j > 0).sum(dim=-1, keepdim=True)
     tau = torch.gather(excess, -1, k - 1) / k.to(v.dtype)
     return (v - tau).clamp_min(0.0)
 
