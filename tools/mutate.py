@@ -100,10 +100,8 @@ def skipped_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
 def _markers(lines: list[str], start: tuple[int, int], first: ast.stmt):
     """Positions of a bare ``*`` or ``/`` parameter in the header from ``start`` to ``first``."""
     for line in range(start[0], first.lineno):
-        for m in re.finditer(r"(?<=[(,])\s*([*/])\s*(?=[,)])", lines[line - 1]):
+        for m in re.finditer(r"(?:^|[(,])\s*([*/])\s*(?=[,)])", lines[line - 1]):
             yield line, m.start(1)
-        if lines[line - 1].lstrip().startswith(("*,", "/,")):
-            yield line, lines[line - 1].index(lines[line - 1].lstrip()[0])
 
 
 def skip_unmutated(session: Path, module: Path) -> int:
