@@ -9,7 +9,7 @@ expected value computed independently, and rerun with ``recheck``).
 
     python tools/mutate.py run src/dlmath/lse.py [--tests tests/test_lse.py ...]
     python tools/mutate.py survivors src/dlmath/lse.py    # each survivor's diff (any time)
-    python tools/mutate.py recheck src/dlmath/lse.py [--tests ...]   # survivors vs the tests now
+    python tools/mutate.py recheck src/dlmath/lse.py [--tests ...] [-k EXPR]  # vs the tests now
 
 Work happens in ``_build/mutation/<module>/``: a clone of HEAD with this tree's ``src/`` and
 ``tests/`` copied over by ``run`` and ``recheck`` (so uncommitted tests count; so do not start
@@ -31,6 +31,7 @@ import argparse
 import ast
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -176,6 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("action", choices=("run", "survivors", "recheck"))
     parser.add_argument("module", type=Path, help="e.g. src/dlmath/lse.py")
     parser.add_argument("--tests", nargs="+", help="test files (default tests/test_<module>*.py)")
+    parser.add_argument("-k", dest="keyword", help="recheck: only the tests pytest -k selects")
     args = parser.parse_args(argv)
     module = args.module.resolve().relative_to(ROOT)
     if module.suffix != ".py" or not (ROOT / module).is_file():
@@ -184,7 +186,11 @@ def main(argv=None) -> int:
                                  for p in (ROOT / "tests").glob(f"test_{module.stem}*.py"))
     if not tests:
         parser.error(f"no tests/test_{module.stem}*.py: name the test files with --tests")
+    if args.keyword and args.action != "recheck":
+        parser.error("-k goes with recheck only (run mutates against the whole test files)")
     repo, session, command = prepare(module, tests, refresh=args.action != "survivors")
+    if args.keyword:
+        command += f" -k {shlex.quote(args.keyword)}"
     cr = str(BIN / "cosmic-ray")
 
     if args.action == "run":
@@ -209,6 +215,11 @@ def main(argv=None) -> int:
             print(f"\n## {m['operator_name']} #{m['occurrence']} at line {m['start_pos'][0]} "
                   f"({m['definition_name']})\n" + "".join(r["diff"]).rstrip())
     elif args.action == "recheck":
+        # a mutant counts as killed when a test fails: first the tests must pass unmutated
+        if subprocess.run(shlex.split(command), cwd=repo, capture_output=True).returncode:
+            print(f"the tests fail on {module} as the session found it (tests of a change made "
+                  "since?): leave them out with -k, e.g. -k 'not test_new_behaviour'")
+            return 1
         alive = 0
         for m, _ in survivors(session):
             run = subprocess.run([cr, "mutate-and-test", m["module_path"], m["operator_name"],
