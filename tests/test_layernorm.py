@@ -153,6 +153,30 @@ def test_jacobian_with_an_outlier():
     assert torch.allclose(J, auto, rtol=1e-10, atol=1e-20)
 
 
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+def test_jacobian_of_huge_and_tiny_vectors_in_float32(scale):
+    # J(c x) = J(x) / c: the squares of 1e30 overflow float32 and those of 1e-30 underflow,
+    # so rho must be formed from x / max|x|; the reference is the closed form
+    # sqrt(d) (I / |x| - x x^T / |x|^3) in float64
+    x = _randn(3, 5)
+    d, n = 5, x.norm()
+    ref = math.sqrt(d) * (torch.eye(d, dtype=F64) / n - torch.outer(x, x) / n**3) / scale
+    got = L.rms_norm_jacobian((x * scale).float())
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=0)
+
+
+def test_jacobian_of_a_batch_of_batches():
+    # x (2, 3, d) -> (2, 3, d, d), each slice the Jacobian of that vector alone
+    x = _randn(4, 2, 3, 5)
+    J = L.rms_norm_jacobian(x)
+    assert J.shape == (2, 3, 5, 5)
+    for i in range(2):
+        for j in range(3):
+            v, n = x[i, j], x[i, j].norm()
+            ref = math.sqrt(5) * (torch.eye(5, dtype=F64) / n - torch.outer(v, v) / n**3)
+            torch.testing.assert_close(J[i, j], ref, rtol=1e-12, atol=1e-14)
+
+
 def test_jacobian_at_zero():
     with pytest.raises(ValueError, match="not differentiable at the zero vector"):
         L.rms_norm_jacobian(torch.zeros(4))
@@ -396,6 +420,27 @@ def test_half_inputs_with_constants_outside_their_range():
     small = L.dyt(zero_one, 1e-7, gamma=1e7)
     assert torch.allclose(small.double(), zero_one.double(), rtol=1e-3, atol=0)
     assert L.softcap(zero_one, 1e-6).dtype == torch.float16
+
+
+def test_tensor_parameters_are_cast_to_the_dtype_of_x_but_c_is_not():
+    # dyt/dyisru cast a tensor alpha, gamma or beta to x's dtype first (as documented), so a
+    # float64 alpha gives the float32 result of alpha.float(), bit for bit (a 1-d one: a 0-d
+    # float64 tensor would not promote x anyway)
+    x = torch.linspace(-3, 3, 101)
+    a64 = torch.full((101,), 1 / 3, dtype=F64)
+    assert torch.equal(L.dyt(x, a64), L.dyt(x, a64.float()))
+    assert torch.equal(L.dyt(x, 0.5, gamma=a64), L.dyt(x, 0.5, gamma=a64.float()))
+    # C is taken to its square root before narrowing: C = 1e40 (inf in float32) must give
+    # x / sqrt(x^2 + 1e40) = x / 1e20, not x / inf = 0
+    big = L.dyisru(torch.tensor([1.0, -2.0]), torch.tensor(1e40, dtype=F64))
+    torch.testing.assert_close(big, torch.tensor([1e-20, -2e-20]), rtol=1e-6, atol=0)
+
+
+def test_dyisru_with_c_zero_has_a_finite_gradient_at_zero():
+    # C = 0: gamma sign(x), flat on both sides; the masked 0 / 0 must not turn the gradient NaN
+    x = torch.tensor([0.0, 1.5, -2.0], dtype=F64, requires_grad=True)
+    (g,) = torch.autograd.grad(L.dyisru(x, 0.0).sum(), x)
+    assert torch.equal(g, torch.zeros(3, dtype=F64))
 
 
 def test_autograd_at_the_zero_vector_with_eps():

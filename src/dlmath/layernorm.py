@@ -231,9 +231,9 @@ def dyisru(x, C, *, d: int | None = None, gamma=1.0, beta=0.0) -> torch.Tensor:
         root_c = C.to(w.device).sqrt().to(w.dtype)
     else:
         root_c = torch.tensor(math.sqrt(C), dtype=w.dtype, device=w.device)
-    den = torch.hypot(w, root_c)
-    zero = den == 0                                # only where x = 0 and C = 0
-    ratio = torch.where(zero, torch.zeros_like(den), w / torch.where(zero, 1.0, den))
+    zero = (w == 0) & (root_c == 0)                # sign(0) = 0, with a zero gradient as
+    den = torch.hypot(torch.where(zero, 1.0, w), root_c)   # sign's (hypot's at 0 is NaN)
+    ratio = torch.where(zero, torch.zeros_like(den), w / den)
     ratio = torch.where(torch.isinf(w), torch.sign(w), ratio)
     return (gamma * scale * ratio + beta).to(x.dtype)
 
