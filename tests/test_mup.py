@@ -124,6 +124,26 @@ def test_multipliers_values():
     assert spec == pytest.approx([4.0, 1.0, 0.25])
 
 
+def test_multiplier_defaults_and_closed_forms():
+    # defaults d_in = 1 (Var W_in = 1) and d0 = 1 (multiplier (d/1)^c); the muP multiplier is
+    # (d/d0)^c itself, also when d0 does not divide d; the spectral rates of chapter 20
+    assert mup.mup_multipliers("sgd", "in", 64) == (1.0, 64.0)
+    assert mup.lr_multipliers("sgd", 4, 1) == [4.0, 1.0, 0.25]
+    assert mup.lr_multipliers("sgd", 3, 1, d0=5) == [3 / 5, 1.0, (3 / 5) ** -1.0]
+    assert mup.spectral_lr("sgd", 8, 4) == 0.5
+    assert mup.spectral_lr("adam", 8, 4) == 0.125
+    assert mup.spectral_lr("muon", 8, 2) == 0.5
+    # "muon_adam" under "spectral": Adam's 1/d_in at both ends, Muon's rate on hidden layers
+    spec = mup.lr_multipliers("muon_adam", 256, 1, param="spectral", d0=64, d_in=8, d_out=4)
+    assert spec == pytest.approx([1.0, 1.0, 0.25])
+
+
+def test_lr_multipliers_lists_every_optimizer_it_takes():
+    for param in ("mup", "sp", "spectral"):  # "spectral" used to leave "muon_adam" out
+        with pytest.raises(ValueError, match=r"optimizer must be one of \[.*'muon_adam'\]"):
+            mup.lr_multipliers("rmsprop", 8, 1, param=param)
+
+
 def test_spectral_init_meets_the_condition():
     for shape in [(256, 256), (64, 512), (512, 8)]:
         target = mup.spectral_target(*shape)
@@ -134,6 +154,18 @@ def test_spectral_init_meets_the_condition():
     for name in ("sp", "spectral", "mup"):
         ws = mup.init_mlp(16, 3, 2, 1, param=name, generator=_gen(0))
         assert [tuple(w.shape) for w in ws] == [(3, 16), (16, 16), (16, 2)]
+
+
+def test_spectral_init_device_and_generator_defaults():
+    # no generator: the global one (the "sn" norm holds whatever it draws; forked and seeded,
+    # so other tests see the same global state); no device: the generator's, not the default
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        W = mup.spectral_init(3, 12, method="sn", dtype=F64)
+    assert W.shape == (3, 12)
+    assert float(torch.linalg.matrix_norm(W, 2)) == pytest.approx(2.0, rel=1e-12)
+    with torch.device("meta"):
+        assert mup.spectral_init(3, 4, generator=_gen(0)).device.type == "cpu"
 
 
 @settings(max_examples=25, deadline=None)
@@ -176,6 +208,32 @@ def test_low_rank_paths_are_exact(n, m, r, seed):
     assert norms["fro2"] == pytest.approx(float((exact ** 2).sum()), rel=1e-10)
 
 
+def test_low_rank_path_on_a_stack_and_its_default_seed():
+    # (..., n, m) -> (..., min(n, m)), zeros padded per matrix (a stack of 3, rank 2, 6 x 5)
+    G = torch.stack([_low_rank(6, 5, 2, seed) for seed in range(3)])
+    s = mup.singular_values(G, rank=2)
+    assert s.shape == (3, 5)
+    exact = torch.linalg.svdvals(G)
+    assert torch.allclose(s, exact, atol=1e-10 * float(exact.max()))
+    assert torch.equal(s[:, 2:], torch.zeros(3, 3, dtype=F64))
+    # a stack of full-rank matrices with rank=2: the projection's spectrum, which
+    # underestimates (interlacing) and is padded with exact zeros
+    full = torch.randn(2, 6, 5, generator=_gen(5), dtype=F64)
+    s = mup.singular_values(full, rank=2)
+    assert s.shape == (2, 5) and (s[:, :2] > 0).all()
+    assert torch.equal(s[:, 2:], torch.zeros(2, 3, dtype=F64))
+    assert (s <= torch.linalg.svdvals(full) * (1 + 1e-12)).all()
+    # a full-rank W with rank=2: the spectrum of Q Q^T W, Omega drawn from a generator seeded
+    # with 0 (the documented default), by hand
+    W = torch.randn(6, 5, generator=_gen(4), dtype=F64)
+    omega = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    Q = torch.linalg.qr(W @ omega).Q
+    by_hand = torch.cat([torch.linalg.svdvals(Q.T @ W), torch.zeros(3, dtype=F64)])
+    assert torch.allclose(mup.singular_values(W, rank=2), by_hand, rtol=1e-12, atol=0)
+    assert torch.allclose(mup.update_direction(W, "muon", rank=2), Q @ polar(Q.T @ W),
+                          atol=1e-12)
+
+
 def test_spectral_update_modes():
     g = _gen(5)
     U = torch.randn(32, 8, generator=g, dtype=F64) @ torch.randn(8, 16, generator=g, dtype=F64)
@@ -188,6 +246,19 @@ def test_spectral_update_modes():
     assert torch.equal(mup.spectral_update(torch.zeros(4, 3, dtype=F64), 4, 3, mode="msign"),
                        torch.zeros(4, 3, dtype=F64))
     assert torch.equal(mup.svc(torch.zeros(3, 3)), torch.zeros(3, 3))
+
+
+def test_spectral_normalize_of_a_stack_of_stacks():
+    # shape (..., n, m) with two batch dimensions: each matrix scaled by its own norm, a zero
+    # matrix among them left at zero
+    W = torch.randn(2, 3, 4, 5, generator=_gen(9), dtype=F64)
+    W[1, 2] = 0.0
+    norms = torch.linalg.matrix_norm(W, 2, keepdim=True)
+    expected = torch.where(norms > 0, 2.5 * W / norms.clamp(min=1e-300), 0.0)
+    out = mup.spectral_normalize(W, 2.5)
+    assert out.shape == (2, 3, 4, 5)
+    assert torch.allclose(out, expected, rtol=1e-12, atol=1e-15)
+    assert torch.equal(out[1, 2], torch.zeros(4, 5, dtype=F64))
 
 
 def test_update_directions():
@@ -362,6 +433,17 @@ def test_rms_neither_overflows_nor_underflows(dtype, value):
     assert float(mup.rms(x.view(2, 2), dim=-1)[0]) == pytest.approx(value, rel=1e-3)
 
 
+@pytest.mark.parametrize("dtype, tiny", [(torch.float32, 1e-30), (F64, 1e-200)])
+def test_rms_of_tiny_entries_is_not_zero(dtype, tiny):
+    # entries whose squares underflow (abs=0: pytest.approx's default abs=1e-12 would take 0);
+    # the reference is the closed form sqrt((9 + 16) / 2) * tiny
+    x = torch.tensor([3 * tiny, -4 * tiny], dtype=dtype)
+    assert float(mup.rms(x)) == pytest.approx(math.sqrt(12.5) * tiny, rel=1e-6, abs=0)
+    y = torch.tensor([[3 * tiny, -4 * tiny], [0.0, 0.0]], dtype=dtype)
+    assert mup.rms(y, dim=-1).tolist() == pytest.approx([math.sqrt(12.5) * tiny, 0.0],
+                                                        rel=1e-6, abs=0)
+
+
 def test_rms_edge_values():
     assert float(mup.rms(torch.tensor([math.inf, 1.0]))) == math.inf
     assert math.isnan(float(mup.rms(torch.tensor([math.nan, 1.0]))))
@@ -441,6 +523,35 @@ def test_fuzz_two_layer_mlp_has_no_hidden_layer():
     assert mup.layer_kinds(0) == ["in", "out"]
 
 
+def test_train_gives_each_model_its_own_copy_of_a_shared_weight():
+    # a weight without the stack dimension (or with a stacked rate) starts every model; each
+    # model then trains as it would alone (the shared weight's in-place update raised inside
+    # torch after a full step)
+    g = _gen(21)
+    W_in = torch.randn(3, 4, generator=g, dtype=F64) / 2
+    W_out = torch.randn(2, 4, 2, generator=g, dtype=F64) / 2
+    X = torch.randn(5, 3, generator=g, dtype=F64)
+    T = torch.randn(5, 2, generator=g, dtype=F64)
+    starts = (W_in.clone(), W_out.clone())
+    both = mup.train([W_in, W_out], X, T, [0.1, 0.1], steps=3)
+    alone = [mup.train([W_in, W_out[k]], X, T, [0.1, 0.1], steps=3) for k in range(2)]
+    assert both.shape == (4, 2)
+    torch.testing.assert_close(both, torch.stack(alone, dim=-1), rtol=1e-12, atol=0)
+    rates = torch.tensor([0.1, 0.3], dtype=F64).view(2, 1, 1)
+    swept = mup.train([W_in, W_out[0]], X, T, [rates, 0.1], steps=3)
+    alone = [mup.train([W_in, W_out[0]], X, T, [r, 0.1], steps=3) for r in (0.1, 0.3)]
+    torch.testing.assert_close(swept, torch.stack(alone, dim=-1), rtol=1e-12, atol=0)
+    assert torch.equal(W_in, starts[0]) and torch.equal(W_out, starts[1])  # inputs untouched
+    with pytest.raises(ValueError, match=r"lrs\[0\] of shape \(5,\) must broadcast against "
+                                         r"weights\[0\] of shape \(3, 4\)"):
+        mup.train([W_in, W_out], X, T, [torch.ones(5), 0.1], steps=1)
+
+
+def test_init_mlp_default_has_two_hidden_layers():
+    W = mup.init_mlp(8, 3, 2, generator=_gen(0))
+    assert [tuple(w.shape) for w in W] == [(3, 8), (8, 8), (8, 8), (8, 2)]
+
+
 def test_mixed_dtypes_promote_and_half_matrices_upcast():
     """X in float32 with float64 weights computes in float64 (it raised inside torch); the
     SVD-based functions take bfloat16 matrices (no bfloat16 SVD or QR on the CPU) by computing
@@ -505,6 +616,22 @@ def test_svc_drops_the_rounding_noise_of_a_rank_deficient_matrix():
     torch.testing.assert_close(mup.svc(1e8 * W), polar(W), atol=1e-6, rtol=0)
     full = torch.diag(torch.tensor([1.0, 1e-3, 1e-5]))  # resolvable small values are clipped
     assert torch.linalg.svdvals(mup.svc(1e6 * full)).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_svc_zero_threshold_is_max_n_m_eps_sigma1():
+    # sigma_i <= max(n, m) eps sigma_1 counts as zero, the tie included; n, m are the matrix's
+    # own sizes, not a batch size (diagonal matrices: their SVD is exact)
+    eps = torch.finfo(F64).eps
+    tie = torch.diag(torch.tensor([1.0, 2 * eps], dtype=F64))               # 2 x 2: 2 eps
+    assert torch.equal(mup.svc(tie), torch.diag(torch.tensor([1.0, 0.0], dtype=F64)))
+    tall = torch.zeros(8, 2, dtype=F64)                                     # 8 x 2: 8 eps
+    tall[0, 0], tall[1, 1] = 1.0, 4 * eps
+    expected = torch.zeros(8, 2, dtype=F64)
+    expected[0, 0] = 1.0
+    assert torch.equal(mup.svc(tall), expected)
+    kept = torch.diag(torch.tensor([1.0, 4 * eps], dtype=F64))              # 4 eps > 2 eps
+    out = mup.svc(kept.expand(16, 2, 2))
+    assert torch.equal(out, kept.expand(16, 2, 2))
 
 
 def test_matrix_norms_of_half_matrices_beyond_their_range_are_finite():

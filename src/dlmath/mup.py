@@ -404,7 +404,8 @@ def update_direction(G, optimizer: str, rank: int | None = None) -> torch.Tensor
     :math:`\operatorname{msign}(G)` (exact, :func:`dlmath.msign.polar`), ``"muon_ns"``
     the Newton–Schulz :func:`dlmath.msign.msign`. With ``rank=k`` (``G`` of rank at most
     :math:`k`), the exact msign is computed as :math:`Q\operatorname{msign}(Q^\top G)` from the
-    range basis of :func:`singular_values`, at cost :math:`O(nmk)`."""
+    range basis of :func:`singular_values`, at cost :math:`O(nmk)` (for
+    :math:`k \ge \min(n, m)` the full path, which gives the same)."""
     G = check_matrix(G, "G")
     check_choice(optimizer, "optimizer", ("sgd", "adam", "muon", "muon_ns"))
     if optimizer == "sgd":
@@ -423,15 +424,16 @@ def lr_multipliers(optimizer: str, d: int, n_hidden: int, *, param: str = "mup",
 
     ``"mup"``: :math:`(d/d_0)^{c}` from :data:`MUP_TABLE`; ``"sp"``: 1 for every layer and
     width (one global learning rate); ``"spectral"``: :func:`spectral_lr` of each layer's
-    shape, divided by its value at width ``d0``. For ``"muon_adam"`` the in/out layers use
-    Adam's update and the hidden ones Muon's (see :func:`one_step`).
+    shape, divided by its value at width ``d0`` (``d_in`` and ``d_out`` cancel in that
+    ratio). For ``"muon_adam"`` the in/out layers use Adam's update and the hidden ones Muon's
+    (see :func:`one_step`).
     """
     check_choice(param, "param", _PARAMS)
+    check_choice(optimizer, "optimizer", OPTIMIZERS)
     kinds = layer_kinds(n_hidden)
     d, d0 = _positive_int(d, "d"), _positive_int(d0, "d0")
     d_in, d_out = _positive_int(d_in, "d_in"), _positive_int(d_out, "d_out")
     if param == "sp":
-        check_choice(optimizer, "optimizer", OPTIMIZERS)
         return [1.0] * len(kinds)
     if param == "mup":
         return [mup_multipliers(optimizer, k, d, d0=d0)[1] for k in kinds]
@@ -512,14 +514,29 @@ def train(weights, X, T, lrs, steps: int, optimizer: str = "sgd", activation=tor
     if len(lrs) != len(weights):
         raise ValueError(f"lrs must hold one learning rate per weight ({len(weights)}), got "
                          f"{len(lrs)}")
-    for lr in lrs:  # a NaN or negative rate is a caller's mistake, not a divergence
+    weights = [as_float_tensor(W, f"weights[{i}]", min_ndim=2) for i, W in enumerate(weights)]
+    shapes = []
+    for i, (W, lr) in enumerate(zip(weights, lrs, strict=True)):
         lr = as_float_tensor(lr, "lrs", min_ndim=0)
-        if bool(torch.isnan(lr).any() | (lr < 0).any()):
+        if bool(torch.isnan(lr).any() | (lr < 0).any()):  # a caller's mistake, not a divergence
             raise ValueError("lrs must hold learning rates >= 0 (floats or tensors), not NaN "
                              "or negative ones")
+        try:
+            full = torch.broadcast_shapes(lr.shape, W.shape)
+        except RuntimeError:
+            full = None
+        if full is None or full[-2:] != W.shape[-2:]:
+            raise ValueError(f"lrs[{i}] of shape {tuple(lr.shape)} must broadcast against "
+                             f"weights[{i}] of shape {tuple(W.shape)} (e.g. (L, 1, 1) for L "
+                             "models)")
+        shapes.append(full[:-2])
     for t, name in ((X, "X"), (T, "T")):  # else every model would be reported as diverged
         check_finite(as_float_tensor(t, name, min_ndim=2), name)
-    params = [W.detach().clone().requires_grad_(True) for W in weights]
+    # one copy of every weight per model: a weight without the stack dimension (or with a
+    # stacked rate) is the shared start of each model's own copy
+    stack = torch.broadcast_shapes(*shapes)
+    params = [W.detach().expand(*stack, *W.shape[-2:]).clone().requires_grad_(True)
+              for W in weights]
     losses, diverged = [], None  # diverged: per model (the loss's shape)
     for step in range(steps + 1):
         with torch.enable_grad():
