@@ -363,6 +363,12 @@ def test_rank_one_residual():
     equal_rows = _randn(1, 4, seed=1).expand(6, 4)
     assert float(at.rank_one_residual(equal_rows)) < 1e-15
     assert float(at.rank_one_residual(torch.zeros(3, 3))) == 0.0
+    # one non-zero entry (its norm is exactly 1 after scaling): the mean row is e_j c / n, so
+    # the residual is sqrt(1 - 1/n) whatever the entry's value
+    for n, c in ((2, 1.0), (5, -3.5), (4, 1e-200)):
+        one = torch.zeros(n, 3, dtype=F64)
+        one[1, 2] = c
+        assert float(at.rank_one_residual(one)) == pytest.approx(math.sqrt(1 - 1 / n), rel=1e-15)
     assert torch.allclose(at.rank_one_residual(1e300 * x), at.rank_one_residual(x), atol=1e-14)
     assert torch.allclose(at.rank_one_residual(1e-300 * x), at.rank_one_residual(x), atol=1e-14)
     with pytest.raises(ValueError, match="x must be finite"):
