@@ -97,6 +97,20 @@ def test_equality_for_one_linear_layer(seed):
     assert P.penalty_terms(x, [W], [b], "identity", lambda h: h @ u2).ratio < 1 - 1e-3
 
 
+def test_ratio_does_not_depend_on_the_scale_of_f():
+    # both sides scale with c^2: lhs / rhs is 1 for the top singular direction at any scale,
+    # also when rhs < 1
+    g = _gen(8)
+    (W,), (b,) = P.random_mlp([5, 3], generator=g)
+    x = torch.randn(5, generator=g, dtype=F64)
+    u = torch.linalg.svd(W).U[:, 0]
+    for c in (1e-3, 1e3):
+        T = P.penalty_terms(x, [W], [b], "identity", lambda h, c=c: c * (h @ u))
+        expected_rhs = c**2 * (1 + x.pow(2).sum())  # grad_W f = c u x^T, grad_b f = c u
+        assert torch.isclose(T.rhs, expected_rhs, rtol=1e-12, atol=0)
+        assert abs(T.ratio.item() - 1) < 1e-12
+
+
 def test_dead_relus_give_defined_zero_terms():
     g = _gen(2)
     Ws, bs = P.random_mlp([3, 4, 4, 2], generator=g)
@@ -111,6 +125,52 @@ def test_dead_relus_give_defined_zero_terms():
     assert torch.isnan(naive[1:]).all()
 
 
+def test_zero_weight_gives_defined_zero_terms():
+    # the docstring's other 0/0 case: W_1 = 0 makes ||W_1|| = 0 and J_2 = 0, so grad_x f = 0
+    g = _gen(9)
+    Ws, bs = P.random_mlp([3, 4, 2], generator=g)
+    Ws[0] = torch.zeros(4, 3, dtype=F64)
+    x = torch.randn(3, generator=g, dtype=F64)
+    T = P.penalty_terms(x, Ws, bs, "tanh", lambda h: h.sum())
+    assert T.input_grad_sq.item() == 0.0
+    assert T.weight_norms[0].item() == 0.0 and T.jacobian_norms[0].item() == 1.0
+    assert T.jacobian_norms[1].item() == 0.0
+    assert T.weight_terms.eq(0).all() and T.bias_terms.eq(0).all()
+    assert T.rhs > 0 and T.ratio.item() == 0.0
+
+
+def test_zero_denominator_under_nonzero_gradient_gives_inf():
+    # residual, W = 0: h_2 = x + tanh(b), so grad_x f = v while ||W|| = 0; a term is inf when
+    # its numerator ||grad_x f||^2 (||h_1||^2) is > 0 and 0 when it is 0 (x = 0)
+    g = _gen(10)
+    W = torch.zeros(4, 4, dtype=F64)
+    b = torch.randn(4, generator=g, dtype=F64)
+    v = torch.full((4,), 0.25, dtype=F64)  # ||v|| = 0.5
+    for x, weight_term in ((torch.full((4,), 0.25, dtype=F64), torch.inf),
+                           (torch.zeros(4, dtype=F64), 0.0)):
+        T = P.penalty_terms(x, [W], [b], "tanh", lambda h: h @ v, residual=True)
+        assert abs(T.input_grad_sq.item() - 0.25) < 1e-15
+        assert T.weight_norms.item() == 0.0
+        assert T.bias_terms.item() == torch.inf
+        assert T.weight_terms.item() == weight_term
+        assert T.rhs > 0 and T.ratio.item() == torch.inf
+
+
+def test_ratio_is_inf_when_only_the_input_gradient_is_nonzero():
+    # residual with every ReLU dead: h_2 = x, so grad_theta f = 0 but grad_x f = v
+    g = _gen(0)
+    (W,), _ = P.random_mlp([4, 4], generator=g)
+    b = torch.full((4,), -100.0, dtype=F64)
+    x = torch.full((4,), 0.25, dtype=F64)
+    v = torch.full((4,), 0.25, dtype=F64)
+    T = P.penalty_terms(x, [W], [b], "relu", lambda h: h @ v, residual=True)
+    lhs = v.pow(2).sum() * (1 + x.pow(2).sum()) / torch.linalg.matrix_norm(W, 2) ** 2
+    assert 0 < lhs <= 1
+    assert torch.isclose(T.lhs, lhs, rtol=1e-12, atol=0)
+    assert T.rhs.item() == 0.0
+    assert T.ratio.item() == torch.inf
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_residual_networks_break_it(seed):
     g = _gen(seed)
@@ -121,6 +181,19 @@ def test_residual_networks_break_it(seed):
     s = torch.linalg.matrix_norm(W, 2)
     assert T.ratio >= (1 / s - 1) ** 2 * (1 - 1e-12)
     assert T.ratio > 100
+
+
+def test_residual_forward_adds_each_layer_to_its_input():
+    g = _gen(11)
+    Ws, bs = P.random_mlp([3, 3, 3], generator=g)
+    x = torch.randn(2, 3, generator=g, dtype=F64)
+    hs, zs = P.mlp_forward(x, Ws, bs, "tanh", residual=True)
+    z2 = x @ Ws[0].T + bs[0]
+    h2 = x + torch.tanh(z2)
+    z3 = h2 @ Ws[1].T + bs[1]
+    h3 = h2 + torch.tanh(z3)
+    for got, want in zip(hs + zs, [x, h2, h3, z2, z3], strict=True):
+        assert torch.allclose(got, want, rtol=1e-14, atol=1e-14)
 
 
 def test_random_mlp_is_seeded_and_shaped():
@@ -231,6 +304,15 @@ def test_random_mlp_uses_fan_in_variance():
         P.random_mlp([3, 2], generator=_gen(0), dtype=torch.int64)
 
 
+def test_random_mlp_default_scales():
+    # defaults: s = 1 (LeCun, variance 1 / fan_in) and s_b = 0.1
+    Ws, bs = P.random_mlp([400, 100, 50], generator=_gen(12))
+    for W in Ws:
+        assert abs(W.var().item() * W.shape[1] - 1) < 0.05
+    assert abs(torch.cat(bs).std().item() / 0.1 - 1) < 0.15
+    assert Ws[0].dtype == bs[0].dtype == F64
+
+
 def test_terms_survive_extreme_weight_scales():
     # a 2-layer linear net: scaling both weights by s leaves the layer-2 bias term unchanged
     # (s^4 / (s^2 s^2)); with squares formed first it underflowed to 0/0 := 0 at s = 1e-100
@@ -279,6 +361,16 @@ def test_f_without_gradient_and_nonfinite_f():
         P.penalty_terms(x, Ws, bs, "tanh", lambda h: h.sum() * float("nan"))
     with pytest.raises(ValueError, match="gradients of f must be finite"):
         P.penalty_terms(x, Ws, bs, "tanh", lambda h: (0 * h.sum()).sqrt())
+
+
+def test_f_ignoring_h_but_requiring_grad_has_zero_gradients():
+    # f's value depends on a tensor of its own, not on h: every gradient is still 0
+    Ws, bs = P.random_mlp([3, 4, 2], generator=_gen(6))
+    x = torch.ones(3, dtype=F64)
+    c = torch.tensor(1.5, dtype=F64, requires_grad=True)
+    T = P.penalty_terms(x, Ws, bs, "tanh", lambda h: 2 * c)
+    assert T.input_grad_sq.item() == 0.0 and T.rhs.item() == 0.0 and T.ratio.item() == 0.0
+    assert T.weight_terms.eq(0).all() and T.bias_terms.eq(0).all()
 
 
 # -- bad inputs (tools/bad_inputs.py) ----------------------------------------------------------
