@@ -50,6 +50,32 @@ def test_macro_f1_matches_sklearn(C):
         assert abs(K.macro_f1(y, yhat, C).item() - ref) < 1e-12
 
 
+def test_soft_macro_f1_of_soft_targets_with_small_sums_and_eps():
+    # soft targets whose per-class sums are below 1, by hand: class 0 has tp = 0.3 * 0.5 and
+    # sum 0.3 + 0.5 + 0.2, class 1 tp = 0.2 * 0.1 and sum 0.1 + 0.2 + 0.1; 2/C = 1
+    y = torch.tensor([[0.3, 0.0], [0.0, 0.2]], dtype=F64)
+    p = torch.tensor([[0.5, 0.1], [0.2, 0.1]], dtype=F64)
+    for eps in (0.0, 0.5):
+        want = 0.15 / (1.0 + eps) + 0.02 / (0.4 + eps)
+        assert K.soft_macro_f1(y, p, eps=eps).item() == pytest.approx(want, rel=1e-14)
+    # float32 scores whose sums overflow are summed again in float64, eps included: class 0
+    # gives 6e38 / (1 + 6e38 + eps) ~ 1/2 (tp 3e38 at its label), class 1 0.1 / (1.2 + eps)
+    huge = torch.tensor([[3e38, 0.1], [3e38, 0.1]])
+    got = K.soft_macro_f1(torch.tensor([0, 1]), huge, eps=0.5)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(0.5 + 0.1 / 1.7, rel=1e-6)
+
+
+def test_fixed_fraction_counts_sum_to_batch_when_fracs_are_off_by_rounding():
+    # fracs summing to 1 + 8e-7 (inside the 1e-6 tolerance) are renormalised first: at
+    # batch 2e6 the raw counts 1e6 (1 + 8e-7) would round to 1e6 + 1 each, two too many
+    labels = torch.tensor([0, 1])
+    idx = K.fixed_fraction_sampler(labels, 2_000_000, [0.5000004, 0.5000004],
+                                   generator=torch.Generator().manual_seed(0))
+    assert idx.shape == (2_000_000,)
+    assert torch.bincount(labels[idx]).tolist() == [1_000_000, 1_000_000]
+
+
 def test_absent_class_counts_zero_and_mean_is_over_all_classes():
     y = torch.tensor([0, 0, 1, 1])
     assert K.macro_f1(y, y, 3).item() == pytest.approx(2 / 3, abs=1e-15)
