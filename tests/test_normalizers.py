@@ -203,6 +203,21 @@ def test_fenchel_young_losses(alpha, p_of):
     assert abs(N.entmax_loss(perfect, torch.tensor([0]), alpha).item()) < 1e-12
 
 
+def test_fenchel_young_gradient_for_any_batch_shape():
+    # the hand-written backward broadcasts the incoming gradient over the classes: p - e_t for
+    # a single example (a scalar loss) and for a 2 x 3 batch; p from the `entmax` package
+    x = randn(2, 3, 5, seed=66)
+    t = torch.arange(6).reshape(2, 3) % 5
+    onehot = torch.nn.functional.one_hot(t, 5).to(F64)
+    for alpha, p_of in ((1.0, lambda z: torch.softmax(z, -1)), (1.5, entmax.entmax15),
+                        (2.0, entmax.sparsemax)):
+        p = p_of(x.reshape(6, 5)).reshape(2, 3, 5)
+        g = _grad(lambda z, a=alpha: N.entmax_loss(z, t, a), x)
+        torch.testing.assert_close(g, p - onehot)
+        g1 = _grad(lambda z, a=alpha: N.entmax_loss(z, t[1, 2], a), x[1, 2])
+        torch.testing.assert_close(g1, p[1, 2] - onehot[1, 2])
+
+
 def test_loss_cross_checks():
     x, t = randn(300, 5, seed=10), torch.arange(300) % 5
     torch.testing.assert_close(N.entmax_loss(x, t, 1.0),
@@ -241,6 +256,26 @@ def test_topk_softmax_and_loss():
     tie = torch.tensor([1.0, 3.0, 1.0, 1.0, 0.0])
     assert N.topk_softmax(tie, 2).tolist()[2:] == [0.0, 0.0, 0.0]  # lower index kept
     assert N.topk_softmax(tie, 2)[0] > 0
+
+
+def test_topk_breaks_long_runs_of_ties_towards_the_lower_index():
+    # rows of 64 logits in {0, 1, 2}: every boundary falls inside a run of ties (a CPU sort
+    # that is not stable reorders such runs from about 50 entries on); the kept set is the k
+    # largest logits, lower index first among equals, by a plain Python sort
+    g = torch.Generator().manual_seed(56)
+    x = torch.cat([torch.randint(0, 3, (6, 64), generator=g), torch.zeros(1, 64)]).to(F64)
+    order = [sorted(range(64), key=lambda i, r=r: (-r[i], i)) for r in x.tolist()]
+    for k in (5, 20, 40):
+        kept = torch.zeros(x.shape, dtype=torch.bool)
+        for row, idx in enumerate(order):
+            kept[row, idx[:k]] = True
+        e = torch.where(kept, x.exp(), 0.0)
+        torch.testing.assert_close(N.topk_softmax(x, k), e / e.sum(-1, keepdim=True), atol=0,
+                                   rtol=1e-14)
+        # the loss uses the same set: a target left out of it is pushed up
+        t = torch.tensor([idx[-1] for idx in order])
+        torch.testing.assert_close(N.topk_softmax_loss(x, t, k),
+                                   e.sum(-1).log() - x.gather(-1, t[:, None]).squeeze(-1))
 
 
 def test_am_softmax_loss():
@@ -288,6 +323,19 @@ def test_taylor_softmax():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_taylor_softmax_half_precision_on_batches(dtype):
+    # half logits are computed in float32 along the normalised dim, batched: each row of
+    # f_2(x) / sum f_2(x), f_2(t) = 1 + t + t^2/2, in float64 from the same (rounded) logits
+    x = randn(4, 5, seed=57, dtype=torch.float32).to(dtype)
+    xd = x.double()
+    w = 1 + xd + xd**2 / 2
+    want = w / w.sum(-1, keepdim=True)
+    for got in (N.taylor_softmax(x), N.taylor_softmax(x.T, dim=0).T):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), want, atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_perturb_max_half_precision(dtype):
     """The normal cdf has no half kernels on a CPU: computed in float32 and cast back."""
     x = randn(3, 4, seed=48, dtype=torch.float32)
@@ -296,6 +344,28 @@ def test_perturb_max_half_precision(dtype):
         assert p.dtype == dtype
         torch.testing.assert_close(p, N.perturb_max(x.to(dtype).float(), noise, 500, dim=0)
                                    .to(dtype), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_perturb_max_half_precision_keeps_any_shape(dtype):
+    # half logits go through float32 in their own layout, whatever the number of dimensions:
+    # a single row, and 2 x 3 rows along dim 1, against the quadrature in plain Python
+    cdf, inv = (lambda e: math.exp(-math.exp(-e))), (lambda u: -math.log(-math.log(u)))
+    n_grid = 5
+    eps = [inv((k + 0.5) / n_grid) for k in range(n_grid)]
+
+    def quadrature(row):
+        w = [sum(math.prod(cdf(xi - xj + e) for j, xj in enumerate(row) if j != i) for e in eps)
+             for i, xi in enumerate(row)]
+        return [v / sum(w) for v in w]
+
+    x = randn(2, 4, 3, seed=63, dtype=torch.float32).to(dtype)
+    want = torch.tensor([[quadrature(x[a, :, b].tolist()) for b in range(3)] for a in range(2)],
+                        dtype=F64).transpose(1, 2)
+    for xs, dim, ref in ((x, 1, want), (x[0, :, 0], 0, want[0, :, 0])):
+        got = N.perturb_max(xs, "gumbel", n_grid, dim=dim)
+        assert got.dtype == dtype and got.shape == xs.shape
+        torch.testing.assert_close(got.double(), ref, atol=1e-2, rtol=0)
 
 
 def test_perturb_max():
@@ -480,6 +550,21 @@ def test_newton_general_alpha_against_float64(alpha):
     torch.testing.assert_close(N.entmax(x, alpha, method="bisect"), N.entmax_bisect(x, alpha))
 
 
+def test_newton_general_alpha_renormalises_on_the_general_path():
+    # a +inf logit sends the whole batch down the general path (standardised logits); its
+    # Newton rows are renormalised there as well ("stop when the Newton step is below rounding
+    # and renormalise"): in float32 near alpha = 1, p = u^(1/beta) amplifies the threshold's
+    # rounding by 1/beta, and the sums would be off by 5e-6. Reference: the `entmax` package
+    x = randn(200, 9, seed=64, scale=3.0)
+    certain = torch.tensor([[math.inf] + [0.0] * 8], dtype=F64)
+    for alpha in (1.06, 1.1):
+        p = N.entmax(torch.cat([x, certain]).float(), alpha)
+        assert p[-1].tolist() == [1.0] + [0.0] * 8
+        ref = entmax.entmax_bisect(x, alpha, n_iter=100)
+        assert (p[:-1].double().sum(-1) - 1).abs().max().item() <= 1e-6
+        assert (p[:-1].double() - ref).abs().max().item() <= 1e-6
+
+
 def test_newton_backward_is_the_hand_derived_one():
     x = randn(3, 6, seed=34).requires_grad_()
     assert torch.autograd.gradcheck(lambda t: N.entmax(t, 1.3), (x,))
@@ -532,6 +617,18 @@ def test_solver_arguments():
             N.entmax(dead, alpha, method=method)
 
 
+def test_exact_maps_take_only_the_exact_solvers():
+    # sparsemax, entmax15 and their thresholds are exact: "newton", "sort" or "auto", and
+    # "bisect" (which entmax and entmax_bisect take) is refused like any unknown name
+    x = randn(2, 5, seed=59)
+    for f in (N.sparsemax, N.entmax15, N.sparsemax_threshold, N.entmax15_threshold):
+        for method in ("bisect", "heap"):
+            with pytest.raises(ValueError, match="method"):
+                f(x, method=method)
+        for method in ("auto", "newton", "sort"):
+            assert not torch.isnan(f(x, method=method)).any()
+
+
 def test_auto_method_by_device():
     """"auto" sorts on a CUDA device (where these calls are bound by kernel launches) and runs
     Newton elsewhere; alpha > 2 bisects everywhere."""
@@ -550,6 +647,20 @@ def test_auto_method_on_cuda_is_the_sort_path():
     for f in (N.sparsemax, N.entmax15):
         assert torch.equal(f(x), f(x, method="sort"))
         torch.testing.assert_close(f(x).cpu(), f(x.cpu()), atol=2e-6, rtol=0)
+
+
+def test_auto_method_on_a_cuda_device_sorts_for_each_exact_map(monkeypatch):
+    """Each map asks the dispatch for its own alpha: simulated on a CPU by a dispatch that sees
+    a CUDA tensor (as above), "auto" must then reach the sort for alpha in {1.5, 2}."""
+    cuda, dispatch = types.SimpleNamespace(is_cuda=True), N._method
+    monkeypatch.setattr(N, "_method", lambda method, x, alpha, exact_only=False:
+                        dispatch(method, cuda, alpha, exact_only))
+    sorts = _count_calls(monkeypatch, "_sort_threshold")
+    x = randn(4, 6, seed=62)
+    for f in (N.sparsemax, N.entmax15, lambda t: N.entmax(t, 1.5), lambda t: N.entmax(t, 2.0)):
+        before = len(sorts)
+        f(x)
+        assert len(sorts) == before + 1, f
 
 
 def _prefix_rule_threshold(row, alpha):
@@ -601,6 +712,26 @@ def test_sort_path_dispatch_is_lean():
     # the counter sees what it should: a sync per .item(), none for a view
     assert dispatch_counts(lambda: x.sum().item()) == {"aten_ops": 2, "host_syncs": 1}
     assert dispatch_counts(lambda: x.view(-1)) == {"aten_ops": 0, "host_syncs": 0}
+
+
+def test_newton_path_ends_in_a_few_iterations():
+    """The sort-free solver is the CPU default because it is cheap: for alpha in {1.5, 2} the
+    iteration stops as soon as the support repeats (at the closed-form root), in one step when
+    the support's entries are equal, and for other alpha once the Newton step is below
+    rounding. Counted like the sort path above: a few iterations of a few ops each (at most
+    119 here), where running the loop to its cap of 200 takes 600-2000 ops."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from harness import dispatch_counts
+
+    rows = randn(64, 9, seed=60)
+    equal = torch.tensor([[1.0, 1.0, 1.0, -3.0, -5.0], [2.0, 2.0, -1.0, -1.5, -9.0]], dtype=F64)
+    maps = {"sparsemax": lambda t: N.sparsemax(t, method="newton"),
+            "entmax15": lambda t: N.entmax15(t, method="newton"),
+            "entmax-1.25": lambda t: N.entmax(t, 1.25), "entmax-1.75": lambda t: N.entmax(t, 1.75)}
+    for x in (rows, rows.float(), equal):
+        for name, f in maps.items():
+            counts = dispatch_counts(lambda f=f, x=x: f(x))
+            assert counts["aten_ops"] <= 150 and counts["host_syncs"] <= 10, (name, counts)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
@@ -693,6 +824,23 @@ def test_newton_general_alpha_long_rows(alpha, n, monkeypatch):
     assert min(sizes) < n // 8 and max(sizes) == n  # the packed path and the full path both ran
 
 
+def test_newton_general_alpha_on_a_single_row(monkeypatch):
+    """A 1-d input is one row, on every path: short, and long sparse rows whose candidates are
+    packed by prefix count (n < _PACK_MAX) or by top-K. Reference: the `entmax` package's
+    bisection, in float64."""
+    sizes = _count_calls(monkeypatch, "_solve")
+    for n in (7, 2048, 8192):
+        x = randn(n, seed=61, scale=3.0, dtype=torch.float32)
+        x[::5] = -math.inf
+        for alpha in (1.25, 1.6):
+            p = N.entmax(x, alpha)
+            ref = entmax.entmax_bisect(x.double(), alpha, n_iter=100)
+            assert p.shape == (n,) and p.dtype == torch.float32
+            assert (p.double() - ref).abs().max().item() <= 1e-6, (n, alpha)
+            assert torch.equal(p[ref == 0], torch.zeros_like(p[ref == 0]))
+    assert max(sizes[2:]) < 2048 // 8  # the long rows were solved on their candidates
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_long_rows_never_nan(dtype):
     big = 6e4 if dtype == torch.float16 else 1e30
@@ -719,6 +867,7 @@ def test_integer_powers_by_products():
 
 # -- the remaining branches: n_iter, the Shannon limit, list targets --------------------------
 
+
 def test_bisect_threshold_and_loss_with_n_iter_against_the_sparsemax_closed_form():
     # sparsemax of (1, 0.5, -1): tau = (1 + 0.5 - 1)/2 = 1/4, p = (3/4, 1/4, 0); the loss at
     # target 1 is (p - e_1).x + (1 - |p|^2)/2 = 3/8 + 3/16 = 9/16
@@ -731,6 +880,35 @@ def test_bisect_threshold_and_loss_with_n_iter_against_the_sparsemax_closed_form
                lambda n: N.entmax_loss(x, torch.tensor(1), 2.0, n_iter=n)):
         with pytest.raises(ValueError, match="n_iter must be >= 1"):
             fn(0)
+
+
+def test_losses_at_exact_alphas_are_exact_whatever_n_iter():
+    # alpha in {1.5, 2} has an exact solver (as for entmax_jacobian): n_iter, the bisection's
+    # halvings for other alpha, does not make the loss approximate. Closed forms: sparsemax of
+    # (1, 0.5, -1) as above (9/16 at target 1); 1.5-entmax of (1, 1, 1, 1, 0) is 1/4 on the
+    # ones (lambda = 0 lands on the last logit), H = (1 - 4 (1/4)^1.5)/0.75 = 2/3, so the loss
+    # is 2/3 at target 0 and 2/3 + (p - e_4).x = 5/3 at target 4
+    x2 = torch.tensor([1.0, 0.5, -1.0], dtype=F64)
+    x15 = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]] * 2, dtype=F64)
+    for n_iter in (1, 2, 5):
+        assert N.entmax_loss(x2, torch.tensor(1), 2.0, n_iter=n_iter).item() == pytest.approx(
+            9 / 16, abs=1e-14)
+        got = N.entmax_loss(x15, torch.tensor([0, 4]), 1.5, n_iter=n_iter)
+        assert got.tolist() == pytest.approx([2 / 3, 5 / 3], abs=1e-14)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 3.0])
+def test_tsallis_entropy_gradient_at_a_zero_entry(alpha):
+    # dH/dp_i = (1 - alpha p_i^(alpha-1)) / (alpha (alpha-1)), also at p_i = 0 (where it is
+    # 1 / (alpha (alpha-1))): moving mass onto a zero entry raises the entropy at that rate
+    p = torch.tensor([0.6, 0.4, 0.0], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(N.tsallis_entropy(p, alpha), p)
+    want = [(1 - alpha * v ** (alpha - 1)) / (alpha * (alpha - 1)) for v in (0.6, 0.4, 0.0)]
+    torch.testing.assert_close(g, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=0)
+    t = 1e-10  # and a finite difference along e_3 - e_1 (its error is ~ t^(alpha-1))
+    step = torch.tensor([-t, 0.0, t], dtype=torch.float64)
+    fd = (N.tsallis_entropy(p.detach() + step, alpha) - N.tsallis_entropy(p.detach(), alpha)) / t
+    assert float(fd) == pytest.approx(want[2] - want[0], rel=1e-4)
 
 
 def test_tsallis_entropy_at_alpha_one_is_shannon():
@@ -848,6 +1026,7 @@ def test_softmax_and_am_softmax_identities(values, target, margin, tau):
 
 # -- bad inputs (tools/bad_inputs.py): a +inf logit gives a +inf threshold (documented) -------
 
+
 @pytest.mark.parametrize("threshold", [
     N.sparsemax_threshold, N.entmax15_threshold,
     lambda x: N.entmax15_threshold(x, method="newton"), N.entmax_bisect_threshold,
@@ -905,6 +1084,17 @@ def test_fenchel_young_losses_of_large_logits_are_shift_invariant_and_nonnegativ
         assert bool((got >= 0).all()), alpha
 
 
+def test_fenchel_young_losses_of_confident_predictions_are_clamped_at_zero():
+    # with the target at the argmax, p is at or near e_t and the loss is 0 up to rounding, which
+    # in float32 lands a few ulps below 0 for about one row in a hundred: the documented value
+    # is >= 0 (clamped), never a small negative number
+    x = randn(2000, 5, seed=65, scale=3.0, dtype=torch.float32)
+    t = x.argmax(-1)
+    for alpha in (1.0, 1.25, 1.5):
+        loss = N.entmax_loss(x, t, alpha)
+        assert bool((loss >= 0).all()), alpha
+
+
 def test_topk_softmax_loss_with_infinite_logits_is_the_limit():
     """+inf rows take the limit of the finite formula as the +inf logits grow together (log c
     when the target's logit is +inf, even when the tie-break leaves it out of Omega_k; +inf
@@ -919,6 +1109,18 @@ def test_topk_softmax_loss_with_infinite_logits_is_the_limit():
     assert float(N.topk_softmax_loss(x, [3], 2)) == pytest.approx(math.log(2))
     assert float(N.topk_softmax_loss(x, [0], 3)) == pytest.approx(math.log(3))
     assert float(N.topk_softmax_loss(x, [2], 3)) == inf
+
+
+def test_topk_softmax_loss_with_infinite_logits_row_by_row():
+    # each row of a batch takes its own limit: +inf logits at 1 and 3, both kept, target among
+    # them: log 2; one +inf logit, the target's: log 1 = 0; three +inf logits, target finite:
+    # +inf; a finite row: log(e^3 + e^2) - x_2
+    inf = math.inf
+    x = torch.tensor([[0.0, inf, 1.0, inf], [inf, 0.0, 1.0, 2.0], [inf, inf, inf, 0.0],
+                      [3.0, 2.0, 1.0, 0.0]], dtype=F64)
+    got = N.topk_softmax_loss(x, torch.tensor([1, 0, 3, 2]), 2)
+    want = [math.log(2), 0.0, inf, math.log(math.exp(3) + math.exp(2)) - 1.0]
+    assert got.shape == (4,) and got.tolist() == pytest.approx(want, rel=1e-14)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
@@ -972,6 +1174,7 @@ def test_thresholds_carry_no_gradient(threshold, method):
 
 
 # -- gaps found by mutation testing ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_taylor_softmax_order_limit_is_named_exactly(dtype):
@@ -1101,6 +1304,22 @@ def test_perturb_max_is_the_documented_quadrature(noise):
     want = [v / sum(w) for v in w]
     got = N.perturb_max(torch.tensor(x, dtype=F64), noise, n_grid)
     assert got.tolist() == pytest.approx(want, rel=1e-12)
+
+
+def test_perturb_max_slices_larger_than_a_chunk():
+    # the grid is chunked so that one chunk of x_i - x_j + eps holds about 2^22 numbers; a batch
+    # whose n^2 differences alone exceed that (16385 rows of 16 classes) takes one grid point
+    # per chunk. The same quadrature as above, in plain Python, for the repeated row
+    cdf, inv = (lambda e: math.exp(-math.exp(-e))), (lambda u: -math.log(-math.log(u)))
+    row, n_grid = randn(16, seed=58, scale=0.5).tolist(), 2
+    eps = [inv((k + 0.5) / n_grid) for k in range(n_grid)]
+    w = [sum(math.prod(cdf(xi - xj + e) for j, xj in enumerate(row) if j != i) for e in eps)
+         for i, xi in enumerate(row)]
+    want = torch.tensor([v / sum(w) for v in w], dtype=F64)
+    x = torch.tensor(row, dtype=torch.float32).repeat(16385, 1)
+    assert x.shape[0] * 16 * 16 > 2**22
+    got = N.perturb_max(x, "gumbel", n_grid)
+    torch.testing.assert_close(got.double(), want.expand(16385, 16), atol=0, rtol=1e-4)
 
 
 def test_bisection_default_iterations_are_mantissa_bits_plus_three():

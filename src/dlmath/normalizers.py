@@ -856,7 +856,10 @@ def _tsallis(p: torch.Tensor, alpha: float, dim: int = -1) -> torch.Tensor:
     """Tsallis entropy of a valid ``p`` (Shannon at alpha = 1), cancellation-free."""
     if alpha == 1.0:
         return -torch.special.xlogy(p, p).sum(dim=dim)
-    log_p = torch.log(torch.where(p > 0, p, 1.0))  # p_i = 0 contributes 0 (and no NaN grad)
+    # log 0 = -inf makes the factor expm1 = -1 there, the limit of p^(alpha-1) - 1, so the
+    # gradient (1 - alpha p^(alpha-1)) / (alpha (alpha-1)) is right at p_i = 0 too (a factor
+    # of 0 there gave 0); the where keeps log's 1/0 out of the backward
+    log_p = torch.log(torch.where(p > 0, p, 0.0))
     return -(p * torch.expm1((alpha - 1) * log_p)).sum(dim=dim) / (alpha * (alpha - 1))
 
 
