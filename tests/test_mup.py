@@ -542,9 +542,12 @@ def test_train_gives_each_model_its_own_copy_of_a_shared_weight():
     alone = [mup.train([W_in, W_out[0]], X, T, [r, 0.1], steps=3) for r in (0.1, 0.3)]
     torch.testing.assert_close(swept, torch.stack(alone, dim=-1), rtol=1e-12, atol=0)
     assert torch.equal(W_in, starts[0]) and torch.equal(W_out, starts[1])  # inputs untouched
-    with pytest.raises(ValueError, match=r"lrs\[0\] of shape \(5,\) must broadcast against "
-                                         r"weights\[0\] of shape \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"lrs\[0\] \(5,\) and weights\[0\] \(3, 4\) do not "
+                                         "broadcast"):
         mup.train([W_in, W_out], X, T, [torch.ones(5), 0.1], steps=1)
+    with pytest.raises(ValueError, match=r"lrs\[1\] of shape \(1, 3\) must not widen"):
+        mup.train([W_in, W_out[0, :, :1]], X, T[:, :1], [0.1, torch.ones(1, 3)], steps=1)
+
 
 
 def test_init_mlp_default_has_two_hidden_layers():

@@ -90,6 +90,11 @@ def _check_beta(beta, name: str) -> float:
     return beta
 
 
+def _check_betas(betas) -> tuple[float, float]:
+    beta1, beta2 = check_reals(betas, "betas", 2, "a pair (beta1, beta2)")
+    return _check_beta(beta1, "betas[0]"), _check_beta(beta2, "betas[1]")
+
+
 def ema(x, beta: float, *, bias_correct: bool = True, dim: int = 0,
         init: str = "zero") -> torch.Tensor:
     r"""Exponential moving average of a sequence, at every step.
@@ -173,8 +178,7 @@ def adam_run(grad_fn: Callable[[torch.Tensor], torch.Tensor], theta0, *, lr: flo
     check_finite(theta, "theta0")
     lr = check_real(lr, "lr", nonnegative=True)
     steps = check_int(steps, "steps", low=1)
-    beta1, beta2 = check_reals(betas, "betas", 2, "a pair (beta1, beta2)")
-    beta1, beta2 = _check_beta(beta1, "betas[0]"), _check_beta(beta2, "betas[1]")
+    beta1, beta2 = _check_betas(betas)
     eps = check_real(eps, "eps", nonnegative=True)
     m = torch.zeros_like(theta)
     v = torch.zeros_like(theta)
@@ -318,8 +322,7 @@ def noisy_quadratic(h, c, *, lr: float, steps: int, burn_in: int, chains: int,
     if method == "sgd" and float((lr * h).max()) >= 2:
         raise ValueError(f"lr * h must be < 2 for SGD to have a stationary law (it diverges "
                          f"otherwise); max lr*h = {float((lr * h).max()):.3g}")
-    beta1, beta2 = check_reals(betas, "betas", 2, "a pair (beta1, beta2)")
-    beta1, beta2 = _check_beta(beta1, "betas[0]"), _check_beta(beta2, "betas[1]")
+    beta1, beta2 = _check_betas(betas)
     eps = check_real(eps, "eps", nonnegative=True)
     dev = generator.device if generator is not None else torch.device("cpu")
     h, c = h.to(dev), c.to(dev)

@@ -521,14 +521,10 @@ def train(weights, X, T, lrs, steps: int, optimizer: str = "sgd", activation=tor
         if bool(torch.isnan(lr).any() | (lr < 0).any()):  # a caller's mistake, not a divergence
             raise ValueError("lrs must hold learning rates >= 0 (floats or tensors), not NaN "
                              "or negative ones")
-        try:
-            full = torch.broadcast_shapes(lr.shape, W.shape)
-        except RuntimeError:
-            full = None
-        if full is None or full[-2:] != W.shape[-2:]:
-            raise ValueError(f"lrs[{i}] of shape {tuple(lr.shape)} must broadcast against "
-                             f"weights[{i}] of shape {tuple(W.shape)} (e.g. (L, 1, 1) for L "
-                             "models)")
+        full = check_broadcast(**{f"lrs[{i}]": lr.shape, f"weights[{i}]": W.shape})
+        if full[-2:] != W.shape[-2:]:
+            raise ValueError(f"lrs[{i}] of shape {tuple(lr.shape)} must not widen the matrix of "
+                             f"weights[{i}], {tuple(W.shape[-2:])} (e.g. (L, 1, 1) for L models)")
         shapes.append(full[:-2])
     for t, name in ((X, "X"), (T, "T")):  # else every model would be reported as diverged
         check_finite(as_float_tensor(t, name, min_ndim=2), name)
@@ -542,7 +538,6 @@ def train(weights, X, T, lrs, steps: int, optimizer: str = "sgd", activation=tor
         with torch.enable_grad():
             loss = mse_loss(mlp_features(params, X, activation)[-1], T)
             if step == 0:  # one loss per model: X and T may not add models of their own
-                stack = torch.broadcast_shapes(*(W.shape[:-2] for W in params))
                 if loss.shape != stack:
                     raise ValueError(f"X and T must not carry leading dimensions beyond the "
                                      f"weights' stack {tuple(stack)}: the loss would have shape "
