@@ -1,6 +1,7 @@
 """Tests of dlmath.optim.Lion and lion_update: cross-checks against lion-pytorch and AdamW."""
 
 import copy
+import sys
 
 import lion_pytorch
 import pytest
@@ -610,3 +611,20 @@ def test_fused_recompile_limit_falls_back_to_foreach(monkeypatch):
         _step_both(a, b, fused, eager, 3, seed=13)
     assert "recompile" in fused._fused_off.lower()
     assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("name", ["Lion", "SignSGD", "Tiger"])
+def test_fused_unavailable_warning_points_at_the_callers_line(monkeypatch, name):
+    # the warning names the line that called step(), not a line inside dlmath or torch,
+    # whatever the depth of each optimizer's call chain
+    import dlmath.optim as optim
+    from dlmath.optim import _fused
+
+    monkeypatch.setattr(_fused, "_unavailable", lambda device_type: "no compiler (simulated)")
+    (p,) = _params([(3,)], torch.float32)
+    p.grad = torch.ones(3)
+    opt = getattr(optim, name)([p], fused=True)
+    with pytest.warns(RuntimeWarning, match="simulated") as record:
+        line = sys._getframe().f_lineno + 1
+        opt.step()
+    assert [(w.filename, w.lineno) for w in record] == [(__file__, line)]

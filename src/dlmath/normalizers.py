@@ -685,8 +685,8 @@ def sparsemax(x, dim: int = -1, method: str = "auto") -> torch.Tensor:
 
 
 def sparsemax_threshold(x, dim: int = -1, method: str = "sort") -> torch.Tensor:
-    r"""The sparsemax threshold :math:`\lambda(x)`, exact (``method``: ``"sort"`` or
-    ``"newton"``).
+    r"""The sparsemax threshold :math:`\lambda(x)`, exact (``method``: ``"sort"``,
+    ``"newton"``, or ``"auto"`` as in :func:`sparsemax`).
 
     With :math:`x_{(1)}\ge\dots\ge x_{(n)}` and :math:`\lambda_k = (\sum_{i\le k}x_{(i)} - 1)/k`,
     :math:`\lambda = \lambda_K` for the largest :math:`K` with :math:`x_{(K)} \ge \lambda_K`,
@@ -722,8 +722,8 @@ def entmax15_threshold(x, dim: int = -1, method: str = "sort") -> torch.Tensor:
     :math:`z_{(K)} \ge \lambda_K` (a "≥" rule: it never fails on ties or when the threshold
     lands exactly on a logit, e.g. ``x = [2, 0]``). Shape: ``x`` without ``dim``; ``+inf``
     where the slice holds a ``+inf`` logit. ``method="newton"`` gives the same threshold
-    without sorting. The result carries no gradient (as :func:`entmax_bisect_threshold`);
-    :func:`entmax15` has the exact backward.
+    without sorting; ``"auto"`` chooses as in :func:`entmax15`. The result carries no
+    gradient (as :func:`entmax_bisect_threshold`); :func:`entmax15` has the exact backward.
     """
     x = _logits(x, dim, light=True).detach()
     return _fast_parts(x, 1.5, _method(method, x, 1.5, True))[1]
@@ -906,6 +906,8 @@ def entmax_loss(x, target, alpha: float = 1.5, n_iter: int | None = None,
     ``+inf`` logit and the target's is not one. The dot product is taken on
     :math:`x - \max_i x_i` (the same value when :math:`\sum_i p_i = 1`), so large logits
     do not bring the rounding of :math:`\sum_i p_i` into the loss; the value is clamped at 0.
+    ``n_iter``: the bisection iterations for :math:`\alpha \notin \{1, 1.5, 2\}` (default:
+    as :func:`entmax_bisect`); the exact maps at :math:`\alpha \in \{1, 1.5, 2\}` ignore it.
     """
     x = _logits(x, dim)
     t = _target(target, x)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import warnings
 from functools import lru_cache
 
@@ -99,11 +100,26 @@ def _unavailable(device_type: str) -> str | None:
     return f"device type {device_type!r} is not supported by the fused path"
 
 
+# the folders of dlmath and of torch (the first a level up from this subpackage)
+_INTERNAL = (os.path.dirname(os.path.dirname(__file__)) + os.sep,
+             os.path.dirname(torch.__file__) + os.sep)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside dlmath and torch, for the caller of
+    :func:`_warn_once` (its call chains differ in depth: Lion, SignSGD, Tiger, the optimizer
+    hooks of torch)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _warn_once(optimizer, reason: str) -> None:
     if not getattr(optimizer, "_fused_off", None):
         warnings.warn(f"{type(optimizer).__name__}: the fused (torch.compile) step is not "
                       f"available ({reason}); using the foreach step", RuntimeWarning,
-                      stacklevel=4)
+                      stacklevel=_caller_stacklevel())
     optimizer._fused_off = reason
 
 
