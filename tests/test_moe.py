@@ -1040,3 +1040,110 @@ def test_batch_shape_mismatches_raise_value_errors():
         moe.dynamic_k_update(torch.zeros(2, 4), torch.full((3, 4), 0.25), 1.0, 0.1)
     with pytest.raises(ValueError, match="do not broadcast"):
         moe.subset_error(torch.randn(2, 4, 3), torch.tensor([[0, 1], [1, 2], [0, 2]]))
+
+
+# -- cases found by mutation testing (tools/mutate.py) --------------------------------------
+
+def test_expert_outputs_keep_every_leading_dimension():
+    # x is (..., d): a batch of sequences gives the experts of each token, as one token at a time
+    W_A, W_B, W_G, _ = _ffn(5)
+    x = torch.randn(2, 3, 6, generator=_gen(6), dtype=F64)
+    for gate in (None, W_G):
+        v = moe.expert_outputs(x, W_A, W_B, 4, W_gate=gate)
+        assert v.shape == (2, 3, 4, 5)
+        for b, t in itertools.product(range(2), range(3)):
+            one = moe.expert_outputs(x[b, t], W_A, W_B, 4, W_gate=gate)
+            assert torch.allclose(v[b, t], one, atol=1e-13, rtol=0)
+
+
+def test_best_subset_default_limit_is_two_to_the_sixteen():
+    # the docstring: 2^16 subsets by default, enough for every k at n <= 18
+    V = torch.randn(19, 3, generator=_gen(7), dtype=F64)
+    idx, err = moe.best_subset(V[:18], 9)  # C(18, 9) = 48620 <= 65536
+    assert err.item() == pytest.approx(moe.subset_error(V[:18], idx).item(), abs=1e-12)
+    with pytest.raises(ValueError, match="C\\(19, 9\\) = 92378 subsets exceed max_subsets = 65536"):
+        moe.best_subset(V, 9)
+
+
+def test_load_stats_of_a_single_selection_and_maxvio_per_batch():
+    one = torch.zeros(3, 4, dtype=torch.bool)
+    one[1, 2] = True  # B = 1/3: one selection in all
+    st_ = moe.load_stats(one, dtype=F64)
+    assert st_.load.tolist() == [0.0, 0.0, 1.0, 0.0] and st_.maxvio.item() == 3.0
+    mask = torch.rand(2, 3, 10, 4, generator=_gen(1)) > 0.5
+    batch = moe.load_stats(mask, dtype=F64)
+    assert batch.maxvio.shape == (2, 3)
+    for i, j in itertools.product(range(2), range(3)):
+        counts = mask[i, j].double().sum(0)
+        assert batch.maxvio[i, j].item() == pytest.approx(4 * counts.max().item()
+                                                          / counts.sum().item() - 1, abs=1e-15)
+
+
+def test_lossfree_rms_step_in_half_precision_with_a_tiny_imbalance():
+    # z = F - 1/4 = ±2^-12: z^2 is float16's smallest subnormal and the mean of the squares
+    # underflows to 0; dividing by max|z| first keeps the step at RMS 1
+    load = torch.tensor([0.25 + 2**-12, 0.25 - 2**-12, 0.25, 0.25], dtype=torch.float16)
+    step = -moe.lossfree_update(torch.zeros(4, dtype=torch.float16), load, 1.0, "rms")
+    z = torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=F64)
+    assert torch.allclose(step.double(), z / z.square().mean().sqrt(), atol=2e-3, rtol=0)
+
+
+def test_dynamic_k_simplified_rule_with_the_budget_met_exactly():
+    # B = k: sign(B - k) = 0, so the simplified rule is Loss-Free's step alone
+    bias = torch.linspace(-1, 1, 4, dtype=F64)
+    for rates in ([0.5, 0.5, 0.5, 0.5], [0.75, 0.25, 0.5, 0.5]):
+        rates = torch.tensor(rates, dtype=F64)
+        new = moe.dynamic_k_update(bias, rates, 2, 0.1, "simplified", lam=2.0)
+        assert torch.equal(new, moe.dynamic_k_update(bias, rates, 2, 0.1, "lossfree"))
+
+
+def test_geometric_moe_with_one_expert_in_use():
+    # k = 1 and every token choosing expert 2: one part, y_t = p_t2 e_2(x_t)
+    x, experts, v = _experts(8)
+    scores = torch.tensor([0.1, 0.2, 3.0, 0.3], dtype=F64).expand(7, 4).clone()
+    y, counts = moe.geometric_moe(x, scores, experts, 1)
+    assert counts.tolist() == [0, 0, 7, 0]
+    assert torch.allclose(y, 3.0 * v[:, 2] / v[:, 2].norm(dim=-1, keepdim=True), atol=1e-13,
+                          rtol=0)
+    y1, _ = moe.geometric_moe(x[0], scores[0], experts, 1)
+    assert torch.allclose(y1, y[0], atol=1e-14, rtol=0)
+
+
+def test_importance_sampling_variance_clamped_and_differentiable_at_p_zero():
+    # n equal vectors at p = 1/n: the variance is 0, and rounding makes the raw sum negative
+    V = torch.randn(1, 4, generator=_gen(0), dtype=F64).expand(3, 4)
+    p = torch.full((3,), 1 / 3, dtype=F64)
+    raw = (V.square().sum(-1) / p).sum() - V.sum(0).square().sum()
+    assert raw < 0 and moe.importance_sampling_variance(V, p).item() == 0.0
+    # a zero vector with p_i = 0 adds nothing, and the gradient stays finite there:
+    # d/dv_i = 2 v_i / p_i - 2 sum_j v_j (p_i > 0), -2 sum_j v_j (p_i = 0)
+    W = torch.randn(4, 3, generator=_gen(1), dtype=F64)
+    W[2] = 0
+    W.requires_grad_(True)
+    q = torch.tensor([0.5, 0.3, 0.0, 0.2], dtype=F64)
+    (grad,) = torch.autograd.grad(moe.importance_sampling_variance(W, q), W)
+    Wd = W.detach()
+    expected = 2 * Wd / torch.where(q > 0, q, 1).unsqueeze(-1) - 2 * Wd.sum(0)
+    assert torch.allclose(grad, expected, atol=1e-12, rtol=0)
+
+
+def test_threshold_bias_init_is_the_midpoint_and_m_is_clipped():
+    # scores of both signs: b0 = -(rho_(m) + rho_(m+1)) / 2
+    rho = torch.tensor([[2.0, -1.0, -3.0]], dtype=F64)
+    assert moe.threshold_bias_init(rho, 1).item() == -0.5
+    # k T = 1.9 rounds to m = 2 = n T: clipped to n T - 1 = 1, one selection
+    rho = torch.tensor([[0.75, 0.25]], dtype=F64)
+    b0 = moe.threshold_bias_init(rho, 1.9)
+    assert b0.item() == -0.5 and moe.route_threshold(rho, b0.expand(2)).sum().item() == 1
+
+
+def test_topk_ties_go_to_the_lower_index_on_long_rows_and_routing_is_batched():
+    # on short rows the CPU sort happens to be stable; on long runs of ties it is not
+    assert torch.equal(moe.topk_indices(torch.zeros(3, 200), 10),
+                       torch.arange(10).expand(3, 10))
+    rho = torch.rand(2, 5, 8, generator=_gen(2), dtype=F64)
+    b = torch.randn(8, generator=_gen(3), dtype=F64)
+    mask = moe.route_topk(rho, b, 3)
+    for i in range(2):
+        assert torch.equal(mask[i], moe.route_topk(rho[i], b, 3))
+    assert (mask.sum(-1) == 3).all()
