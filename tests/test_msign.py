@@ -126,7 +126,7 @@ def test_polar_rank_deficient_and_zero():
     torch.testing.assert_close(Q @ Q.T @ M, M, atol=1e-10, rtol=0)
     for dtype in (torch.float32, F64):
         Z = torch.zeros(4, 6, dtype=dtype)
-        assert torch.equal(polar(Z), Z)
+        assert torch.equal(polar(Z), Z) and torch.equal(polar(Z, rtol=0), Z)
 
 
 def test_polar_batched_dtype_device_kept():
@@ -788,3 +788,66 @@ def test_a_schedule_of_exactly_three_triples_is_three_steps():
     for a, b, c in seq:
         y = a * y + b * y**3 + c * y**5
     torch.testing.assert_close(newton_schulz_map(x, seq, 3), y, atol=1e-15, rtol=0)
+
+
+# -- cases found by mutation testing (tools/mutate.py) --------------------------------------
+
+def test_gram_path_dispatch_rule_on_each_device_type():
+    # gram=None: aspect above 1.5; on a GPU also a short side of at least 2048 (the CUDA half
+    # is checked here without a GPU, on the rule msign applies to X.device.type)
+    from dlmath.msign import _gram_pays
+
+    assert _gram_pays(100, 151, "cpu") and not _gram_pays(100, 150, "cpu")
+    assert _gram_pays(2048, 3073, "cuda") and not _gram_pays(2047, 4096, "cuda")
+    assert not _gram_pays(2048, 3072, "cuda")
+
+
+class _Matmuls:
+    """Counts the matrix products a call makes, with the shapes of their results."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        ops = {torch.ops.aten.mm, torch.ops.aten.bmm, torch.ops.aten.addmm,
+               torch.ops.aten.baddbmm}
+        shapes = self.shapes = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if func.overloadpacket in ops:
+                    shapes.append(tuple(out.shape))
+                return out
+
+        self.mode = Mode()
+
+
+@pytest.mark.parametrize("shape", [(6, 20), (20, 6), (3, 6, 20), (3, 20, 6)])
+@pytest.mark.parametrize("T", [1, 3, 5])
+def test_matmul_count_and_sizes_of_both_paths(shape, T):
+    # plain: 3 products a step (A = XX^T and two fused ones); Gram: A_1, then per step P, Q = PQ
+    # (not at the first) and A = PAP (not at the last), and Q X at the end: 4T - 1. Every
+    # product works on the short side: a tall matrix is transposed first
+    M = torch.randn(*shape, generator=gen(70), dtype=F64)
+    short = min(shape[-2:])
+    for gram, count in ((False, 3 * T), (True, 4 * T - 1)):
+        counter = _Matmuls()
+        with counter.mode:
+            msign(M, T, "jordan", gram=gram)
+        assert len(counter.shapes) == count, (gram, counter.shapes)
+        assert all(s[-2] == short for s in counter.shapes), counter.shapes
+
+
+def test_polar_default_rtol_counts_the_longer_side():
+    # default rtol = max(n, m) eps: on a 20 x 2 matrix with sigma = (1, 8 eps), 8 eps lies
+    # below 20 eps (dropped: rank 1) but above 2 eps, the tolerance of the shorter side
+    eps = torch.finfo(F64).eps
+    M = planted(20, 2, torch.tensor([1.0, 8 * eps], dtype=F64), seed=71)
+    s = torch.linalg.svdvals(M)
+    assert 2 * eps < s[1] < 20 * eps
+    for A in (M, M.T):
+        Q = polar(A)
+        assert torch.linalg.matrix_rank(Q).item() == 1
+        U, _, Vh = torch.linalg.svd(A, full_matrices=False)
+        torch.testing.assert_close(Q, U[:, :1] @ Vh[:1], atol=1e-12, rtol=0)
+    assert torch.linalg.matrix_rank(polar(M, rtol=2 * eps)).item() == 2

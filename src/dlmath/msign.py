@@ -115,7 +115,7 @@ def _optimal_quintic(lo: float, u: float, tol: float) -> Triple:
         a, b, c = TAYLOR[0]
     else:
         q, r = (3 * lo + 1) / 4, (lo + 3) / 4
-        E_old, E = math.inf, 0.0
+        E_old = math.inf
         for _ in range(100):
             pts = torch.tensor([lo, q, r, 1.0], dtype=torch.float64)
             lhs = torch.stack([pts, pts**3, pts**5,
@@ -382,13 +382,19 @@ def msign(M, steps: int = 5, coefficients="jordan", *, dtype: torch.dtype | None
     if X.ndim > 3:  # addmm/baddbmm take one batch dimension
         X = X.reshape(-1, n, m)
     X = _normalise(X, M, validate)
-    if gram is None:  # where it pays, as measured by benchmarks/bench_msign_gram.py
-        gram = m > 1.5 * n and (X.device.type == "cpu" or n >= 2048)
+    if gram is None:
+        gram = _gram_pays(n, m, X.device.type)
     X = (_gram_newton_schulz if gram else _newton_schulz)(X, sched, scale == "schatten8")
     X = X.reshape(*batch, n, m)
     if tall:
         X = X.mT
     return X.to(M.dtype)
+
+
+def _gram_pays(n: int, m: int, device_type: str) -> bool:
+    """``gram=None``: the Gram path for an n x m (n <= m) matrix where it measured faster
+    (benchmarks/bench_msign_gram.py): aspect above 1.5, and on a GPU a short side of 2048+."""
+    return m > 1.5 * n and (device_type == "cpu" or n >= 2048)
 
 
 def _newton_schulz(X: torch.Tensor, sched, schatten8: bool) -> torch.Tensor:
@@ -442,7 +448,7 @@ def polar(M, rtol: float | None = None) -> torch.Tensor:
         rtol = max(M.shape[-2:]) * torch.finfo(work).eps
     rtol = check_real(rtol, "rtol", nonnegative=True)
     U, S, Vh = torch.linalg.svd(M.to(work), full_matrices=False)
-    keep = (S > rtol * S[..., :1]) & (S > 0)
+    keep = S > rtol * S[..., :1]  # > 0 as well, rtol >= 0: the zero matrix gives zero
     return ((U * keep.unsqueeze(-2).to(work)) @ Vh).to(M.dtype)
 
 
@@ -469,14 +475,15 @@ def marchenko_pastur_singular_values(n: int, m: int, k: int | None = None,
     theta = torch.linspace(0, math.pi / 2, grid, dtype=torch.float64)
     s2, c2 = torch.sin(theta) ** 2, torch.cos(theta) ** 2
     lam = lo + (hi - lo) * s2
-    # density in theta; s2 / lam -> 1 / (hi - lo) at theta = 0 when lo = 0 (square case)
+    # the density in theta up to a constant factor (the CDF is normalised below):
+    # c2 * s2 / lam, where s2 / lam -> 1 / (hi - lo) at theta = 0 when lo = 0 (square case)
     ratio = torch.where(lam > 0, s2 / lam.clamp_min(1e-300), torch.full_like(lam, 1 / (hi - lo)))
-    dens = (hi - lo) ** 2 * 2 * c2 * ratio / (2 * math.pi * q)
     cdf = torch.cat([torch.zeros(1, dtype=torch.float64),
-                     torch.cumulative_trapezoid(dens, theta)])
+                     torch.cumulative_trapezoid(c2 * ratio, theta)])
     cdf = cdf / cdf[-1]
     levels = (torch.arange(k, dtype=torch.float64) + 0.5) / k
-    idx = torch.searchsorted(cdf, levels).clamp(1, grid - 1)
+    # levels lie in (0, 1) = (cdf[0], cdf[-1]): 1 <= idx <= grid - 1
+    idx = torch.searchsorted(cdf, levels)
     w = (levels - cdf[idx - 1]) / (cdf[idx] - cdf[idx - 1])
     th = theta[idx - 1] + w * (theta[idx] - theta[idx - 1])
     s = torch.sqrt(lo + (hi - lo) * torch.sin(th) ** 2)
