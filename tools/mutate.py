@@ -21,8 +21,8 @@ such as ``+`` for ``|`` on floats, or ``+x`` for ``-x``, the same as ``x``). Mut
 argument checks are skipped: a ``raise``, the test of an ``if`` whose body only raises, a
 ``check_*``/``as_float_tensor`` call, a ``warnings.warn`` call; so are those in a
 ``dim=``/``keepdim=`` argument (a wrong axis is a wrong shape on the batched inputs the tests
-use, and they were a third of the mutants). Each test run uses one thread: run two modules
-side by side on two cores.
+use, and they were a third of the mutants) and in a decorator (``lru_cache(maxsize=...)``).
+Each test run uses one thread: run two modules side by side on two cores.
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ def skipped_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
         elif isinstance(node, ast.keyword) and node.arg in AXIS_KEYWORDS:
             spans.append(span(node.value))
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            # decorators (an lru_cache's maxsize changes the speed, never a result)
+            spans += [span(d) for d in node.decorator_list]
             # the bare * and / of a signature, which cosmic-ray takes for operators
             start = pos(node.lineno, node.col_offset)
             spans += [((line, col), (line, col + 1)) for line, col in _markers(lines, start,
