@@ -133,7 +133,9 @@ def test_power_iteration_class_far_from_unit_scale(dtype, scale):
         sigma, u, v = tracker(W)
         assert abs(sigma.item() / exact - 1) < 1e-5
         assert abs(torch.linalg.vector_norm(v).item() - 1) < 1e-5
-    assert tracker.fallbacks >= 1  # the cold start over/underflowed and was redone exactly
+    # 3e10: the steps stay in range, since norms are taken after scaling where the squares
+    # would overflow; further out the cold start over- or underflows and is redone exactly
+    assert (tracker.fallbacks >= 1) == (scale != 1e10)
 
 
 def test_power_iteration_half_precision_keeps_dtype():
@@ -1091,3 +1093,168 @@ def test_normalized_entropy_of_two_singular_values():
     assert abs(got.item() - want) < 1e-14
     assert linalg.effective_rank(torch.eye(2, dtype=F64), "normalized_entropy").item() == \
         pytest.approx(1.0, abs=1e-14)
+
+
+# -- cases found by mutation testing (tools/mutate.py) --
+
+
+def test_power_iteration_class_exact_contraction_of_a_rank_deficient_matrix():
+    # the exact fallback stores rho^2 = (sigma_2 / sigma_1)^2 also when the smallest singular
+    # value is exactly 0 (rank-deficient W) and sigma_1 != 1: here (1.5 / 2)^2
+    W = torch.zeros(4, 3, dtype=F64)
+    W[0, 0], W[1, 1] = 2.0, 1.5
+    tracker = linalg.PowerIteration(tol=0.0, generator=gen(0))
+    sigma = tracker(W)[0]
+    assert tracker.fallbacks == 1 and sigma.item() == 2.0
+    assert abs(tracker.contraction.item() - (1.5 / 2.0) ** 2) < 1e-15
+
+
+def test_renyi_below_order_one_keeps_a_value_too_small_to_change_the_sum():
+    # with rtol=0 only exact zeros are dropped: sigma_2 / sigma_1 = 1e-20 leaves sum_j sigma_j
+    # unchanged in float64, yet p_2 = 1e-20 / (1 + 1e-20) and p_2^alpha = 1e-5 for alpha = 1/4
+    alpha = 0.25
+    p = [1 / (1 + 1e-20), 1e-20 / (1 + 1e-20)]
+    want = sum(q**alpha for q in p) ** (1 / (1 - alpha))  # about 1 + 1.3e-5
+    s = torch.tensor([3.0, 3e-20], dtype=F64)
+    got = linalg.effective_rank(s, "renyi", alpha=alpha, rtol=0.0, singular_values=True)
+    assert abs(got.item() - want) < 1e-12
+    # the same from the matrix, on the default path and the exact one
+    for exact in (False, True):
+        got = linalg.effective_rank(torch.diag(s), "renyi", alpha=alpha, rtol=0.0, exact=exact)
+        assert abs(got.item() - want) < 1e-12, exact
+
+
+def test_power_iteration_class_floor_ignores_batch_dimensions():
+    # the floor is (max(n, m) tiny / eps)^(1/4) of each matrix, about 2.1e-8 for a float32 2 x 2,
+    # whatever the batch shape: with tol=inf a batch of 2 x 1000 such matrices at sigma_1 = 5e-8
+    # keeps its plain power steps (no fallback) and they are accurate
+    W = torch.diag(torch.tensor([5e-8, 5e-9])).expand(2, 1000, 2, 2)
+    tracker = linalg.PowerIteration(tol=math.inf, generator=gen(0))
+    sigma = tracker(W)[0]
+    assert sigma.shape == (2, 1000) and tracker.fallbacks == 0
+    assert ((sigma.double() / 5e-8 - 1).abs() < 1e-5).all()
+
+
+@pytest.mark.parametrize("n, m", [(1, 3), (3, 1)])
+def test_power_iteration_class_with_tol_inf_falls_back_only_below_the_floor(n, m):
+    # tol=inf falls back only where sigma is *below* the floor (max(n, m) tiny / eps)^(1/4) of
+    # plain steps: a float64 row or column whose one non-zero entry is f has sigma = |f|
+    # exactly, so f at the floor keeps the power steps and one ulp below it is redone exactly
+    info = torch.finfo(F64)
+    floor = (max(n, m) * info.tiny / info.eps) ** 0.25
+    for f, fallbacks in ((floor, 0), (math.nextafter(floor, 0.0), 1)):
+        W = torch.zeros(n, m, dtype=F64)
+        W[0, 0] = f
+        tracker = linalg.PowerIteration(cold_iters=3, tol=math.inf, generator=gen(0))
+        assert tracker(W)[0].item() == f and tracker.fallbacks == fallbacks, f
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_power_iteration_class_largest_finite_sigma_needs_no_fallback(dtype):
+    # only a non-finite sigma counts as overflow: a 1 x 1 matrix holding the largest finite
+    # number, with split steps only (cold_iters=2, then warm calls), is exact as it is
+    big = torch.finfo(dtype).max
+    W = torch.full((1, 1), big, dtype=dtype)
+    tracker = linalg.PowerIteration(cold_iters=2, tol=math.inf, generator=gen(0))
+    for _ in range(2):
+        assert tracker(W)[0].item() == big and tracker.fallbacks == 0
+
+
+@pytest.mark.parametrize("cold_iters, fallbacks", [(2, 0), (3, 1)])
+def test_power_iteration_class_plain_steps_precede_the_two_measured_ones(cold_iters, fallbacks):
+    # a cold call runs cold_iters - 2 plain steps (W^T W x, the square of the scale) before
+    # the two measured split steps (Wx, then W^T u: the scale itself): at a float32 sigma_1 of
+    # 9e19 the one plain step of cold_iters=3 overflows and the slice is redone exactly, while
+    # two split steps need no fallback (tol=inf: only over- or underflow falls back)
+    W = planted([3.0, 0.03, 0.01], 7, 5, seed=22).float() * 3e19
+    exact = torch.linalg.svdvals(W.double())[0].item()
+    tracker = linalg.PowerIteration(cold_iters=cold_iters, tol=math.inf, generator=gen(0))
+    assert abs(tracker(W)[0].item() / exact - 1) < 1e-5
+    assert tracker.fallbacks == fallbacks
+
+
+def test_effective_rank_gram_path_defers_only_below_tiny_over_eps(monkeypatch):
+    # a float64 slice goes on to svdvals where lambda_1 is *below* tiny/eps = 2^-970: at
+    # sigma_1 = 2^-485 exactly the Gram eigenvalues are kept, at 2^-486 the slice is redone;
+    # the intrinsic rank of diag(1, 1/2) is 1.5 either way
+    calls = []
+    real = linalg._singular_values
+
+    def spy(M, singular_values, exact=False):
+        calls.append(tuple(M.shape))
+        return real(M, singular_values, exact)
+
+    monkeypatch.setattr(linalg, "_singular_values", spy)
+    for scale, deferred in ((2.0**-485, False), (2.0**-486, True)):
+        calls.clear()
+        M = torch.diag(torch.tensor([1.0, 0.5], dtype=F64)) * scale
+        assert abs(linalg.effective_rank(M, "intrinsic").item() - 1.5) < 1e-15
+        assert bool(calls) == deferred, scale
+
+
+def test_effective_rank_cholesky_test_skipped_for_a_wide_matrix_too(monkeypatch):
+    # "the shorter side is more than 2/3 of the longer" is about min(n, m) and max(n, m): a wide
+    # float32 4 x 6 matrix, like the tall 6 x 4, skips the Cholesky test and goes to the
+    # float32 eigenvalues first (unsure there: rank-deficient, then redone in float64)
+    M = planted([1.0, 0.5, 0.0, 0.0], 6, 4, seed=21).float().T
+    calls = []
+    real = linalg._gram_rank
+
+    def spy(gram, args):
+        calls.append(gram.dtype)
+        return real(gram, args)
+
+    monkeypatch.setattr(linalg, "_gram_rank", spy)
+    monkeypatch.setattr(linalg, "_clears_rounding", lambda gram, size: pytest.fail(
+        "Cholesky test run on a 4 x 6 matrix"))
+    assert linalg.effective_rank(M, "rank").item() == 2
+    assert calls == [torch.float32, torch.float64]
+
+
+def test_effective_rank_gram_path_keeps_a_value_its_interval_ends_agree_on(monkeypatch):
+    # a slice is redone only where an end of the eigenvalue intervals moves the value by *more*
+    # than 1e-4 relatively: the relative threshold count at eps=1 is 0 at both ends (nothing
+    # exceeds sigma_1), so the float64 Gram value 0 is kept and svdvals is never called
+    calls = []
+    real = linalg._singular_values
+
+    def spy(M, singular_values, exact=False):
+        calls.append(tuple(M.shape))
+        return real(M, singular_values, exact)
+
+    monkeypatch.setattr(linalg, "_singular_values", spy)
+    M = torch.randn(2, 7, 5, dtype=F64, generator=gen(50))
+    assert linalg.effective_rank(M, "threshold", eps=1.0).tolist() == [0.0, 0.0]
+    assert calls == []
+
+
+def test_unit_vectors_are_formed_without_under_or_overflow():
+    # a float32 vector's norm underflows below about 1e-19 and overflows above 1e19: each
+    # normalisation divides by the largest entry first
+    W = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    sigma, u, v = linalg.power_iteration(W, 10, v0=torch.tensor([1e-25, 1.0]))
+    assert sigma.item() == 1.0 and u.abs().tolist() == [1.0, 0.0] == v.abs().tolist()
+    e1 = torch.diag(torch.tensor([1.0, 0.0]))
+    for c, dtype in ((1e-25, torch.float32), (1e25, torch.float32), (1e-20, torch.float32),
+                     (1e-170, F64), (1e170, F64)):
+        D = torch.diag(torch.tensor([2.0, 1.0], dtype=F64) * c).to(dtype)
+        got = linalg.spectral_norm_grad(D, v=torch.tensor([1.0, 0.0], dtype=dtype))
+        torch.testing.assert_close(got, e1.to(dtype), atol=1e-6, rtol=0)
+    tiny_v = torch.tensor([1e-30, 0.0])  # a warm vector of tiny entries is still a direction
+    got = linalg.spectral_norm_grad(torch.diag(torch.tensor([2.0, 1.0])), v=tiny_v)
+    torch.testing.assert_close(got, e1, atol=0, rtol=0)
+    tracker = linalg.PowerIteration(cold_iters=10, warm_iters=10, tol=1e-6, generator=gen(1))
+    tracker(W)
+    tracker.v = torch.tensor([1e-25, 1.0])  # a warm start almost orthogonal to v_1
+    sigma, u, v = tracker(W)
+    assert sigma.item() == 1.0 and v.abs().tolist() == [1.0, 0.0] and tracker.fallbacks == 0
+
+
+def test_effective_rank_refuses_rtol_of_one_or_more():
+    # rtol >= 1 would count sigma_1 itself as noise (rank 0 for a non-zero matrix)
+    M = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=F64))
+    for rtol in (1.0, 2.0):
+        for exact in (False, True):
+            with pytest.raises(ValueError, match="rtol must be < 1"):
+                linalg.effective_rank(M, "rank", rtol=rtol, exact=exact)
+    assert linalg.effective_rank(M, "rank", rtol=0.5).item() == 2.0

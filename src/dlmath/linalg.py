@@ -84,7 +84,8 @@ def power_iteration(W, iters: int = 10, v0=None, generator: torch.Generator | No
         ``(sigma, u, v)`` with shapes ``(...)``, ``(..., n)``, ``(..., m)``. Where
         :math:`W x_T = 0` (e.g. the zero matrix) ``sigma`` is 0 and ``u`` is 0.
 
-    A step forms :math:`\|W^\top W x\|`, the fourth power of the scale of ``W``: a slice
+    A step forms :math:`W^\top W x`, the square of the scale of ``W`` (norms are taken after
+    dividing by the largest entry where their squares would leave the dtype's range): a slice
     whose ``sigma`` comes out non-finite or below about :math:`(\max(n,m)\,\mathrm{tiny}/
     \epsilon)^{1/4}` (1e-7 in float32) is rerun on :math:`W/\max|W_{ij}|` and ``sigma``
     scaled back, so the result does not depend on the scale of ``W``.
@@ -111,15 +112,14 @@ def power_iteration(W, iters: int = 10, v0=None, generator: torch.Generator | No
                              f"leading dimensions broadcasting to W's batch shape "
                              f"{tuple(A.shape[:-2])}")
         x = x.to(device=A.device, dtype=A.dtype).expand(*A.shape[:-2], m)
-    x_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    if (x_norm == 0).any():
+    if (x == 0).all(dim=-1).any():
         raise ValueError("v0 must be non-zero")
-    start = x / x_norm
+    start = _unit(x, x)
     sigma, u, x = _power_steps(A, start, iters)
-    # Out of range: a step forms W^T W x and its norm, i.e. squares the scale twice, so in
-    # float32 a sigma_1 above ~4e9 overflows (x becomes 0 or NaN) and one below ~1e-8 underflows
-    # (x stops moving). Such slices (sigma below _power_floor, or not finite) are redone on
-    # W / max|W| and the result scaled back; the zero matrix keeps sigma = 0.
+    # Out of range: a step forms W^T W x, the square of the scale, so in float32 a sigma_1
+    # above ~1.8e19 overflows (x becomes NaN) and a tiny one loses precision. Such slices
+    # (sigma below _power_floor, or not finite) are redone on W / max|W| and the result
+    # scaled back; the zero matrix keeps sigma = 0.
     redo = ~(sigma >= _power_floor(A, plain=iters > 0)) | ~torch.isfinite(sigma)
     if redo.any():
         amax = A.abs().amax(dim=(-2, -1))
@@ -133,26 +133,48 @@ def power_iteration(W, iters: int = 10, v0=None, generator: torch.Generator | No
     return sigma.to(W.dtype), u.to(W.dtype), x.to(W.dtype)
 
 
+def _norm_unit(y: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(||y||, y / ||y||)`` along the last dim (``zero`` as the direction where y = 0).
+
+    ``vector_norm`` squares the entries: where ``||y||`` comes out non-finite or below
+    ``sqrt(tiny)`` (float32: below about 1e-19 or above 1.8e19) both are formed again after
+    dividing by ``max_i |y_i|``; elsewhere the plain quotient is kept, exact for an exact tie.
+    """
+    n = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+    top = y.abs().amax(dim=-1, keepdim=True)
+    z = y / torch.where(top > 0, top, 1)
+    zn = torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # >= 1 where top > 0
+    plain = torch.isfinite(n) & (n > torch.finfo(y.dtype).tiny ** 0.5)
+    # non-finite y (an overflowed step) gives a NaN direction, which the callers detect
+    unit = torch.where(plain, y / torch.where(plain, n, 1),
+                       torch.where(top == 0, zero, z / torch.where(top > 0, zn, 1)))
+    return torch.where(plain, n, top * zn).squeeze(-1), unit
+
+
+def _unit(y: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return _norm_unit(y, zero)[1]
+
+
 def _power_steps(A, x, iters: int):
     """``iters`` plain steps x <- A^T A x / |A^T A x| from the unit vector(s) x; (sigma, u, x)."""
     for _ in range(iters):
         y = (A.mT @ (A @ x.unsqueeze(-1))).squeeze(-1)
-        y_norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
         # a start vector in the null space of W stays where it is (sigma = 0 below)
-        x = torch.where(y_norm > 0, y / torch.where(y_norm > 0, y_norm, 1), x)
+        x = _unit(y, x)
     Wx = (A @ x.unsqueeze(-1)).squeeze(-1)
-    sigma = torch.linalg.vector_norm(Wx, dim=-1)
-    u = Wx / torch.where(sigma > 0, sigma, 1).unsqueeze(-1)
+    sigma, u = _norm_unit(Wx, torch.zeros_like(Wx))
     return sigma, u, x
 
 
 def _power_floor(A: torch.Tensor, plain: bool = True) -> float:
     r"""Smallest :math:`\sigma_1` at which a power step on ``A`` keeps full precision.
 
-    A plain step :math:`W^\top W x` and its norm reach the fourth power of the scale, a
-    split step (:math:`u = Wx/\|Wx\|`, then :math:`W^\top u`) only the square; the squares of
-    the dominant entries must stay normal numbers: :math:`(\mathrm{size}\cdot\mathrm{tiny}/
-    \epsilon)^{1/4}` (about 1e-7 in float32) or its square root.
+    A plain step :math:`W^\top W x` reaches the square of the scale, a split step
+    (:math:`u = Wx/\|Wx\|`, then :math:`W^\top u`) only the scale itself. The floors,
+    :math:`(\mathrm{size}\cdot\mathrm{tiny}/\epsilon)^{1/4}` (about 1e-7 in float32) or its
+    square root, keep the squares of those dominant entries normal numbers as well: a margin
+    kept from when the norms were formed unscaled (below it a slice is only redone on
+    :math:`W/\max|W_{ij}|`, never wrong).
     """
     info = torch.finfo(A.dtype)
     floor = max(A.shape[-2:]) * info.tiny / info.eps
@@ -249,8 +271,7 @@ class PowerIteration:
                 eta_prev, eta = eta, torch.linalg.vector_norm(
                     y - sigma.unsqueeze(-1) * x, dim=-1) / torch.where(sigma > 0, sigma, 1)
                 v = x
-            y_norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
-            x = torch.where(y_norm > 0, y / torch.where(y_norm > 0, y_norm, 1), x)
+            x = _unit(y, x)
         if eta_prev is None:
             rate = self.contraction.to(eta.dtype)
         else:
@@ -260,7 +281,7 @@ class PowerIteration:
         rate = rate.clamp(0, 1)
         bound = torch.where(eta == 0, 0, eta.square() / (2 * (1 - rate)))
         # NaN included; a sigma below the floor means that the steps over- or underflowed
-        # (a float32 sigma_1 above ~4e9 turns the plain steps' x into 0): exact path, except
+        # (a float32 sigma_1 above ~1.8e19 turns the plain steps' x into NaN): exact path, except
         # for a zero slice, whose sigma = 0 is right
         bad = ~((bound <= self.tol) & (sigma >= _power_floor(A, plain=iters > 2))
                 & (sigma <= torch.finfo(sigma.dtype).max) & (self.tol > 0))  # tol=0: always
@@ -284,8 +305,7 @@ class PowerIteration:
     def _step(A, x):
         """u = Ax/|Ax|, sigma = |Ax| and y = A^T u (so y = sigma v_1 at a fixed point)."""
         Ax = (A @ x.unsqueeze(-1)).squeeze(-1)
-        sigma = torch.linalg.vector_norm(Ax, dim=-1)
-        u = Ax / torch.where(sigma > 0, sigma, 1).unsqueeze(-1)
+        sigma, u = _norm_unit(Ax, torch.zeros_like(Ax))
         return u, sigma, (A.mT @ u.unsqueeze(-1)).squeeze(-1)
 
 
@@ -343,13 +363,11 @@ def spectral_norm_grad(W, v=None, rtol: float | None = None) -> torch.Tensor:
                              f"leading dimensions broadcasting to W's batch shape "
                              f"{tuple(A.shape[:-2])}")
         v = v.to(device=A.device, dtype=A.dtype)
-        v_norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
-        if (v_norm == 0).any():
+        if (v == 0).all(dim=-1).any():
             raise ValueError("v must be non-zero")
-        v = v / v_norm
+        v = _unit(v, v)
         Wv = (A @ v.unsqueeze(-1)).squeeze(-1)
-        sigma = torch.linalg.vector_norm(Wv, dim=-1, keepdim=True)
-        u = Wv / torch.where(sigma > 0, sigma, 1)
+        u = _unit(Wv, torch.zeros_like(Wv))
         return (u.unsqueeze(-1) * v.unsqueeze(-2)).to(W.dtype)
     if rtol is None:
         rtol = 10 * max(A.shape[-2:]) * torch.finfo(A.dtype).eps
@@ -409,7 +427,7 @@ def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
 
     * ``"rank"``: :math:`\#\{i: \sigma_i > \mathrm{rtol}\cdot\sigma_1\}`, ``rtol`` defaulting
       to ``max(n, m) * eps`` of the dtype like ``torch.linalg.matrix_rank`` (for a vector of
-      singular values ``r * eps``);
+      singular values ``r * eps``), and below 1;
     * ``"threshold"``: :math:`\max\{i: \sigma_i/\sigma_1 > \epsilon\}` (``relative=True``) or
       :math:`\max\{i: \sigma_i > \epsilon\}` (``relative=False``), ``eps`` required;
     * ``"energy"``: :math:`\min\{r': (\sum_{i\le r'}\sigma_i^2/\sum_i\sigma_i^2)^{1/2}
@@ -438,7 +456,7 @@ def effective_rank(M, kind: str = "entropy", *, singular_values: bool = False,
     **Paths.** ``exact=True`` takes the singular values from ``torch.linalg.svdvals`` in
     float64. The default (fast) path takes them from the eigenvalues of the small Gram matrix,
     :math:`\sigma_i = \sqrt{\lambda_i(MM^\top)}` (or :math:`M^\top M`, whichever is
-    :math:`r\times r`), in the working dtype (those below :math:`\tau` count as zero), and
+    :math:`r\times r`), in the working dtype (those at or below :math:`\tau` count as zero), and
     checks itself: each :math:`\lambda_i` is trusted only to :math:`\pm\tau`,
     :math:`\tau = \max(n, m)\,\epsilon\,\lambda_1` (the rounding of forming and
     diagonalising the Gram matrix), and the rank is evaluated at both
@@ -516,7 +534,7 @@ def _gram_rank(gram: torch.Tensor, args: tuple) -> tuple[torch.Tensor, torch.Ten
     """Effective rank from the eigenvalues of the small Gram matrix, and where it is unsure.
 
     Each eigenvalue is trusted to +-tau = max(n, m) eps lambda_1 (the rounding of forming and
-    diagonalising the Gram matrix in its dtype), and those below tau count as zero, as the
+    diagonalising the Gram matrix in its dtype), and those at or below tau count as zero, as the
     exact path zeroes rounding noise; the value is recomputed with every singular
     value at both ends of its interval, and a slice is unsure when these disagree by more
     than ``_GRAM_RTOL`` relatively.
@@ -571,6 +589,9 @@ def _rank_from_values(s, size, kind, eps, relative, k, gamma, alpha, rtol,
     if rtol is None:
         rtol = size * torch.finfo(noise_dtype or s.dtype).eps
     rtol = check_real(rtol, "rtol", nonnegative=True)
+    if not rtol < 1:
+        raise ValueError(f"rtol must be < 1 (with rtol >= 1 every singular value, sigma_1 too, "
+                         f"counts as noise), got {rtol}")
     significant = s > rtol * top.unsqueeze(-1)
     count = significant.sum(dim=-1).to(s.dtype)
     s = torch.where(significant, s, 0)
