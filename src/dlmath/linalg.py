@@ -141,10 +141,12 @@ def _norm_unit(y: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch
     dividing by ``max_i |y_i|``; elsewhere the plain quotient is kept, exact for an exact tie.
     """
     n = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+    plain = torch.isfinite(n) & (n > torch.finfo(y.dtype).tiny ** 0.5)
+    if y.device.type == "cpu" and bool(plain.all()):  # the usual case (no sync on a CPU)
+        return n.squeeze(-1), y / n
     top = y.abs().amax(dim=-1, keepdim=True)
     z = y / torch.where(top > 0, top, 1)
     zn = torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # >= 1 where top > 0
-    plain = torch.isfinite(n) & (n > torch.finfo(y.dtype).tiny ** 0.5)
     # non-finite y (an overflowed step) gives a NaN direction, which the callers detect
     unit = torch.where(plain, y / torch.where(plain, n, 1),
                        torch.where(top == 0, zero, z / torch.where(top > 0, zn, 1)))
