@@ -367,3 +367,66 @@ def test_min_feasible_base_start_must_exceed_one():
             P.min_feasible_base(100, 16, start=start)
     with pytest.raises(ValueError, match="start must be finite"):
         P.min_feasible_base(100, 16, start=float("nan"))
+
+
+# -- cases found by mutation testing (tools/mutate.py) --------------------------------------
+
+def _first_negative_brute_force(base, d, n):
+    """min{m < n : sum_i cos(m b^(-2i/d)) < 0} in float64, one offset at a time; n if none."""
+    theta = [base ** (-2 * i / d) for i in range(d // 2)]
+    for m in range(n):
+        if sum(math.cos(m * t) for t in theta) < 0:
+            return m
+    return n
+
+
+def test_first_negative_offset_across_blocks_is_capped_and_ends_early():
+    # budget = 1024 keeps the block at C = 16, 256 offsets: max_offset = 300 or 401 takes a
+    # second block, computed in rows of 16, whose offsets beyond max_offset must not count;
+    # d = 2 has f(m) = cos m, negative at m = 2, so every base drops out in the first block,
+    # long before max_offset = 1000
+    assert _first_negative_brute_force(6000.0, 32, 1000) == 404
+    assert P.first_negative_offset(6000.0, 32, 300, budget=1024).item() == 300
+    # 401 = 256 + 145: the second block's last row of 16 reaches offset 415, past 404
+    assert P.first_negative_offset(6000.0, 32, 401, budget=1024).item() == 401
+    assert P.first_negative_offset(6000.0, 32, 1000, budget=1024).item() == 404
+    got = P.first_negative_offset(torch.tensor([10.0, 1e4]), 2, 1000, budget=1024)
+    assert got.tolist() == [2, 2]
+
+
+def test_min_feasible_base_at_one_level_of_two_steps():
+    # levels = 1, steps = 2: the grid is {B/2, B}; at L = 1 every base is feasible (f(0) = d/2)
+    assert P.min_feasible_base(1, 8, levels=1, steps=2) == 500.0
+    # start = 2: the grid point 1 is not a base and is skipped
+    assert P.min_feasible_base(1, 8, levels=1, steps=2, start=2.0) == 2.0
+
+
+def test_work_device_is_kept_except_mps():
+    # frequencies go where they are asked for (any device type but MPS, which has no float64)
+    assert P.rope_frequencies(8, 100.0, device="meta").device.type == "meta"
+    assert P._work_device("mps").type == "cpu" and P._work_device(None).type == "cpu"
+
+
+def test_min_feasible_base_scans_past_one_chunk_and_its_defaults():
+    # steps = 5000 at one level: 5000 grid points j * 16000 / 5000, scanned in chunks of 4096;
+    # the answer is the first feasible one (brute force), and the scan stops there
+    grid = [j * 16000 / 5000 for j in range(1, 5001)]
+    first = next(b for b in grid if b > 1 and _first_negative_brute_force(b, 16, 16) == 16)
+    assert P.min_feasible_base(16, 16, levels=1, steps=5000) == pytest.approx(first, rel=1e-12)
+    # the documented start B = 1000 L and d = 128
+    assert (P.min_feasible_base(16, levels=1)
+            == P.min_feasible_base(16, 128, levels=1, start=16000.0))
+
+
+def test_asymptotic_min_base_for_short_contexts():
+    # b_inf(L) = max_{1 <= m < L} m / g(m), Ci(g(m)) = Ci(m), g in (0, pi/2]; for small L the
+    # maximising m has g(m) far from x0 (g(2) is about 1.2)
+    from scipy.optimize import brentq
+    from scipy.special import sici
+
+    def g(m):
+        return brentq(lambda x: sici(x)[1] - sici(m)[1], 0.1, math.pi / 2, xtol=1e-15)
+
+    for L in (2, 3, 5, 12):
+        want = max(m / g(m) for m in range(1, L))
+        assert P.asymptotic_min_base(L) == pytest.approx(want, rel=1e-12), L
