@@ -551,3 +551,42 @@ def test_sampler_with_one_class_per_batch_draws_in_proportion_to_size():
     idx = F.paired_class_sampler(y, 2, generator=_gen(42), n_batches=n_b)
     share = float((idx[:, 0] < 2).double().mean())
     assert abs(share - 0.01) < 4 * math.sqrt(0.01 * 0.99 / n_b)
+
+
+# -- cases found by mutation testing (tools/mutate.py) --------------------------------------
+
+def test_labels_given_as_a_list_are_taken_as_a_tensor():
+    h = torch.randn(6, 3, generator=_gen(40), dtype=F64)
+    labels = [0, 1, 2, 0, 1, 2]
+    centers = torch.zeros(3, 3, dtype=F64)
+    assert torch.equal(F.center_loss(h, labels, centers),
+                       F.center_loss(h, torch.tensor(labels), centers))
+    assert torch.equal(F.paired_class_sampler(labels, 4, generator=_gen(42), n_batches=3),
+                       F.paired_class_sampler(torch.tensor(labels), 4, generator=_gen(42),
+                                              n_batches=3))
+    assert F.paired_class_sampler(labels, 4, generator=_gen(42)).shape == (1, 4)  # one batch
+
+
+def test_center_gradient_defaults_match_center_loss():
+    # the closed form with its default weight is the autograd gradient of the default loss
+    h = torch.randn(8, 3, generator=_gen(43), dtype=F64)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0])
+    centers = torch.randn(3, 3, generator=_gen(44), dtype=F64).requires_grad_(True)
+    (auto,) = torch.autograd.grad(F.center_loss(h, labels, centers), centers)
+    torch.testing.assert_close(F.center_gradient(h, labels, centers.detach()), auto,
+                               atol=1e-14, rtol=0)
+
+
+def test_within_between_ratio_reads_rounding_level_separation_as_inf():
+    # class 1 is class 0 shifted by delta: the between-class share of the scatter is about
+    # delta^2 / 4; below N^3 eps^2 = 4.9e-23 (N = 1000) it is rounding and the ratio is inf,
+    # above it the ratio is finite, within / between = 4 var(h) / delta^2 per coordinate
+    base = torch.randn(500, 2, generator=_gen(41), dtype=F64)
+    labels = torch.arange(2).repeat_interleave(500)
+    for delta, finite in ((1e-12, False), (1e-9, True), (6e-11, True)):
+        h = torch.cat([base, base + delta])
+        got = F.within_between_ratio(h, labels)
+        assert math.isfinite(got) == finite, (delta, got)
+        if finite:
+            want = 4 * base.var(dim=0, correction=0).sum().item() / (2 * delta**2)
+            assert got == pytest.approx(want, rel=1e-5)
