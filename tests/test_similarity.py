@@ -339,3 +339,67 @@ def test_block_weights_do_not_underflow_when_the_overlap_is_tiny():
     c = torch.tensor([[0.2, 0.6, 1.0], [0.1, 0.2, 0.3], [1.0, 1.0, 1.0]], dtype=F64)
     _, mean = S.block_decomposition(a, b, c)          # weights 1/4, 3/4; 3/10, 4/10, 3/10
     assert torch.allclose(mean, torch.tensor([0.5, 0.2, 0.0], dtype=F64), rtol=1e-14, atol=0)
+
+
+# -- cases found by mutation testing (tools/mutate.py) --------------------------------------
+
+def test_cosine_of_parallel_vectors_is_clamped_to_one():
+    # cos(x, 3x) is 1; rounded, the quotient comes out as 1 + 2^-52 for some x: clamped
+    x = torch.randn(2000, 7, generator=_gen(60), dtype=F64)
+    c = S.cosine(x, 3 * x)
+    assert c.max().item() == 1.0 and (c > 1 - 1e-15).all()
+    assert S.cosine(x, -3 * x).min().item() == -1.0
+
+
+def test_pearson_default_dim_is_the_last():
+    x = torch.randn(4, 9, generator=_gen(61), dtype=F64)
+    y = torch.randn(4, 9, generator=_gen(62), dtype=F64)
+    want = [float(np.corrcoef(a, b)[0, 1]) for a, b in zip(x.numpy(), y.numpy(), strict=True)]
+    torch.testing.assert_close(S.pearson(x, y), torch.tensor(want, dtype=F64), atol=1e-14,
+                               rtol=0)
+
+
+def test_concat_blocks_of_one_tensor_and_the_index_of_a_stray_device():
+    flat, sizes = S.concat_blocks([torch.ones(2, 3)])
+    assert torch.equal(flat, torch.ones(6)) and sizes == [6]
+    tensors = [torch.ones(2), torch.ones(3), torch.ones(2, device="meta")]
+    with pytest.raises(ValueError, match=r"cpu for tensors\[0\] and meta for tensors\[2\]"):
+        S.concat_blocks(tensors)
+
+
+def test_hull_bounds_default_dim_is_the_last():
+    c = torch.tensor([[0.2, 0.5, -0.1], [0.3, 0.4, 0.9]], dtype=F64)
+    lo, hi = S.hull_bounds(c)
+    assert lo.tolist() == [-0.1, 0.0] and hi.tolist() == [0.5, 0.9]
+
+
+def test_simpson_blocks_norms_are_the_blocks_norms_at_any_scale():
+    # a_k, b_k: the norms of the group-centred blocks and of the between-group block, for x
+    # and y of different scales (each is divided by its largest entry inside, then scaled back)
+    g = _gen(63)
+    x = 3.0 * torch.randn(12, generator=g, dtype=F64)
+    y = 7e5 * torch.randn(12, generator=g, dtype=F64)
+    groups = torch.tensor([0, 1, 2] * 4)
+    a, b, c = S.simpson_blocks(x, y, groups)
+
+    def blocks(v):
+        means = torch.stack([v[groups == k].mean() for k in range(3)])
+        within = [torch.linalg.vector_norm(v[groups == k] - means[k]) for k in range(3)]
+        return torch.stack(within + [torch.linalg.vector_norm(means[groups] - v.mean())])
+
+    torch.testing.assert_close(a, blocks(x), atol=0, rtol=1e-13)
+    torch.testing.assert_close(b, blocks(y), atol=0, rtol=1e-13)
+
+
+def test_cosine_accumulates_float32_inputs_in_float64():
+    # nearly orthogonal float32 vectors: the float64 cosine of the same (exact) inputs is about
+    # 1e-9, which float32 sums would bury under errors near 1e-7
+    g = _gen(64)
+    x = torch.randn(4096, generator=g, dtype=F64)
+    y = torch.randn(4096, generator=g, dtype=F64)
+    y = y - (x @ y) / (x @ x) * x
+    x32, y32 = x.float(), y.float()
+    want = (x32.double() @ y32.double()) / (x32.double().norm() * y32.double().norm())
+    got = S.cosine(x32, y32)
+    assert got.dtype == torch.float32
+    assert abs(got.item() - want.item()) < 1e-12 + 1e-6 * abs(want.item())
