@@ -163,6 +163,15 @@ def test_gda_schemes_on_the_linear_center():
     one = dy.gda(center, y0, eta, 1, scheme="alternating")[-1]
     phi1 = 0 - eta * 1.0 / 2
     torch.testing.assert_close(one, torch.tensor([phi1, 1.0 + eta * phi1 / 2], dtype=F64))
+    # one simultaneous step is y0 + eta f(y0) (the radius alone cannot tell eta from -eta)
+    torch.testing.assert_close(dy.gda(center, y0, eta, 1)[-1],
+                               torch.tensor([-eta / 2, 1.0], dtype=F64))
+    # batched runs are independent, whatever the batch size (4 runs of d = 1 here)
+    Y0 = torch.tensor([[0.0, 1.0], [0.5, -0.2], [1.0, 2.0], [-1.0, 0.3]], dtype=F64)
+    for scheme in ("simultaneous", "alternating"):
+        batch = dy.gda(center, Y0, eta, 5, scheme=scheme)
+        for i in range(4):
+            torch.testing.assert_close(batch[:, i], dy.gda(center, Y0[i], eta, 5, scheme=scheme))
     with pytest.raises(ValueError, match="scheme"):
         dy.gda(center, y0, eta, 3, scheme="leapfrog")
 
@@ -274,3 +283,16 @@ def test_integrate_rejects_nonfinite_or_unsorted_t_eval():
     ts = torch.tensor([0.0, 1.0, 2.0], dtype=F64)
     t, Y = dy.integrate(f, y0, 2.0, t_eval=ts)
     assert torch.equal(t, ts) and Y.shape == (3, 2) and torch.isfinite(Y).all()
+
+
+def test_energy_is_the_squared_distance_to_the_equilibrium():
+    # E = |phi|^2 + |theta|^2, per state of a batch (zeros included)
+    y = torch.tensor([[3.0, 4.0], [0.0, 0.0], [-1.0, 2.0]], dtype=F64)
+    assert dy.energy(y).tolist() == [25.0, 0.0, 5.0]
+
+
+@pytest.mark.parametrize("kind", [k for k in dy.KINDS if k != "wgan"])  # wgan: no field at 0
+def test_equilibrium_jacobian_defaults_match_the_field_defaults(kind):
+    # the closed form with its default lam, c, wd is the Jacobian of the default field at 0
+    auto = dy.jacobian(dy.dirac_gan_field(kind), torch.zeros(4, dtype=F64))
+    torch.testing.assert_close(dy.equilibrium_jacobian(kind, 2), auto, atol=1e-12, rtol=0)
