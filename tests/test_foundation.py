@@ -157,6 +157,13 @@ def test_device_defaults_and_overrides(monkeypatch):
             device.default_device()
     monkeypatch.setenv("DLMATH_DEVICE", "cuda:1")
     assert device.default_device() == torch.device("cuda", 1)   # named, not checked for presence
+    # a device argument that torch cannot parse is named, not torch's list of device types
+    monkeypatch.delenv("DLMATH_SIZE")
+    for call in (lambda: device.preset("gpu0"), lambda: device.generator(0, "gpu0"),
+                 lambda: device.compute_dtype("gpu0"), lambda: device.describe("gpu0"),
+                 lambda: device.pick(cpu=1, gpu=2, device=3.5)):
+        with pytest.raises(ValueError, match="device must be a torch.device or a device name"):
+            call()
 
 
 def test_generators_are_seeded_and_independent():

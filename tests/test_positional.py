@@ -430,3 +430,8 @@ def test_asymptotic_min_base_for_short_contexts():
     for L in (2, 3, 5, 12):
         want = max(m / g(m) for m in range(1, L))
         assert P.asymptotic_min_base(L) == pytest.approx(want, rel=1e-12), L
+
+
+def test_a_bad_device_is_named():
+    with pytest.raises(ValueError, match="device must be a torch.device or a device name"):
+        P.rope_frequencies(8, 100.0, device="bogus")

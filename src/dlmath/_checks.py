@@ -29,6 +29,7 @@ __all__ = [
     "check_callable",
     "check_returned",
     "check_generator",
+    "check_device",
     "HALF_DTYPES",
     "promote",
     "upcast_half",
@@ -274,6 +275,17 @@ def check_generator(generator, device=None, *, of: str = "the tensors") -> torch
     if device is not None and generator.device.type != torch.device(device).type:
         raise ValueError(f"generator is on {generator.device}, {of} on {device}")
     return generator
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` (from a device or a name such as ``"cuda:0"``)."""
+    if isinstance(device, torch.device):
+        return device
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{name} must be a torch.device or a device name such as 'cpu' or "
+                         f"'cuda', got {device!r}") from exc
 
 
 def check_dim(x: torch.Tensor, dim: int, name: str = "dim") -> int:

@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from ._checks import check_choice, check_int
+from ._checks import check_choice, check_device, check_int
 
 __all__ = ["default_device", "preset", "pick", "generator", "compute_dtype", "describe"]
 
@@ -49,7 +49,7 @@ def preset(device: torch.device | str | None = None) -> str:
     forced = os.environ.get("DLMATH_SIZE")
     if forced:
         return check_choice(forced, "DLMATH_SIZE", _PRESETS)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = check_device(device) if device is not None else default_device()
     return "small" if dev.type == "cpu" else "large"
 
 
@@ -61,7 +61,7 @@ def pick(*, cpu, gpu, device: torch.device | str | None = None):
 def generator(seed: int, device: torch.device | str | None = None) -> torch.Generator:
     """A fresh ``torch.Generator`` on ``device`` seeded with ``seed`` (no global state touched)."""
     check_int(seed, "seed", low=0)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = check_device(device) if device is not None else default_device()
     g = torch.Generator(device=dev)
     g.manual_seed(seed)
     return g
@@ -73,7 +73,7 @@ def compute_dtype(device: torch.device | str | None = None, *, fast: bool = Fals
     ``fast=False`` (checks): float64 everywhere. ``fast=True`` (throughput): bfloat16 on CUDA,
     float32 elsewhere: bf16 matrix products on a CPU without bf16 units are tens of times slower.
     """
-    dev = torch.device(device) if device is not None else default_device()
+    dev = check_device(device) if device is not None else default_device()
     if not fast:
         return torch.float64
     return torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -81,6 +81,6 @@ def compute_dtype(device: torch.device | str | None = None, *, fast: bool = Fals
 
 def describe(device: torch.device | str | None = None) -> str:
     """One line naming the device and preset, for the top of a chapter."""
-    dev = torch.device(device) if device is not None else default_device()
+    dev = check_device(device) if device is not None else default_device()
     what = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     return f"device: {dev} ({what}), preset: {preset(dev)}, torch {torch.__version__}"

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from ._checks import as_float_tensor, check_finite, check_int, check_real
+from ._checks import as_float_tensor, check_device, check_finite, check_int, check_real
 
 __all__ = [
     "rope_frequencies",
@@ -71,7 +71,7 @@ def _as_real(x, name: str) -> torch.Tensor:
 
 
 def _work_device(device) -> torch.device:
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = check_device(device) if device is not None else torch.device("cpu")
     return torch.device("cpu") if dev.type == "mps" else dev
 
 
