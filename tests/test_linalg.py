@@ -1173,10 +1173,8 @@ def test_power_iteration_class_plain_steps_precede_the_two_measured_ones(cold_it
     assert tracker.fallbacks == fallbacks
 
 
-def test_effective_rank_gram_path_defers_only_below_tiny_over_eps(monkeypatch):
-    # a float64 slice goes on to svdvals where lambda_1 is *below* tiny/eps = 2^-970: at
-    # sigma_1 = 2^-485 exactly the Gram eigenvalues are kept, at 2^-486 the slice is redone;
-    # the intrinsic rank of diag(1, 1/2) is 1.5 either way
+def _spy_on_singular_values(monkeypatch) -> list:
+    """The shapes of the matrices effective_rank sends on to its exact singular values."""
     calls = []
     real = linalg._singular_values
 
@@ -1185,6 +1183,14 @@ def test_effective_rank_gram_path_defers_only_below_tiny_over_eps(monkeypatch):
         return real(M, singular_values, exact)
 
     monkeypatch.setattr(linalg, "_singular_values", spy)
+    return calls
+
+
+def test_effective_rank_gram_path_defers_only_below_tiny_over_eps(monkeypatch):
+    # a float64 slice goes on to svdvals where lambda_1 is *below* tiny/eps = 2^-970: at
+    # sigma_1 = 2^-485 exactly the Gram eigenvalues are kept, at 2^-486 the slice is redone;
+    # the intrinsic rank of diag(1, 1/2) is 1.5 either way
+    calls = _spy_on_singular_values(monkeypatch)
     for scale, deferred in ((2.0**-485, False), (2.0**-486, True)):
         calls.clear()
         M = torch.diag(torch.tensor([1.0, 0.5], dtype=F64)) * scale
@@ -1215,14 +1221,7 @@ def test_effective_rank_gram_path_keeps_a_value_its_interval_ends_agree_on(monke
     # a slice is redone only where an end of the eigenvalue intervals moves the value by *more*
     # than 1e-4 relatively: the relative threshold count at eps=1 is 0 at both ends (nothing
     # exceeds sigma_1), so the float64 Gram value 0 is kept and svdvals is never called
-    calls = []
-    real = linalg._singular_values
-
-    def spy(M, singular_values, exact=False):
-        calls.append(tuple(M.shape))
-        return real(M, singular_values, exact)
-
-    monkeypatch.setattr(linalg, "_singular_values", spy)
+    calls = _spy_on_singular_values(monkeypatch)
     M = torch.randn(2, 7, 5, dtype=F64, generator=gen(50))
     assert linalg.effective_rank(M, "threshold", eps=1.0).tolist() == [0.0, 0.0]
     assert calls == []
