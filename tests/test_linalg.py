@@ -912,10 +912,13 @@ def test_cholesky_routing_is_scale_free(scale):
     assert linalg._clears_rounding(gram, 5).tolist() == [True, False]
 
 
-def test_effective_rank_cholesky_test_starts_above_aspect_two_thirds(monkeypatch):
-    # the Cholesky test runs only where the shorter side is more than 2/3 of the longer: at
-    # exactly 2/3 (6 x 4) a float32 matrix goes to the float32 eigenvalues first
+@pytest.mark.parametrize("wide", [False, True])
+def test_effective_rank_cholesky_test_starts_above_aspect_two_thirds(monkeypatch, wide):
+    # the Cholesky test runs only where the shorter side is more than 2/3 of the longer
+    # (min(n, m) and max(n, m)): at exactly 2/3, tall 6 x 4 or wide 4 x 6, a float32 matrix
+    # skips it and goes to the float32 eigenvalues first
     M = planted([1.0, 0.5, 0.0, 0.0], 6, 4, seed=21).float()
+    M = M.T if wide else M
     calls = []
     real = linalg._gram_rank
 
@@ -924,6 +927,8 @@ def test_effective_rank_cholesky_test_starts_above_aspect_two_thirds(monkeypatch
         return real(gram, args)
 
     monkeypatch.setattr(linalg, "_gram_rank", spy)
+    monkeypatch.setattr(linalg, "_clears_rounding", lambda gram, size: pytest.fail(
+        f"Cholesky test run on a {tuple(M.shape)} matrix"))
     assert linalg.effective_rank(M, "rank").item() == 2
     assert calls == [torch.float32, torch.float64]  # unsure in float32, redone in float64
 
@@ -1196,25 +1201,6 @@ def test_effective_rank_gram_path_defers_only_below_tiny_over_eps(monkeypatch):
         M = torch.diag(torch.tensor([1.0, 0.5], dtype=F64)) * scale
         assert abs(linalg.effective_rank(M, "intrinsic").item() - 1.5) < 1e-15
         assert bool(calls) == deferred, scale
-
-
-def test_effective_rank_cholesky_test_skipped_for_a_wide_matrix_too(monkeypatch):
-    # "the shorter side is more than 2/3 of the longer" is about min(n, m) and max(n, m): a wide
-    # float32 4 x 6 matrix, like the tall 6 x 4, skips the Cholesky test and goes to the
-    # float32 eigenvalues first (unsure there: rank-deficient, then redone in float64)
-    M = planted([1.0, 0.5, 0.0, 0.0], 6, 4, seed=21).float().T
-    calls = []
-    real = linalg._gram_rank
-
-    def spy(gram, args):
-        calls.append(gram.dtype)
-        return real(gram, args)
-
-    monkeypatch.setattr(linalg, "_gram_rank", spy)
-    monkeypatch.setattr(linalg, "_clears_rounding", lambda gram, size: pytest.fail(
-        "Cholesky test run on a 4 x 6 matrix"))
-    assert linalg.effective_rank(M, "rank").item() == 2
-    assert calls == [torch.float32, torch.float64]
 
 
 def test_effective_rank_gram_path_keeps_a_value_its_interval_ends_agree_on(monkeypatch):
