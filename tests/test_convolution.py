@@ -238,3 +238,26 @@ def test_empirical_receptive_field_casts_inputs_to_dtype():
     width, fp = V.empirical_receptive_field(net, 16, inputs=torch.ones(1, 1, 16))
     assert (width, fp.dtype) == (3, torch.float64)
     assert fp.sum().item() == 3.0
+
+
+def test_receptive_field_refuses_zero_pools_and_dilations():
+    # found by mutation testing (tools/mutate.py): a pool or dilation of 0 is named, as 1 is
+    # the smallest (1 = no pooling, no dilation)
+    with pytest.raises(ValueError, match=r"pools\[1\] must be >= 1, got 0"):
+        V.receptive_field(3, (1, 2), (2, 0))
+    with pytest.raises(ValueError, match=r"dilations\[0\]\[1\] must be >= 1, got 0"):
+        V.receptive_field(3, ((1, 0), (1,)), (2, 2))
+
+
+def test_default_block_has_the_post_dilations_and_bad_widths_are_named():
+    # the default block is the post's (dilations 1, 2, 4, kernel 3): its measured receptive
+    # field is the formula's 1 + 2 (1 + 2 + 4) = 15
+    block = _positive(V.SplitSumBlock(1, 4).double())  # positive weights: no path cut
+    width, _ = V.empirical_receptive_field(block, 64, generator=torch.Generator().manual_seed(0),
+                                           dtype=torch.float64)
+    assert width == V.receptive_field(3, (1, 2, 4), (1,)) == 15
+    V.SpectraNet(widths=(1, 1))  # a width of 1 is allowed
+    with pytest.raises(ValueError, match=r"widths\[1\] must be >= 1, got 0"):
+        V.SpectraNet(widths=(4, 0))
+    with pytest.raises(ValueError, match=r"dilations\[2\] must be >= 1, got 0"):
+        V.SplitSumBlock(1, 4, dilations=(1, 2, 0))

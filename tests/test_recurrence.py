@@ -442,3 +442,25 @@ def test_ring_init_is_the_inverse_cdf_of_its_uniforms():
 def test_fuzz_lru_lambda_shapes_that_do_not_broadcast_are_named(nu_shape, theta_shape):
     with pytest.raises(ValueError, match="nu_log of shape .* theta_log"):
         R.lru_lambda(torch.zeros(nu_shape), torch.zeros(theta_shape))
+
+
+# -- cases found by mutation testing (tools/mutate.py) --------------------------------------
+
+def test_initial_state_with_two_batch_dimensions():
+    # u (B1, B2, T, n) and x0 (B1, B2, n): each sequence starts from its own state
+    g = _gen(70)
+    lam = torch.rand(3, generator=g, dtype=F64)
+    u = torch.randn(2, 4, 6, 3, generator=g, dtype=F64)
+    x0 = torch.randn(2, 4, 3, generator=g, dtype=F64)
+    x = R.linear_recurrence(lam, u, initial=x0)
+    for i in range(2):
+        for j in range(4):
+            assert torch.allclose(x[i, j], _direct(lam, u[i, j], x0[i, j]), atol=1e-12, rtol=0)
+
+
+def test_lru_ring_init_default_sector_is_the_full_circle():
+    # max_phase = 2 pi by default: theta = V theta_max with V uniform on (0, 1]
+    _, theta_log = R.lru_ring_init(4000, generator=_gen(71), dtype=torch.float64)
+    theta = theta_log.exp()
+    assert theta.max().item() <= 2 * math.pi and theta.max().item() > 0.99 * 2 * math.pi
+    assert theta.min().item() > 0
