@@ -371,21 +371,12 @@ def test_min_feasible_base_start_must_exceed_one():
 
 # -- cases found by mutation testing (tools/mutate.py) --------------------------------------
 
-def _first_negative_brute_force(base, d, n):
-    """min{m < n : sum_i cos(m b^(-2i/d)) < 0} in float64, one offset at a time; n if none."""
-    theta = [base ** (-2 * i / d) for i in range(d // 2)]
-    for m in range(n):
-        if sum(math.cos(m * t) for t in theta) < 0:
-            return m
-    return n
-
-
 def test_first_negative_offset_across_blocks_is_capped_and_ends_early():
     # budget = 1024 keeps the block at C = 16, 256 offsets: max_offset = 300 or 401 takes a
     # second block, computed in rows of 16, whose offsets beyond max_offset must not count;
     # d = 2 has f(m) = cos m, negative at m = 2, so every base drops out in the first block,
     # long before max_offset = 1000
-    assert _first_negative_brute_force(6000.0, 32, 1000) == 404
+    assert _first_negative_direct(6000.0, 32, 1000) == 404
     assert P.first_negative_offset(6000.0, 32, 300, budget=1024).item() == 300
     # 401 = 256 + 145: the second block's last row of 16 reaches offset 415, past 404
     assert P.first_negative_offset(6000.0, 32, 401, budget=1024).item() == 401
@@ -409,9 +400,9 @@ def test_work_device_is_kept_except_mps():
 
 def test_min_feasible_base_scans_past_one_chunk_and_its_defaults():
     # steps = 5000 at one level: 5000 grid points j * 16000 / 5000, scanned in chunks of 4096;
-    # the answer is the first feasible one (brute force), and the scan stops there
+    # the answer is the first feasible one (direct sums), and the scan stops there
     grid = [j * 16000 / 5000 for j in range(1, 5001)]
-    first = next(b for b in grid if b > 1 and _first_negative_brute_force(b, 16, 16) == 16)
+    first = next(b for b in grid if b > 1 and _first_negative_direct(b, 16, 16) == 16)
     assert P.min_feasible_base(16, 16, levels=1, steps=5000) == pytest.approx(first, rel=1e-12)
     # the documented start B = 1000 L and d = 128
     assert (P.min_feasible_base(16, levels=1)
