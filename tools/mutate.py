@@ -22,7 +22,10 @@ argument checks are skipped: a ``raise``, the test of an ``if`` whose body only 
 ``check_*``/``as_float_tensor`` call, a ``warnings.warn`` call; so are those in a
 ``dim=``/``keepdim=`` argument (a wrong axis is a wrong shape on the batched inputs the tests
 use, and they were a third of the mutants) and in a decorator (``lru_cache(maxsize=...)``).
-Each test run uses one thread: run two modules side by side on two cores.
+Each test run uses one thread: run two modules side by side on two cores. ``run`` first times
+the tests on the unmutated module; a mutant whose tests take ten times as long (at least 30 s)
+is stopped and counts as killed (with the fixed 300 s per mutant used before, the recurrence
+run sat for over ten minutes on looping mutants).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,9 +157,18 @@ def prepare(module: Path, tests: list[str], refresh: bool) -> tuple[Path, Path, 
     return repo, work / "session.sqlite", command
 
 
-def write_config(path: Path, module: Path, command: str) -> None:
+def baseline_seconds(repo: Path, command: str) -> float:
+    """Wall time of one run of the tests on the unmutated module (which must pass)."""
+    start = time.perf_counter()
+    run = subprocess.run(shlex.split(command), cwd=repo, capture_output=True, text=True)
+    if run.returncode:
+        sys.exit(f"the tests fail on the unmutated module:\n{run.stdout[-2000:]}")
+    return time.perf_counter() - start
+
+
+def write_config(path: Path, module: Path, command: str, timeout: float) -> None:
     excluded = "".join(f"  {json.dumps(e)},\n" for e in excluded_operators())
-    path.write_text(f'[cosmic-ray]\nmodule-path = "{module}"\ntimeout = 300.0\n'
+    path.write_text(f'[cosmic-ray]\nmodule-path = "{module}"\ntimeout = {timeout:.0f}.0\n'
                     f'excluded-modules = []\ntest-command = {json.dumps(command)}\n\n'
                     '[cosmic-ray.distributor]\nname = "local"\n\n'
                     f'[cosmic-ray.filters.operators-filter]\nexclude-operators = [\n{excluded}]\n')
@@ -196,9 +209,14 @@ def main(argv=None) -> int:
     cr = str(BIN / "cosmic-ray")
 
     if args.action == "run":
+        # a mutant that loops forever (or for far longer than the tests take) counts as
+        # killed after ten times the unmutated run, not cosmic-ray's fixed minutes
+        config = session.with_suffix(".toml")
+        base = baseline_seconds(repo, command)
+        timeout = max(30.0, 10 * base)
+        print(f"unmutated tests: {base:.1f} s; timeout per mutant {timeout:.0f} s")
+        write_config(config, module, command, timeout)
         if not session.exists():
-            config = session.with_suffix(".toml")
-            write_config(config, module, command)
             subprocess.run([cr, "init", str(config), str(session)], cwd=repo, check=True)
             subprocess.run([str(BIN / "cr-filter-operators"), str(session), str(config)],
                            cwd=repo, check=True)
