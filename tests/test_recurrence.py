@@ -159,6 +159,25 @@ def test_chunked_block_boundaries(T):
     u = torch.randn(2, T, 3, generator=g, dtype=C128)
     ref = R.linear_recurrence(lam, u, method="loop")
     assert torch.allclose(R.linear_recurrence(lam, u, method="chunked"), ref, atol=1e-13)
+    # the raw method too: linear_recurrence would mask a non-finite block result by the loop
+    raw = R._chunked(lam[:, None].expand(2, 3, T), u.movedim(1, -1)).movedim(-1, 1)
+    assert torch.allclose(raw, ref, atol=1e-13)
+
+
+def test_finite_fast_results_are_not_recomputed_by_the_loop(monkeypatch):
+    # the loop fallback is for non-finite results only: scan never runs it, chunked runs it
+    # twice inside (the 7 blocks of C = isqrt(T - 1) + 1 = 8 steps from zero state, then the
+    # block ends)
+    calls = []
+    loop = R._loop
+    monkeypatch.setattr(R, "_loop", lambda a, b: calls.append(a.shape) or loop(a, b))
+    lam, u = torch.full((3,), 0.9), torch.ones(2, 50, 3)
+    for method, expected in (("scan", []), ("chunked", [(2, 3, 7, 8), (2, 3, 7)])):
+        calls.clear()
+        x = R.linear_recurrence(lam, u, method=method)
+        assert calls == expected, method
+        assert torch.allclose(x, loop(lam.expand(2, 50, 3).movedim(1, -1),
+                                      u.movedim(1, -1)).movedim(-1, 1), atol=1e-5)
 
 
 def test_edge_cases():
