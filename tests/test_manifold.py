@@ -95,6 +95,11 @@ def test_linf_and_l1_directions_against_linprog():
     x1 = res.x[:9] - res.x[9:]
     assert np.allclose(x1, mf.steepest_direction(g, "l1").numpy(), atol=1e-12)
     assert mf.steepest_direction(g, "lp", p=math.inf).equal(phi)
+    # a batch: each row picks its own largest |g_i|
+    rows = randn(4, 9, seed=5)
+    batch = mf.steepest_direction(rows, "l1")
+    assert torch.equal(batch, torch.stack([mf.steepest_direction(r, "l1") for r in rows]))
+    assert torch.equal(batch.abs().sum(-1), torch.ones(4, dtype=F64))
 
 
 def test_spectral_direction_is_msign_and_beats_random():
@@ -331,11 +336,13 @@ def test_linf_direction_against_linprog():
     assert frozen.tolist() == [1.0, 0.0, -1.0] and not bool(torch.signbit(frozen[1]))
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.25])
 @pytest.mark.parametrize("signs", [(1, 1), (1, -1, 1), (-1, 1, 1, -1)])
-def test_linf_direction_with_ties_against_linprog(signs):
+def test_linf_direction_with_ties_against_linprog(signs, scale):
+    # scale 0.25: the tied |w_i| lie below 1, so the sign of w_i is not the sign of w_i - 1
     n = 7
-    w = 0.5 * randn(n, seed=97).clamp(-0.9, 0.9)
-    w[: len(signs)] = torch.tensor(signs, dtype=F64)
+    w = scale * 0.5 * randn(n, seed=97).clamp(-0.9, 0.9)
+    w[: len(signs)] = scale * torch.tensor(signs, dtype=F64)
     g = randn(n, seed=98)
     s = np.zeros(n)
     s[: len(signs)] = signs
@@ -363,6 +370,90 @@ def test_lp_sphere_batched_and_dtype():
     for i in range(4):
         one = mf.lp_sphere_direction(w[i], g[i], 4.0)
         assert torch.allclose(batch[i].double(), one, atol=1e-6)
+
+
+def test_linf_direction_batched_rows_are_the_single_rows():
+    # rows: a critical point with ties, a row flat only within rtol, and two generic rows
+    w = torch.tensor([[1.0, 1.0, 0.5], [1.0, 1.0, 0.2], [0.3, -0.3, 0.1], [2.0, 0.5, -1.0]],
+                     dtype=F64)
+    g = torch.tensor([[0.3, 0.3, 0.0], [1.0, 1.0 + 1e-9, 0.0], [5.0, 0.7, -0.4],
+                      [0.2, -3.0, 1.5]], dtype=F64)
+    for call in (mf.linf_sphere_direction, lambda w, g: mf.lp_sphere_direction(
+            w, g, math.inf, rtol=1e-6)):
+        batch = call(w, g)
+        rows = torch.stack([call(w[i], g[i]) for i in range(len(w))])
+        assert torch.equal(batch, rows)
+    flat = mf.lp_sphere_direction(w, g, math.inf, rtol=1e-6)[:2]
+    assert torch.equal(flat, torch.zeros(2, 3, dtype=F64))
+
+
+def test_default_rtols_bracketed():
+    # w = e_1, g = e_1 + delta e_2: the tangent part is exactly delta e_2 and ||g|| rounds to 1,
+    # so a delta just below the default threshold gives 0 and one just above gives e_2.
+    # sphere_direction: 10 n eps of float32 with n = 3, the vector's length (these rows sit in a
+    # batch of 1000, and a threshold that counted the batch would zero both)
+    tol = 10 * 3 * torch.finfo(torch.float32).eps
+    w = torch.zeros(1000, 3)
+    w[:, 0] = 1.0
+    g = w.clone()
+    g[0, 1], g[1, 1], g[2, 1] = 0.95 * tol, 1.05 * tol, tol   # the last exactly at the threshold
+    phi = mf.sphere_direction(w, g)
+    assert torch.equal(phi[0], torch.zeros(3)) and torch.equal(phi[1], torch.tensor([0, 1.0, 0]))
+    assert torch.equal(phi[2], torch.zeros(3))   # "<= rtol ||g||" is zero
+    # lp_sphere_direction: 1e3 eps of float64, the same in one row and in a batch
+    tol = 1e3 * torch.finfo(F64).eps
+    w, g = torch.eye(3, dtype=F64)[:1].expand(2, 3), torch.eye(3, dtype=F64)[:1].repeat(2, 1)
+    g[0, 1], g[1, 1] = (1 - 5e-4) * tol, (1 + 5e-4) * tol
+    for p in (3.0, math.inf):
+        phi = mf.lp_sphere_direction(w, g, p)
+        assert torch.equal(phi[0], torch.zeros(3, dtype=F64)), p
+        assert torch.allclose(phi[1], torch.tensor([0, 1.0, 0], dtype=F64), atol=1e-12), p
+    # p = inf with four tied |w_i| and g = 1 on them: ||g|| = 2, so the threshold is 2e3 eps
+    w = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.5], dtype=F64)
+    for factor, moves in ((0.95, False), (1.05, True)):
+        g = torch.tensor([1.0, 1.0, 1.0, 1.0, factor * 2 * tol], dtype=F64)
+        phi = mf.lp_sphere_direction(w, g, math.inf)
+        assert bool(phi.any()) == moves and phi[4] == float(moves)
+
+
+def test_lp_sphere_batch_tangency_and_lambda_shape():
+    # row 0 has a coordinate of g + lambda u crossing zero at the root, (-0.5, 0, 0.5): at p = 10
+    # the power 1/9 turns its rounding into ~0.02, which only the last projection removes (in
+    # each row with its own u)
+    w = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.5, 0.2]], dtype=F64)
+    g = torch.tensor([[0.0, 1.0, 2.0], [0.3, -1.0, 0.8]], dtype=F64)
+    p = 10.0
+    phi, lam = mf.lp_sphere_direction(w, g, p, return_lambda=True)
+    u = mf.signed_power(w, p - 1)
+    assert ((u * phi).sum(-1).abs() < 1e-12).all()
+    assert lam.shape == (2,) and float(lam[0]) == pytest.approx(-1.0, abs=1e-12)
+    phi, lam = mf.lp_sphere_direction(w, g, math.inf, return_lambda=True)
+    assert lam.shape == (2,) and lam.isnan().all()
+    assert mf.lp_sphere_direction(w[1], g[1], math.inf, return_lambda=True)[1].shape == ()
+
+
+@pytest.mark.parametrize("p, small", [(2.0, 0.1), (4.0, 0.5)])
+def test_lp_sphere_multiplier_far_from_and_at_zero(p, small):
+    # w = (1, small, ..., small) (40 small entries) and g = -/+1 on them: the root (2.86 at p = 2,
+    # 7.5 at p = 4) lies beyond -/+2, outside the first bracket [-1, 1]; it must be found by
+    # doubling. brentq as reference.
+    w = torch.cat([torch.ones(1, dtype=F64), torch.full((40,), small, dtype=F64)])
+    u = mf.signed_power(w, p - 1)
+    for sign in (1.0, -1.0):
+        g = torch.cat([torch.zeros(1, dtype=F64), torch.full((40,), -sign, dtype=F64)])
+        phi, lam = mf.lp_sphere_direction(w, g, p, return_lambda=True)
+        h = lambda t: float(u @ mf.signed_power(g + t * u, 1 / (p - 1)))  # noqa: E731, B023
+        root = scipy.optimize.brentq(h, -1e4, 1e4, xtol=1e-13)
+        assert sign * root > 2 and float(lam) == pytest.approx(root, rel=1e-10)
+        assert abs(float(u @ phi)) < 1e-12
+        if p == 2.0:
+            assert torch.allclose(phi, mf.sphere_direction(w, g), atol=1e-13)
+    # g already tangent, <u, g^[q-1]> = 0: the multiplier is 0 and phi = g^[q-1] / its p-norm,
+    # to rounding (a stopping rule relative to 1 / |lambda| would stop at |lambda| ~ 1e-8)
+    w, g = torch.tensor([1.0, 1.0], dtype=F64), torch.tensor([1.0, -1.0], dtype=F64)
+    phi, lam = mf.lp_sphere_direction(w, g, p, return_lambda=True)
+    assert abs(float(lam)) < 1e-15
+    assert torch.allclose(phi, g / 2 ** (1 / p), rtol=0, atol=1e-15)
 
 
 def test_lp_sphere_bad_input():
@@ -407,6 +498,14 @@ def test_sphere_functions_keep_dtype_and_broadcast():
     for i in range(3):
         assert torch.allclose(outs[3][i], mf.sphere_step(w[i], g, 0.1), atol=1e-6)
         assert abs(float(outs[3][i].double().norm()) - 1) < 1e-6
+
+
+def test_tiny_step_leaves_the_point():
+    # eta = 1e-310 (subnormal): 1 / eta overflows, so the step must not be formed as u / eta - t
+    w, g = unit(randn(5, seed=114)), randn(5, seed=115)
+    for retraction in ("normalize", "exact"):
+        out = mf.sphere_step(w, g, 1e-310, retraction=retraction)
+        assert torch.allclose(out, w, rtol=0, atol=1e-15)
 
 
 def test_sphere_direction_is_scale_free():
@@ -503,7 +602,8 @@ def test_l2_and_fro_directions_at_extreme_scales():
 def test_linf_direction_is_zero_when_the_tangent_part_vanishes():
     # a tied largest |w_i| used to give [1, -1, ...] for a zero gradient or at a critical point
     cases = [([1.0, 1.0, 0.5], [0.0, 0.0, 0.0]), ([1.0, 1.0], [1.0, 1.0]),
-             ([1.0, -1.0, 0.2], [0.3, -0.3, 0.0]), ([0.1, 0.1, 0.1], [0.1, 0.1, 0.1])]
+             ([1.0, -1.0, 0.2], [0.3, -0.3, 0.0]), ([0.1, 0.1, 0.1], [0.1, 0.1, 0.1]),
+             ([1.0, -1.0, 0.5], [0.0, 0.0, 0.0])]
     for w, g in cases:
         w, g = torch.tensor(w, dtype=F64), torch.tensor(g, dtype=F64)
         zero = torch.zeros_like(w)
