@@ -458,3 +458,67 @@ def test_fit_cutoff_depends_on_d_not_on_the_number_of_images():
     ridge = Q.fit_shift_operator(Z, "x", ridge=lam)
     assert torch.allclose(ridge.double(), ref, atol=1e-4)
     assert abs(float(ridge[2, 2]) - float(ref[2, 2])) < 1e-5
+
+
+# -- gaps found by mutation testing ---------------------------------------------------------
+
+def test_block_mask_off_the_quarter_and_default_corner():
+    # h and w not half of H and W (a half-size block hides top:top - h for top:top + h)
+    m = Q.block_mask(7, 9, 2, 3, top=4, left=5)
+    expected = torch.tensor([[4 <= i < 6 and 5 <= j < 8 for j in range(9)] for i in range(7)])
+    assert torch.equal(m, expected)
+    corner = torch.zeros(5, 6, dtype=torch.bool)
+    corner[:2, :4] = True
+    assert torch.equal(Q.block_mask(5, 6, 2, 4), corner)   # top = left = 0 by default
+
+
+def test_fit_rank_deficient_is_the_min_norm_least_squares():
+    # 50 pairs, d = 3, the third feature of every source the sum of the other two (rank 2 up to
+    # rounding), targets unrelated: M^T = pinv(X) Y with X's rounding-level singular value cut,
+    # also at a scale of 1e4 (the cutoff is relative to the largest singular value)
+    g = _gen(40)
+    X = torch.randn(50, 3, generator=g, dtype=F64)
+    X[:, 2] = X[:, 0] + X[:, 1]
+    Y = torch.randn(50, 3, generator=g, dtype=F64)
+    for scale in (1.0, 1e4):
+        Z = scale * torch.stack([X, Y])                   # (H = 2, W = 50, d): pairs along x
+        expected = (torch.linalg.pinv(scale * X, rtol=1e-10) @ (scale * Y)).T
+        M = Q.fit_shift_operator(Z, "x")
+        assert torch.allclose(M, expected, rtol=1e-9, atol=1e-12)
+        # ridge = 0 is the cutoff, not 1 / (sigma + 0 / sigma)
+        assert torch.isfinite(M).all() and float(M.abs().max()) < 10
+
+
+def test_fit_on_a_single_image_and_its_batch_of_one():
+    A, B = _pair(41, d=3)
+    Z = Q.linear_field(A, B, torch.randn(3, generator=_gen(42), dtype=F64), 6, 5)  # (6, 5, 3)
+    for axis in ("x", "y"):
+        single = Q.fit_shift_operator(Z, axis)
+        assert torch.allclose(single, Q.fit_shift_operator(Z[None], axis), atol=1e-12)
+    assert torch.allclose(Q.fit_shift_operator(Z, "y"), torch.linalg.matrix_exp(B), atol=1e-8)
+
+
+def test_anisotropy_threshold_counts_d_in_a_batch():
+    # cond(B^2) = 1e14: above d eps = 4.4e-16 relative, so not singular, even in a batch of 1000
+    # (a threshold that counted a batch size, 1000 eps = 2.2e-13, would refuse it); 1e-16 is
+    # below d eps and is refused
+    A = torch.eye(2, dtype=F64)
+    for batch in ((1, 1000), (1000, 1)):
+        B = torch.diag(torch.tensor([1.0, 1e-7], dtype=F64)).expand(*batch, 2, 2)
+        S = Q.anisotropy_matrix(A, B)
+        assert S.shape == (*batch, 2, 2)
+        expected = torch.diag(torch.tensor([-1.0, -1e14], dtype=F64))
+        assert torch.allclose(S[0, 0], expected, rtol=1e-10)
+        B = torch.diag(torch.tensor([1.0, 1e-8], dtype=F64)).expand(*batch, 2, 2)
+        with pytest.raises(ValueError, match="singular"):
+            Q.anisotropy_matrix(A, B)
+
+
+def test_random_draws_without_a_generator_and_on_a_given_device():
+    m = Q.random_patch_mask(4, 4, 0.5)                # the global generator
+    assert m.shape == (4, 4) and int((~m).sum()) == 8
+    A, B = Q.commuting_pair(3)
+    assert A.device.type == "cpu" and torch.allclose(A @ B, B @ A, atol=1e-15)
+    # device names where to draw when given (meta: shapes only, no values)
+    assert Q.random_patch_mask(4, 4, 0.5, device="meta").device.type == "meta"
+    assert Q.commuting_pair(3, device="meta")[0].device.type == "meta"
