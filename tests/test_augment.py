@@ -25,6 +25,7 @@ def test_quarter_masks_match_the_numpy_construction(S):
     M1 = np.ones((S, S))
     M1[: S // 2, : S // 2] = 0
     ours = A.quarter_masks(S).numpy()
+    assert ours.shape == (4, S, S)
     for q in range(4):
         assert np.array_equal(ours[q], np.rot90(M1, q).astype(bool))
         assert (~ours[q]).sum() == (S // 2) ** 2
@@ -99,6 +100,10 @@ def test_random_splice_modes_indices_and_fraction():
     assert idx.min() == S // 4 and idx.max() == (3 * S) // 4 - 1
     share = torch.bincount(mode, minlength=4).double() / n
     assert ((share - 0.25).abs() < 4 * math.sqrt(0.25 * 0.75 / n)).all()
+    # the documented rule on the first uniform drawn: rows above 3/4, ..., antidiag up to 1/4
+    # (diag and antidiag have the same share and fraction: only the rule tells them apart)
+    r = torch.rand(n, generator=_gen(3), dtype=torch.float64)
+    assert torch.equal(mode, 3 - (r > 0.25).long() - (r > 0.5).long() - (r > 0.75).long())
 
 
 def test_random_splice_keeps_channels_and_errors():
@@ -111,6 +116,8 @@ def test_random_splice_keeps_channels_and_errors():
         A.splice_mask(5, "rows")
     with pytest.raises(ValueError, match="takes no idx"):
         A.splice_mask(5, "diag", 2)
+    with pytest.raises(ValueError, match="x1 must have at least 2 dimension"):   # one image
+        A.same_class_splice(torch.ones(4), torch.ones(4), "diag")
     with pytest.raises(ValueError, match="mode must be one of"):
         A.splice_mask(5, "spiral")
     with pytest.raises(ValueError, match="idx must be <= 5"):
@@ -188,6 +195,8 @@ def test_rotation_per_image_angles_direction_and_corners():
     x[:, 0, 4] = 1.0                                   # top-right pixel
     y = A.rotate(x, torch.tensor([90.0, -90.0]))
     assert y[0, 0, 0] == pytest.approx(1.0) and y[1, 4, 4] == pytest.approx(1.0)  # CCW, CW
+    # a 0-d tensor is one angle for every image, like a number
+    assert torch.equal(A.rotate(x, torch.tensor(90.0)), A.rotate(x, 90.0))
     # a constant image loses its corners to the zero padding at 45 degrees, keeps its centre
     c = A.rotate(torch.ones(1, 9, 9, dtype=torch.float64), 45.0)[0]
     assert c[4, 4] == pytest.approx(1.0) and c[0, 0] == 0.0         # all 4 neighbours outside
@@ -204,6 +213,8 @@ def test_random_rotate_angles_are_uniform():
     assert float(deg.abs().max()) <= 10.0
     # KS statistic below the 0.1% critical value 1.95/sqrt(n)
     assert kstest(deg.numpy(), "uniform", args=(-10, 20)).statistic < 1.95 / math.sqrt(n)
+    # the post's +-10 degrees is the default
+    assert torch.equal(A.random_rotate(torch.ones(n, 3, 3), generator=_gen(11))[1], deg)
     y0, d0 = A.random_rotate(torch.rand(4, 5, 5, generator=_gen(1)), 0.0, generator=_gen(2))
     assert torch.equal(d0, torch.zeros(4, dtype=torch.float64))
 
@@ -351,9 +362,10 @@ def test_zoom_offsets_are_independent_and_two_images_swap_backgrounds():
     joint = torch.bincount(3 * info["top"] + info["left"], minlength=9).double() / n
     for f in joint:                                           # uniform on {0, 1, 2}^2
         assert abs(float(f) - 1 / 9) < 4 * math.sqrt(8 / 81 / n)
-    _, info = A.random_zoom(torch.rand(2, 8, 8, generator=_gen(30)), 0.8, 0.8,
-                            generator=_gen(31))
-    assert info["background"].tolist() == [1, 0]              # the only other image
+    for seed in range(31, 51):     # never the image itself (a wrong shift has odds 1/4 a seed)
+        _, info = A.random_zoom(torch.rand(2, 8, 8, generator=_gen(30)), 0.8, 0.8,
+                                generator=_gen(seed))
+        assert info["background"].tolist() == [1, 0]          # the only other image
 
 
 def test_random_zoom_names_x_when_one_image_cannot_be_shrunk():
