@@ -216,7 +216,7 @@ def main(argv=None) -> int:
         timeout = max(30.0, 10 * base)
         print(f"unmutated tests: {base:.1f} s; timeout per mutant {timeout:.0f} s")
         write_config(config, module, command, timeout)
-        if not session.exists():
+        if not session.exists() or session.stat().st_size == 0:   # (an empty file: no session)
             subprocess.run([cr, "init", str(config), str(session)], cwd=repo, check=True)
             subprocess.run([str(BIN / "cr-filter-operators"), str(session), str(config)],
                            cwd=repo, check=True)
