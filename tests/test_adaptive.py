@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -728,3 +729,116 @@ def test_eta_opt_and_eta_opt_sgd_name_shapes_that_do_not_broadcast():
         ad.eta_opt_sgd(torch.rand(2, 3), torch.eye(3), torch.rand(3), torch.tensor([1.0, 2, 3]))
     assert ad.eta_opt_sgd(torch.rand(2, 3), torch.eye(3), torch.rand(3),
                           torch.tensor([[1.0], [2.0]])).shape == (2, 2)
+
+
+# -- gaps found by mutation testing ---------------------------------------------------------
+
+def test_clip_moments_at_infinite_a_on_the_closed_form_branch():
+    # |a| -> inf gives (+-1, 1) for every b, also b >= 1 (the closed form): the cap of |a| at
+    # b + 40 keeps a/b * P(|a+z|<b) from becoming inf * 0 there
+    a = torch.tensor([math.inf, -math.inf] * 3, dtype=F64)
+    b = torch.tensor([1.0, 1.0, 2.5, 2.5, 30.0, 30.0], dtype=F64)
+    m1, m2 = ad.clip_moments(a, b)
+    assert m1.tolist() == [1.0, -1.0] * 3 and m2.tolist() == [1.0] * 6
+
+
+def test_clip_moments_of_a_batch_are_its_elements_moments():
+    # 2-D a and b (both branches, b < 1 and b >= 1) against one call per element
+    gen = generator(9, "cpu")
+    a = 3 * torch.randn(2, 3, generator=gen, dtype=F64)
+    b = torch.tensor([[0.05, 0.4, 0.9], [1.0, 2.0, 7.0]], dtype=F64)
+    m1, m2 = ad.clip_moments(a, b)
+    for i in range(2):
+        for j in range(3):
+            e1, e2 = ad.clip_moments(a[i, j:j + 1], b[i, j:j + 1])
+            torch.testing.assert_close(m1[i, j], e1[0], rtol=1e-14, atol=1e-15)
+            torch.testing.assert_close(m2[i, j], e2[0], rtol=1e-14, atol=1e-15)
+
+
+def test_eta_opt_family_on_two_leading_dimensions():
+    # g (2, 3, n), H (2, 3, n, n) and every other argument batched alike: each entry is the
+    # unbatched call on its row
+    gen = generator(10, "cpu")
+    n = 4
+    H = torch.stack([torch.stack([ad.random_spd(n, cond=30.0, generator=gen) for _ in range(3)])
+                     for _ in range(2)])
+    g = torch.randn(2, 3, n, generator=gen, dtype=F64)
+    m = 0.5 * torch.randn(2, 3, n, generator=gen, dtype=F64)
+    s = m * m + torch.rand(2, 3, n, generator=gen, dtype=F64)
+    A = torch.randn(2, 3, n, n, generator=gen, dtype=F64)
+    cov = A @ A.mT
+    diag = torch.rand(2, 3, n, generator=gen, dtype=F64)
+    batch = 1 + 10 * torch.rand(2, 3, generator=gen, dtype=F64)
+    beta = 0.1 + 0.9 * torch.rand(2, 3, generator=gen, dtype=F64)
+    u = ad.softsign(g, 0.3)
+    got = [ad.eta_opt(m, s, g, H), ad.eta_opt_sgd(g, H, cov, batch),
+           ad.eta_opt_sgd(g, H, diag, batch), ad.eta_opt_meanfield(u, g, H, beta)]
+    for i in range(2):
+        for j in range(3):
+            want = [ad.eta_opt(m[i, j], s[i, j], g[i, j], H[i, j]),
+                    ad.eta_opt_sgd(g[i, j], H[i, j], cov[i, j], batch[i, j]),
+                    ad.eta_opt_sgd(g[i, j], H[i, j], diag[i, j], batch[i, j]),
+                    ad.eta_opt_meanfield(u[i, j], g[i, j], H[i, j], beta[i, j])]
+            for x, y in zip(got, want, strict=True):
+                assert x.shape == (2, 3)
+                torch.testing.assert_close(x[i, j], y, rtol=1e-13, atol=0)
+
+
+def test_random_spd_is_the_documented_construction():
+    # d = 2 has the requested condition number too: eigenvalues 1/sqrt(cond) and sqrt(cond)
+    lam = torch.linalg.eigvalsh(ad.random_spd(2, cond=50.0, generator=generator(0, "cpu")))
+    torch.testing.assert_close(lam, torch.tensor([50 ** -0.5, 50 ** 0.5], dtype=F64))
+    # H = Q diag(lam) Q^T, Q from the QR of the generator's Gaussian matrix with diag(R) > 0 and
+    # lam running from 1/sqrt(cond) up to sqrt(cond) along Q's columns (numpy, same draw)
+    d, cond = 5, 20.0
+    A = torch.randn(d, d, generator=generator(1, "cpu"), dtype=F64).numpy()
+    Q, R = np.linalg.qr(A)
+    Q = Q * np.sign(np.diag(R))
+    want = (Q * np.geomspace(cond ** -0.5, cond ** 0.5, d)) @ Q.T
+    got = ad.random_spd(d, cond=cond, generator=generator(1, "cpu"))
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-13)
+    # without a generator it is built on the device asked for (meta: shapes only, no values)
+    assert ad.random_spd(3, device="meta").device.type == "meta"
+
+
+def test_softsign_moments_just_beyond_the_taylor_switch_are_at_rounding():
+    # r = hypot(a, b) >= (2/eps)^(1/4) = 9742 in float64: the Taylor branch, "error below
+    # rounding there" (the trapezoid rule loses ~eps |a|, some 1e-13, at these r); mpmath
+    mpmath = pytest.importorskip("mpmath")
+    pts = [(1.0e4, 1.0), (1.05e4, 1.0), (-1.0e4, 30.0)]
+    want = []
+    with mpmath.workdps(30):
+        for av, bv in pts:
+            def u(z, av=av, bv=bv):
+                return (av + z) / mpmath.sqrt((av + z) ** 2 + bv * bv) * mpmath.npdf(z)
+
+            def u2(z, av=av, bv=bv):
+                return (av + z) ** 2 / ((av + z) ** 2 + bv * bv) * mpmath.npdf(z)
+
+            want.append([float(mpmath.quad(f, [-14, 0, 14])) for f in (u, u2)])
+    a = torch.tensor([p[0] for p in pts], dtype=F64)
+    b = torch.tensor([p[1] for p in pts], dtype=F64)
+    want = torch.tensor(want, dtype=F64)
+    m1, m2 = ad.softsign_moments(a, b)
+    torch.testing.assert_close(m1, want[:, 0], rtol=0, atol=1e-15)
+    torch.testing.assert_close(m2, want[:, 1], rtol=0, atol=1e-15)
+
+
+def test_gauss_newton_on_two_leading_dimensions():
+    # jac (2, 3, n, k, d): G[i, j] = (1/n) sum_s J_s^T J_s of that batch entry's Jacobians
+    jac = torch.randn(2, 3, 5, 2, 4, generator=generator(11, "cpu"), dtype=F64)
+    G = ad.gauss_newton(jac)
+    assert G.shape == (2, 3, 4, 4)
+    for i in range(2):
+        for j in range(3):
+            want = sum(J.T @ J for J in jac[i, j]) / 5
+            torch.testing.assert_close(G[i, j], want, rtol=1e-13, atol=1e-14)
+
+
+def test_softsign_of_subnormal_inputs_is_their_sign():
+    # eps = 0 is sign(x) down to the smallest subnormal (halving one rounds it to 0)
+    for dtype in (torch.float32, F64):
+        fi = torch.finfo(dtype)
+        tiny = fi.smallest_normal * fi.eps                   # 2^-149, 2^-1074
+        x = torch.tensor([tiny, -tiny, 3 * tiny], dtype=dtype)
+        assert ad.softsign(x, 0.0).tolist() == [1.0, -1.0, 1.0]
