@@ -123,6 +123,8 @@ def test_lr_ratio():
         rms = Q.norm() / math.sqrt(Q.numel())
         assert abs(lr_ratio("match_rms_adamw", shape) * rms.item() - 0.2) < 1e-12
     assert lr_ratio("original", torch.Size([512, 128])) == 2.0
+    assert lr_ratio("original", (3, 512, 128)) == 2.0          # the last two entries are (n, m)
+    assert lr_ratio("match_rms_adamw", (600, 4, 128)) == pytest.approx(0.2 * math.sqrt(128))
     for bad in ((5,), (0, 3), (2.0, 3), (True, 3)):
         with pytest.raises(ValueError, match="shape must end in two positive int sizes"):
             lr_ratio(None, bad)
@@ -141,7 +143,7 @@ def test_momentum_zero_is_plain_msign_step():
 def test_zero_gradient_and_skipped_parameters():
     W = torch.randn(6, 4, generator=gen(7))
     p, q = W.clone().requires_grad_(), W.clone().requires_grad_()
-    opt = Muon([p, q], lr=0.1, weight_decay=0.5)
+    opt = Muon([q, p], lr=0.1, weight_decay=0.5)   # the one without a grad first: p still steps
     p.grad = torch.zeros_like(W)  # zero momentum -> zero update, only weight decay acts
     opt.step()
     torch.testing.assert_close(p.detach(), (1 - 0.05) * W)

@@ -267,11 +267,22 @@ def _reference_tiger(params, grads_seq, *, alpha, beta, wd, k):
 @given(k=st.integers(1, 3), seed=st.integers(0, 10**6),
        dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_foreach_matches_per_tensor_reference(k, seed, dtype):
+    _check_against_reference(k, seed, dtype, beta=0.9)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_foreach_matches_the_reference_at_the_ends_of_beta(beta):
+    # beta = 0: the momentum is the last gradient (the old one multiplied by 0, not kept)
+    for k in (1, 2):
+        _check_against_reference(k, 5, torch.float64, beta=beta)
+
+
+def _check_against_reference(k, seed, dtype, *, beta):
     gen = torch.Generator().manual_seed(seed)
     shapes = [(5, 3), (4,), (2, 3, 2)]
     params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
     start = [p.detach().clone() for p in params]
-    opt = Tiger(params, lr=1e-2, beta=0.9, weight_decay=0.1, accumulate=k, nan_guard=False)
+    opt = Tiger(params, lr=1e-2, beta=beta, weight_decay=0.1, accumulate=k, nan_guard=False)
     grads_seq = []
     for _ in range(12):
         present = torch.rand(3, generator=gen) < 0.8  # a missing grad skips that parameter
@@ -282,7 +293,7 @@ def test_foreach_matches_per_tensor_reference(k, seed, dtype):
             p.grad = g
         opt.step()
     ref = _reference_tiger([torch.nn.Parameter(s) for s in start], grads_seq, alpha=1e-2,
-                           beta=0.9, wd=0.1, k=k)
+                           beta=beta, wd=0.1, k=k)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     for p, r in zip(params, ref, strict=True):
         assert torch.allclose(p.detach(), r, rtol=0, atol=tol)
