@@ -21,7 +21,7 @@ help:
 	@echo "make rerun    run the built chapters again (nbval): same asserts, same outputs"
 	@echo "make bench    run the benchmarks (not part of CI)"
 	@echo "make knobs    run every chapter's Experiment with its knobs turned (not part of CI)"
-	@echo "make mutate MODULE=lse   mutation testing of src/dlmath/lse.py (not CI; tools/mutate.py)"
+	@echo "make mutate MODULE=lse [TESTS=...]   mutation testing of src/dlmath/lse.py (not CI)"
 	@echo "make bad-inputs  call every public function with one argument spoiled (part of make test)"
 	@echo "make clean    remove build outputs (keeps .venv)"
 
@@ -133,7 +133,7 @@ knobs: $(VENV)/.stamp-test
 # hours per module; tools/mutate.py says how to read and act on the survivors.)
 mutate: $(VENV)/.stamp-mutation
 	@test -n "$(MODULE)" || { echo "usage: make mutate MODULE=lse (or optim/lion)"; exit 2; }
-	$(PY) tools/mutate.py run src/dlmath/$(MODULE).py
+	$(PY) tools/mutate.py run src/dlmath/$(MODULE).py $(if $(TESTS),--tests $(TESTS))
 	$(PY) tools/mutate.py survivors src/dlmath/$(MODULE).py
 
 # Bad input: every public function's recorded calls (from the test suite) repeated with one
