@@ -842,3 +842,11 @@ def test_softsign_of_subnormal_inputs_is_their_sign():
         tiny = fi.smallest_normal * fi.eps                   # 2^-149, 2^-1074
         x = torch.tensor([tiny, -tiny, 3 * tiny], dtype=dtype)
         assert ad.softsign(x, 0.0).tolist() == [1.0, -1.0, 1.0]
+
+
+def test_shapes_and_devices_that_cannot_work_are_named():
+    # found by make bad-inputs once the tests above passed 2-D a, b and device=
+    with pytest.raises(ValueError, match=r"the shapes of a \(6,\) and b \(2, 3\) do not"):
+        ad.clip_moments(torch.ones(6), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="device must be a torch.device or a device name"):
+        ad.random_spd(3, device="bogus")

@@ -522,3 +522,11 @@ def test_random_draws_without_a_generator_and_on_a_given_device():
     # device names where to draw when given (meta: shapes only, no values)
     assert Q.random_patch_mask(4, 4, 0.5, device="meta").device.type == "meta"
     assert Q.commuting_pair(3, device="meta")[0].device.type == "meta"
+
+
+def test_a_device_that_is_not_one_is_named():
+    # found by make bad-inputs once the test above passed device=
+    for call in (lambda: Q.commuting_pair(3, device="bogus"),
+                 lambda: Q.random_patch_mask(4, 4, 0.5, device="bogus")):
+        with pytest.raises(ValueError, match="device must be a torch.device or a device name"):
+            call()

@@ -39,6 +39,7 @@ from ._checks import (
     check_broadcast,
     check_callable,
     check_choice,
+    check_device,
     check_dim,
     check_finite,
     check_float_dtype,
@@ -216,7 +217,8 @@ def random_spd(d: int, *, cond: float = 10.0, generator: torch.Generator | None 
     cond = check_real(cond, "cond", low=1.0)
     check_float_dtype(dtype)
     out_dtype, dtype = dtype, work_dtype(dtype)   # no QR in half precision
-    dev = generator.device if generator is not None else (device or torch.device("cpu"))
+    device = check_device(device) if device is not None else torch.device("cpu")
+    dev = generator.device if generator is not None else device
     A = torch.randn(d, d, generator=generator, dtype=dtype, device=dev)
     Q, R = torch.linalg.qr(A)
     Q = Q * torch.sign(torch.diagonal(R)).where(torch.diagonal(R) != 0, torch.ones((), dtype=dtype,
@@ -445,6 +447,7 @@ def _ab(a, b):
     b = _nonneg_tensor(b, "b", a)
     if torch.isinf(b).any():
         raise ValueError("b must be finite (the moments vanish as b -> inf)")
+    check_broadcast(a=a.shape, b=b.shape)
     a, b = torch.broadcast_tensors(a, b)
     return a, b
 

@@ -33,6 +33,7 @@ import torch
 from ._checks import (
     as_float_tensor,
     check_choice,
+    check_device,
     check_finite,
     check_float_dtype,
     check_int,
@@ -91,6 +92,7 @@ def commuting_pair(d: int, *, scale: float = 0.1, coeffs=(0.0, 0.5, 1.0), genera
         raise ValueError("coeffs must hold at least one coefficient")
     if device is None:
         device = generator.device if generator is not None else "cpu"
+    device = check_device(device)
     work = work_dtype(dtype)
     G = torch.randn(d, d, generator=generator, dtype=work, device=device)
     rho = torch.linalg.eigvals(G).abs().max().to(work)
@@ -285,6 +287,7 @@ def random_patch_mask(H: int, W: int, mask_ratio: float, *, generator=None,
     mask_ratio = check_real(mask_ratio, "mask_ratio", low=0.0, high=1.0)
     if device is None:
         device = generator.device if generator is not None else "cpu"
+    device = check_device(device)
     n = H * W
     n_masked = round(mask_ratio * n)
     perm = torch.randperm(n, generator=generator, device=device)
