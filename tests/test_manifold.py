@@ -400,7 +400,7 @@ def test_default_rtols_bracketed():
     phi = mf.sphere_direction(w, g)
     assert torch.equal(phi[0], torch.zeros(3)) and torch.equal(phi[1], torch.tensor([0, 1.0, 0]))
     assert torch.equal(phi[2], torch.zeros(3))   # "<= rtol ||g||" is zero
-    # lp_sphere_direction: 1e3 eps of float64, the same in one row and in a batch
+    # lp_sphere_direction: 1e3 eps of float64 relative to ||g|| (here 1), at p = 3 and p = inf
     tol = 1e3 * torch.finfo(F64).eps
     w, g = torch.eye(3, dtype=F64)[:1].expand(2, 3), torch.eye(3, dtype=F64)[:1].repeat(2, 1)
     g[0, 1], g[1, 1] = (1 - 5e-4) * tol, (1 + 5e-4) * tol
